@@ -1,13 +1,25 @@
 //! tpi: tensor-parallel LLM inference on low-resource edge devices.
 //!
-//! Data flow (see README "Design"): `config` + `safetensors` + `tokenizer`
-//! load a HuggingFace model directory; `plan` splits every layer across
-//! ranks; `model` runs one rank's forward pass on the `tpi-kernels`; `engine`
-//! drives generation; `net` carries the allreduce between ranks.
+//! Data flow (see README "Design"): `checkpoint` opens a HuggingFace model
+//! (`config`, `safetensors`, `tokenizer`); `plan` splits every layer across
+//! ranks; `model` runs one rank's forward pass on the `tpi-kernels` with
+//! `par` threads; `engine` drives generation; `net` carries the allreduce
+//! between ranks.
 #![deny(unsafe_code)]
 
+pub mod bundled;
+pub mod checkpoint;
+pub mod cli;
 pub mod config;
+pub mod engine;
+pub mod error;
+pub mod load;
+pub mod model;
 pub mod net;
+pub mod par;
 pub mod plan;
 pub mod safetensors;
+pub mod sampler;
 pub mod tokenizer;
+
+pub use error::{Error, Result};

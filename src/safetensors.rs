@@ -1,1 +1,1177 @@
-//! placeholder: being written
+//! safetensors reader (mmapped, zero-copy) and writers.
+//!
+//! File layout: `u64` little-endian header length `N`, `N` bytes of JSON
+//! header `{"name": {"dtype": "F32", "shape": [..], "data_offsets": [b, e]},
+//! "__metadata__": {..}}`, then the data area; `data_offsets` are relative
+//! to the data area. Everything from the file is validated before use: a
+//! malformed file is a [`SafeTensorsError`] naming the file, the tensor and
+//! the offset, never a panic.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// Largest accepted JSON header (same limit as the reference implementation).
+pub const MAX_HEADER_BYTES: usize = 100 << 20;
+/// Largest number of tensors in one file.
+pub const MAX_TENSORS: usize = 1 << 20;
+/// Largest tensor rank.
+pub const MAX_RANK: usize = 8;
+/// Largest accepted `model.safetensors.index.json`.
+const MAX_INDEX_BYTES: u64 = 64 << 20;
+/// Largest number of shards.
+const MAX_SHARDS: usize = 4096;
+
+/// Element types tpi computes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dtype {
+    F32,
+    F16,
+    BF16,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+        }
+    }
+
+    /// The safetensors spelling ("F32", "F16", "BF16").
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "F32",
+            Dtype::F16 => "F16",
+            Dtype::BF16 => "BF16",
+        }
+    }
+
+    fn from_name(s: &str) -> Option<Dtype> {
+        match s {
+            "F32" => Some(Dtype::F32),
+            "F16" => Some(Dtype::F16),
+            "BF16" => Some(Dtype::BF16),
+            _ => None,
+        }
+    }
+}
+
+/// safetensors dtypes that exist but tpi does not compute with.
+const KNOWN_UNSUPPORTED: &[&str] = &[
+    "BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64", "F64", "F8_E4M3", "F8_E5M2",
+    "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "C64",
+];
+
+/// One tensor's location.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Index of the shard file holding it.
+    pub shard: usize,
+    /// Absolute byte offset in the shard file.
+    pub offset: usize,
+    /// Length in bytes (`product(shape) * dtype.size()`).
+    pub len: usize,
+}
+
+impl TensorInfo {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.len / self.dtype.size()
+    }
+}
+
+/// Errors reading safetensors files. `origin` is the file path (or the
+/// name given to [`SafeTensors::from_bytes`]).
+#[derive(Debug)]
+pub enum SafeTensorsError {
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The file is shorter than what its header says.
+    Truncated {
+        origin: String,
+        what: String,
+        needed: u64,
+        len: u64,
+    },
+    HeaderTooLarge {
+        origin: String,
+        header_len: u64,
+        max: u64,
+    },
+    /// Invalid JSON or invalid header structure.
+    InvalidHeader {
+        origin: String,
+        tensor: Option<String>,
+        msg: String,
+    },
+    /// A real safetensors dtype that tpi does not compute with.
+    UnsupportedDtype {
+        origin: String,
+        tensor: String,
+        dtype: String,
+    },
+    /// Not a safetensors dtype at all.
+    UnknownDtype {
+        origin: String,
+        tensor: String,
+        dtype: String,
+    },
+    OffsetOutOfBounds {
+        origin: String,
+        tensor: String,
+        begin: u64,
+        end: u64,
+        data_len: u64,
+    },
+    /// `end - begin` does not match shape x dtype size.
+    SizeMismatch {
+        origin: String,
+        tensor: String,
+        shape: Vec<u64>,
+        dtype: Dtype,
+        expected: Option<u64>,
+        actual: u64,
+    },
+    Overlap {
+        origin: String,
+        first: String,
+        second: String,
+        offset: u64,
+    },
+    TooManyTensors {
+        origin: String,
+        count: usize,
+        max: usize,
+    },
+    MissingTensor {
+        name: String,
+        files: String,
+    },
+    ShapeMismatch {
+        name: String,
+        file: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+    /// A tensor name appears in two shards.
+    Duplicate {
+        name: String,
+        first: String,
+        second: String,
+    },
+    /// Problem with `model.safetensors.index.json`.
+    Index {
+        origin: String,
+        msg: String,
+    },
+    /// Neither `model.safetensors` nor `model.safetensors.index.json`.
+    NoModelFile {
+        dir: String,
+    },
+}
+
+impl fmt::Display for SafeTensorsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use SafeTensorsError as E;
+        match self {
+            E::Io { path, source } => write!(f, "{path}: {source}"),
+            E::Truncated {
+                origin,
+                what,
+                needed,
+                len,
+            } => write!(
+                f,
+                "{origin}: truncated: {what} needs {needed} bytes but the file has {len}"
+            ),
+            E::HeaderTooLarge {
+                origin,
+                header_len,
+                max,
+            } => write!(
+                f,
+                "{origin}: header length {header_len} at offset 0 exceeds the limit {max}"
+            ),
+            E::InvalidHeader {
+                origin,
+                tensor: Some(t),
+                msg,
+            } => write!(f, "{origin}: invalid header entry for tensor `{t}`: {msg}"),
+            E::InvalidHeader {
+                origin,
+                tensor: None,
+                msg,
+            } => write!(f, "{origin}: invalid header: {msg}"),
+            E::UnsupportedDtype {
+                origin,
+                tensor,
+                dtype,
+            } => write!(
+                f,
+                "{origin}: tensor `{tensor}` has unsupported dtype {dtype} (supported: F32, F16, BF16)"
+            ),
+            E::UnknownDtype {
+                origin,
+                tensor,
+                dtype,
+            } => write!(f, "{origin}: tensor `{tensor}` has unknown dtype `{dtype}`"),
+            E::OffsetOutOfBounds {
+                origin,
+                tensor,
+                begin,
+                end,
+                data_len,
+            } => write!(
+                f,
+                "{origin}: tensor `{tensor}` data_offsets [{begin}, {end}] outside the data area of {data_len} bytes"
+            ),
+            E::SizeMismatch {
+                origin,
+                tensor,
+                shape,
+                dtype,
+                expected,
+                actual,
+            } => match expected {
+                Some(x) => write!(
+                    f,
+                    "{origin}: tensor `{tensor}` shape {shape:?} {} needs {x} bytes but data_offsets span {actual}",
+                    dtype.name()
+                ),
+                None => write!(
+                    f,
+                    "{origin}: tensor `{tensor}` shape {shape:?} {} overflows the byte size",
+                    dtype.name()
+                ),
+            },
+            E::Overlap {
+                origin,
+                first,
+                second,
+                offset,
+            } => write!(
+                f,
+                "{origin}: tensors `{first}` and `{second}` overlap at data offset {offset}"
+            ),
+            E::TooManyTensors { origin, count, max } => {
+                write!(f, "{origin}: {count} tensors, more than the limit {max}")
+            }
+            E::MissingTensor { name, files } => write!(f, "tensor `{name}` not found in {files}"),
+            E::ShapeMismatch {
+                name,
+                file,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "{file}: tensor `{name}` has shape {actual:?}, expected {expected:?}"
+            ),
+            E::Duplicate {
+                name,
+                first,
+                second,
+            } => write!(f, "tensor `{name}` is present in both {first} and {second}"),
+            E::Index { origin, msg } => write!(f, "{origin}: {msg}"),
+            E::NoModelFile { dir } => write!(
+                f,
+                "{dir}: neither model.safetensors nor model.safetensors.index.json found"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SafeTensorsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SafeTensorsError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Bounded little-endian reader over untrusted bytes.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Cursor { buf, pos: 0 }
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let s = self.buf.get(self.pos..end)?;
+        self.pos = end;
+        Some(s)
+    }
+
+    fn u64_le(&mut self) -> Option<u64> {
+        let b: [u8; 8] = self.take(8)?.try_into().ok()?;
+        Some(u64::from_le_bytes(b))
+    }
+}
+
+/// Parses and validates a safetensors header. Offsets in the result are
+/// absolute in `file`; `shard` is 0.
+pub fn parse_header(file: &[u8], origin: &str) -> Result<Vec<TensorInfo>, SafeTensorsError> {
+    let file_len = file.len() as u64;
+    let mut cur = Cursor::new(file);
+    let header_len = cur.u64_le().ok_or_else(|| SafeTensorsError::Truncated {
+        origin: origin.to_string(),
+        what: "the 8-byte header length".to_string(),
+        needed: 8,
+        len: file_len,
+    })?;
+    if header_len > MAX_HEADER_BYTES as u64 {
+        return Err(SafeTensorsError::HeaderTooLarge {
+            origin: origin.to_string(),
+            header_len,
+            max: MAX_HEADER_BYTES as u64,
+        });
+    }
+    // header_len <= 100 MiB, so this fits usize on every target we support.
+    let hlen = header_len as usize;
+    let header = cur.take(hlen).ok_or_else(|| SafeTensorsError::Truncated {
+        origin: origin.to_string(),
+        what: format!("the {header_len}-byte header"),
+        needed: 8 + header_len,
+        len: file_len,
+    })?;
+    let data_start = 8 + hlen;
+    let data_len = (file.len() - data_start) as u64;
+
+    let invalid = |tensor: Option<&str>, msg: String| SafeTensorsError::InvalidHeader {
+        origin: origin.to_string(),
+        tensor: tensor.map(str::to_string),
+        msg,
+    };
+    let json: Value =
+        serde_json::from_slice(header).map_err(|e| invalid(None, format!("JSON: {e}")))?;
+    let Value::Object(map) = json else {
+        return Err(invalid(None, "not a JSON object".to_string()));
+    };
+    if map.len() > MAX_TENSORS + 1 {
+        return Err(SafeTensorsError::TooManyTensors {
+            origin: origin.to_string(),
+            count: map.len(),
+            max: MAX_TENSORS,
+        });
+    }
+
+    let mut out = Vec::with_capacity(map.len());
+    // (begin, end, index into out) for the overlap check.
+    let mut spans: Vec<(u64, u64, usize)> = Vec::with_capacity(map.len());
+    for (name, entry) in &map {
+        if name == "__metadata__" {
+            let Value::Object(meta) = entry else {
+                return Err(invalid(None, "__metadata__ is not an object".to_string()));
+            };
+            if let Some((k, _)) = meta.iter().find(|(_, v)| !v.is_string()) {
+                return Err(invalid(
+                    None,
+                    format!("__metadata__ value for `{k}` is not a string"),
+                ));
+            }
+            continue;
+        }
+        let t = Some(name.as_str());
+        let Value::Object(entry) = entry else {
+            return Err(invalid(t, "not an object".to_string()));
+        };
+        let dtype_str = entry
+            .get("dtype")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid(t, "missing or non-string `dtype`".to_string()))?;
+        let dtype = match Dtype::from_name(dtype_str) {
+            Some(d) => d,
+            None if KNOWN_UNSUPPORTED.contains(&dtype_str) => {
+                return Err(SafeTensorsError::UnsupportedDtype {
+                    origin: origin.to_string(),
+                    tensor: name.clone(),
+                    dtype: dtype_str.to_string(),
+                })
+            }
+            None => {
+                return Err(SafeTensorsError::UnknownDtype {
+                    origin: origin.to_string(),
+                    tensor: name.clone(),
+                    dtype: dtype_str.chars().take(64).collect(),
+                })
+            }
+        };
+        let shape_v = entry
+            .get("shape")
+            .and_then(Value::as_array)
+            .ok_or_else(|| invalid(t, "missing or non-list `shape`".to_string()))?;
+        if shape_v.len() > MAX_RANK {
+            return Err(invalid(
+                t,
+                format!("rank {} exceeds {MAX_RANK}", shape_v.len()),
+            ));
+        }
+        let shape64 = shape_v
+            .iter()
+            .map(|d| d.as_u64())
+            .collect::<Option<Vec<u64>>>()
+            .ok_or_else(|| invalid(t, "shape entries must be non-negative integers".to_string()))?;
+        let offs = entry
+            .get("data_offsets")
+            .and_then(Value::as_array)
+            .ok_or_else(|| invalid(t, "missing or non-list `data_offsets`".to_string()))?;
+        let (begin, end) = match offs.as_slice() {
+            [b, e] => match (b.as_u64(), e.as_u64()) {
+                (Some(b), Some(e)) => (b, e),
+                _ => {
+                    return Err(invalid(
+                        t,
+                        "data_offsets must be non-negative integers".to_string(),
+                    ))
+                }
+            },
+            _ => return Err(invalid(t, "data_offsets must be [begin, end]".to_string())),
+        };
+        if begin > end || end > data_len {
+            return Err(SafeTensorsError::OffsetOutOfBounds {
+                origin: origin.to_string(),
+                tensor: name.clone(),
+                begin,
+                end,
+                data_len,
+            });
+        }
+        let expected = shape64
+            .iter()
+            .try_fold(dtype.size() as u64, |acc, &d| acc.checked_mul(d));
+        if expected != Some(end - begin) {
+            return Err(SafeTensorsError::SizeMismatch {
+                origin: origin.to_string(),
+                tensor: name.clone(),
+                shape: shape64,
+                dtype,
+                expected,
+                actual: end - begin,
+            });
+        }
+        // end <= data_len <= file.len(), so begin/end/len fit usize; a
+        // dimension may not (zero-sized tensor on a 32-bit target).
+        let shape = shape64
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<Result<Vec<usize>, _>>()
+            .map_err(|_| invalid(t, "dimension does not fit usize".to_string()))?;
+        spans.push((begin, end, out.len()));
+        out.push(TensorInfo {
+            name: name.clone(),
+            dtype,
+            shape,
+            shard: 0,
+            offset: data_start + begin as usize,
+            len: (end - begin) as usize,
+        });
+    }
+
+    spans.sort_unstable();
+    for w in spans.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        if b.0 < a.1 {
+            return Err(SafeTensorsError::Overlap {
+                origin: origin.to_string(),
+                first: out[a.2].name.clone(),
+                second: out[b.2].name.clone(),
+                offset: b.0,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Where a shard's bytes live.
+enum Backing {
+    Mmap(memmap2::Mmap),
+    /// 8-byte aligned copy and its length in bytes.
+    Owned(Vec<u64>, usize),
+}
+
+impl Backing {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Backing::Mmap(m) => m,
+            Backing::Owned(v, len) => &bytemuck::cast_slice::<u64, u8>(v)[..*len],
+        }
+    }
+}
+
+/// Maps a file read-only.
+#[allow(unsafe_code)]
+fn map_file(file: &File) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: the file was opened read-only and the mapping is read-only; we
+    // never write through it. The remaining risk is another process
+    // truncating or rewriting the file while it is mapped: a truncation makes
+    // later reads of the vanished pages raise SIGBUS, a rewrite changes the
+    // weights under us. Model files are treated as immutable while tpi runs,
+    // which is the same contract every mmap-based model loader relies on.
+    unsafe { memmap2::Mmap::map(file) }
+}
+
+/// All tensors of a model, across its shards.
+pub struct SafeTensors {
+    shards: Vec<Backing>,
+    shard_names: Vec<String>,
+    tensors: HashMap<String, TensorInfo>,
+}
+
+impl fmt::Debug for SafeTensors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SafeTensors")
+            .field("shards", &self.shard_names)
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SafeTensorsError + '_ {
+    move |source| SafeTensorsError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn open_shard(path: &Path) -> Result<(Backing, Vec<TensorInfo>), SafeTensorsError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let map = map_file(&file).map_err(io_err(path))?;
+    let tensors = parse_header(&map, &path.display().to_string())?;
+    Ok((Backing::Mmap(map), tensors))
+}
+
+impl SafeTensors {
+    /// Opens `dir/model.safetensors`, or the shards listed in
+    /// `dir/model.safetensors.index.json`. Every shard is mmapped.
+    pub fn open_dir(dir: &Path) -> Result<Self, SafeTensorsError> {
+        let single = dir.join("model.safetensors");
+        if single.is_file() {
+            let (backing, tensors) = open_shard(&single)?;
+            return Self::assemble(vec![(backing, single.display().to_string(), tensors)]);
+        }
+        let index = dir.join("model.safetensors.index.json");
+        if !index.is_file() {
+            return Err(SafeTensorsError::NoModelFile {
+                dir: dir.display().to_string(),
+            });
+        }
+        let (files, weight_map) = read_index(&index)?;
+        let mut shards = Vec::with_capacity(files.len());
+        for f in &files {
+            let path = dir.join(f);
+            let (backing, tensors) = open_shard(&path)?;
+            shards.push((backing, path.display().to_string(), tensors));
+        }
+        let st = Self::assemble(shards)?;
+        for (tensor, file) in &weight_map {
+            let in_shard = st
+                .tensors
+                .get(tensor)
+                .map(|t| files.get(t.shard) == Some(file));
+            if in_shard != Some(true) {
+                return Err(SafeTensorsError::Index {
+                    origin: index.display().to_string(),
+                    msg: format!("weight_map says `{tensor}` is in {file}, but it is not there"),
+                });
+            }
+        }
+        Ok(st)
+    }
+
+    /// Parses an in-memory safetensors file (e.g. one embedded in the
+    /// binary). The bytes are copied into an 8-byte aligned buffer.
+    pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self, SafeTensorsError> {
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+        let backing = Backing::Owned(words, bytes.len());
+        let tensors = parse_header(backing.bytes(), origin)?;
+        Self::assemble(vec![(backing, origin.to_string(), tensors)])
+    }
+
+    fn assemble(shards: Vec<(Backing, String, Vec<TensorInfo>)>) -> Result<Self, SafeTensorsError> {
+        let mut st = SafeTensors {
+            shards: Vec::with_capacity(shards.len()),
+            shard_names: Vec::with_capacity(shards.len()),
+            tensors: HashMap::new(),
+        };
+        for (i, (backing, name, infos)) in shards.into_iter().enumerate() {
+            for mut t in infos {
+                t.shard = i;
+                if let Some(prev) = st.tensors.get(&t.name) {
+                    return Err(SafeTensorsError::Duplicate {
+                        name: t.name,
+                        first: st.shard_names[prev.shard].clone(),
+                        second: name,
+                    });
+                }
+                st.tensors.insert(t.name.clone(), t);
+            }
+            st.shards.push(backing);
+            st.shard_names.push(name);
+        }
+        Ok(st)
+    }
+
+    fn files(&self) -> String {
+        self.shard_names.join(", ")
+    }
+
+    /// The tensor `name`, or `MissingTensor` naming it and the file(s).
+    pub fn tensor(&self, name: &str) -> Result<&TensorInfo, SafeTensorsError> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| SafeTensorsError::MissingTensor {
+                name: name.to_string(),
+                files: self.files(),
+            })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.get(name)
+    }
+
+    /// All tensors, in no particular order.
+    pub fn tensors(&self) -> impl Iterator<Item = &TensorInfo> {
+        self.tensors.values()
+    }
+
+    /// The tensor's raw bytes. `t` must come from this `SafeTensors`; for a
+    /// foreign `TensorInfo` whose range is not in the shard the result is
+    /// empty rather than a panic.
+    pub fn bytes(&self, t: &TensorInfo) -> &[u8] {
+        let shard = self.shard_bytes(t.shard);
+        t.offset
+            .checked_add(t.len)
+            .and_then(|end| shard.get(t.offset..end))
+            .unwrap_or(&[])
+    }
+
+    /// The whole shard file (empty for an unknown shard index).
+    pub fn shard_bytes(&self, shard: usize) -> &[u8] {
+        self.shards.get(shard).map_or(&[], Backing::bytes)
+    }
+
+    /// The shard's path (or origin), for messages.
+    pub fn shard_name(&self, shard: usize) -> &str {
+        self.shard_names.get(shard).map_or("<no such shard>", |s| s)
+    }
+
+    pub fn num_shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The tensor `name`, checked to have exactly `shape`.
+    pub fn expect(&self, name: &str, shape: &[usize]) -> Result<&TensorInfo, SafeTensorsError> {
+        let t = self.tensor(name)?;
+        if t.shape != shape {
+            return Err(SafeTensorsError::ShapeMismatch {
+                name: name.to_string(),
+                file: self.shard_name(t.shard).to_string(),
+                expected: shape.to_vec(),
+                actual: t.shape.clone(),
+            });
+        }
+        Ok(t)
+    }
+}
+
+/// Reads `model.safetensors.index.json`: the distinct shard file names in
+/// first-seen order and the weight map.
+fn read_index(path: &Path) -> Result<(Vec<String>, Vec<(String, String)>), SafeTensorsError> {
+    use std::io::Read;
+    let origin = path.display().to_string();
+    let bad = |msg: String| SafeTensorsError::Index {
+        origin: origin.clone(),
+        msg,
+    };
+    let file = File::open(path).map_err(io_err(path))?;
+    let mut text = Vec::new();
+    file.take(MAX_INDEX_BYTES + 1)
+        .read_to_end(&mut text)
+        .map_err(io_err(path))?;
+    if text.len() as u64 > MAX_INDEX_BYTES {
+        return Err(bad(format!("larger than {MAX_INDEX_BYTES} bytes")));
+    }
+    let v: Value = serde_json::from_slice(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| bad("missing `weight_map` object".to_string()))?;
+    let mut files = Vec::new();
+    let mut seen = HashSet::new();
+    let mut weights = Vec::with_capacity(map.len());
+    for (tensor, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| bad(format!("weight_map entry for `{tensor}` is not a string")))?;
+        // A shard must be a plain file name inside the model directory.
+        let p = Path::new(file);
+        let plain = p.components().count() == 1
+            && matches!(p.components().next(), Some(std::path::Component::Normal(_)));
+        if !plain {
+            return Err(bad(format!(
+                "shard `{file}` for `{tensor}` is not a plain file name"
+            )));
+        }
+        if seen.insert(file.to_string()) {
+            files.push(file.to_string());
+            if files.len() > MAX_SHARDS {
+                return Err(bad(format!("more than {MAX_SHARDS} shards")));
+            }
+        }
+        weights.push((tensor.clone(), file.to_string()));
+    }
+    Ok((files, weights))
+}
+
+/// The JSON header for `specs`, padded with spaces to a multiple of 8 bytes
+/// so that the data area starts 8-byte aligned; also the total data length.
+fn build_header(specs: &[(&str, Dtype, &[usize])]) -> std::io::Result<(Vec<u8>, u64)> {
+    let overflow = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "tensor size overflow");
+    let mut h = String::from("{");
+    let mut offset: u64 = 0;
+    for (i, (name, dtype, shape)) in specs.iter().enumerate() {
+        let len = shape
+            .iter()
+            .try_fold(dtype.size() as u64, |a, &d| a.checked_mul(d as u64))
+            .ok_or_else(overflow)?;
+        let end = offset.checked_add(len).ok_or_else(overflow)?;
+        if i > 0 {
+            h.push(',');
+        }
+        let name = serde_json::to_string(name).map_err(std::io::Error::other)?;
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        h.push_str(&format!(
+            "{name}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{offset},{end}]}}",
+            dtype.name(),
+            dims.join(",")
+        ));
+        offset = end;
+    }
+    h.push('}');
+    while h.len() % 8 != 0 {
+        h.push(' ');
+    }
+    let mut out = Vec::with_capacity(8 + h.len());
+    out.extend_from_slice(&(h.len() as u64).to_le_bytes());
+    out.extend_from_slice(h.as_bytes());
+    Ok((out, offset))
+}
+
+/// Writes a safetensors file holding `tensors` (name, dtype, shape, bytes).
+pub fn write(path: &Path, tensors: &[(&str, Dtype, &[usize], &[u8])]) -> std::io::Result<()> {
+    let specs: Vec<(String, Dtype, Vec<usize>)> = tensors
+        .iter()
+        .map(|(n, d, s, _)| (n.to_string(), *d, s.to_vec()))
+        .collect();
+    let mut w = StreamWriter::create(path, &specs)?;
+    for (_, _, _, bytes) in tensors {
+        w.write_tensor_data(bytes)?;
+    }
+    w.finish()
+}
+
+/// Streaming safetensors writer: the header is written first, then the
+/// tensors' bytes in declaration order (in any number of chunks), so a
+/// multi-GB file never has to be in memory.
+pub struct StreamWriter {
+    out: BufWriter<File>,
+    path: PathBuf,
+    /// Byte length of each declared tensor, in order.
+    sizes: Vec<(String, u64)>,
+    written: u64,
+    total: u64,
+}
+
+impl StreamWriter {
+    /// Creates `path` and writes the header for `specs`.
+    pub fn create(path: &Path, specs: &[(String, Dtype, Vec<usize>)]) -> std::io::Result<Self> {
+        let borrowed: Vec<(&str, Dtype, &[usize])> = specs
+            .iter()
+            .map(|(n, d, s)| (n.as_str(), *d, s.as_slice()))
+            .collect();
+        let (header, total) = build_header(&borrowed)?;
+        let sizes = specs
+            .iter()
+            .map(|(n, d, s)| {
+                let len = s.iter().fold(d.size() as u64, |a, &x| a * x as u64);
+                (n.clone(), len)
+            })
+            .collect();
+        let mut out = BufWriter::with_capacity(8 << 20, File::create(path)?);
+        out.write_all(&header)?;
+        Ok(StreamWriter {
+            out,
+            path: path.to_path_buf(),
+            sizes,
+            written: 0,
+            total,
+        })
+    }
+
+    /// Appends the next bytes of the data area (tensors in declaration order).
+    pub fn write_tensor_data(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let new = self.written.saturating_add(bytes.len() as u64);
+        if new > self.total {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: {} data bytes written, more than the {} declared",
+                    self.path.display(),
+                    new,
+                    self.total
+                ),
+            ));
+        }
+        self.out.write_all(bytes)?;
+        self.written = new;
+        Ok(())
+    }
+
+    /// The tensor the next written byte belongs to (None when complete).
+    pub fn current_tensor(&self) -> Option<&str> {
+        let mut start = 0u64;
+        for (name, len) in &self.sizes {
+            if self.written < start + len {
+                return Some(name);
+            }
+            start += len;
+        }
+        None
+    }
+
+    /// Flushes and checks that every declared byte was written.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        if self.written != self.total {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: only {} of {} data bytes written (tensor `{}` incomplete)",
+                    self.path.display(),
+                    self.written,
+                    self.total,
+                    self.current_tensor().unwrap_or("?")
+                ),
+            ));
+        }
+        self.out.flush()?;
+        self.out.get_ref().sync_data()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    }
+
+    /// A file with the given raw header JSON and `data_len` zero bytes.
+    fn craft(header: &str, data_len: usize) -> Vec<u8> {
+        let mut v = (header.len() as u64).to_le_bytes().to_vec();
+        v.extend_from_slice(header.as_bytes());
+        v.resize(v.len() + data_len, 0);
+        v
+    }
+
+    const GOOD: &str = r#"{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},"b":{"dtype":"BF16","shape":[4],"data_offsets":[24,32]}}"#;
+
+    #[test]
+    fn parses_crafted() {
+        let f = craft(GOOD, 32);
+        let mut t = parse_header(&f, "x").unwrap();
+        t.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].shape, vec![2, 3]);
+        assert_eq!(t[0].offset, 8 + GOOD.len());
+        assert_eq!(t[0].len, 24);
+        assert_eq!(t[1].dtype, Dtype::BF16);
+        assert_eq!(t[1].offset, 8 + GOOD.len() + 24);
+    }
+
+    fn err(header: &str, data_len: usize) -> SafeTensorsError {
+        parse_header(&craft(header, data_len), "file.st").unwrap_err()
+    }
+
+    #[test]
+    fn crafted_errors() {
+        // Truncated: too short for the length, header longer than the file.
+        assert!(matches!(
+            parse_header(&[1, 2, 3], "f").unwrap_err(),
+            SafeTensorsError::Truncated { .. }
+        ));
+        let mut f = craft(GOOD, 32);
+        f.truncate(20);
+        let e = parse_header(&f, "f.st").unwrap_err();
+        assert!(matches!(e, SafeTensorsError::Truncated { .. }), "{e}");
+        assert!(e.to_string().contains("f.st"));
+        // Data area too short.
+        let e = err(GOOD, 31);
+        assert!(
+            matches!(e, SafeTensorsError::OffsetOutOfBounds { .. }),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("`b`") && e.to_string().contains("file.st"),
+            "{e}"
+        );
+        // Huge header length.
+        let mut f = u64::MAX.to_le_bytes().to_vec();
+        f.extend_from_slice(b"{}");
+        assert!(matches!(
+            parse_header(&f, "f").unwrap_err(),
+            SafeTensorsError::HeaderTooLarge { .. }
+        ));
+        // Wrong shape for the byte span.
+        let e = err(
+            r#"{"a":{"dtype":"F32","shape":[2,4],"data_offsets":[0,24]}}"#,
+            24,
+        );
+        assert!(matches!(e, SafeTensorsError::SizeMismatch { .. }), "{e}");
+        // Shape product overflow.
+        let e = err(
+            r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,0]}}"#,
+            0,
+        );
+        assert!(
+            matches!(e, SafeTensorsError::SizeMismatch { expected: None, .. }),
+            "{e}"
+        );
+        // Unknown and unsupported dtypes.
+        let e = err(
+            r#"{"a":{"dtype":"Q4","shape":[1],"data_offsets":[0,1]}}"#,
+            1,
+        );
+        assert!(matches!(e, SafeTensorsError::UnknownDtype { .. }), "{e}");
+        let e = err(
+            r#"{"w":{"dtype":"I8","shape":[1],"data_offsets":[0,1]}}"#,
+            1,
+        );
+        assert!(
+            matches!(e, SafeTensorsError::UnsupportedDtype { .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("`w`"));
+        // begin > end.
+        let e = err(
+            r#"{"a":{"dtype":"F32","shape":[0],"data_offsets":[8,4]}}"#,
+            8,
+        );
+        assert!(
+            matches!(e, SafeTensorsError::OffsetOutOfBounds { .. }),
+            "{e}"
+        );
+        // Overlap.
+        let e = err(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+            12,
+        );
+        assert!(matches!(e, SafeTensorsError::Overlap { .. }), "{e}");
+        // Structural problems.
+        for h in [
+            "[]",
+            "{",
+            r#"{"a":1}"#,
+            r#"{"a":{"shape":[1],"data_offsets":[0,4]}}"#,
+            r#"{"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#,
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0]}}"#,
+            r#"{"a":{"dtype":"F32","shape":[1,1,1,1,1,1,1,1,1],"data_offsets":[0,4]}}"#,
+            r#"{"__metadata__":{"k":1}}"#,
+        ] {
+            assert!(
+                matches!(err(h, 4), SafeTensorsError::InvalidHeader { .. }),
+                "{h}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_and_wrong_shape() {
+        let st = SafeTensors::from_bytes(&craft(GOOD, 32), "mem.st").unwrap();
+        let e = st.tensor("nope").unwrap_err();
+        assert!(matches!(e, SafeTensorsError::MissingTensor { .. }));
+        assert!(
+            e.to_string().contains("nope") && e.to_string().contains("mem.st"),
+            "{e}"
+        );
+        let e = st.expect("a", &[3, 2]).unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.contains("[2, 3]") && s.contains("[3, 2]") && s.contains("mem.st"),
+            "{s}"
+        );
+        assert_eq!(st.expect("a", &[2, 3]).unwrap().len, 24);
+        assert!(st.get("b").is_some());
+        assert_eq!(st.bytes(st.tensor("b").unwrap()).len(), 8);
+        assert_eq!(st.shard_bytes(7), &[] as &[u8]);
+    }
+
+    #[test]
+    fn write_roundtrip_and_stream() {
+        let dir = std::env::temp_dir().join(format!("tpi-st-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a: Vec<u8> = (0..24u8).collect();
+        let b: Vec<u8> = (100..108u8).collect();
+        let path = dir.join("model.safetensors");
+        write(
+            &path,
+            &[
+                ("x.weight", Dtype::F32, &[2, 3], &a),
+                ("y\"q", Dtype::F16, &[2, 2], &b),
+            ],
+        )
+        .unwrap();
+        let raw = std::fs::read(&path).unwrap();
+        let hl = u64::from_le_bytes(raw[..8].try_into().unwrap());
+        assert_eq!(hl % 8, 0);
+        let st = SafeTensors::open_dir(&dir).unwrap();
+        assert_eq!(st.tensors().count(), 2);
+        let x = st.expect("x.weight", &[2, 3]).unwrap();
+        assert_eq!(x.offset % 8, 0);
+        assert_eq!(st.bytes(x), &a[..]);
+        assert_eq!(st.bytes(st.tensor("y\"q").unwrap()), &b[..]);
+
+        // Streaming in odd chunks; too few / too many bytes are errors.
+        let specs = vec![
+            ("p".to_string(), Dtype::BF16, vec![3]),
+            ("q".to_string(), Dtype::F32, vec![1]),
+        ];
+        let p2 = dir.join("s.safetensors");
+        let mut w = StreamWriter::create(&p2, &specs).unwrap();
+        w.write_tensor_data(&[1, 2, 3, 4, 5]).unwrap();
+        assert_eq!(w.current_tensor(), Some("p"));
+        w.write_tensor_data(&[6, 7, 8, 9, 10]).unwrap();
+        assert!(w.write_tensor_data(&[0]).is_err());
+        w.finish().unwrap();
+        let st = SafeTensors::from_bytes(&std::fs::read(&p2).unwrap(), "s").unwrap();
+        assert_eq!(st.bytes(st.tensor("q").unwrap()), &[7, 8, 9, 10]);
+        let mut w = StreamWriter::create(&p2, &specs).unwrap();
+        w.write_tensor_data(&[1]).unwrap();
+        let e = w.finish().unwrap_err();
+        assert!(e.to_string().contains("`p`"), "{e}");
+
+        // Sharded directory with an index.
+        let sd = dir.join("sharded");
+        std::fs::create_dir_all(&sd).unwrap();
+        write(
+            &sd.join("m-1.safetensors"),
+            &[("a", Dtype::F32, &[1], &[0; 4])],
+        )
+        .unwrap();
+        write(
+            &sd.join("m-2.safetensors"),
+            &[("b", Dtype::F32, &[2], &[1; 8])],
+        )
+        .unwrap();
+        std::fs::write(
+            sd.join("model.safetensors.index.json"),
+            r#"{"metadata":{},"weight_map":{"a":"m-1.safetensors","b":"m-2.safetensors"}}"#,
+        )
+        .unwrap();
+        let st = SafeTensors::open_dir(&sd).unwrap();
+        let b = st.tensor("b").unwrap();
+        assert!(st.shard_name(b.shard).ends_with("m-2.safetensors"));
+        assert_eq!(st.bytes(b), &[1; 8]);
+        std::fs::write(
+            sd.join("model.safetensors.index.json"),
+            r#"{"weight_map":{"a":"../m-1.safetensors"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            SafeTensors::open_dir(&sd).unwrap_err(),
+            SafeTensorsError::Index { .. }
+        ));
+        std::fs::write(
+            sd.join("model.safetensors.index.json"),
+            r#"{"weight_map":{"a":"m-2.safetensors"}}"#,
+        )
+        .unwrap();
+        assert!(SafeTensors::open_dir(&sd).is_err());
+        assert!(matches!(
+            SafeTensors::open_dir(&dir.join("none")).unwrap_err(),
+            SafeTensorsError::NoModelFile { .. }
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn fixtures() {
+        for (name, count, dtype) in [
+            ("stories260K", 47, Dtype::F32),
+            ("llama-mha-f32", 39, Dtype::F32),
+            ("llama-gqa-bf16", 29, Dtype::BF16),
+        ] {
+            let st = SafeTensors::open_dir(&fixture(name)).unwrap();
+            assert_eq!(st.tensors().count(), count, "{name}");
+            assert!(st.tensors().all(|t| t.dtype == dtype), "{name}");
+            let emb = st.tensor("model.embed_tokens.weight").unwrap();
+            assert_eq!(
+                emb.shape[1],
+                if name == "llama-gqa-bf16" { 128 } else { 64 }
+            );
+            assert_eq!(st.bytes(emb).len(), emb.len);
+        }
+        let st = SafeTensors::open_dir(&fixture("llama-gqa-bf16")).unwrap();
+        st.expect("model.layers.0.self_attn.k_proj.weight", &[32, 128])
+            .unwrap();
+        assert!(st.get("lm_head.weight").is_none());
+        let st = SafeTensors::open_dir(&fixture("llama-mha-f32")).unwrap();
+        st.expect("lm_head.weight", &[512, 64]).unwrap();
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn never_panics_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = parse_header(&bytes, "p");
+            }
+
+            #[test]
+            fn never_panics_on_random_header(h in ".{0,200}", data in 0usize..64) {
+                let _ = parse_header(&craft(&h, data), "p");
+            }
+
+            #[test]
+            fn never_panics_on_mutated_header(
+                muts in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+                cut in any::<usize>(),
+            ) {
+                let mut f = craft(GOOD, 32);
+                for (pos, b) in muts {
+                    let i = pos % f.len();
+                    f[i] = b;
+                }
+                let _ = parse_header(&f, "p");
+                let n = cut % (f.len() + 1);
+                let _ = parse_header(&f[..n], "p");
+                if let Ok(st) = SafeTensors::from_bytes(&f, "p") {
+                    for t in st.tensors() {
+                        prop_assert_eq!(st.bytes(t).len(), t.len);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -4,12 +4,15 @@
 //! `# Panics`) and forwards to the backend chosen by [`Backend`]. The scalar
 //! backend is the reference every SIMD path is tested against.
 #![no_std]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 #[cfg(feature = "std")]
 extern crate std;
 
 pub use half::{bf16, f16};
 
+mod arch;
 pub mod scalar;
 
 /// A weight matrix or vector in its stored dtype. Row-major `[rows][cols]`.
@@ -45,56 +48,178 @@ impl<'a> Weights<'a> {
 }
 
 /// A kernel backend. `Backend::detect()` picks the fastest available one.
+///
+/// Every variant exists on every target; [`Backend::is_available`] says
+/// whether it can run here (compiled for this architecture and, with `std`,
+/// detected at run time; without `std`, enabled as a compile-time target
+/// feature). Calling a kernel on an unavailable backend panics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
+    /// Portable scalar reference; always available.
     Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// x86-64 AVX-512F.
+    Avx512,
+    /// aarch64 NEON (base ARMv8-A).
+    Neon,
+}
+
+/// Runs `$body` with `$k` bound to the kernel token of backend `$b`, or panics
+/// if the backend cannot run on this CPU.
+macro_rules! dispatch {
+    ($b:expr, |$k:ident| $body:expr) => {
+        match $b {
+            Backend::Scalar => {
+                let $k = scalar::Token;
+                $body
+            }
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => {
+                let $k =
+                    arch::x86_64::avx2::Avx2::new().unwrap_or_else(|| unavailable(Backend::Avx2));
+                $body
+            }
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => {
+                let $k = arch::x86_64::avx512::Avx512::new()
+                    .unwrap_or_else(|| unavailable(Backend::Avx512));
+                $body
+            }
+            #[cfg(target_arch = "aarch64")]
+            Backend::Neon => {
+                let $k =
+                    arch::aarch64::neon::Neon::new().unwrap_or_else(|| unavailable(Backend::Neon));
+                $body
+            }
+            #[allow(unreachable_patterns)]
+            other => unavailable(other),
+        }
+    };
+}
+
+#[cold]
+#[inline(never)]
+fn unavailable(b: Backend) -> ! {
+    panic!(
+        "tpi-kernels: backend {} is not available on this CPU",
+        b.name()
+    )
 }
 
 impl Backend {
-    /// The best backend for this CPU.
+    /// Every backend, fastest first (the order `detect` tries them in).
+    pub const ALL: [Backend; 4] = [
+        Backend::Avx512,
+        Backend::Avx2,
+        Backend::Neon,
+        Backend::Scalar,
+    ];
+
+    /// The best backend for this CPU. With `std` the result of run-time
+    /// detection is cached after the first call.
     pub fn detect() -> Backend {
-        Backend::Scalar
+        #[cfg(feature = "std")]
+        {
+            use core::sync::atomic::{AtomicU8, Ordering};
+            // 0 = not yet detected, else 1 + index into ALL.
+            static CACHE: AtomicU8 = AtomicU8::new(0);
+            match CACHE.load(Ordering::Relaxed) {
+                0 => {
+                    let i = Self::ALL.iter().position(|b| b.is_available()).unwrap_or(3);
+                    CACHE.store(i as u8 + 1, Ordering::Relaxed);
+                    Self::ALL[i]
+                }
+                i => Self::ALL[usize::from(i - 1)],
+            }
+        }
+        #[cfg(not(feature = "std"))]
+        {
+            Self::all_available().next().unwrap_or(Backend::Scalar)
+        }
+    }
+
+    /// The backends that can run on this CPU, fastest first; always ends
+    /// with `Scalar`.
+    pub fn all_available() -> impl Iterator<Item = Backend> {
+        Self::ALL.into_iter().filter(|b| b.is_available())
     }
 
     /// Short lowercase name ("scalar", "avx2", "avx512", "neon").
     pub fn name(self) -> &'static str {
         match self {
             Backend::Scalar => "scalar",
+            Backend::Avx2 => "avx2",
+            Backend::Avx512 => "avx512",
+            Backend::Neon => "neon",
         }
     }
 
     /// Whether this backend can run on this CPU.
     pub fn is_available(self) -> bool {
-        true
+        match self {
+            Backend::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => arch::x86_64::has_avx2(),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => arch::x86_64::has_avx512(),
+            #[cfg(target_arch = "aarch64")]
+            Backend::Neon => arch::aarch64::has_neon(),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
     }
 
     /// `y = W x`, W row-major `[y.len()][x.len()]`, f32 accumulation.
     ///
     /// # Panics
-    /// If `w.len() != y.len() * x.len()`.
+    /// If `w.len() != y.len() * x.len()`, or if the backend is not available.
     pub fn gemv(self, w: Weights<'_>, x: &[f32], y: &mut [f32]) {
         assert_eq!(w.len(), y.len() * x.len(), "gemv: weight shape");
-        match self {
-            Backend::Scalar => scalar::gemv(w, x, y),
-        }
+        dispatch!(self, |k| k.gemv(w, x, y))
     }
 
     /// Dot product of two f32 vectors.
     ///
     /// # Panics
-    /// If the lengths differ.
+    /// If the lengths differ, or if the backend is not available.
     pub fn dot(self, a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len(), "dot: lengths");
-        scalar::dot(a, b)
+        dispatch!(self, |k| k.dot(a, b))
     }
 
     /// `y += a * x`.
     ///
     /// # Panics
-    /// If the lengths differ.
+    /// If the lengths differ, or if the backend is not available.
     pub fn axpy(self, y: &mut [f32], a: f32, x: &[f32]) {
         assert_eq!(y.len(), x.len(), "axpy: lengths");
-        scalar::axpy(y, a, x)
+        dispatch!(self, |k| k.axpy(y, a, x))
+    }
+
+    /// Wrapping sum of `bytes` as little-endian u64 words (the last partial
+    /// word zero-padded), read with this backend's widest loads into 8
+    /// independent accumulators. It does no useful work: it is the
+    /// "best memory read loop" that GEMV bandwidth is compared against
+    /// (`cargo bench --bench gemv`). Every backend returns the same value.
+    ///
+    /// # Panics
+    /// If the backend is not available.
+    pub fn read_sum(self, bytes: &[u8]) -> u64 {
+        dispatch!(self, |k| k.read_sum(bytes))
+    }
+
+    /// [`rmsnorm`] on this backend (SIMD sum of squares).
+    ///
+    /// # Panics
+    /// If the lengths differ, or if the backend is not available.
+    pub fn rmsnorm(self, out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+        assert!(
+            out.len() == x.len() && x.len() == w.len(),
+            "rmsnorm: lengths"
+        );
+        let ss = self.dot(x, x);
+        scalar::rmsnorm_scale(out, x, w, ss, eps);
     }
 }
 
@@ -103,8 +228,7 @@ impl Backend {
 /// # Panics
 /// If the lengths differ.
 pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
-    assert!(out.len() == x.len() && x.len() == w.len(), "rmsnorm: lengths");
-    scalar::rmsnorm(out, x, w, eps)
+    Backend::detect().rmsnorm(out, x, w, eps)
 }
 
 /// Rotate-half RoPE (HF layout) on `x` = `n_heads` heads of `head_dim`, with
@@ -114,7 +238,10 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
 /// If `x.len()` is not a multiple of `2 * cos.len()` or `sin.len() != cos.len()`.
 pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     let half = cos.len();
-    assert!(half > 0 && sin.len() == half && x.len() % (2 * half) == 0, "rope: shape");
+    assert!(
+        half > 0 && sin.len() == half && x.len().is_multiple_of(2 * half),
+        "rope: shape"
+    );
     scalar::rope(x, cos, sin)
 }
 

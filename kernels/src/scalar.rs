@@ -3,18 +3,49 @@
 use crate::Weights;
 use half::{bf16, f16};
 
+/// The scalar backend's kernel token (always available), so the dispatch in
+/// `lib.rs` treats every backend alike.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Token;
+
+impl Token {
+    pub(crate) fn gemv(self, w: Weights<'_>, x: &[f32], y: &mut [f32]) {
+        gemv(w, x, y)
+    }
+
+    pub(crate) fn dot(self, a: &[f32], b: &[f32]) -> f32 {
+        dot(a, b)
+    }
+
+    pub(crate) fn axpy(self, y: &mut [f32], a: f32, x: &[f32]) {
+        axpy(y, a, x)
+    }
+
+    pub(crate) fn read_sum(self, bytes: &[u8]) -> u64 {
+        read_sum(bytes)
+    }
+}
+
 pub fn gemv(w: Weights<'_>, x: &[f32], y: &mut [f32]) {
     let n = x.len();
     match w {
         Weights::F32(w) => gemv_f32(w, x, y),
         Weights::F16(w) => {
             for (r, yr) in y.iter_mut().enumerate() {
-                *yr = w[r * n..(r + 1) * n].iter().zip(x).map(|(a, b)| a.to_f32() * b).sum();
+                *yr = w[r * n..(r + 1) * n]
+                    .iter()
+                    .zip(x)
+                    .map(|(a, b)| a.to_f32() * b)
+                    .sum();
             }
         }
         Weights::BF16(w) => {
             for (r, yr) in y.iter_mut().enumerate() {
-                *yr = w[r * n..(r + 1) * n].iter().zip(x).map(|(a, b)| a.to_f32() * b).sum();
+                *yr = w[r * n..(r + 1) * n]
+                    .iter()
+                    .zip(x)
+                    .map(|(a, b)| a.to_f32() * b)
+                    .sum();
             }
         }
     }
@@ -37,9 +68,30 @@ pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
+/// Wrapping sum of `bytes` as little-endian u64 words, the last partial word
+/// zero-padded. See [`crate::Backend::read_sum`].
+pub fn read_sum(bytes: &[u8]) -> u64 {
+    let mut words = bytes.chunks_exact(8);
+    let mut s = 0u64;
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        s = s.wrapping_add(u64::from_le_bytes(b));
+    }
+    let mut last = [0u8; 8];
+    last[..words.remainder().len()].copy_from_slice(words.remainder());
+    s.wrapping_add(u64::from_le_bytes(last))
+}
+
 pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
-    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32;
-    let inv = 1.0 / libm_sqrt(ss + eps);
+    let ss: f32 = x.iter().map(|v| v * v).sum();
+    rmsnorm_scale(out, x, w, ss, eps);
+}
+
+/// The second half of rmsnorm, given `ss = sum(x^2)` from any backend.
+pub(crate) fn rmsnorm_scale(out: &mut [f32], x: &[f32], w: &[f32], ss: f32, eps: f32) {
+    let ms = ss / x.len().max(1) as f32;
+    let inv = 1.0 / libm_sqrt(ms + eps);
     for ((o, x), w) in out.iter_mut().zip(x).zip(w) {
         *o = x * inv * w;
     }
@@ -130,7 +182,15 @@ fn libm_exp(v: f32) -> f32 {
         let k = (v * core::f32::consts::LOG2_E + if v < 0.0 { -0.5 } else { 0.5 }) as i32;
         let r = v - k as f32 * core::f32::consts::LN_2;
         let mut p = 1.0 / 5040.0;
-        for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        for c in [
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+            1.0,
+        ] {
             p = p * r + c;
         }
         p * f32::from_bits(((k + 127) as u32) << 23)

@@ -1,1 +1,97 @@
-//! placeholder: being written
+//! Wire protocol between ranks: frame codec and typed payloads. Socket
+//! agnostic: everything encodes into byte slices / `io::Write` and decodes
+//! from byte slices / `io::Read`.
+//!
+//! # Spec (protocol version 1)
+//!
+//! Topology: a star. Rank 0 is the hub; every worker holds one TCP
+//! connection to it. Each direction is a sequence of frames.
+//!
+//! ## F1. Frame header (40 bytes, all integers little-endian)
+//!
+//! | field            | offset | width | meaning                                                        |
+//! |------------------|-------:|------:|----------------------------------------------------------------|
+//! | magic            |      0 |     4 | `b"TPI1"` (u32 `0x31495054`)                                   |
+//! | version          |      4 |     2 | protocol version, `1`                                          |
+//! | kind             |      6 |     1 | message kind, see F3                                           |
+//! | flags            |      7 |     1 | bit 0 `STOP`: sender stops after this step; others 0           |
+//! | rank             |      8 |     2 | sender's rank                                                  |
+//! | reserved         |     10 |     2 | must be 0                                                      |
+//! | step             |     12 |     4 | generation step the frame belongs to (0 during handshake)      |
+//! | seq              |     16 |     4 | message number within the step (allreduce index: `2*layer + {0 attn, 1 mlp}`); same for all chunks of a message |
+//! | chunk_index      |     20 |     2 | index of this chunk in its message                             |
+//! | chunk_count      |     22 |     2 | chunks in the message, `>= 1`                                  |
+//! | payload_len      |     24 |     4 | bytes following the header, `<= MAX_PAYLOAD`                   |
+//! | payload_checksum |     28 |     4 | `checksum32(payload)`                                          |
+//! | total_len        |     32 |     4 | sum of payload_len over all chunks of the message              |
+//! | header_checksum  |     36 |     4 | `checksum32(header[0..36])`                                    |
+//!
+//! `checksum32` is XXH64 (seed 0) folded to 32 bits, see [`checksum`].
+//!
+//! ## Validation, in this order (a failure is a [`frame::FrameError`])
+//!
+//! - F2. `magic == b"TPI1"`, then `version == 1`, then header checksum.
+//! - F3. `kind` is one of: 1 Hello, 2 HelloAck, 3 Reject, 4 Step, 5 Partial,
+//!   6 Reduced, 7 Logits, 8 FileRequest, 9 FileChunk, 10 Stop, 11 Heartbeat,
+//!   12 Error. Anything else is an error.
+//! - F4. `flags & !STOP == 0`.
+//! - F5. `reserved == 0`.
+//! - F6. `payload_len <= MAX_PAYLOAD` (65536). Receivers read into a
+//!   preallocated `[u8; MAX_PAYLOAD]`; nothing is allocated from a wire length.
+//! - F7. `chunk_count >= 1` and `chunk_index < chunk_count`.
+//! - F8. Canonical chunking: `chunk_count == max(1, ceil(total_len /
+//!   MAX_PAYLOAD))`, every chunk but the last carries exactly `MAX_PAYLOAD`
+//!   bytes, the last the rest. So a message is at most `MAX_MESSAGE =
+//!   65535 * 65536` bytes, and f32 data never splits an element.
+//! - F9. `checksum32(payload) == payload_checksum`.
+//! - F10. Multi-chunk receivers ([`frame::recv_f32s_into`]) also require:
+//!   expected kind and step, `total_len` equal to the length the receiver
+//!   derives from the plan, chunks in order `0..chunk_count`, same seq and
+//!   rank on every chunk.
+//!
+//! ## Payloads (a failure is a [`msg::MsgError`]; trailing bytes are an error)
+//!
+//! - M1. Hello / HelloAck ([`msg::Hello`], 54 bytes): `protocol_version
+//!   u16, world_size u16 (>= 1), rank u16 (< world_size), model_fingerprint
+//!   u64, plan_hash u64, nonce [u8; 32]`.
+//! - M2. Reject / Error ([`msg::Reject`]): `len u16 (<= 1024), reason
+//!   [u8; len]` UTF-8.
+//! - M3. Step ([`msg::Step`]): `pos u32, flags u32 (bit 0 WANT_LOGITS, bit 1
+//!   PREFILL, others 0), count u32 (<= MAX_STEP_IDS = 4096), ids [u32; count]`.
+//! - M4. FileRequest ([`msg::FileRequest`], 16 bytes): `offset u64, len u64`,
+//!   `1 <= len <= MAX_MESSAGE`, `offset + len` does not overflow. Answered
+//!   by one FileChunk message (raw bytes, chunked per F8) of exactly `len`
+//!   bytes, or an Error.
+//! - M5. Stop, Heartbeat: empty payload.
+//! - Partial, Reduced, Logits: little-endian f32 arrays, sent with
+//!   [`frame::send_f32s`]; length known from the plan (Partial/Reduced:
+//!   `dim * n_tokens`; Logits: the sender's `vocab` range length * n_tokens).
+//!
+//! ## Handshake and state machine
+//!
+//! ```text
+//! worker                                   hub
+//! Connect --- Hello{ver, N, rank, fp, plan_hash, nonce} --->  check ver, N, rank unused,
+//!                                                             fp and plan_hash equal to hub's
+//!         <--- HelloAck{hub's values, same nonce} ---------  ok
+//!         <--- Reject{reason}, close ------------------------  mismatch
+//! (optional) FileRequest / FileChunk* until the slice is local
+//! Ready:
+//!   step s:   <--- Step{pos, ids, flags} (step=s)
+//!             per allreduce k = 0..2*n_layers:
+//!               --- Partial (step=s, seq=k, dim*n f32) --->   hub sums its own + partials
+//!                                                             in rank order (deterministic)
+//!               <--- Reduced (step=s, seq=k) --------------
+//!             if WANT_LOGITS: --- Logits (step=s) ------->  hub concatenates by vocab range
+//!   idle:     Heartbeat either way (step = last step)
+//!   end:      <--- Stop (or STOP flag on the last Step), close
+//!   failure:  either side sends Error{reason} and closes; any FrameError
+//!             or MsgError closes the connection (no resync inside a stream).
+//! ```
+
+pub mod checksum;
+pub mod frame;
+pub mod msg;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,42 @@
+//! x86-64 backends: AVX2+FMA+F16C and AVX-512F.
+
+pub(crate) mod avx2;
+pub(crate) mod avx512;
+
+/// AVX2 + FMA + F16C: enabled at compile time, or detected at run time (std).
+pub(crate) fn has_avx2() -> bool {
+    cfg!(all(
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    )) || detect_avx2()
+}
+
+/// AVX-512F: enabled at compile time, or detected at run time (std).
+pub(crate) fn has_avx512() -> bool {
+    cfg!(target_feature = "avx512f") || detect_avx512()
+}
+
+// `is_x86_feature_detected!` caches its CPUID results in a static, so these
+// are an atomic load and a bit test after the first call.
+#[cfg(feature = "std")]
+fn detect_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
+}
+
+#[cfg(feature = "std")]
+fn detect_avx512() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(not(feature = "std"))]
+fn detect_avx2() -> bool {
+    false
+}
+
+#[cfg(not(feature = "std"))]
+fn detect_avx512() -> bool {
+    false
+}

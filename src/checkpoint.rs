@@ -1,0 +1,61 @@
+//! A model directory (or the bundled model) opened: config, weights, tokenizer.
+
+use crate::bundled;
+use crate::config::Config;
+use crate::error::Result;
+use crate::safetensors::SafeTensors;
+use crate::tokenizer::Tokenizer;
+use std::path::{Path, PathBuf};
+
+/// An opened HuggingFace model.
+pub struct Checkpoint {
+    pub config: Config,
+    pub weights: SafeTensors,
+    /// Absent when the directory has no tokenizer.json (ids-only use).
+    pub tokenizer: Option<Tokenizer>,
+    /// Where it came from, for messages.
+    pub origin: String,
+}
+
+impl Checkpoint {
+    /// Opens `dir`, or the bundled demo model when `dir` is `None`.
+    pub fn open(dir: Option<&Path>) -> Result<Checkpoint> {
+        match dir {
+            Some(dir) => Checkpoint::open_dir(dir),
+            None => Checkpoint::bundled(),
+        }
+    }
+
+    pub fn open_dir(dir: &Path) -> Result<Checkpoint> {
+        let config = Config::from_dir(dir)?;
+        let weights = SafeTensors::open_dir(dir)?;
+        let tok_path: PathBuf = dir.join("tokenizer.json");
+        let tokenizer = if tok_path.exists() {
+            Some(Tokenizer::from_file(&tok_path)?)
+        } else {
+            None
+        };
+        Ok(Checkpoint {
+            config,
+            weights,
+            tokenizer,
+            origin: dir.display().to_string(),
+        })
+    }
+
+    pub fn bundled() -> Result<Checkpoint> {
+        let config = Config::from_json(
+            bundled::CONFIG,
+            Some(bundled::GENERATION_CONFIG),
+            bundled::NAME,
+        )?;
+        let weights = SafeTensors::from_bytes(bundled::WEIGHTS, bundled::NAME)?;
+        let tokenizer = Some(Tokenizer::from_bytes(bundled::TOKENIZER, bundled::NAME)?);
+        Ok(Checkpoint {
+            config,
+            weights,
+            tokenizer,
+            origin: bundled::NAME.to_string(),
+        })
+    }
+}

@@ -1,0 +1,166 @@
+//! Generation: prefill the prompt, then sample token by token with a KV cache.
+
+use crate::error::{Error, Result};
+use crate::model::{forward, Collective, Head, LayerSource, Resident, State, Timing};
+use crate::par::Par;
+use crate::sampler::{Sampler, SamplerConfig};
+use crate::tokenizer::Tokenizer;
+use std::time::{Duration, Instant};
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct GenOptions {
+    /// Tokens to generate at most.
+    pub length: usize,
+    pub sampler: SamplerConfig,
+    /// Token ids that end generation (ignored with `ignore_eos`).
+    pub eos_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    /// Keep the logits of every prompt position (tests, `--logits-out`).
+    pub keep_prompt_logits: bool,
+}
+
+/// What a generation produced, and how fast.
+#[derive(Clone, Debug, Default)]
+pub struct GenOutput {
+    pub prompt_ids: Vec<u32>,
+    pub generated_ids: Vec<u32>,
+    /// The decoded continuation (empty without a tokenizer).
+    pub text: String,
+    /// Logits at the last prompt position.
+    pub last_logits: Vec<f32>,
+    /// Logits at every prompt position, when asked for.
+    pub prompt_logits: Vec<Vec<f32>>,
+    /// Time to the first generated token (prefill + first sample).
+    pub ttft: Duration,
+    /// Mean time per generated token after the first.
+    pub per_token: Duration,
+    /// Time spent waiting on other ranks, over the decode steps.
+    pub comm_per_token: Duration,
+}
+
+impl GenOutput {
+    pub fn tokens_per_s(&self) -> f64 {
+        let s = self.per_token.as_secs_f64();
+        if s > 0.0 {
+            1.0 / s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The parts of a rank that a generation runs on.
+pub struct Rank<'a> {
+    pub res: &'a Resident,
+    pub layers: &'a mut dyn LayerSource,
+    pub head: &'a mut dyn Head,
+    pub comm: &'a mut dyn Collective,
+    pub par: Par,
+}
+
+/// Generates from `prompt_ids`, calling `on_text` with each newly decoded piece.
+pub fn generate(
+    rank: &mut Rank<'_>,
+    tokenizer: Option<&Tokenizer>,
+    prompt_ids: &[u32],
+    opts: &GenOptions,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<GenOutput> {
+    if prompt_ids.is_empty() {
+        return Err(Error::Usage("the prompt has no tokens".into()));
+    }
+    let vocab = rank.res.dims.vocab_total;
+    if let Some(bad) = prompt_ids.iter().find(|&&id| id as usize >= vocab) {
+        return Err(Error::Usage(format!(
+            "prompt token id {bad} is outside the vocabulary of {vocab}"
+        )));
+    }
+    let seq_len = prompt_ids.len() + opts.length;
+    let mut state = State::new(&rank.res.dims, seq_len);
+    let mut sampler = Sampler::new(opts.sampler);
+    let mut stream = tokenizer.map(|t| t.stream(prompt_ids));
+    let mut out = GenOutput {
+        prompt_ids: prompt_ids.to_vec(),
+        ..GenOutput::default()
+    };
+    let mut timing = Timing::default();
+    let start = Instant::now();
+
+    for (pos, &id) in prompt_ids.iter().enumerate() {
+        let last = pos + 1 == prompt_ids.len();
+        let want = last || opts.keep_prompt_logits;
+        step(rank, &mut state, id, pos, want, &mut timing)?;
+        if want && opts.keep_prompt_logits {
+            out.prompt_logits.push(state.logits.clone());
+        }
+    }
+    out.last_logits = state.logits.clone();
+
+    let mut decode_start = start;
+    let mut comm_at_decode = Duration::ZERO;
+    let mut pos = prompt_ids.len();
+    for i in 0..opts.length {
+        let next = sampler.sample(&state.logits);
+        if i == 0 {
+            out.ttft = start.elapsed();
+            decode_start = Instant::now();
+            comm_at_decode = timing.comm;
+        }
+        if !opts.ignore_eos && opts.eos_ids.contains(&next) {
+            break;
+        }
+        out.generated_ids.push(next);
+        if let Some(s) = stream.as_mut() {
+            let piece = s.push(next)?;
+            if !piece.is_empty() {
+                on_text(&piece);
+            }
+        }
+        if i + 1 == opts.length {
+            break;
+        }
+        step(rank, &mut state, next, pos, true, &mut timing)?;
+        pos += 1;
+    }
+    let steps = out.generated_ids.len().saturating_sub(1) as u32;
+    if steps > 0 {
+        out.per_token = decode_start.elapsed() / steps;
+        out.comm_per_token = (timing.comm - comm_at_decode) / steps;
+    }
+    if let Some(s) = stream {
+        out.text = s.text().to_string();
+    }
+    Ok(out)
+}
+
+fn step(
+    rank: &mut Rank<'_>,
+    s: &mut State,
+    id: u32,
+    pos: usize,
+    want: bool,
+    timing: &mut Timing,
+) -> Result<()> {
+    forward(
+        rank.res,
+        rank.layers,
+        rank.head,
+        rank.comm,
+        &rank.par,
+        s,
+        id,
+        pos,
+        want,
+        timing,
+    )?;
+    Ok(())
+}
+
+/// Peak resident set size of this process (VmHWM), in bytes, where known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -1,0 +1,64 @@
+//! The engine's error type: each area's error, with what and where.
+
+use std::fmt;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug)]
+pub enum Error {
+    Config(crate::config::ConfigError),
+    SafeTensors(crate::safetensors::SafeTensorsError),
+    Tokenizer(crate::tokenizer::TokenizerError),
+    /// A model whose tensors do not fit its config, or a step out of range.
+    Model(String),
+    /// Bad command-line usage.
+    Usage(String),
+    /// An I/O error on a named file.
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Config(e) => write!(f, "config: {e}"),
+            Error::SafeTensors(e) => write!(f, "weights: {e}"),
+            Error::Tokenizer(e) => write!(f, "tokenizer: {e}"),
+            Error::Model(m) => write!(f, "model: {m}"),
+            Error::Usage(m) => write!(f, "usage: {m}"),
+            Error::Io { path, source } => write!(f, "{path}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Config(e) => Some(e),
+            Error::SafeTensors(e) => Some(e),
+            Error::Tokenizer(e) => Some(e),
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<crate::config::ConfigError> for Error {
+    fn from(e: crate::config::ConfigError) -> Self {
+        Error::Config(e)
+    }
+}
+
+impl From<crate::safetensors::SafeTensorsError> for Error {
+    fn from(e: crate::safetensors::SafeTensorsError) -> Self {
+        Error::SafeTensors(e)
+    }
+}
+
+impl From<crate::tokenizer::TokenizerError> for Error {
+    fn from(e: crate::tokenizer::TokenizerError) -> Self {
+        Error::Tokenizer(e)
+    }
+}

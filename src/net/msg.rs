@@ -1,0 +1,387 @@
+//! Typed payloads (spec M1..M5 in [`crate::net`]). Decoding goes through a
+//! bounded [`Cursor`]: every read is length-checked, integers are
+//! little-endian, counts are checked against constant maxima before any
+//! allocation, and trailing bytes are an error.
+
+use std::fmt;
+
+use super::frame::{MAX_MESSAGE, MAX_PAYLOAD};
+
+/// Largest `Reject`/`Error` reason in bytes (spec M2).
+pub const MAX_REASON: usize = 1024;
+/// Most token ids in one `Step` (spec M3).
+pub const MAX_STEP_IDS: usize = 4096;
+/// Step flag bit 0: the hub wants logits after this step.
+pub const STEP_WANT_LOGITS: u32 = 1;
+/// Step flag bit 1: this step is (part of) the prompt prefill.
+pub const STEP_PREFILL: u32 = 2;
+/// All defined step flags; others must be 0 (spec M3).
+pub const STEP_KNOWN_FLAGS: u32 = STEP_WANT_LOGITS | STEP_PREFILL;
+/// Encoded size of [`Hello`] (spec M1).
+pub const HELLO_LEN: usize = 2 + 2 + 2 + 8 + 8 + 32;
+/// Encoded size of [`FileRequest`] (spec M4).
+pub const FILE_REQUEST_LEN: usize = 16;
+
+/// Payload decode/encode errors, naming the field and values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MsgError {
+    /// Fewer bytes left than the field needs.
+    Truncated {
+        field: &'static str,
+        need: usize,
+        have: usize,
+    },
+    /// Bytes left after the last field.
+    Trailing { extra: usize },
+    /// A count or length above its constant maximum.
+    TooLong {
+        field: &'static str,
+        len: u64,
+        max: u64,
+    },
+    /// Reason text is not UTF-8.
+    NotUtf8 { field: &'static str },
+    /// Undefined flag bits set.
+    UnknownFlags {
+        field: &'static str,
+        flags: u32,
+        known: u32,
+    },
+    /// A field value outside its allowed range.
+    Invalid {
+        field: &'static str,
+        value: u64,
+        why: &'static str,
+    },
+}
+
+impl fmt::Display for MsgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MsgError::Truncated { field, need, have } => {
+                write!(f, "message: {field} needs {need} bytes, {have} left")
+            }
+            MsgError::Trailing { extra } => write!(f, "message: {extra} trailing bytes"),
+            MsgError::TooLong { field, len, max } => {
+                write!(f, "message: {field} is {len}, maximum {max}")
+            }
+            MsgError::NotUtf8 { field } => write!(f, "message: {field} is not valid UTF-8"),
+            MsgError::UnknownFlags {
+                field,
+                flags,
+                known,
+            } => {
+                write!(f, "message: {field} {flags:#x} has bits outside {known:#x}")
+            }
+            MsgError::Invalid { field, value, why } => {
+                write!(f, "message: {field} = {value}: {why}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for MsgError {}
+
+/// Bounded little-endian reader over a payload.
+#[derive(Debug)]
+pub struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Cursor { buf, pos: 0 }
+    }
+
+    /// Bytes not yet consumed.
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// The next `n` bytes, or `Truncated` naming `field`.
+    pub fn bytes(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], MsgError> {
+        let have = self.remaining();
+        if n > have {
+            return Err(MsgError::Truncated {
+                field,
+                need: n,
+                have,
+            });
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    /// The next `N` bytes as an array.
+    pub fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], MsgError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.bytes(N, field)?);
+        Ok(a)
+    }
+
+    pub fn u8(&mut self, field: &'static str) -> Result<u8, MsgError> {
+        Ok(self.array::<1>(field)?[0])
+    }
+    pub fn u16(&mut self, field: &'static str) -> Result<u16, MsgError> {
+        Ok(u16::from_le_bytes(self.array(field)?))
+    }
+    pub fn u32(&mut self, field: &'static str) -> Result<u32, MsgError> {
+        Ok(u32::from_le_bytes(self.array(field)?))
+    }
+    pub fn u64(&mut self, field: &'static str) -> Result<u64, MsgError> {
+        Ok(u64::from_le_bytes(self.array(field)?))
+    }
+
+    /// Succeeds only if every byte was consumed.
+    pub fn finish(self) -> Result<(), MsgError> {
+        match self.remaining() {
+            0 => Ok(()),
+            extra => Err(MsgError::Trailing { extra }),
+        }
+    }
+}
+
+/// Handshake: worker -> hub (`Hello`), hub -> worker (`HelloAck`, same
+/// layout, nonce echoed). Spec M1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    pub protocol_version: u16,
+    pub world_size: u16,
+    pub rank: u16,
+    pub model_fingerprint: u64,
+    pub plan_hash: u64,
+    pub nonce: [u8; 32],
+}
+
+impl Hello {
+    pub fn encode(&self) -> [u8; HELLO_LEN] {
+        let mut b = [0u8; HELLO_LEN];
+        b[0..2].copy_from_slice(&self.protocol_version.to_le_bytes());
+        b[2..4].copy_from_slice(&self.world_size.to_le_bytes());
+        b[4..6].copy_from_slice(&self.rank.to_le_bytes());
+        b[6..14].copy_from_slice(&self.model_fingerprint.to_le_bytes());
+        b[14..22].copy_from_slice(&self.plan_hash.to_le_bytes());
+        b[22..54].copy_from_slice(&self.nonce);
+        b
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<Hello, MsgError> {
+        let mut c = Cursor::new(payload);
+        let h = Hello {
+            protocol_version: c.u16("hello.protocol_version")?,
+            world_size: c.u16("hello.world_size")?,
+            rank: c.u16("hello.rank")?,
+            model_fingerprint: c.u64("hello.model_fingerprint")?,
+            plan_hash: c.u64("hello.plan_hash")?,
+            nonce: c.array("hello.nonce")?,
+        };
+        // spec M1: exactly HELLO_LEN bytes.
+        c.finish()?;
+        // spec M1: world_size >= 1.
+        if h.world_size == 0 {
+            return Err(MsgError::Invalid {
+                field: "hello.world_size",
+                value: 0,
+                why: "must be >= 1",
+            });
+        }
+        // spec M1: rank < world_size.
+        if h.rank >= h.world_size {
+            return Err(MsgError::Invalid {
+                field: "hello.rank",
+                value: u64::from(h.rank),
+                why: "must be < world_size",
+            });
+        }
+        Ok(h)
+    }
+}
+
+/// Refusal (`Reject`) or fatal error (`Error`) with a human reason. Spec M2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub reason: String,
+}
+
+impl Reject {
+    /// `u16 len` + UTF-8 bytes; errors if the reason exceeds [`MAX_REASON`].
+    pub fn encode(&self) -> Result<Vec<u8>, MsgError> {
+        let r = self.reason.as_bytes();
+        if r.len() > MAX_REASON {
+            return Err(MsgError::TooLong {
+                field: "reject.reason",
+                len: r.len() as u64,
+                max: MAX_REASON as u64,
+            });
+        }
+        let mut b = Vec::with_capacity(2 + r.len());
+        b.extend_from_slice(&(r.len() as u16).to_le_bytes());
+        b.extend_from_slice(r);
+        Ok(b)
+    }
+
+    /// Build one, cutting `reason` at a char boundary to fit [`MAX_REASON`].
+    pub fn truncated(reason: &str) -> Reject {
+        let mut end = reason.len().min(MAX_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        Reject {
+            reason: reason[..end].to_string(),
+        }
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<Reject, MsgError> {
+        let mut c = Cursor::new(payload);
+        let len = c.u16("reject.len")? as usize;
+        // spec M2: len <= MAX_REASON.
+        if len > MAX_REASON {
+            return Err(MsgError::TooLong {
+                field: "reject.reason",
+                len: len as u64,
+                max: MAX_REASON as u64,
+            });
+        }
+        let bytes = c.bytes(len, "reject.reason")?;
+        // spec M2: UTF-8.
+        let reason = std::str::from_utf8(bytes).map_err(|_| MsgError::NotUtf8 {
+            field: "reject.reason",
+        })?;
+        // spec M2: no trailing bytes.
+        c.finish()?;
+        Ok(Reject {
+            reason: reason.to_string(),
+        })
+    }
+}
+
+/// One generation step, hub -> workers. Spec M3.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Position of `ids[0]` in the sequence.
+    pub pos: u32,
+    /// Token ids to process (1 in decode, many in prefill).
+    pub ids: Vec<u32>,
+    /// `STEP_*` bits.
+    pub flags: u32,
+}
+
+impl Step {
+    /// `pos u32, flags u32, count u32, ids u32 * count`.
+    pub fn encode(&self) -> Result<Vec<u8>, MsgError> {
+        if self.ids.len() > MAX_STEP_IDS {
+            return Err(MsgError::TooLong {
+                field: "step.ids",
+                len: self.ids.len() as u64,
+                max: MAX_STEP_IDS as u64,
+            });
+        }
+        if self.flags & !STEP_KNOWN_FLAGS != 0 {
+            return Err(MsgError::UnknownFlags {
+                field: "step.flags",
+                flags: self.flags,
+                known: STEP_KNOWN_FLAGS,
+            });
+        }
+        let mut b = Vec::with_capacity(12 + 4 * self.ids.len());
+        b.extend_from_slice(&self.pos.to_le_bytes());
+        b.extend_from_slice(&self.flags.to_le_bytes());
+        b.extend_from_slice(&(self.ids.len() as u32).to_le_bytes());
+        for id in &self.ids {
+            b.extend_from_slice(&id.to_le_bytes());
+        }
+        Ok(b)
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<Step, MsgError> {
+        let mut c = Cursor::new(payload);
+        let pos = c.u32("step.pos")?;
+        let flags = c.u32("step.flags")?;
+        // spec M3: undefined flag bits are 0.
+        if flags & !STEP_KNOWN_FLAGS != 0 {
+            return Err(MsgError::UnknownFlags {
+                field: "step.flags",
+                flags,
+                known: STEP_KNOWN_FLAGS,
+            });
+        }
+        let count = c.u32("step.count")?;
+        // spec M3: count <= MAX_STEP_IDS, checked before allocating.
+        if count as usize > MAX_STEP_IDS {
+            return Err(MsgError::TooLong {
+                field: "step.ids",
+                len: u64::from(count),
+                max: MAX_STEP_IDS as u64,
+            });
+        }
+        let raw = c.bytes(count as usize * 4, "step.ids")?;
+        // spec M3: no trailing bytes.
+        c.finish()?;
+        let ids = raw
+            .chunks_exact(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect();
+        Ok(Step { pos, ids, flags })
+    }
+}
+
+/// Worker -> hub: send bytes `offset..offset + len` of this worker's slice
+/// file; answered by one `FileChunk` message of `len` bytes. Spec M4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileRequest {
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl FileRequest {
+    pub fn encode(&self) -> [u8; FILE_REQUEST_LEN] {
+        let mut b = [0u8; FILE_REQUEST_LEN];
+        b[0..8].copy_from_slice(&self.offset.to_le_bytes());
+        b[8..16].copy_from_slice(&self.len.to_le_bytes());
+        b
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<FileRequest, MsgError> {
+        let mut c = Cursor::new(payload);
+        let offset = c.u64("file_request.offset")?;
+        let len = c.u64("file_request.len")?;
+        // spec M4: exactly 16 bytes.
+        c.finish()?;
+        // spec M4: 1 <= len <= MAX_MESSAGE (the answer is one message).
+        if len == 0 {
+            return Err(MsgError::Invalid {
+                field: "file_request.len",
+                value: 0,
+                why: "must be >= 1",
+            });
+        }
+        if len > MAX_MESSAGE {
+            return Err(MsgError::TooLong {
+                field: "file_request.len",
+                len,
+                max: MAX_MESSAGE,
+            });
+        }
+        // spec M4: offset + len fits in u64.
+        if offset.checked_add(len).is_none() {
+            return Err(MsgError::Invalid {
+                field: "file_request.offset",
+                value: offset,
+                why: "offset + len overflows",
+            });
+        }
+        Ok(FileRequest { offset, len })
+    }
+}
+
+/// Spec M5: kinds whose payload must be empty (`Stop`, `Heartbeat`).
+pub fn expect_empty(payload: &[u8]) -> Result<(), MsgError> {
+    Cursor::new(payload).finish()
+}
+
+// Every single-frame message fits in one frame.
+const _: () = assert!(HELLO_LEN <= MAX_PAYLOAD);
+const _: () = assert!(2 + MAX_REASON <= MAX_PAYLOAD);
+const _: () = assert!(12 + 4 * MAX_STEP_IDS <= MAX_PAYLOAD);

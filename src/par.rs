@@ -1,0 +1,120 @@
+//! Multi-threaded GEMV: rows of one or several matrices split across threads.
+//!
+//! Each parallel region is one `std::thread::scope`: the calling thread takes
+//! the first share, `threads - 1` helpers the rest. Small matrices run on the
+//! calling thread alone (spawning would cost more than the work).
+
+use tpi_kernels::{Backend, Weights};
+
+/// Below this many weight elements a GEMV stays on one thread.
+const MIN_PARALLEL_ELEMS: usize = 1 << 16;
+/// Row shares are multiples of this (the kernels' row block).
+const ROW_ALIGN: usize = 4;
+
+/// One GEMV: `y = W x`.
+pub type Job<'a, 'b> = (Weights<'a>, &'b [f32], &'b mut [f32]);
+
+/// Thread count and kernel backend for a rank's matmuls.
+#[derive(Clone, Copy, Debug)]
+pub struct Par {
+    threads: usize,
+    backend: Backend,
+}
+
+impl Par {
+    pub fn new(threads: usize, backend: Backend) -> Par {
+        Par {
+            threads: threads.max(1),
+            backend,
+        }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn gemv(&self, w: Weights<'_>, x: &[f32], y: &mut [f32]) {
+        self.run(vec![(w, x, y)]);
+    }
+
+    pub fn gemv2(&self, a: Job<'_, '_>, b: Job<'_, '_>) {
+        self.run(vec![a, b]);
+    }
+
+    pub fn gemv3(&self, a: Job<'_, '_>, b: Job<'_, '_>, c: Job<'_, '_>) {
+        self.run(vec![a, b, c]);
+    }
+
+    /// Runs `jobs`, each split by rows into `threads` shares.
+    pub fn run(&self, jobs: Vec<Job<'_, '_>>) {
+        let work: usize = jobs.iter().map(|(w, _, _)| w.len()).sum();
+        let backend = self.backend;
+        if self.threads == 1 || work < MIN_PARALLEL_ELEMS {
+            for (w, x, y) in jobs {
+                backend.gemv(w, x, y);
+            }
+            return;
+        }
+        let n = self.threads;
+        let mut shares: Vec<Vec<Job<'_, '_>>> =
+            (0..n).map(|_| Vec::with_capacity(jobs.len())).collect();
+        for (w, x, y) in jobs {
+            let rows = y.len();
+            let cols = x.len();
+            let mut rest = y;
+            let mut start = 0;
+            for (t, share) in shares.iter_mut().enumerate() {
+                let end = if t + 1 == n {
+                    rows
+                } else {
+                    (rows * (t + 1) / n).next_multiple_of(ROW_ALIGN).min(rows)
+                };
+                let (mine, tail) = rest.split_at_mut(end - start);
+                rest = tail;
+                if !mine.is_empty() {
+                    share.push((w.slice(start * cols, end * cols), x, mine));
+                }
+                start = end;
+            }
+        }
+        let mut shares = shares.into_iter();
+        let first = shares.next().unwrap_or_default();
+        std::thread::scope(|scope| {
+            for share in shares {
+                scope.spawn(move || {
+                    for (w, x, y) in share {
+                        backend.gemv(w, x, y);
+                    }
+                });
+            }
+            for (w, x, y) in first {
+                backend.gemv(w, x, y);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_gemv_matches_single_thread_on_uneven_rows() {
+        let (rows, cols) = (1003, 131);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let x: Vec<f32> = (0..cols).map(|i| (i as f32).sin()).collect();
+        let mut y1 = vec![0.0; rows];
+        let mut y3 = vec![0.0; rows];
+        Par::new(1, Backend::Scalar).gemv(Weights::F32(&w), &x, &mut y1);
+        Par::new(3, Backend::Scalar).gemv(Weights::F32(&w), &x, &mut y3);
+        assert_eq!(y1, y3);
+        let expect0: f32 = (0..cols).map(|j| w[j] * x[j]).sum();
+        assert!((y1[0] - expect0).abs() < 1e-4);
+    }
+}

@@ -1,0 +1,195 @@
+//! The `tpi-run` command-line contract: output, JSON, logits file, errors.
+
+use crate::common::*;
+use serde_json::Value;
+use std::process::Output;
+
+fn run(args: &[&str]) -> Output {
+    tpi_run().args(args).output().expect("spawn tpi-run")
+}
+
+fn json_of(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "tpi-run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON object ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// An error exit: non-zero, not a panic (101) or abort (signal), message on stderr.
+fn assert_clean_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit 1, got {:?}; stderr: {stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains(needle),
+        "stderr should name {needle:?}: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+}
+
+#[test]
+fn prompt_text_gives_the_reference_story_as_json() {
+    let r = reference("stories260K");
+    let dir = fixture_dir("stories260K");
+    let out = run(&[
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "Once upon a time",
+        "--length",
+        "64",
+        "--temperature",
+        "0",
+        "--json",
+    ]);
+    let v = json_of(&out);
+    assert_eq!(ids(&v["prompt_ids"]), ids(&r["once_upon_a_time_64"]["ids"]));
+    assert_eq!(
+        ids(&v["generated_ids"]),
+        ids(&r["once_upon_a_time_64"]["greedy_ids"])
+    );
+    let text = v["text"].as_str().unwrap();
+    assert!(
+        text.starts_with(", there was a little girl named Lily."),
+        "{text:?}"
+    );
+    for key in ["ttft_ms", "ms_per_token", "tokens_per_s", "peak_rss_bytes"] {
+        assert!(
+            v[key].as_f64().is_some_and(|x| x > 0.0),
+            "{key} = {}",
+            v[key]
+        );
+    }
+    assert!(["avx512", "avx2", "neon", "scalar"].contains(&v["kernel"].as_str().unwrap()));
+}
+
+#[test]
+fn bundled_demo_streams_the_story_without_model() {
+    let out = run(&[
+        "--prompt",
+        "Once upon a time",
+        "--length",
+        "32",
+        "--temperature",
+        "0",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = reference("stories260K");
+    let want = r["prompts"][0]["greedy"]["full_text"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("<s> Once upon a time");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        want.trim_end()
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ms/token") && stderr.contains("peak RSS"),
+        "summary: {stderr}"
+    );
+}
+
+#[test]
+fn logits_out_writes_the_last_position_logits() {
+    let r = reference("llama-gqa-bf16");
+    let p = &r["prompts"][1];
+    let dir = fixture_dir("llama-gqa-bf16");
+    let file = std::env::temp_dir().join(format!("tpi-logits-{}.json", std::process::id()));
+    let prompt: Vec<String> = ids(&p["ids"]).iter().map(|i| i.to_string()).collect();
+    let out = run(&[
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt-ids",
+        &prompt.join(","),
+        "--length",
+        "1",
+        "--temperature",
+        "0",
+        "--json",
+        "--logits-out",
+        file.to_str().unwrap(),
+    ]);
+    json_of(&out);
+    let got: Vec<f32> = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&file);
+    let (diff, at) = max_abs_diff(&got, &floats(&p["last_logits"]));
+    assert!(diff <= 1e-4, "logits-out differs by {diff} at {at}");
+}
+
+#[test]
+fn sampling_is_seeded_and_stops_at_eos() {
+    let args = [
+        "--prompt",
+        "Once upon a time",
+        "--length",
+        "40",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "40",
+        "--json",
+    ];
+    let a = json_of(&run(&[&args[..], &["--seed", "5"]].concat()));
+    let b = json_of(&run(&[&args[..], &["--seed", "5"]].concat()));
+    let c = json_of(&run(&[&args[..], &["--seed", "6"]].concat()));
+    assert_eq!(a["generated_ids"], b["generated_ids"]);
+    assert_ne!(a["generated_ids"], c["generated_ids"]);
+    // EOS (id 2) never appears in the output unless --ignore-eos.
+    for v in [&a, &b, &c] {
+        assert!(!ids(&v["generated_ids"]).contains(&2));
+    }
+}
+
+#[test]
+fn missing_model_dir_is_a_clean_error() {
+    let out = run(&["--model", "/nonexistent/model-dir", "--prompt", "hi"]);
+    assert_clean_error(&out, "/nonexistent/model-dir");
+}
+
+#[test]
+fn truncated_safetensors_is_a_clean_error_naming_the_file() {
+    let src = fixture_dir("llama-mha-f32");
+    let dir = std::env::temp_dir().join(format!("tpi-trunc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "generation_config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let out = run(&["--model", dir.to_str().unwrap(), "--prompt", "Hello"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_clean_error(&out, "model.safetensors");
+}
+
+#[test]
+fn bad_flags_are_usage_errors() {
+    assert_clean_error(&run(&["--prompt", "x", "--top-p", "1.5"]), "--top-p");
+    assert_clean_error(&run(&["--prompt-ids", "1,x"]), "--prompt-ids");
+    assert_clean_error(&run(&["--prompt-ids", "1,999999"]), "999999");
+}
+
+#[test]
+fn version_names_target_and_kernel() {
+    let out = run(&["--version"]);
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && s.contains("tpi-run") && s.contains("kernel"),
+        "{s}"
+    );
+}

@@ -1,0 +1,154 @@
+//! The engine against HuggingFace transformers (reference.json): logits,
+//! top-5 at every prompt position, greedy continuations.
+
+use crate::common::*;
+use tpi::checkpoint::Checkpoint;
+use tpi::engine::{generate, GenOptions, GenOutput, Rank};
+use tpi::load::{resident, InPlace};
+use tpi::model::{Part, Solo};
+use tpi::par::Par;
+use tpi::sampler::SamplerConfig;
+use tpi_kernels::Backend;
+
+/// Max-abs tolerance on last-position logits (the two oracles agree to 1e-5).
+const LOGIT_TOL: f32 = 1e-4;
+
+fn greedy(
+    ckpt: &Checkpoint,
+    prompt: &[u32],
+    length: usize,
+    backend: Backend,
+    threads: usize,
+) -> GenOutput {
+    let cfg = &ckpt.config;
+    let part = Part::whole(cfg);
+    let res = resident(cfg, &ckpt.weights, &part).expect("resident");
+    let mut mats = InPlace::new(cfg, &ckpt.weights).expect("layers");
+    let mut head = InPlace::new(cfg, &ckpt.weights).expect("head");
+    let mut solo = Solo;
+    let mut rank = Rank {
+        res: &res,
+        layers: &mut mats,
+        head: &mut head,
+        comm: &mut solo,
+        par: Par::new(threads, backend),
+    };
+    let opts = GenOptions {
+        length,
+        sampler: SamplerConfig {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        },
+        eos_ids: cfg.eos_token_ids.clone(),
+        ignore_eos: true,
+        keep_prompt_logits: true,
+    };
+    generate(
+        &mut rank,
+        ckpt.tokenizer.as_ref(),
+        prompt,
+        &opts,
+        &mut |_| {},
+    )
+    .expect("generate")
+}
+
+fn check_fixture(name: &str, backend: Backend) {
+    let ckpt = Checkpoint::open_dir(&fixture_dir(name)).expect("open fixture");
+    let reference = reference(name);
+    for p in reference["prompts"].as_array().expect("prompts") {
+        let text = p["text"].as_str().expect("text");
+        let prompt = ids(&p["ids"]);
+        let want_greedy = ids(&p["greedy"]["ids"]);
+        let out = greedy(&ckpt, &prompt, want_greedy.len(), backend, 2);
+        let (diff, at) = max_abs_diff(&out.last_logits, &floats(&p["last_logits"]));
+        assert!(
+            diff <= LOGIT_TOL,
+            "{name} {text:?} [{}]: last logits differ by {diff} at id {at}",
+            backend.name()
+        );
+        for (pos, want) in p["top5_ids"].as_array().expect("top5").iter().enumerate() {
+            assert_eq!(
+                top5(&out.prompt_logits[pos]),
+                ids(want),
+                "{name} {text:?}: top-5 at position {pos}"
+            );
+        }
+        assert_eq!(
+            out.generated_ids,
+            want_greedy,
+            "{name} {text:?} [{}]: greedy ids",
+            backend.name()
+        );
+    }
+}
+
+#[test]
+fn stories260k_matches_transformers() {
+    check_fixture("stories260K", Backend::detect());
+}
+
+#[test]
+fn llama_mha_f32_matches_transformers() {
+    check_fixture("llama-mha-f32", Backend::detect());
+}
+
+#[test]
+fn llama_gqa_bf16_with_llama3_rope_matches_transformers() {
+    check_fixture("llama-gqa-bf16", Backend::detect());
+}
+
+#[test]
+fn scalar_kernels_match_transformers_too() {
+    for name in FIXTURES {
+        check_fixture(name, Backend::Scalar);
+    }
+}
+
+#[test]
+fn stories260k_tells_the_64_token_story() {
+    let r = reference("stories260K");
+    let case = &r["once_upon_a_time_64"];
+    let ckpt = Checkpoint::open_dir(&fixture_dir("stories260K")).expect("open");
+    let out = greedy(&ckpt, &ids(&case["ids"]), 64, Backend::detect(), 1);
+    assert_eq!(out.generated_ids, ids(&case["greedy_ids"]));
+    let full = r["prompts"][0]["greedy"]["full_text"]
+        .as_str()
+        .expect("full_text");
+    assert!(full.starts_with("<s> Once upon a time"));
+    assert!(
+        case["greedy_text"]
+            .as_str()
+            .expect("text")
+            .starts_with(&out.text[..40]),
+        "text: {:?}",
+        out.text
+    );
+}
+
+#[test]
+fn bundled_model_is_stories260k() {
+    let r = reference("stories260K");
+    let case = &r["from_bos_64"];
+    let ckpt = Checkpoint::bundled().expect("bundled");
+    let out = greedy(&ckpt, &ids(&case["ids"]), 64, Backend::detect(), 1);
+    assert_eq!(out.generated_ids, ids(&case["greedy_ids"]));
+}
+
+#[test]
+fn prompt_text_encodes_to_the_reference_ids() {
+    for name in FIXTURES {
+        let ckpt = Checkpoint::open_dir(&fixture_dir(name)).expect("open");
+        let tok = ckpt.tokenizer.as_ref().expect("tokenizer");
+        for p in reference(name)["prompts"].as_array().expect("prompts") {
+            assert_eq!(
+                tok.encode(p["text"].as_str().expect("text"))
+                    .expect("encode"),
+                ids(&p["ids"]),
+                "{name}"
+            );
+        }
+    }
+}

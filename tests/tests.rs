@@ -1,0 +1,5 @@
+//! tpi's integration tests: one binary, one module per area.
+
+mod cli;
+mod common;
+mod oracle;
