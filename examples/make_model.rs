@@ -140,11 +140,11 @@ fn write_dir(args: &Args) -> Result<(), String> {
     if d == 0 || h == 0 || v == 0 || args.layers == 0 || args.heads == 0 || args.kv_heads == 0 {
         return Err("all sizes must be positive".into());
     }
-    if d % args.heads != 0 || args.heads % args.kv_heads != 0 {
+    if !d.is_multiple_of(args.heads) || !args.heads.is_multiple_of(args.kv_heads) {
         return Err("dim must divide by heads and heads by kv-heads".into());
     }
     let head_dim = d / args.heads;
-    if head_dim % 2 != 0 {
+    if !head_dim.is_multiple_of(2) {
         return Err(format!("head_dim {head_dim} must be even"));
     }
     let kv = args.kv_heads * head_dim;

@@ -645,8 +645,9 @@ impl Config {
                         } else {
                             f
                         };
-                        let medium =
-                            !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+                        // transformers: ~(wavelen < high) * ~(wavelen > low)
+                        // (wavelen is finite: inv_freq is positive).
+                        let medium = (high_freq_wavelen..=low_freq_wavelen).contains(&wavelen);
                         if medium {
                             let smooth = (old32 / wavelen - low_freq_factor) / span;
                             (1.0 - smooth) * scaled / factor + smooth * scaled

@@ -99,8 +99,7 @@ pub fn generate(
 
     let mut decode_start = start;
     let mut comm_at_decode = Duration::ZERO;
-    let mut pos = prompt_ids.len();
-    for i in 0..opts.length {
+    for (i, pos) in (prompt_ids.len()..).enumerate().take(opts.length) {
         let next = sampler.sample(&state.logits);
         if i == 0 {
             out.ttft = start.elapsed();
@@ -121,14 +120,17 @@ pub fn generate(
             break;
         }
         step(rank, &mut state, next, pos, true, &mut timing)?;
-        pos += 1;
     }
     let steps = out.generated_ids.len().saturating_sub(1) as u32;
     if steps > 0 {
         out.per_token = decode_start.elapsed() / steps;
         out.comm_per_token = (timing.comm - comm_at_decode) / steps;
     }
-    if let Some(s) = stream {
+    if let Some(mut s) = stream {
+        let tail = s.flush()?;
+        if !tail.is_empty() {
+            on_text(&tail);
+        }
         out.text = s.text().to_string();
     }
     Ok(out)

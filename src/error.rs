@@ -9,6 +9,7 @@ pub enum Error {
     Config(crate::config::ConfigError),
     SafeTensors(crate::safetensors::SafeTensorsError),
     Tokenizer(crate::tokenizer::TokenizerError),
+    Net(crate::cluster::NetError),
     /// A model whose tensors do not fit its config, or a step out of range.
     Model(String),
     /// Bad command-line usage.
@@ -26,6 +27,7 @@ impl fmt::Display for Error {
             Error::Config(e) => write!(f, "config: {e}"),
             Error::SafeTensors(e) => write!(f, "weights: {e}"),
             Error::Tokenizer(e) => write!(f, "tokenizer: {e}"),
+            Error::Net(e) => write!(f, "network: {e}"),
             Error::Model(m) => write!(f, "model: {m}"),
             Error::Usage(m) => write!(f, "usage: {m}"),
             Error::Io { path, source } => write!(f, "{path}: {source}"),
@@ -40,6 +42,7 @@ impl std::error::Error for Error {
             Error::SafeTensors(e) => Some(e),
             Error::Tokenizer(e) => Some(e),
             Error::Io { source, .. } => Some(source),
+            Error::Net(e) => Some(e),
             _ => None,
         }
     }
@@ -60,5 +63,11 @@ impl From<crate::safetensors::SafeTensorsError> for Error {
 impl From<crate::tokenizer::TokenizerError> for Error {
     fn from(e: crate::tokenizer::TokenizerError) -> Self {
         Error::Tokenizer(e)
+    }
+}
+
+impl From<crate::cluster::NetError> for Error {
+    fn from(e: crate::cluster::NetError) -> Self {
+        Error::Net(e)
     }
 }

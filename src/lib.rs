@@ -10,6 +10,7 @@
 pub mod bundled;
 pub mod checkpoint;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -92,7 +92,7 @@ pub fn resident(cfg: &Config, st: &SafeTensors, part: &Part) -> Result<Resident>
 /// Checks that a tensor's bytes can be viewed in place as its dtype.
 pub fn check_aligned(st: &SafeTensors, t: &TensorInfo) -> Result<()> {
     let addr = st.bytes(t).as_ptr() as usize;
-    if addr % t.dtype.size() != 0 {
+    if !addr.is_multiple_of(t.dtype.size()) {
         return Err(Error::Model(format!(
             "tensor {} in {} at offset {} is not aligned to its {}-byte dtype",
             t.name,

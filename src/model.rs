@@ -131,6 +131,10 @@ pub enum Op {
 
 /// How partial results of this rank meet the other ranks'.
 pub trait Collective {
+    /// A forward for `token` at `pos` begins (the hub tells the workers).
+    fn begin_step(&mut self, _token: u32, _pos: usize, _want_logits: bool) -> Result<()> {
+        Ok(())
+    }
     /// Sum `x` over all ranks, in place (every rank ends with the same sum).
     fn allreduce_sum(&mut self, x: &mut [f32], layer: usize, op: Op) -> Result<()>;
     /// Gather each rank's logits rows into `full` on rank 0. Returns whether
@@ -182,6 +186,8 @@ pub struct Dims {
     pub vocab: usize,
     pub vocab_total: usize,
     pub norm_eps: f32,
+    /// Longest context the model supports (max_position_embeddings).
+    pub max_seq_len: usize,
 }
 
 impl Dims {
@@ -199,6 +205,7 @@ impl Dims {
             vocab: part.vocab.len(),
             vocab_total: cfg.vocab_size,
             norm_eps: cfg.norm_eps,
+            max_seq_len: cfg.max_seq_len,
         }
     }
     fn q_dim(&self) -> usize {
@@ -272,6 +279,27 @@ impl State {
             value_cache: (0..d.n_layers).map(|_| vec![0.0; seq_len * kv]).collect(),
             seq_len,
         }
+    }
+
+    /// Makes room in the KV cache for position `pos` (doubling, at most
+    /// `max` positions).
+    pub fn grow_to(&mut self, pos: usize, max: usize) -> Result<()> {
+        if pos < self.seq_len {
+            return Ok(());
+        }
+        if pos >= max {
+            return Err(Error::Model(format!(
+                "position {pos} beyond the model's context of {max} tokens"
+            )));
+        }
+        let kv_dim = self.k.len();
+        let new_len = (pos + 1).max(self.seq_len * 2).min(max);
+        for c in self.key_cache.iter_mut().chain(self.value_cache.iter_mut()) {
+            c.resize(new_len * kv_dim, 0.0);
+        }
+        self.att.resize(new_len, 0.0);
+        self.seq_len = new_len;
+        Ok(())
     }
 
     /// Bytes held by the KV cache.

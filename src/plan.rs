@@ -206,7 +206,7 @@ pub fn split(shape: &Shape, world_size: usize, weights: Option<&[u32]>) -> Resul
         }
     }
     // spec §1: n_heads % n_kv_heads == 0.
-    if shape.n_heads % shape.n_kv_heads != 0 {
+    if !shape.n_heads.is_multiple_of(shape.n_kv_heads) {
         return Err(PlanError::HeadsNotMultipleOfKvHeads {
             n_heads: shape.n_heads,
             n_kv_heads: shape.n_kv_heads,

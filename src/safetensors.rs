@@ -691,9 +691,11 @@ impl SafeTensors {
     }
 }
 
-/// Reads `model.safetensors.index.json`: the distinct shard file names in
-/// first-seen order and the weight map.
-fn read_index(path: &Path) -> Result<(Vec<String>, Vec<(String, String)>), SafeTensorsError> {
+/// Distinct shard file names in first-seen order, and (tensor, file) pairs.
+type IndexContents = (Vec<String>, Vec<(String, String)>);
+
+/// Reads `model.safetensors.index.json`.
+fn read_index(path: &Path) -> Result<IndexContents, SafeTensorsError> {
     use std::io::Read;
     let origin = path.display().to_string();
     let bad = |msg: String| SafeTensorsError::Index {

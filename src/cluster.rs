@@ -1,0 +1,959 @@
+//! Ranks over TCP: joining, slice transfer and the star allreduce.
+//!
+//! Rank 0 (the hub) listens; every worker holds one connection to it. The
+//! frames and messages are specified in [`crate::net`]. This module adds the
+//! sockets (socket2: TCP_NODELAY, keepalive, read/write deadlines), the join
+//! phase (one short-lived thread per incoming connection, so junk on the
+//! port never blocks a real worker), slice file transfer, and the
+//! [`Collective`] implementations of both roles.
+
+use crate::model::{Collective, Op};
+use crate::net::frame::PROTOCOL_VERSION;
+use crate::net::frame::{
+    read_frame, recv_f32s_into, send_f32s, write_frame, FrameError, Header, Kind, MAX_PAYLOAD,
+};
+use crate::net::msg::{FileRequest, Hello, Reject, Step, STEP_WANT_LOGITS};
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Deadlines of the cluster.
+#[derive(Clone, Copy, Debug)]
+pub struct NetOpts {
+    /// How long rank 0 waits for all workers, and workers for rank 0.
+    pub join_timeout: Duration,
+    /// A peer silent this long during a session is considered dead.
+    pub peer_timeout: Duration,
+    /// A new connection must send its Hello within this time.
+    pub hello_timeout: Duration,
+}
+
+impl Default for NetOpts {
+    fn default() -> NetOpts {
+        NetOpts {
+            join_timeout: Duration::from_secs(30),
+            peer_timeout: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Network failures, naming the peer, its rank and the step.
+#[derive(Debug)]
+pub enum NetError {
+    Io {
+        peer: String,
+        rank: Option<usize>,
+        what: String,
+        source: io::Error,
+    },
+    Frame {
+        peer: String,
+        rank: Option<usize>,
+        step: u32,
+        what: String,
+        source: FrameError,
+    },
+    Rejected {
+        peer: String,
+        reason: String,
+    },
+    JoinTimeout {
+        waited: Duration,
+        missing: Vec<usize>,
+    },
+    Protocol {
+        peer: String,
+        rank: Option<usize>,
+        what: String,
+    },
+}
+
+fn rank_str(rank: &Option<usize>) -> String {
+    rank.map_or_else(|| "peer".to_string(), |r| format!("rank {r}"))
+}
+
+impl fmt::Display for NetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetError::Io {
+                peer,
+                rank,
+                what,
+                source,
+            } => {
+                write!(
+                    f,
+                    "{} at {peer}: {what}: {}",
+                    rank_str(rank),
+                    describe_io(source)
+                )
+            }
+            NetError::Frame {
+                peer,
+                rank,
+                step,
+                what,
+                source,
+            } => {
+                write!(
+                    f,
+                    "{} at {peer}, step {step}, {what}: {source}",
+                    rank_str(rank)
+                )
+            }
+            NetError::Rejected { peer, reason } => write!(f, "rejected by {peer}: {reason}"),
+            NetError::JoinTimeout { waited, missing } => {
+                write!(
+                    f,
+                    "ranks {missing:?} did not join within {:.1} s",
+                    waited.as_secs_f64()
+                )
+            }
+            NetError::Protocol { peer, rank, what } => {
+                write!(f, "{} at {peer}: {what}", rank_str(rank))
+            }
+        }
+    }
+}
+
+impl std::error::Error for NetError {}
+
+fn describe_io(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            format!("no answer before the deadline ({e})")
+        }
+        io::ErrorKind::UnexpectedEof => "connection closed".to_string(),
+        _ => e.to_string(),
+    }
+}
+
+/// One TCP connection to a peer, with its receive buffer and byte counters.
+pub struct Link {
+    stream: TcpStream,
+    pub peer: SocketAddr,
+    /// The peer's rank (for the hub: the worker's; for a worker: 0).
+    pub rank: usize,
+    /// This side's rank, written into every header.
+    me: u16,
+    buf: Box<[u8; MAX_PAYLOAD]>,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+/// Counts bytes through a stream.
+struct Counted<'a> {
+    stream: &'a TcpStream,
+    n: &'a mut u64,
+}
+
+impl Read for Counted<'_> {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        let k = self.stream.read(b)?;
+        *self.n += k as u64;
+        Ok(k)
+    }
+}
+
+impl Write for Counted<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let k = self.stream.write(b)?;
+        *self.n += k as u64;
+        Ok(k)
+    }
+    fn write_vectored(&mut self, b: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let k = self.stream.write_vectored(b)?;
+        *self.n += k as u64;
+        Ok(k)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+fn configure(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
+    let sock = socket2::SockRef::from(stream);
+    sock.set_tcp_nodelay(true)?;
+    sock.set_keepalive(true)?;
+    sock.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(5))
+            .with_interval(Duration::from_secs(1)),
+    )?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    Ok(())
+}
+
+impl Link {
+    fn new(stream: TcpStream, rank: usize, me: usize, timeout: Duration) -> io::Result<Link> {
+        configure(&stream, timeout)?;
+        let peer = stream.peer_addr()?;
+        Ok(Link {
+            stream,
+            peer,
+            rank,
+            me: me as u16,
+            buf: Box::new([0u8; MAX_PAYLOAD]),
+            bytes_sent: 0,
+            bytes_received: 0,
+        })
+    }
+
+    fn peer_rank(&self) -> Option<usize> {
+        Some(self.rank)
+    }
+
+    fn io_err(&self, what: impl Into<String>, source: io::Error) -> NetError {
+        NetError::Io {
+            peer: self.peer.to_string(),
+            rank: self.peer_rank(),
+            what: what.into(),
+            source,
+        }
+    }
+
+    fn frame_err(&self, step: u32, what: impl Into<String>, source: FrameError) -> NetError {
+        // A read deadline or a closed socket reads better as I/O.
+        match source {
+            FrameError::Io(e) => self.io_err(format!("step {step}, {}", what.into()), e),
+            FrameError::Truncated { .. } => self.io_err(
+                format!("step {step}, {}", what.into()),
+                io::Error::new(io::ErrorKind::UnexpectedEof, "closed"),
+            ),
+            source => NetError::Frame {
+                peer: self.peer.to_string(),
+                rank: self.peer_rank(),
+                step,
+                what: what.into(),
+                source,
+            },
+        }
+    }
+
+    fn set_timeout(&self, t: Duration) -> Result<(), NetError> {
+        self.stream
+            .set_read_timeout(Some(t))
+            .and_then(|_| self.stream.set_write_timeout(Some(t)))
+            .map_err(|e| self.io_err("setting deadline", e))
+    }
+
+    /// Sends one single-frame message.
+    pub fn send(
+        &mut self,
+        kind: Kind,
+        step: u32,
+        flags: u8,
+        payload: &[u8],
+    ) -> Result<(), NetError> {
+        let mut h = Header::new(kind, self.me, step, 0);
+        h.flags = flags;
+        let mut w = Counted {
+            stream: &self.stream,
+            n: &mut self.bytes_sent,
+        };
+        write_frame(&mut w, &h, payload).map_err(|e| NetError::Io {
+            peer: self.peer.to_string(),
+            rank: Some(self.rank),
+            what: format!("sending {kind:?} at step {step}"),
+            source: e,
+        })
+    }
+
+    /// Receives one frame; returns its header and a copy of its payload.
+    pub fn recv(&mut self, step: u32, what: &str) -> Result<(Header, Vec<u8>), NetError> {
+        let mut r = Counted {
+            stream: &self.stream,
+            n: &mut self.bytes_received,
+        };
+        match read_frame(&mut r, &mut self.buf) {
+            Ok((h, p)) => Ok((h, p.to_vec())),
+            Err(e) => Err(self.frame_err(step, what, e)),
+        }
+    }
+
+    fn send_f32s(&mut self, kind: Kind, step: u32, seq: u32, data: &[f32]) -> Result<(), NetError> {
+        let h = Header::new(kind, self.me, step, seq);
+        let mut w = Counted {
+            stream: &self.stream,
+            n: &mut self.bytes_sent,
+        };
+        send_f32s(&mut w, &h, data).map_err(|e| NetError::Io {
+            peer: self.peer.to_string(),
+            rank: Some(self.rank),
+            what: format!("sending {kind:?} at step {step}, message {seq}"),
+            source: e,
+        })
+    }
+
+    fn recv_f32s(
+        &mut self,
+        kind: Kind,
+        step: u32,
+        seq: u32,
+        out: &mut [f32],
+    ) -> Result<(), NetError> {
+        let mut r = Counted {
+            stream: &self.stream,
+            n: &mut self.bytes_received,
+        };
+        let res = recv_f32s_into(&mut r, kind, step, out, &mut self.buf);
+        match res {
+            Ok(h) if h.seq == seq => Ok(()),
+            Ok(h) => Err(self.frame_err(
+                step,
+                format!("{kind:?}"),
+                FrameError::UnexpectedSeq {
+                    expected: seq,
+                    got: h.seq,
+                },
+            )),
+            Err(FrameError::UnexpectedKind {
+                got: Kind::Error, ..
+            }) => Err(NetError::Protocol {
+                peer: self.peer.to_string(),
+                rank: Some(self.rank),
+                what: "sent an error and left".into(),
+            }),
+            Err(e) => Err(self.frame_err(
+                step,
+                format!("waiting for {kind:?} of {}", describe_seq(seq)),
+                e,
+            )),
+        }
+    }
+}
+
+/// "layer 3 attention" for allreduce message `seq = 2*layer + op`.
+fn describe_seq(seq: u32) -> String {
+    format!(
+        "layer {} {}",
+        seq / 2,
+        if seq.is_multiple_of(2) {
+            "attention"
+        } else {
+            "mlp"
+        }
+    )
+}
+
+/// What both sides of a handshake must agree on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionId {
+    pub world_size: usize,
+    pub fingerprint: u64,
+    pub plan_hash: u64,
+}
+
+fn nonce() -> [u8; 32] {
+    // Unique per connection; authentication (if any) strengthens it.
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seed = format!(
+        "{}-{}-{:?}",
+        t.as_nanos(),
+        std::process::id(),
+        std::thread::current().id()
+    );
+    let mut out = [0u8; 32];
+    for (i, c) in out.chunks_mut(8).enumerate() {
+        let h = crate::net::checksum::checksum64(format!("{seed}-{i}").as_bytes());
+        c.copy_from_slice(&h.to_le_bytes());
+    }
+    out
+}
+
+/// Where a worker keeps (and rank 0 writes) the slice of `rank`.
+pub fn slice_path(cache_dir: &Path, id: &SessionId, rank: usize) -> PathBuf {
+    cache_dir
+        .join(format!("{:016x}-{:016x}", id.fingerprint, id.plan_hash))
+        .join(format!("rank-{rank}-of-{}.slice", id.world_size))
+}
+
+// ---------------------------------------------------------------- hub side
+
+/// Waits until ranks 1..N-1 have joined, serving slice files meanwhile.
+/// `slices[r]` is the slice file of rank r.
+pub fn hub_join(
+    listener: &TcpListener,
+    id: SessionId,
+    slices: Vec<PathBuf>,
+    opts: NetOpts,
+    quiet: bool,
+) -> Result<Vec<Link>, NetError> {
+    let n = id.world_size;
+    listener.set_nonblocking(true).map_err(|e| NetError::Io {
+        peer: "listener".into(),
+        rank: None,
+        what: "listen".into(),
+        source: e,
+    })?;
+    let claimed = Arc::new(Mutex::new(vec![false; n]));
+    let slices = Arc::new(slices);
+    let (tx, rx) = mpsc::channel::<Result<Link, NetError>>();
+    let mut links: Vec<Option<Link>> = (0..n).map(|_| None).collect();
+    let start = Instant::now();
+    while links.iter().skip(1).any(Option::is_none) {
+        if start.elapsed() > opts.join_timeout {
+            let missing = (1..n).filter(|&r| links[r].is_none()).collect();
+            return Err(NetError::JoinTimeout {
+                waited: start.elapsed(),
+                missing,
+            });
+        }
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let (tx, claimed, slices) = (tx.clone(), claimed.clone(), slices.clone());
+                let _ = stream.set_nonblocking(false);
+                std::thread::spawn(move || {
+                    let _ = tx.send(hub_handshake(stream, id, &claimed, &slices, opts));
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(NetError::Io {
+                    peer: "listener".into(),
+                    rank: None,
+                    what: "accept".into(),
+                    source: e,
+                });
+            }
+        }
+        while let Ok(res) = rx.try_recv() {
+            match res {
+                Ok(link) => {
+                    let r = link.rank;
+                    links[r] = Some(link);
+                }
+                Err(e) => {
+                    if !quiet {
+                        eprintln!("[tpi] rank 0: dropped a connection: {e}");
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut out = Vec::with_capacity(n - 1);
+    for link in links.into_iter().skip(1).flatten() {
+        link.set_timeout(opts.peer_timeout)?;
+        out.push(link);
+    }
+    Ok(out)
+}
+
+fn hub_handshake(
+    stream: TcpStream,
+    id: SessionId,
+    claimed: &Mutex<Vec<bool>>,
+    slices: &[PathBuf],
+    opts: NetOpts,
+) -> Result<Link, NetError> {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let mut link = Link::new(stream, 0, 0, opts.hello_timeout).map_err(|e| NetError::Io {
+        peer: peer.clone(),
+        rank: None,
+        what: "configuring socket".into(),
+        source: e,
+    })?;
+    let unknown = |what: String| NetError::Protocol {
+        peer: peer.clone(),
+        rank: None,
+        what,
+    };
+    // The first frame must be a Hello, within the hello deadline. A frame
+    // header is read before any payload, so junk costs at most 40 bytes.
+    let (h, payload) = link
+        .recv(0, "hello")
+        .map_err(|e| unknown(format!("no valid hello: {e}")))?;
+    if h.kind != Kind::Hello {
+        return Err(unknown(format!("expected Hello, got {:?}", h.kind)));
+    }
+    let hello = Hello::decode(&payload).map_err(|e| unknown(format!("bad hello: {e}")))?;
+    let rank = hello.rank as usize;
+    let mut refuse = |why: String| -> NetError {
+        let _ = link.send(
+            Kind::Reject,
+            0,
+            0,
+            &Reject::truncated(&why).encode().unwrap_or_default(),
+        );
+        NetError::Rejected {
+            peer: peer.clone(),
+            reason: why,
+        }
+    };
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(refuse(format!(
+            "protocol version: rank 0 speaks {PROTOCOL_VERSION}, rank {rank} speaks {}",
+            hello.protocol_version
+        )));
+    }
+    if hello.world_size as usize != id.world_size {
+        return Err(refuse(format!(
+            "world size: rank 0 has {}, rank {rank} has {}",
+            id.world_size, hello.world_size
+        )));
+    }
+    if rank == 0 || rank >= id.world_size {
+        return Err(refuse(format!(
+            "rank {rank} is not a worker rank of a world of {}",
+            id.world_size
+        )));
+    }
+    {
+        let mut c = claimed
+            .lock()
+            .map_err(|_| unknown("join state poisoned".into()))?;
+        if c[rank] {
+            drop(c);
+            return Err(refuse(format!("rank {rank} has already joined")));
+        }
+        c[rank] = true;
+    }
+    let release = || {
+        if let Ok(mut c) = claimed.lock() {
+            c[rank] = false;
+        }
+    };
+    link.rank = rank;
+    let ack = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        world_size: id.world_size as u16,
+        rank: 0,
+        model_fingerprint: id.fingerprint,
+        plan_hash: id.plan_hash,
+        nonce: hello.nonce,
+    };
+    let res = (|| {
+        link.send(Kind::HelloAck, 0, 0, &ack.encode())?;
+        // Serve the worker's slice until it says it is ready (Heartbeat).
+        link.set_timeout(opts.join_timeout)?;
+        serve_files(&mut link, &slices[rank])
+    })();
+    match res {
+        Ok(()) => Ok(link),
+        Err(e) => {
+            release();
+            Err(e)
+        }
+    }
+}
+
+/// Answers FileRequests for `path` until the worker sends a Heartbeat.
+fn serve_files(link: &mut Link, path: &Path) -> Result<(), NetError> {
+    let mut file =
+        File::open(path).map_err(|e| link.io_err(format!("opening {}", path.display()), e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| link.io_err("stat slice", e))?
+        .len();
+    loop {
+        let (h, payload) = link.recv(0, "file request")?;
+        match h.kind {
+            Kind::Heartbeat => return Ok(()),
+            Kind::FileRequest => {
+                let req = FileRequest::decode(&payload).map_err(|e| NetError::Protocol {
+                    peer: link.peer.to_string(),
+                    rank: Some(link.rank),
+                    what: format!("bad file request: {e}"),
+                })?;
+                let len = req
+                    .len
+                    .min(size.saturating_sub(req.offset))
+                    .min(FETCH_CHUNK);
+                let mut data = vec![0u8; len as usize];
+                file.seek(io::SeekFrom::Start(req.offset))
+                    .and_then(|_| file.read_exact(&mut data))
+                    .map_err(|e| link.io_err("reading slice", e))?;
+                send_bytes(link, Kind::FileChunk, &data)?;
+            }
+            other => {
+                return Err(NetError::Protocol {
+                    peer: link.peer.to_string(),
+                    rank: Some(link.rank),
+                    what: format!("expected FileRequest or Heartbeat, got {other:?}"),
+                })
+            }
+        }
+    }
+}
+
+/// Bytes of slice file per request.
+const FETCH_CHUNK: u64 = 4 << 20;
+
+fn send_bytes(link: &mut Link, kind: Kind, data: &[u8]) -> Result<(), NetError> {
+    let mut h = Header::new(kind, link.me, 0, 0);
+    h.chunk_count = Header::chunks_for(data.len() as u64) as u16;
+    h.total_len = data.len() as u32;
+    let mut w = Counted {
+        stream: &link.stream,
+        n: &mut link.bytes_sent,
+    };
+    let chunks: Vec<&[u8]> = if data.is_empty() {
+        vec![&[][..]]
+    } else {
+        data.chunks(MAX_PAYLOAD).collect()
+    };
+    for (i, c) in chunks.into_iter().enumerate() {
+        h.chunk_index = i as u16;
+        write_frame(&mut w, &h, c).map_err(|e| NetError::Io {
+            peer: link.peer.to_string(),
+            rank: Some(link.rank),
+            what: "sending slice bytes".into(),
+            source: e,
+        })?;
+    }
+    Ok(())
+}
+
+/// Star allreduce and logits gather, hub side.
+pub struct HubComm {
+    pub links: Vec<Link>,
+    /// vocab rows of each worker (index = rank - 1).
+    vocab: Vec<Range<usize>>,
+    /// my vocab rows.
+    my_vocab: Range<usize>,
+    step: u32,
+    scratch: Vec<f32>,
+}
+
+impl HubComm {
+    pub fn new(links: Vec<Link>, vocab_ranges: Vec<Range<usize>>) -> HubComm {
+        let my_vocab = vocab_ranges.first().cloned().unwrap_or(0..0);
+        HubComm {
+            links,
+            vocab: vocab_ranges.into_iter().skip(1).collect(),
+            my_vocab,
+            step: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn bytes(&self) -> (u64, u64) {
+        self.links
+            .iter()
+            .fold((0, 0), |(s, r), l| (s + l.bytes_sent, r + l.bytes_received))
+    }
+
+    /// Tells every worker the session is over.
+    pub fn stop(&mut self) {
+        for l in &mut self.links {
+            let _ = l.send(Kind::Stop, self.step, crate::net::frame::FLAG_STOP, &[]);
+        }
+    }
+
+    /// Tells every worker to stop because of `reason`.
+    pub fn abort(&mut self, reason: &str) {
+        let payload = Reject::truncated(reason).encode().unwrap_or_default();
+        for l in &mut self.links {
+            let _ = l.send(Kind::Error, self.step, 0, &payload);
+        }
+    }
+}
+
+impl Collective for HubComm {
+    fn begin_step(&mut self, token: u32, pos: usize, want_logits: bool) -> crate::Result<()> {
+        self.step = self.step.wrapping_add(1);
+        let step = Step {
+            pos: pos as u32,
+            ids: vec![token],
+            flags: if want_logits { STEP_WANT_LOGITS } else { 0 },
+        };
+        let payload = step
+            .encode()
+            .map_err(|e| crate::Error::Model(format!("step message: {e}")))?;
+        for l in &mut self.links {
+            l.send(Kind::Step, self.step, 0, &payload)?;
+        }
+        Ok(())
+    }
+
+    fn allreduce_sum(&mut self, x: &mut [f32], layer: usize, op: Op) -> crate::Result<()> {
+        let seq = (2 * layer + usize::from(op == Op::Mlp)) as u32;
+        self.scratch.resize(x.len(), 0.0);
+        // Sum in rank order, so every run (and every rank) gets the same bits.
+        for l in &mut self.links {
+            l.recv_f32s(Kind::Partial, self.step, seq, &mut self.scratch)?;
+            for (a, b) in x.iter_mut().zip(&self.scratch) {
+                *a += b;
+            }
+        }
+        for l in &mut self.links {
+            l.send_f32s(Kind::Reduced, self.step, seq, x)?;
+        }
+        Ok(())
+    }
+
+    fn gather_logits(&mut self, mine: &[f32], full: &mut [f32]) -> crate::Result<bool> {
+        full[self.my_vocab.clone()].copy_from_slice(mine);
+        for (l, v) in self.links.iter_mut().zip(&self.vocab) {
+            l.recv_f32s(Kind::Logits, self.step, 0, &mut full[v.clone()])?;
+        }
+        Ok(true)
+    }
+}
+
+// ------------------------------------------------------------- worker side
+
+/// Connects to rank 0 (retrying until the join deadline) and says hello.
+/// Returns the link and the session rank 0 runs.
+pub fn worker_join(
+    master: &str,
+    rank: usize,
+    world_size: usize,
+    opts: NetOpts,
+) -> Result<(Link, SessionId), NetError> {
+    let start = Instant::now();
+    let stream = loop {
+        match connect_once(master) {
+            Ok(s) => break s,
+            Err(source) if start.elapsed() > opts.join_timeout => {
+                return Err(NetError::Io {
+                    peer: master.to_string(),
+                    rank: Some(0),
+                    what: format!("connecting for {:.0} s", opts.join_timeout.as_secs_f64()),
+                    source,
+                });
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    let mut link = Link::new(stream, 0, rank, opts.join_timeout).map_err(|e| NetError::Io {
+        peer: master.into(),
+        rank: Some(0),
+        what: "socket".into(),
+        source: e,
+    })?;
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        world_size: world_size as u16,
+        rank: rank as u16,
+        model_fingerprint: 0,
+        plan_hash: 0,
+        nonce: nonce(),
+    };
+    link.send(Kind::Hello, 0, 0, &hello.encode())?;
+    let (h, payload) = link.recv(0, "hello answer")?;
+    let protocol = |what: String| NetError::Protocol {
+        peer: master.to_string(),
+        rank: Some(0),
+        what,
+    };
+    match h.kind {
+        Kind::HelloAck => {}
+        Kind::Reject => {
+            let r = Reject::decode(&payload).map_err(|e| protocol(format!("bad reject: {e}")))?;
+            return Err(NetError::Rejected {
+                peer: master.to_string(),
+                reason: r.reason,
+            });
+        }
+        k => return Err(protocol(format!("expected HelloAck, got {k:?}"))),
+    }
+    let ack = Hello::decode(&payload).map_err(|e| protocol(format!("bad hello ack: {e}")))?;
+    if ack.protocol_version != PROTOCOL_VERSION
+        || ack.world_size as usize != world_size
+        || ack.nonce != hello.nonce
+    {
+        return Err(protocol(format!(
+            "hello ack mismatch: protocol {} vs ours {PROTOCOL_VERSION}, world size {} vs ours {world_size}",
+            ack.protocol_version, ack.world_size
+        )));
+    }
+    Ok((
+        link,
+        SessionId {
+            world_size,
+            fingerprint: ack.model_fingerprint,
+            plan_hash: ack.plan_hash,
+        },
+    ))
+}
+
+fn connect_once(master: &str) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "address did not resolve");
+    for a in master.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&a, Duration::from_secs(1)) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Fetches rank 0's slice file into `path`: into `path.partial`, resuming
+/// from its current length, then renamed. The caller verifies it.
+pub fn fetch_slice(link: &mut Link, path: &Path) -> Result<u64, NetError> {
+    let partial = path.with_extension("partial");
+    let io = |what: &str, e: io::Error| NetError::Io {
+        peer: partial.display().to_string(),
+        rank: None,
+        what: what.into(),
+        source: e,
+    };
+    if let Some(dir) = partial.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io("creating cache dir", e))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&partial)
+        .map_err(|e| io("opening", e))?;
+    let mut offset = file.metadata().map_err(|e| io("stat", e))?.len();
+    let mut fetched = 0;
+    loop {
+        let req = FileRequest {
+            offset,
+            len: FETCH_CHUNK,
+        };
+        link.send(Kind::FileRequest, 0, 0, &req.encode())?;
+        let got = recv_bytes_into(link, &mut file, FETCH_CHUNK)?;
+        offset += got;
+        fetched += got;
+        if got < FETCH_CHUNK {
+            break;
+        }
+    }
+    file.sync_all().map_err(|e| io("sync", e))?;
+    drop(file);
+    std::fs::rename(&partial, path).map_err(|e| io("rename", e))?;
+    Ok(fetched)
+}
+
+/// Receives one FileChunk message (at most `max` bytes) into `out`.
+fn recv_bytes_into(link: &mut Link, out: &mut File, max: u64) -> Result<u64, NetError> {
+    let mut written = 0u64;
+    let mut expect_index = 0u16;
+    loop {
+        let (h, payload) = link.recv(0, "slice bytes")?;
+        let bad = |what: String| NetError::Protocol {
+            peer: link.peer.to_string(),
+            rank: Some(0),
+            what,
+        };
+        if h.kind == Kind::Error {
+            let r = Reject::decode(&payload)
+                .map(|r| r.reason)
+                .unwrap_or_default();
+            return Err(bad(format!("rank 0 could not serve the slice: {r}")));
+        }
+        if h.kind != Kind::FileChunk
+            || h.chunk_index != expect_index
+            || u64::from(h.total_len) > max
+        {
+            return Err(bad(format!(
+                "unexpected {:?} chunk {}/{} of {} bytes",
+                h.kind, h.chunk_index, h.chunk_count, h.total_len
+            )));
+        }
+        out.write_all(&payload)
+            .map_err(|e| link.io_err("writing slice", e))?;
+        written += payload.len() as u64;
+        if h.chunk_index + 1 == h.chunk_count {
+            return Ok(written);
+        }
+        expect_index += 1;
+    }
+}
+
+/// Tells rank 0 this worker has its slice and is ready.
+pub fn worker_ready(link: &mut Link, peer_timeout: Duration) -> Result<(), NetError> {
+    link.send(Kind::Heartbeat, 0, 0, &[])?;
+    link.set_timeout(peer_timeout)
+}
+
+/// What the hub asks of a worker next.
+pub enum Command {
+    Step {
+        token: u32,
+        pos: usize,
+        want_logits: bool,
+    },
+    Stop,
+}
+
+/// Star allreduce, worker side.
+pub struct WorkerComm {
+    pub link: Link,
+    step: u32,
+    /// How long a worker waits for the next step (rank 0 may be sampling,
+    /// or a user may be typing): the session's idle allowance.
+    pub idle_timeout: Duration,
+    peer_timeout: Duration,
+}
+
+impl WorkerComm {
+    pub fn new(link: Link, peer_timeout: Duration) -> WorkerComm {
+        WorkerComm {
+            link,
+            step: 0,
+            idle_timeout: peer_timeout,
+            peer_timeout,
+        }
+    }
+
+    /// Waits for rank 0's next command.
+    pub fn next_command(&mut self) -> Result<Command, NetError> {
+        self.link.set_timeout(self.idle_timeout)?;
+        let (h, payload) = self.link.recv(self.step, "waiting for the next step")?;
+        self.link.set_timeout(self.peer_timeout)?;
+        let bad = |what: String, l: &Link| NetError::Protocol {
+            peer: l.peer.to_string(),
+            rank: Some(0),
+            what,
+        };
+        match h.kind {
+            Kind::Step => {
+                let s = Step::decode(&payload)
+                    .map_err(|e| bad(format!("bad step: {e}"), &self.link))?;
+                if s.ids.len() != 1 {
+                    return Err(bad(
+                        format!("step with {} ids; this version runs one", s.ids.len()),
+                        &self.link,
+                    ));
+                }
+                self.step = h.step;
+                Ok(Command::Step {
+                    token: s.ids[0],
+                    pos: s.pos as usize,
+                    want_logits: s.flags & STEP_WANT_LOGITS != 0,
+                })
+            }
+            Kind::Stop => Ok(Command::Stop),
+            Kind::Error => {
+                let r = Reject::decode(&payload)
+                    .map(|r| r.reason)
+                    .unwrap_or_default();
+                Err(bad(format!("rank 0 stopped the session: {r}"), &self.link))
+            }
+            k => Err(bad(format!("expected Step or Stop, got {k:?}"), &self.link)),
+        }
+    }
+}
+
+impl Collective for WorkerComm {
+    fn allreduce_sum(&mut self, x: &mut [f32], layer: usize, op: Op) -> crate::Result<()> {
+        let seq = (2 * layer + usize::from(op == Op::Mlp)) as u32;
+        self.link.send_f32s(Kind::Partial, self.step, seq, x)?;
+        self.link.recv_f32s(Kind::Reduced, self.step, seq, x)?;
+        Ok(())
+    }
+
+    fn gather_logits(&mut self, mine: &[f32], _full: &mut [f32]) -> crate::Result<bool> {
+        self.link.send_f32s(Kind::Logits, self.step, 0, mine)?;
+        Ok(false)
+    }
+}
