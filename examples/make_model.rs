@@ -9,9 +9,8 @@
 //! Defaults are the TinyLlama-1.1B shape. Tensors are streamed to disk one
 //! at a time, so RAM use stays small even for the 4.4 GB f32 case.
 //!
-//! The tokenizer.json is copied from tests/fixtures/stories260K: it only has
-//! 512 tokens, so it is good for turning prompts into ids, but generated ids
-//! >= 512 cannot be decoded. The model is meant for speed and split tests.
+//! No tokenizer.json is written: the model is for speed and split tests and
+//! is driven with `--prompt-ids`; tpi-run then reports ids only.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -240,13 +239,6 @@ fn write_dir(args: &Args) -> Result<(), String> {
     });
     write_json(&out.join("config.json"), &config)?;
     write_json(&out.join("generation_config.json"), &generation)?;
-
-    // ids-only tokenizer (512 tokens), see the module comment.
-    let tok_src =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stories260K/tokenizer.json");
-    let tok_dst = out.join("tokenizer.json");
-    std::fs::copy(&tok_src, &tok_dst)
-        .map_err(|e| format!("copy {} -> {}: {e}", tok_src.display(), tok_dst.display()))?;
 
     eprintln!(
         "wrote {}: {} tensors, {:.2} G params, {} ({:.2} GB)",

@@ -21,6 +21,8 @@ pub mod par;
 pub mod plan;
 pub mod safetensors;
 pub mod sampler;
+pub mod slice;
 pub mod tokenizer;
+pub mod window;
 
 pub use error::{Error, Result};

@@ -9,9 +9,16 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tpi-run: error: {e}");
+            // Each error's text includes its cause's; print only causes
+            // that add something.
+            let mut shown = e.to_string();
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {
-                eprintln!("  caused by: {s}");
+                let text = s.to_string();
+                if !shown.contains(&text) {
+                    eprintln!("  caused by: {text}");
+                    shown = text;
+                }
                 src = s.source();
             }
             ExitCode::FAILURE

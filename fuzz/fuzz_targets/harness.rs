@@ -31,6 +31,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("msg_file_request", msg_file_request),
     ("safetensors_header", safetensors_header),
     ("config_json", config_json),
+    ("slice_manifest", slice_manifest),
 ];
 
 /// Origin names used in error messages.
@@ -349,7 +350,11 @@ pub fn config_json(data: &[u8]) -> bool {
             assert!(c.dim >= 1 && c.hidden_dim >= 1 && c.n_layers >= 1 && c.vocab_size >= 1);
             assert!(c.n_heads >= 1 && c.n_kv_heads >= 1 && c.n_heads % c.n_kv_heads == 0);
             assert!(c.head_dim >= 2 && c.head_dim % 2 == 0 && c.max_seq_len >= 1);
-            assert!(c.norm_eps.is_finite() && c.norm_eps > 0.0, "norm_eps {}", c.norm_eps);
+            assert!(
+                c.norm_eps.is_finite() && c.norm_eps > 0.0,
+                "norm_eps {}",
+                c.norm_eps
+            );
             assert!(c.rope_theta.is_finite() && c.rope_theta > 1.0);
             let f = c.rope_inv_freq();
             assert_eq!(f.len(), c.head_dim / 2);
@@ -361,6 +366,45 @@ pub fn config_json(data: &[u8]) -> bool {
                 c.rope_scaling,
                 c.head_dim,
                 f.iter().find(|x| !(x.is_finite() && **x > 0.0))
+            );
+            true
+        }
+        Err(e) => {
+            render(&e);
+            false
+        }
+    }
+}
+
+// ----------------------------------------------------------------- slice --
+
+/// `slice::decode_manifest`; an Ok manifest must re-encode
+/// (`encode_manifest`) byte-identically and keep the structure the decoder
+/// promises: aligned, ordered, non-overlapping blocks, tensors inside their
+/// block.
+pub fn slice_manifest(data: &[u8]) -> bool {
+    use tpi::slice::{decode_manifest, encode_manifest, BLOCK_ALIGN, TENSOR_ALIGN};
+    match decode_manifest(data) {
+        Ok(m) => {
+            assert!(m.world_size >= 1 && m.rank < m.world_size);
+            let mut prev_end = 0u64;
+            for b in &m.blocks {
+                assert!(b.offset % BLOCK_ALIGN == 0 && b.len % BLOCK_ALIGN == 0 && b.len > 0);
+                assert!(b.offset >= prev_end, "{b:?}: overlaps the previous block");
+                prev_end = b.offset.checked_add(b.len).expect("block end overflows");
+                let mut t_end = 0u64;
+                for t in &b.tensors {
+                    assert!(t.offset % TENSOR_ALIGN == 0 && t.offset >= t_end, "{t:?}");
+                    t_end = t
+                        .offset
+                        .checked_add(t.byte_len())
+                        .expect("tensor end overflows");
+                    assert!(t_end <= b.len, "{t:?}: past its block ({} bytes)", b.len);
+                }
+            }
+            assert!(
+                encode_manifest(&m) == data,
+                "manifest re-encodes differently"
             );
             true
         }

@@ -1,0 +1,2147 @@
+//! Slice files: one file per rank holding that rank's slice of every layer,
+//! kernel-ready, so a worker with no model directory can run from it alone.
+//!
+//! # On-disk layout (all integers little-endian)
+//!
+//! ```text
+//! offset  size  field
+//! 0       8     magic b"TPISLICE"
+//! 8       4     format version (u32, = FORMAT_VERSION)
+//! 12      4     flags (u32, must be 0)
+//! 16      8     manifest length in bytes (u64, <= MAX_MANIFEST)
+//! 24      8     checksum64 of the manifest bytes
+//! 32      n     manifest
+//! ...           zero padding up to the first 4 KiB boundary
+//!               blocks: each at a 4 KiB-aligned offset, each a multiple of
+//!               4 KiB long (zero padded), so pread / O_DIRECT of a whole
+//!               block lands straight in a window slot
+//! ```
+//!
+//! Manifest:
+//!
+//! ```text
+//! u32 format version          u64 model fingerprint     u64 plan hash
+//! u32 rank                    u32 world size
+//! u32 len + config.json text (UTF-8, <= MAX_CONFIG_TEXT)
+//! u8 has_generation_config (0/1) [+ u32 len + text]
+//! u64 x 8: heads, kv_heads, hidden, vocab ranges (start, end)
+//! u32 block count, then per block (file order):
+//!   u8 kind (0 vecs, 1 layer, 2 embedding, 3 lm_head), 3 zero bytes,
+//!   u32 layer (u32::MAX unless kind = layer), u64 offset, u64 len,
+//!   u64 checksum64 of the block's len bytes, u32 tensor count, then per tensor:
+//!     u8 role, u8 dtype (0 F32, 1 F16, 2 BF16), u16 zero,
+//!     u32 layer (u32::MAX when none), u64 rows, u64 cols,
+//!     u64 offset within the block (64-byte aligned)
+//! ```
+//!
+//! Blocks, in this order: `Vecs` (every layer's two RMSNorm weights, its
+//! sliced q/k/v biases when the model has them, then the final norm; all
+//! f32), `Layer(0..n_layers)` (q, k, v, o, gate, up, down of this rank, in
+//! the stored dtype, never upcast), `Embedding` (the whole table, replicated,
+//! read by row on demand) and `LmHead` (this rank's vocab rows of `lm_head`,
+//! or of the embedding when tied). Layer matrices are laid out exactly as
+//! [`LayerMats`] documents them: o_proj and down_proj columns of this rank are
+//! gathered row by row into contiguous `[dim][my_cols]` matrices.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::bundled;
+use crate::checkpoint::Checkpoint;
+use crate::config::Config;
+use crate::load::{layer_name, lm_head_name, vector_f32, widen};
+use crate::model::{Dims, Head, LayerMats, LayerSource, LayerVecs, Mat, Part, Resident};
+use crate::net::checksum::checksum64;
+use crate::net::msg::Cursor;
+use crate::plan::{Plan, PlanError};
+use crate::safetensors::{Dtype, SafeTensors};
+
+/// File magic.
+pub const MAGIC: [u8; 8] = *b"TPISLICE";
+/// Format version written and accepted.
+pub const FORMAT_VERSION: u32 = 1;
+/// Bytes before the manifest.
+pub const PREAMBLE_LEN: usize = 32;
+/// Block offsets and lengths are multiples of this.
+pub const BLOCK_ALIGN: u64 = 4096;
+/// Tensor offsets within a block are multiples of this.
+pub const TENSOR_ALIGN: u64 = 64;
+/// Largest manifest accepted.
+pub const MAX_MANIFEST: u64 = 16 << 20;
+/// Largest embedded config.json / generation_config.json text.
+pub const MAX_CONFIG_TEXT: usize = 1 << 20;
+/// Largest world size in a manifest.
+pub const MAX_WORLD: usize = 1 << 14;
+/// Most blocks in a manifest (layers + 3).
+pub const MAX_BLOCKS: usize = 1 << 16;
+/// Most tensors in one block (the vecs block has 5 per layer + 1).
+pub const MAX_TENSORS_PER_BLOCK: usize = 1 << 19;
+/// Largest range end / tensor dimension in a manifest.
+pub const MAX_INDEX: u64 = 1 << 32;
+/// "No layer" in the encoding.
+const NO_LAYER: u32 = u32::MAX;
+/// Encoded bytes per block entry without its tensors.
+const BLOCK_ENTRY_LEN: usize = 1 + 3 + 4 + 8 + 8 + 8 + 4;
+/// Encoded bytes per tensor entry.
+const TENSOR_ENTRY_LEN: usize = 1 + 1 + 2 + 4 + 8 + 8 + 8;
+/// Chunk size when hashing a block from the file.
+const VERIFY_CHUNK: usize = 1 << 20;
+
+// ---------------------------------------------------------------------------
+// Manifest types
+
+/// What a block holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockKind {
+    /// All layers' norms (+ sliced biases) and the final norm, f32.
+    Vecs,
+    /// Layer `l`'s seven matrices.
+    Layer(usize),
+    /// The full embedding table.
+    Embedding,
+    /// This rank's lm_head rows.
+    LmHead,
+}
+
+impl fmt::Display for BlockKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlockKind::Vecs => write!(f, "vecs block"),
+            BlockKind::Layer(l) => write!(f, "layer {l} block"),
+            BlockKind::Embedding => write!(f, "embedding block"),
+            BlockKind::LmHead => write!(f, "lm_head block"),
+        }
+    }
+}
+
+/// What a tensor is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+    AttnNorm,
+    FfnNorm,
+    QBias,
+    KBias,
+    VBias,
+    FinalNorm,
+    Embedding,
+    LmHead,
+}
+
+const ROLES: [Role; 15] = [
+    Role::Q,
+    Role::K,
+    Role::V,
+    Role::O,
+    Role::Gate,
+    Role::Up,
+    Role::Down,
+    Role::AttnNorm,
+    Role::FfnNorm,
+    Role::QBias,
+    Role::KBias,
+    Role::VBias,
+    Role::FinalNorm,
+    Role::Embedding,
+    Role::LmHead,
+];
+
+impl Role {
+    fn code(self) -> u8 {
+        ROLES.iter().position(|&r| r == self).unwrap_or(0) as u8
+    }
+}
+
+fn dtype_code(d: Dtype) -> u8 {
+    match d {
+        Dtype::F32 => 0,
+        Dtype::F16 => 1,
+        Dtype::BF16 => 2,
+    }
+}
+
+/// One tensor of a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorEntry {
+    pub role: Role,
+    pub layer: Option<usize>,
+    pub dtype: Dtype,
+    pub rows: usize,
+    pub cols: usize,
+    /// Byte offset within the block (multiple of [`TENSOR_ALIGN`]).
+    pub offset: u64,
+}
+
+impl TensorEntry {
+    /// Bytes of data (`rows * cols * dtype size`); decoded entries never overflow.
+    pub fn byte_len(&self) -> u64 {
+        (self.rows as u64)
+            .saturating_mul(self.cols as u64)
+            .saturating_mul(self.dtype.size() as u64)
+    }
+}
+
+/// One block of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockEntry {
+    pub kind: BlockKind,
+    /// Absolute file offset (multiple of [`BLOCK_ALIGN`]).
+    pub offset: u64,
+    /// Length in bytes (multiple of [`BLOCK_ALIGN`], zero padded).
+    pub len: u64,
+    /// `checksum64` of the block's `len` bytes.
+    pub checksum: u64,
+    pub tensors: Vec<TensorEntry>,
+}
+
+/// The decoded manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub version: u32,
+    pub fingerprint: u64,
+    pub plan_hash: u64,
+    pub rank: usize,
+    pub world_size: usize,
+    pub config_json: String,
+    pub generation_config_json: Option<String>,
+    pub part: Part,
+    pub blocks: Vec<BlockEntry>,
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/// Errors writing, opening or reading a slice file; each names the file and,
+/// where known, the rank, block and offset.
+#[derive(Debug)]
+pub enum SliceError {
+    Io {
+        path: String,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    /// The file ends before `need` bytes.
+    Truncated {
+        path: String,
+        what: &'static str,
+        need: u64,
+        file_len: u64,
+    },
+    BadMagic {
+        path: String,
+    },
+    Version {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
+    ManifestTooLarge {
+        path: String,
+        len: u64,
+        max: u64,
+    },
+    ManifestChecksum {
+        path: String,
+        stored: u64,
+        computed: u64,
+    },
+    /// The manifest bytes do not decode (structure, bounds, alignment).
+    Manifest {
+        path: String,
+        msg: String,
+    },
+    /// The file is for another model, plan, rank or world size.
+    Mismatch {
+        path: String,
+        what: &'static str,
+        expected: u64,
+        found: u64,
+    },
+    /// A block reaches past the end of the file.
+    BlockOutOfFile {
+        path: String,
+        rank: usize,
+        block: BlockKind,
+        offset: u64,
+        len: u64,
+        file_len: u64,
+    },
+    BlockChecksum {
+        path: String,
+        rank: usize,
+        block: BlockKind,
+        offset: u64,
+        stored: u64,
+        computed: u64,
+    },
+    /// Blocks or tensors do not match the embedded config and part.
+    Layout {
+        path: String,
+        rank: usize,
+        block: Option<BlockKind>,
+        msg: String,
+    },
+    /// The embedded config does not parse.
+    Config {
+        path: String,
+        msg: String,
+    },
+    /// The checkpoint a slice is written from is unusable.
+    Source {
+        origin: String,
+        msg: String,
+    },
+    Plan(PlanError),
+    /// A layer index, token id or buffer outside its range.
+    OutOfRange {
+        path: String,
+        rank: usize,
+        what: &'static str,
+        index: u64,
+        len: u64,
+    },
+}
+
+impl fmt::Display for SliceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SliceError::Io { path, what, source } => write!(f, "slice {path}: {what}: {source}"),
+            SliceError::Truncated {
+                path,
+                what,
+                need,
+                file_len,
+            } => write!(
+                f,
+                "slice {path}: truncated: {what} needs {need} bytes, file has {file_len}"
+            ),
+            SliceError::BadMagic { path } => {
+                write!(f, "slice {path}: not a slice file (bad magic)")
+            }
+            SliceError::Version {
+                path,
+                found,
+                supported,
+            } => write!(
+                f,
+                "slice {path}: format version {found}, this build reads {supported}"
+            ),
+            SliceError::ManifestTooLarge { path, len, max } => {
+                write!(f, "slice {path}: manifest of {len} bytes exceeds {max}")
+            }
+            SliceError::ManifestChecksum {
+                path,
+                stored,
+                computed,
+            } => write!(
+                f,
+                "slice {path}: manifest checksum {computed:016x} != stored {stored:016x} (corrupt)"
+            ),
+            SliceError::Manifest { path, msg } => write!(f, "slice {path}: manifest: {msg}"),
+            SliceError::Mismatch {
+                path,
+                what,
+                expected,
+                found,
+            } => write!(
+                f,
+                "slice {path}: {what} is {found:#x}, expected {expected:#x} (stale or foreign slice)"
+            ),
+            SliceError::BlockOutOfFile {
+                path,
+                rank,
+                block,
+                offset,
+                len,
+                file_len,
+            } => write!(
+                f,
+                "slice {path} (rank {rank}): {block} at offset {offset} length {len} \
+                 ends past the file end {file_len} (truncated)"
+            ),
+            SliceError::BlockChecksum {
+                path,
+                rank,
+                block,
+                offset,
+                stored,
+                computed,
+            } => write!(
+                f,
+                "slice {path} (rank {rank}): {block} at offset {offset}: checksum \
+                 {computed:016x} != stored {stored:016x} (corrupt)"
+            ),
+            SliceError::Layout {
+                path,
+                rank,
+                block,
+                msg,
+            } => match block {
+                Some(b) => write!(f, "slice {path} (rank {rank}): {b}: {msg}"),
+                None => write!(f, "slice {path} (rank {rank}): {msg}"),
+            },
+            SliceError::Config { path, msg } => {
+                write!(f, "slice {path}: embedded config: {msg}")
+            }
+            SliceError::Source { origin, msg } => write!(f, "checkpoint {origin}: {msg}"),
+            SliceError::Plan(e) => write!(f, "{e}"),
+            SliceError::OutOfRange {
+                path,
+                rank,
+                what,
+                index,
+                len,
+            } => write!(
+                f,
+                "slice {path} (rank {rank}): {what} {index} outside 0..{len}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SliceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SliceError::Io { source, .. } => Some(source),
+            SliceError::Plan(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<SliceError> for crate::error::Error {
+    fn from(e: SliceError) -> Self {
+        crate::error::Error::Model(e.to_string())
+    }
+}
+
+impl From<PlanError> for SliceError {
+    fn from(e: PlanError) -> Self {
+        SliceError::Plan(e)
+    }
+}
+
+fn io_err<'a>(
+    path: &'a Path,
+    what: &'static str,
+) -> impl FnOnce(std::io::Error) -> SliceError + 'a {
+    move |source| SliceError::Io {
+        path: path.display().to_string(),
+        what,
+        source,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Streaming XXH64 (identical to `checksum64`, which is one-shot)
+
+const P1: u64 = 0x9E37_79B1_85EB_CA87;
+const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
+const P3: u64 = 0x1656_67B1_9E37_79F9;
+const P4: u64 = 0x85EB_CA77_C2B2_AE63;
+const P5: u64 = 0x27D4_EB2F_1656_67C5;
+
+fn xround(acc: u64, input: u64) -> u64 {
+    acc.wrapping_add(input.wrapping_mul(P2))
+        .rotate_left(31)
+        .wrapping_mul(P1)
+}
+
+fn xmerge(acc: u64, val: u64) -> u64 {
+    (acc ^ xround(0, val)).wrapping_mul(P1).wrapping_add(P4)
+}
+
+fn le64(b: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(w)
+}
+
+/// Incremental `checksum64` (XXH64, seed 0), so blocks far larger than RAM
+/// can be hashed while they stream. Equal to `checksum64` of the
+/// concatenated input (tested).
+#[derive(Clone)]
+pub struct Hasher64 {
+    v: [u64; 4],
+    buf: [u8; 32],
+    buf_len: usize,
+    total: u64,
+}
+
+impl Default for Hasher64 {
+    fn default() -> Self {
+        Hasher64::new()
+    }
+}
+
+impl Hasher64 {
+    pub fn new() -> Hasher64 {
+        Hasher64 {
+            v: [P1.wrapping_add(P2), P2, 0, 0u64.wrapping_sub(P1)],
+            buf: [0; 32],
+            buf_len: 0,
+            total: 0,
+        }
+    }
+
+    fn stripe(&mut self, s: &[u8]) {
+        for (i, v) in self.v.iter_mut().enumerate() {
+            *v = xround(*v, le64(&s[i * 8..i * 8 + 8]));
+        }
+    }
+
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.total = self.total.wrapping_add(data.len() as u64);
+        if self.buf_len > 0 {
+            let take = (32 - self.buf_len).min(data.len());
+            self.buf[self.buf_len..self.buf_len + take].copy_from_slice(&data[..take]);
+            self.buf_len += take;
+            data = &data[take..];
+            if self.buf_len < 32 {
+                return;
+            }
+            let b = self.buf;
+            self.stripe(&b);
+            self.buf_len = 0;
+        }
+        let mut stripes = data.chunks_exact(32);
+        for s in &mut stripes {
+            self.stripe(s);
+        }
+        let rest = stripes.remainder();
+        self.buf[..rest.len()].copy_from_slice(rest);
+        self.buf_len = rest.len();
+    }
+
+    pub fn finish(&self) -> u64 {
+        let mut h = if self.total >= 32 {
+            let [v1, v2, v3, v4] = self.v;
+            let mut h = v1
+                .rotate_left(1)
+                .wrapping_add(v2.rotate_left(7))
+                .wrapping_add(v3.rotate_left(12))
+                .wrapping_add(v4.rotate_left(18));
+            for v in self.v {
+                h = xmerge(h, v);
+            }
+            h
+        } else {
+            P5
+        };
+        h = h.wrapping_add(self.total);
+        let rest = &self.buf[..self.buf_len];
+        let mut words = rest.chunks_exact(8);
+        for w in &mut words {
+            h ^= xround(0, le64(w));
+            h = h.rotate_left(27).wrapping_mul(P1).wrapping_add(P4);
+        }
+        let mut tail = words.remainder();
+        if tail.len() >= 4 {
+            let w = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+            h ^= u64::from(w).wrapping_mul(P1);
+            h = h.rotate_left(23).wrapping_mul(P2).wrapping_add(P3);
+            tail = &tail[4..];
+        }
+        for &b in tail {
+            h ^= u64::from(b).wrapping_mul(P5);
+            h = h.rotate_left(11).wrapping_mul(P1);
+        }
+        h ^= h >> 33;
+        h = h.wrapping_mul(P2);
+        h ^= h >> 29;
+        h = h.wrapping_mul(P3);
+        h ^= h >> 32;
+        h
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Manifest encoding / decoding
+
+fn put_u32(b: &mut Vec<u8>, v: u32) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+fn put_u64(b: &mut Vec<u8>, v: u64) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+fn layer_code(l: Option<usize>) -> u32 {
+    l.map_or(NO_LAYER, |l| l as u32)
+}
+
+/// Encodes a manifest (inverse of [`decode_manifest`] for valid manifests).
+pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
+    let mut b = Vec::with_capacity(256 + m.config_json.len());
+    put_u32(&mut b, m.version);
+    put_u64(&mut b, m.fingerprint);
+    put_u64(&mut b, m.plan_hash);
+    put_u32(&mut b, m.rank as u32);
+    put_u32(&mut b, m.world_size as u32);
+    put_u32(&mut b, m.config_json.len() as u32);
+    b.extend_from_slice(m.config_json.as_bytes());
+    match &m.generation_config_json {
+        Some(g) => {
+            b.push(1);
+            put_u32(&mut b, g.len() as u32);
+            b.extend_from_slice(g.as_bytes());
+        }
+        None => b.push(0),
+    }
+    let p = &m.part;
+    for r in [&p.heads, &p.kv_heads, &p.hidden, &p.vocab] {
+        put_u64(&mut b, r.start as u64);
+        put_u64(&mut b, r.end as u64);
+    }
+    put_u32(&mut b, m.blocks.len() as u32);
+    for blk in &m.blocks {
+        let (kind, layer) = match blk.kind {
+            BlockKind::Vecs => (0u8, None),
+            BlockKind::Layer(l) => (1, Some(l)),
+            BlockKind::Embedding => (2, None),
+            BlockKind::LmHead => (3, None),
+        };
+        b.extend_from_slice(&[kind, 0, 0, 0]);
+        put_u32(&mut b, layer_code(layer));
+        put_u64(&mut b, blk.offset);
+        put_u64(&mut b, blk.len);
+        put_u64(&mut b, blk.checksum);
+        put_u32(&mut b, blk.tensors.len() as u32);
+        for t in &blk.tensors {
+            b.extend_from_slice(&[t.role.code(), dtype_code(t.dtype), 0, 0]);
+            put_u32(&mut b, layer_code(t.layer));
+            put_u64(&mut b, t.rows as u64);
+            put_u64(&mut b, t.cols as u64);
+            put_u64(&mut b, t.offset);
+        }
+    }
+    b
+}
+
+fn merr(msg: impl Into<String>) -> SliceError {
+    SliceError::Manifest {
+        path: "<manifest>".into(),
+        msg: msg.into(),
+    }
+}
+
+fn cur<T>(r: Result<T, crate::net::msg::MsgError>) -> Result<T, SliceError> {
+    r.map_err(|e| merr(e.to_string()))
+}
+
+/// A bounded index (`<= MAX_INDEX`) as usize.
+fn index(v: u64, field: &str) -> Result<usize, SliceError> {
+    if v > MAX_INDEX {
+        return Err(merr(format!("{field} = {v} exceeds {MAX_INDEX}")));
+    }
+    usize::try_from(v).map_err(|_| merr(format!("{field} = {v} does not fit usize")))
+}
+
+fn text(c: &mut Cursor<'_>, field: &'static str) -> Result<String, SliceError> {
+    let len = cur(c.u32(field))? as usize;
+    if len > MAX_CONFIG_TEXT {
+        return Err(merr(format!(
+            "{field} is {len} bytes, maximum {MAX_CONFIG_TEXT}"
+        )));
+    }
+    let bytes = cur(c.bytes(len, field))?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| merr(format!("{field} is not UTF-8")))
+}
+
+fn layer_field(v: u32, field: &str) -> Result<Option<usize>, SliceError> {
+    match v {
+        NO_LAYER => Ok(None),
+        l if (l as usize) < MAX_BLOCKS => Ok(Some(l as usize)),
+        l => Err(merr(format!("{field} = {l} out of range"))),
+    }
+}
+
+/// Decodes manifest bytes. Robust to arbitrary input: every read is bounded,
+/// counts are checked against constant maxima and the bytes left before
+/// allocating, trailing bytes are rejected. Checks structure only (ranges,
+/// alignment, tensor bounds within blocks, non-overlap); consistency with the
+/// embedded config and the file length is checked by [`SliceFile::open`].
+pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, SliceError> {
+    let mut c = Cursor::new(bytes);
+    let version = cur(c.u32("version"))?;
+    if version != FORMAT_VERSION {
+        return Err(merr(format!(
+            "format version {version}, expected {FORMAT_VERSION}"
+        )));
+    }
+    let fingerprint = cur(c.u64("fingerprint"))?;
+    let plan_hash = cur(c.u64("plan_hash"))?;
+    let rank = cur(c.u32("rank"))? as usize;
+    let world_size = cur(c.u32("world_size"))? as usize;
+    if world_size == 0 || world_size > MAX_WORLD {
+        return Err(merr(format!(
+            "world size {world_size} outside 1..={MAX_WORLD}"
+        )));
+    }
+    if rank >= world_size {
+        return Err(merr(format!("rank {rank} >= world size {world_size}")));
+    }
+    let config_json = text(&mut c, "config_json")?;
+    let generation_config_json = match cur(c.u8("has_generation_config"))? {
+        0 => None,
+        1 => Some(text(&mut c, "generation_config_json")?),
+        v => {
+            return Err(merr(format!(
+                "has_generation_config = {v}, expected 0 or 1"
+            )))
+        }
+    };
+    let mut ranges = Vec::with_capacity(4);
+    for field in ["heads", "kv_heads", "hidden", "vocab"] {
+        let s = index(cur(c.u64("part range"))?, field)?;
+        let e = index(cur(c.u64("part range"))?, field)?;
+        if s > e {
+            return Err(merr(format!("part {field} range {s}..{e} is reversed")));
+        }
+        ranges.push(s..e);
+    }
+    let part = Part {
+        heads: ranges[0].clone(),
+        kv_heads: ranges[1].clone(),
+        hidden: ranges[2].clone(),
+        vocab: ranges[3].clone(),
+    };
+    let n_blocks = cur(c.u32("block count"))? as usize;
+    if n_blocks > MAX_BLOCKS || n_blocks.saturating_mul(BLOCK_ENTRY_LEN) > c.remaining() {
+        return Err(merr(format!(
+            "block count {n_blocks} exceeds {MAX_BLOCKS} or the {} bytes left",
+            c.remaining()
+        )));
+    }
+    let mut blocks = Vec::with_capacity(n_blocks);
+    let mut prev_end = 0u64;
+    for bi in 0..n_blocks {
+        let kind_code = cur(c.u8("block kind"))?;
+        if cur(c.array::<3>("block reserved"))? != [0; 3] {
+            return Err(merr(format!("block {bi}: reserved bytes not zero")));
+        }
+        let layer = layer_field(cur(c.u32("block layer"))?, "block layer")?;
+        let kind = match (kind_code, layer) {
+            (0, None) => BlockKind::Vecs,
+            (1, Some(l)) => BlockKind::Layer(l),
+            (2, None) => BlockKind::Embedding,
+            (3, None) => BlockKind::LmHead,
+            (k, l) => {
+                return Err(merr(format!(
+                    "block {bi}: kind {k} with layer {l:?} is not a valid block"
+                )))
+            }
+        };
+        let offset = cur(c.u64("block offset"))?;
+        let len = cur(c.u64("block len"))?;
+        let checksum = cur(c.u64("block checksum"))?;
+        if offset % BLOCK_ALIGN != 0 || len % BLOCK_ALIGN != 0 || len == 0 {
+            return Err(merr(format!(
+                "{kind} at offset {offset} length {len}: not a non-empty multiple of {BLOCK_ALIGN}"
+            )));
+        }
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| merr(format!("{kind}: offset {offset} + length {len} overflows")))?;
+        if offset < prev_end || offset < PREAMBLE_LEN as u64 {
+            return Err(merr(format!(
+                "{kind} at offset {offset} overlaps the previous block or the manifest"
+            )));
+        }
+        prev_end = end;
+        let n_tensors = cur(c.u32("tensor count"))? as usize;
+        if n_tensors > MAX_TENSORS_PER_BLOCK
+            || n_tensors.saturating_mul(TENSOR_ENTRY_LEN) > c.remaining()
+        {
+            return Err(merr(format!(
+                "{kind}: tensor count {n_tensors} exceeds {MAX_TENSORS_PER_BLOCK} or the bytes left"
+            )));
+        }
+        let mut tensors = Vec::with_capacity(n_tensors);
+        let mut t_end = 0u64;
+        for ti in 0..n_tensors {
+            let role_code = cur(c.u8("tensor role"))?;
+            let role = *ROLES
+                .get(role_code as usize)
+                .ok_or_else(|| merr(format!("{kind} tensor {ti}: role {role_code} unknown")))?;
+            let dtype = match cur(c.u8("tensor dtype"))? {
+                0 => Dtype::F32,
+                1 => Dtype::F16,
+                2 => Dtype::BF16,
+                d => return Err(merr(format!("{kind} tensor {ti}: dtype {d} unknown"))),
+            };
+            if cur(c.u16("tensor reserved"))? != 0 {
+                return Err(merr(format!("{kind} tensor {ti}: reserved bytes not zero")));
+            }
+            let layer = layer_field(cur(c.u32("tensor layer"))?, "tensor layer")?;
+            let rows = index(cur(c.u64("tensor rows"))?, "tensor rows")?;
+            let cols = index(cur(c.u64("tensor cols"))?, "tensor cols")?;
+            let t_off = cur(c.u64("tensor offset"))?;
+            let size = (rows as u64)
+                .checked_mul(cols as u64)
+                .and_then(|n| n.checked_mul(dtype.size() as u64))
+                .ok_or_else(|| merr(format!("{kind} tensor {ti}: size overflows")))?;
+            let stop = t_off.checked_add(size);
+            if t_off % TENSOR_ALIGN != 0 || t_off < t_end || stop.is_none_or(|s| s > len) {
+                return Err(merr(format!(
+                    "{kind} tensor {ti} ({role:?}) at offset {t_off} size {size}: \
+                     misaligned, overlapping or past the block length {len}"
+                )));
+            }
+            t_end = stop.unwrap_or(len);
+            tensors.push(TensorEntry {
+                role,
+                layer,
+                dtype,
+                rows,
+                cols,
+                offset: t_off,
+            });
+        }
+        blocks.push(BlockEntry {
+            kind,
+            offset,
+            len,
+            checksum,
+            tensors,
+        });
+    }
+    cur(c.finish())?;
+    Ok(Manifest {
+        version,
+        fingerprint,
+        plan_hash,
+        rank,
+        world_size,
+        config_json,
+        generation_config_json,
+        part,
+        blocks,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Expected contents (shared by writer and reader)
+
+fn align_up(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}
+
+/// The canonical block order for `cfg`.
+fn block_kinds(cfg: &Config) -> Vec<BlockKind> {
+    let mut k = Vec::with_capacity(cfg.n_layers + 3);
+    k.push(BlockKind::Vecs);
+    k.extend((0..cfg.n_layers).map(BlockKind::Layer));
+    k.push(BlockKind::Embedding);
+    k.push(BlockKind::LmHead);
+    k
+}
+
+/// (role, layer, rows, cols) of every tensor of `kind`, in block order.
+fn expected_tensors(
+    cfg: &Config,
+    part: &Part,
+    kind: BlockKind,
+) -> Vec<(Role, Option<usize>, usize, usize)> {
+    let hd = cfg.head_dim;
+    let (d, q, kv, h) = (
+        cfg.dim,
+        part.heads.len() * hd,
+        part.kv_heads.len() * hd,
+        part.hidden.len(),
+    );
+    match kind {
+        BlockKind::Vecs => {
+            let mut v = Vec::with_capacity(cfg.n_layers * 5 + 1);
+            for l in 0..cfg.n_layers {
+                v.push((Role::AttnNorm, Some(l), 1, d));
+                v.push((Role::FfnNorm, Some(l), 1, d));
+                if cfg.attention_bias {
+                    v.push((Role::QBias, Some(l), 1, q));
+                    v.push((Role::KBias, Some(l), 1, kv));
+                    v.push((Role::VBias, Some(l), 1, kv));
+                }
+            }
+            v.push((Role::FinalNorm, None, 1, d));
+            v
+        }
+        BlockKind::Layer(l) => vec![
+            (Role::Q, Some(l), q, d),
+            (Role::K, Some(l), kv, d),
+            (Role::V, Some(l), kv, d),
+            (Role::O, Some(l), d, q),
+            (Role::Gate, Some(l), h, d),
+            (Role::Up, Some(l), h, d),
+            (Role::Down, Some(l), d, h),
+        ],
+        BlockKind::Embedding => vec![(Role::Embedding, None, cfg.vocab_size, d)],
+        BlockKind::LmHead => vec![(Role::LmHead, None, part.vocab.len(), d)],
+    }
+}
+
+/// Checks `part` against `cfg` (ranges inside the model, non-empty, KV heads
+/// exactly those the query heads use).
+fn check_part(cfg: &Config, part: &Part) -> Result<(), String> {
+    let group = cfg.n_heads / cfg.n_kv_heads.max(1);
+    for (name, r, len) in [
+        ("heads", &part.heads, cfg.n_heads),
+        ("kv_heads", &part.kv_heads, cfg.n_kv_heads),
+        ("hidden", &part.hidden, cfg.hidden_dim),
+        ("vocab", &part.vocab, cfg.vocab_size),
+    ] {
+        if r.is_empty() || r.end > len {
+            return Err(format!("part {name} {r:?} is empty or outside 0..{len}"));
+        }
+    }
+    let kv = part.heads.start / group.max(1)..part.heads.end.div_ceil(group.max(1));
+    if group == 0 || part.kv_heads != kv {
+        return Err(format!(
+            "part kv_heads {:?}, but heads {:?} use {kv:?}",
+            part.kv_heads, part.heads
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Fingerprint
+
+/// The raw config.json and generation_config.json texts of a checkpoint.
+/// `Checkpoint` keeps only the parsed config, so they are re-read from its
+/// origin directory (or taken from the bundled model) and checked to parse to
+/// the same `Config`.
+fn config_texts(ckpt: &Checkpoint) -> Result<(String, Option<String>), SliceError> {
+    let src = |msg: String| SliceError::Source {
+        origin: ckpt.origin.clone(),
+        msg,
+    };
+    let (cfg, gen, origin) = if ckpt.origin == bundled::NAME {
+        (
+            bundled::CONFIG.to_string(),
+            Some(bundled::GENERATION_CONFIG.to_string()),
+            bundled::NAME.to_string(),
+        )
+    } else {
+        let dir = Path::new(&ckpt.origin);
+        let read = |p: &Path| -> Result<String, SliceError> {
+            let f = File::open(p).map_err(io_err(p, "read config"))?;
+            let mut s = String::new();
+            f.take(MAX_CONFIG_TEXT as u64 + 1)
+                .read_to_string(&mut s)
+                .map_err(io_err(p, "read config"))?;
+            if s.len() > MAX_CONFIG_TEXT {
+                return Err(src(format!(
+                    "{} is larger than {MAX_CONFIG_TEXT} bytes",
+                    p.display()
+                )));
+            }
+            Ok(s)
+        };
+        let cp = dir.join("config.json");
+        let gp = dir.join("generation_config.json");
+        let gen = if gp.exists() { Some(read(&gp)?) } else { None };
+        (read(&cp)?, gen, cp.display().to_string())
+    };
+    let reparsed = Config::from_json(&cfg, gen.as_deref(), &origin)
+        .map_err(|e| src(format!("config re-read for the slice: {e}")))?;
+    if reparsed != ckpt.config {
+        return Err(src(
+            "config.json / generation_config.json changed since the checkpoint was opened".into(),
+        ));
+    }
+    Ok((cfg, gen))
+}
+
+fn hash_text(h: &mut Hasher64, tag: &[u8], t: Option<&str>) {
+    h.update(tag);
+    match t {
+        Some(t) => {
+            h.update(&[1]);
+            h.update(&(t.len() as u64).to_le_bytes());
+            h.update(t.as_bytes());
+        }
+        None => h.update(&[0]),
+    }
+}
+
+fn fingerprint_with(ckpt: &Checkpoint, cfg: &str, gen: Option<&str>) -> u64 {
+    let mut h = Hasher64::new();
+    h.update(b"tpi-fingerprint-v1");
+    hash_text(&mut h, b"config", Some(cfg));
+    hash_text(&mut h, b"generation_config", gen);
+    let st = &ckpt.weights;
+    h.update(&(st.num_shards() as u64).to_le_bytes());
+    for i in 0..st.num_shards() {
+        let shard = st.shard_bytes(i);
+        let n = shard
+            .get(..8)
+            .map_or(0, |b| le64(b).saturating_add(8).min(shard.len() as u64))
+            as usize;
+        h.update(&(shard.len() as u64).to_le_bytes());
+        h.update(&(n as u64).to_le_bytes());
+        h.update(&shard[..n]);
+    }
+    h.finish()
+}
+
+/// Model identity: `checksum64` (XXH64) over a tag, the config.json and
+/// generation_config.json texts, and for every shard (in index order) its
+/// file size and its safetensors header (the 8-byte length and the JSON,
+/// which names every tensor with dtype, shape and byte range).
+///
+/// Tensor data is deliberately not hashed: that would read the whole model
+/// (tens of GB on every start). Two checkpoints that differ only in weight
+/// values of identical layout collide; that is an accepted trade-off, since
+/// re-exported / fine-tuned models practically always change the config,
+/// the header (`__metadata__`) or a file size, and each slice block carries
+/// its own data checksum against corruption.
+///
+/// Falls back to hashing only the weights when the config text cannot be
+/// re-read (the value is then still stable for one checkpoint).
+pub fn fingerprint(ckpt: &Checkpoint) -> u64 {
+    match config_texts(ckpt) {
+        Ok((c, g)) => fingerprint_with(ckpt, &c, g.as_deref()),
+        Err(_) => fingerprint_with(ckpt, "", None),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Writer
+
+/// Where a tensor's bytes come from.
+enum Src<'a> {
+    /// Contiguous bytes (whole tensor or a row range).
+    Bytes(&'a [u8]),
+    /// A column range of a row-major matrix: `bytes[r*row + start .. r*row + end]`
+    /// for every row.
+    Cols {
+        bytes: &'a [u8],
+        rows: usize,
+        row: usize,
+        start: usize,
+        end: usize,
+    },
+    /// Small f32 vector (norms, biases).
+    F32(Vec<f32>),
+}
+
+fn source_err(st: &SafeTensors, e: impl fmt::Display) -> SliceError {
+    SliceError::Source {
+        origin: st.shard_name(0).to_string(),
+        msg: e.to_string(),
+    }
+}
+
+/// The tensors of `kind` with their dtype and source bytes.
+fn block_sources<'a>(
+    cfg: &Config,
+    st: &'a SafeTensors,
+    part: &Part,
+    kind: BlockKind,
+) -> Result<Vec<(TensorEntry, Src<'a>)>, SliceError> {
+    let hd = cfg.head_dim;
+    let mut out = Vec::new();
+    for (role, layer, rows, cols) in expected_tensors(cfg, part, kind) {
+        let l = layer.unwrap_or(0);
+        let matrix = |leaf: &str, shape: [usize; 2]| {
+            let name = match leaf {
+                "embed" => "model.embed_tokens.weight".to_string(),
+                "lm_head" => lm_head_name(cfg, st).to_string(),
+                _ => layer_name(l, leaf),
+            };
+            let t = st.expect(&name, &shape).map_err(|e| source_err(st, e))?;
+            let bytes = st.bytes(t);
+            if bytes.len() != t.len {
+                return Err(source_err(st, format!("tensor {name} is outside its file")));
+            }
+            Ok((t.dtype, bytes))
+        };
+        let row_slice = |leaf: &str, shape: [usize; 2], r: Range<usize>| {
+            let (dtype, bytes) = matrix(leaf, shape)?;
+            let row = shape[1] * dtype.size();
+            Ok::<_, SliceError>((dtype, Src::Bytes(&bytes[r.start * row..r.end * row])))
+        };
+        let col_slice = |leaf: &str, shape: [usize; 2], c: Range<usize>| {
+            let (dtype, bytes) = matrix(leaf, shape)?;
+            let s = dtype.size();
+            Ok::<_, SliceError>((
+                dtype,
+                Src::Cols {
+                    bytes,
+                    rows: shape[0],
+                    row: shape[1] * s,
+                    start: c.start * s,
+                    end: c.end * s,
+                },
+            ))
+        };
+        let vector = |leaf: &str, len: usize, r: Range<usize>| {
+            let name = if leaf == "model.norm.weight" {
+                leaf.to_string()
+            } else {
+                layer_name(l, leaf)
+            };
+            let v = vector_f32(st, &name, len).map_err(|e| source_err(st, e))?;
+            Ok::<_, SliceError>((Dtype::F32, Src::F32(v[r].to_vec())))
+        };
+        let (d, nh, nkv, nhid) = (
+            cfg.dim,
+            cfg.n_heads * hd,
+            cfg.n_kv_heads * hd,
+            cfg.hidden_dim,
+        );
+        let qr = part.heads.start * hd..part.heads.end * hd;
+        let kvr = part.kv_heads.start * hd..part.kv_heads.end * hd;
+        let (dtype, src) = match role {
+            Role::Q => row_slice("self_attn.q_proj.weight", [nh, d], qr)?,
+            Role::K => row_slice("self_attn.k_proj.weight", [nkv, d], kvr)?,
+            Role::V => row_slice("self_attn.v_proj.weight", [nkv, d], kvr)?,
+            Role::O => col_slice("self_attn.o_proj.weight", [d, nh], qr)?,
+            Role::Gate => row_slice("mlp.gate_proj.weight", [nhid, d], part.hidden.clone())?,
+            Role::Up => row_slice("mlp.up_proj.weight", [nhid, d], part.hidden.clone())?,
+            Role::Down => col_slice("mlp.down_proj.weight", [d, nhid], part.hidden.clone())?,
+            Role::AttnNorm => vector("input_layernorm.weight", d, 0..d)?,
+            Role::FfnNorm => vector("post_attention_layernorm.weight", d, 0..d)?,
+            Role::QBias => vector("self_attn.q_proj.bias", nh, qr)?,
+            Role::KBias => vector("self_attn.k_proj.bias", nkv, kvr.clone())?,
+            Role::VBias => vector("self_attn.v_proj.bias", nkv, kvr)?,
+            Role::FinalNorm => vector("model.norm.weight", d, 0..d)?,
+            Role::Embedding => row_slice("embed", [cfg.vocab_size, d], 0..cfg.vocab_size)?,
+            Role::LmHead => row_slice("lm_head", [cfg.vocab_size, d], part.vocab.clone())?,
+        };
+        out.push((
+            TensorEntry {
+                role,
+                layer,
+                dtype,
+                rows,
+                cols,
+                offset: 0,
+            },
+            src,
+        ));
+    }
+    // Offsets within the block.
+    let mut at = 0u64;
+    for (t, _) in &mut out {
+        t.offset = align_up(at, TENSOR_ALIGN);
+        at = t.offset + t.byte_len();
+    }
+    Ok(out)
+}
+
+/// Content length of a block's tensors, padded to [`BLOCK_ALIGN`].
+fn padded_len(tensors: &[TensorEntry]) -> u64 {
+    let end = tensors
+        .iter()
+        .map(|t| t.offset + t.byte_len())
+        .max()
+        .unwrap_or(0);
+    align_up(end.max(1), BLOCK_ALIGN)
+}
+
+/// Sequential output that hashes what it writes.
+struct Out {
+    w: BufWriter<File>,
+    pos: u64,
+    hash: Hasher64,
+}
+
+static ZEROS: [u8; 4096] = [0; 4096];
+
+impl Out {
+    fn put(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.w.write_all(b)?;
+        self.hash.update(b);
+        self.pos += b.len() as u64;
+        Ok(())
+    }
+    fn pad_to(&mut self, pos: u64) -> std::io::Result<()> {
+        while self.pos < pos {
+            let n = (pos - self.pos).min(ZEROS.len() as u64) as usize;
+            self.put(&ZEROS[..n])?;
+        }
+        Ok(())
+    }
+}
+
+fn check_plan(ckpt: &Checkpoint, plan: &Plan, rank: usize) -> Result<Part, SliceError> {
+    let cfg = &ckpt.config;
+    let s = &plan.shape;
+    let want = [
+        cfg.dim,
+        cfg.hidden_dim,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.head_dim,
+        cfg.vocab_size,
+        cfg.n_layers,
+    ];
+    let have = [
+        s.dim,
+        s.hidden_dim,
+        s.n_heads,
+        s.n_kv_heads,
+        s.head_dim,
+        s.vocab_size,
+        s.n_layers,
+    ];
+    if want != have {
+        return Err(SliceError::Source {
+            origin: ckpt.origin.clone(),
+            msg: format!("plan shape {s:?} does not match the model config"),
+        });
+    }
+    let r = plan.try_rank(rank)?;
+    let part = Part {
+        heads: r.heads.clone(),
+        kv_heads: r.kv_heads.clone(),
+        hidden: r.hidden.clone(),
+        vocab: r.vocab.clone(),
+    };
+    check_part(cfg, &part).map_err(|msg| SliceError::Source {
+        origin: ckpt.origin.clone(),
+        msg: format!("plan rank {rank}: {msg}"),
+    })?;
+    Ok(part)
+}
+
+/// Writes rank `rank`'s slice of `ckpt` under `plan` to `path`: streamed one
+/// tensor slice at a time from the mmapped safetensors (RAM O(write buffer +
+/// small vectors), never O(model)), into `path.with_extension("partial")`,
+/// fsynced, then renamed over `path`.
+pub fn write_slice(
+    ckpt: &Checkpoint,
+    plan: &Plan,
+    rank: usize,
+    path: &Path,
+) -> Result<(), SliceError> {
+    let (cfg_text, gen_text) = config_texts(ckpt)?;
+    let fp = fingerprint_with(ckpt, &cfg_text, gen_text.as_deref());
+    write_slice_with(ckpt, plan, rank, path, fp, cfg_text, gen_text)
+}
+
+fn write_slice_with(
+    ckpt: &Checkpoint,
+    plan: &Plan,
+    rank: usize,
+    path: &Path,
+    fingerprint: u64,
+    config_json: String,
+    generation_config_json: Option<String>,
+) -> Result<(), SliceError> {
+    let cfg = &ckpt.config;
+    let st = &ckpt.weights;
+    let part = check_plan(ckpt, plan, rank)?;
+
+    // Pass 1: layout (no data touched beyond headers and small vectors).
+    let kinds = block_kinds(cfg);
+    let mut blocks = Vec::with_capacity(kinds.len());
+    for &kind in &kinds {
+        let tensors: Vec<TensorEntry> = block_sources(cfg, st, &part, kind)?
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        blocks.push(BlockEntry {
+            kind,
+            offset: 0,
+            len: padded_len(&tensors),
+            checksum: 0,
+            tensors,
+        });
+    }
+    let mut manifest = Manifest {
+        version: FORMAT_VERSION,
+        fingerprint,
+        plan_hash: plan.hash(),
+        rank,
+        world_size: plan.world_size,
+        config_json,
+        generation_config_json,
+        part: part.clone(),
+        blocks,
+    };
+    let manifest_len = encode_manifest(&manifest).len() as u64;
+    if manifest_len > MAX_MANIFEST {
+        return Err(SliceError::ManifestTooLarge {
+            path: path.display().to_string(),
+            len: manifest_len,
+            max: MAX_MANIFEST,
+        });
+    }
+    let mut at = align_up(PREAMBLE_LEN as u64 + manifest_len, BLOCK_ALIGN);
+    for b in &mut manifest.blocks {
+        b.offset = at;
+        at += b.len;
+    }
+
+    // Pass 2: data.
+    let partial = path.with_extension("partial");
+    let file = File::create(&partial).map_err(io_err(&partial, "create"))?;
+    let mut out = Out {
+        w: BufWriter::with_capacity(1 << 20, file),
+        pos: 0,
+        hash: Hasher64::new(),
+    };
+    let werr = io_err(&partial, "write");
+    let first = manifest.blocks.first().map_or(at, |b| b.offset);
+    (|| -> std::io::Result<()> {
+        out.pad_to(first)?;
+        for b in &mut manifest.blocks {
+            debug_assert_eq!(out.pos, b.offset);
+            out.hash = Hasher64::new();
+            let srcs = block_sources(cfg, st, &part, b.kind).map_err(std::io::Error::other)?;
+            for (t, src) in srcs {
+                out.pad_to(b.offset + t.offset)?;
+                match src {
+                    Src::Bytes(bytes) => out.put(bytes)?,
+                    Src::Cols {
+                        bytes,
+                        rows,
+                        row,
+                        start,
+                        end,
+                    } => {
+                        for r in 0..rows {
+                            out.put(&bytes[r * row + start..r * row + end])?;
+                        }
+                    }
+                    Src::F32(v) => {
+                        for x in v {
+                            out.put(&x.to_le_bytes())?;
+                        }
+                    }
+                }
+            }
+            out.pad_to(b.offset + b.len)?;
+            b.checksum = out.hash.finish();
+        }
+        out.w.flush()?;
+        let mut head = Vec::with_capacity(PREAMBLE_LEN + manifest_len as usize);
+        let m = encode_manifest(&manifest);
+        head.extend_from_slice(&MAGIC);
+        head.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        head.extend_from_slice(&0u32.to_le_bytes());
+        head.extend_from_slice(&(m.len() as u64).to_le_bytes());
+        head.extend_from_slice(&checksum64(&m).to_le_bytes());
+        head.extend_from_slice(&m);
+        let f = out.w.get_mut();
+        f.seek(SeekFrom::Start(0))?;
+        f.write_all(&head)?;
+        f.sync_all()
+    })()
+    .map_err(werr)?;
+    drop(out);
+    std::fs::rename(&partial, path).map_err(io_err(path, "rename the .partial file"))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir, "fsync directory"))?;
+    }
+    Ok(())
+}
+
+/// Path of rank `rank`'s slice under `cache_dir`.
+pub fn slice_path(cache_dir: &Path, fingerprint: u64, plan: &Plan, rank: usize) -> PathBuf {
+    cache_dir
+        .join(format!("{fingerprint:016x}-{:016x}", plan.hash()))
+        .join(format!("rank-{rank}-of-{}.slice", plan.world_size))
+}
+
+/// One slice file per rank under
+/// `cache_dir/<fingerprint hex>-<plan hash hex>/rank-<r>-of-<n>.slice`.
+/// A file is reused only if it opens and fully verifies (format version,
+/// fingerprint, plan hash, rank, world size, part, every block checksum);
+/// otherwise it is (re)written.
+pub fn ensure_slices(
+    ckpt: &Checkpoint,
+    plan: &Plan,
+    cache_dir: &Path,
+) -> Result<Vec<PathBuf>, SliceError> {
+    let (cfg_text, gen_text) = config_texts(ckpt)?;
+    let fp = fingerprint_with(ckpt, &cfg_text, gen_text.as_deref());
+    let mut paths = Vec::with_capacity(plan.world_size);
+    for rank in 0..plan.world_size {
+        let path = slice_path(cache_dir, fp, plan, rank);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(dir, "create cache directory"))?;
+        }
+        let expect = Expect {
+            fingerprint: Some(fp),
+            plan_hash: Some(plan.hash()),
+            rank: Some(rank),
+            world_size: Some(plan.world_size),
+        };
+        let want_part = check_plan(ckpt, plan, rank)?;
+        let good = SliceFile::open(&path, expect)
+            .and_then(|s| s.verify().map(|()| s))
+            .is_ok_and(|s| s.part() == &want_part);
+        if !good {
+            write_slice_with(
+                ckpt,
+                plan,
+                rank,
+                &path,
+                fp,
+                cfg_text.clone(),
+                gen_text.clone(),
+            )?;
+        }
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
+// ---------------------------------------------------------------------------
+// Reader
+
+/// What the opener expects the file to be; `None` accepts any value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expect {
+    pub fingerprint: Option<u64>,
+    pub plan_hash: Option<u64>,
+    pub rank: Option<usize>,
+    pub world_size: Option<usize>,
+}
+
+/// An opened, structurally validated slice file.
+#[derive(Debug)]
+pub struct SliceFile {
+    path: PathBuf,
+    file: File,
+    file_len: u64,
+    manifest: Manifest,
+    config: Config,
+    /// Block indices: vecs, layers in order, embedding, lm_head.
+    vecs: usize,
+    layers: Vec<usize>,
+    embedding: usize,
+    lm_head: usize,
+}
+
+/// 8-byte aligned owned bytes.
+#[derive(Debug, Default)]
+struct Aligned {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Aligned {
+    fn zeroed(len: usize) -> Aligned {
+        Aligned {
+            words: vec![0; len.div_ceil(8)],
+            len,
+        }
+    }
+    fn bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice::<u64, u8>(&self.words)[..self.len]
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut bytemuck::cast_slice_mut::<u64, u8>(&mut self.words)[..self.len]
+    }
+}
+
+impl SliceFile {
+    /// Opens and validates `path`: preamble, manifest checksum and structure,
+    /// every block inside the file, the embedded config, blocks and tensors
+    /// exactly as the config and part require, and `expect`. Block data is
+    /// not read (see [`SliceFile::verify`]).
+    pub fn open(path: &Path, expect: Expect) -> Result<SliceFile, SliceError> {
+        let p = path.display().to_string();
+        let file = File::open(path).map_err(io_err(path, "open"))?;
+        let file_len = file.metadata().map_err(io_err(path, "stat"))?.len();
+        let truncated = |what, need| SliceError::Truncated {
+            path: p.clone(),
+            what,
+            need,
+            file_len,
+        };
+        if file_len < PREAMBLE_LEN as u64 {
+            return Err(truncated("preamble", PREAMBLE_LEN as u64));
+        }
+        let mut pre = [0u8; PREAMBLE_LEN];
+        file.read_exact_at(&mut pre, 0)
+            .map_err(io_err(path, "read preamble"))?;
+        if pre[..8] != MAGIC {
+            return Err(SliceError::BadMagic { path: p });
+        }
+        let version = u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]]);
+        if version != FORMAT_VERSION {
+            return Err(SliceError::Version {
+                path: p,
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let flags = u32::from_le_bytes([pre[12], pre[13], pre[14], pre[15]]);
+        if flags != 0 {
+            return Err(SliceError::Manifest {
+                path: p,
+                msg: format!("preamble flags {flags:#x} unknown"),
+            });
+        }
+        let mlen = le64(&pre[16..24]);
+        let stored = le64(&pre[24..32]);
+        if mlen > MAX_MANIFEST {
+            return Err(SliceError::ManifestTooLarge {
+                path: p,
+                len: mlen,
+                max: MAX_MANIFEST,
+            });
+        }
+        let need = PREAMBLE_LEN as u64 + mlen;
+        if file_len < need {
+            return Err(truncated("manifest", need));
+        }
+        let mut mbytes = vec![0u8; mlen as usize];
+        file.read_exact_at(&mut mbytes, PREAMBLE_LEN as u64)
+            .map_err(io_err(path, "read manifest"))?;
+        let computed = checksum64(&mbytes);
+        if computed != stored {
+            return Err(SliceError::ManifestChecksum {
+                path: p,
+                stored,
+                computed,
+            });
+        }
+        let manifest = decode_manifest(&mbytes).map_err(|e| match e {
+            SliceError::Manifest { msg, .. } => SliceError::Manifest {
+                path: p.clone(),
+                msg,
+            },
+            e => e,
+        })?;
+        let rank = manifest.rank;
+        let mismatch = |what, expected: u64, found: u64| SliceError::Mismatch {
+            path: p.clone(),
+            what,
+            expected,
+            found,
+        };
+        if let Some(f) = expect.fingerprint.filter(|&f| f != manifest.fingerprint) {
+            return Err(mismatch("model fingerprint", f, manifest.fingerprint));
+        }
+        if let Some(h) = expect.plan_hash.filter(|&h| h != manifest.plan_hash) {
+            return Err(mismatch("plan hash", h, manifest.plan_hash));
+        }
+        if let Some(r) = expect.rank.filter(|&r| r != rank) {
+            return Err(mismatch("rank", r as u64, rank as u64));
+        }
+        if let Some(w) = expect.world_size.filter(|&w| w != manifest.world_size) {
+            return Err(mismatch("world size", w as u64, manifest.world_size as u64));
+        }
+        let layout = |block: Option<BlockKind>, msg: String| SliceError::Layout {
+            path: p.clone(),
+            rank,
+            block,
+            msg,
+        };
+        // Blocks inside the file and after the manifest.
+        let data_start = align_up(need, BLOCK_ALIGN);
+        for b in &manifest.blocks {
+            if b.offset < data_start {
+                return Err(layout(
+                    Some(b.kind),
+                    format!("offset {} overlaps the manifest (ends {need})", b.offset),
+                ));
+            }
+            if b.offset.checked_add(b.len).is_none_or(|e| e > file_len) {
+                return Err(SliceError::BlockOutOfFile {
+                    path: p.clone(),
+                    rank,
+                    block: b.kind,
+                    offset: b.offset,
+                    len: b.len,
+                    file_len,
+                });
+            }
+        }
+        let config = Config::from_json(
+            &manifest.config_json,
+            manifest.generation_config_json.as_deref(),
+            &p,
+        )
+        .map_err(|e| SliceError::Config {
+            path: p.clone(),
+            msg: e.to_string(),
+        })?;
+        check_part(&config, &manifest.part).map_err(|m| layout(None, m))?;
+        if config.n_heads < manifest.world_size {
+            return Err(layout(
+                None,
+                format!(
+                    "world size {} exceeds the model's {} heads",
+                    manifest.world_size, config.n_heads
+                ),
+            ));
+        }
+        let kinds = block_kinds(&config);
+        let got: Vec<BlockKind> = manifest.blocks.iter().map(|b| b.kind).collect();
+        if got != kinds {
+            return Err(layout(
+                None,
+                format!(
+                    "{} blocks do not follow the order vecs, layer 0..{}, embedding, lm_head",
+                    got.len(),
+                    config.n_layers
+                ),
+            ));
+        }
+        for b in &manifest.blocks {
+            let want = expected_tensors(&config, &manifest.part, b.kind);
+            let have: Vec<_> = b
+                .tensors
+                .iter()
+                .map(|t| (t.role, t.layer, t.rows, t.cols))
+                .collect();
+            if want != have {
+                return Err(layout(
+                    Some(b.kind),
+                    format!("tensors {have:?} differ from the expected {want:?}"),
+                ));
+            }
+            if b.kind == BlockKind::Vecs {
+                if let Some(t) = b.tensors.iter().find(|t| t.dtype != Dtype::F32) {
+                    return Err(layout(
+                        Some(b.kind),
+                        format!("{:?} is {}, expected F32", t.role, t.dtype.name()),
+                    ));
+                }
+            }
+        }
+        let n = manifest.blocks.len();
+        Ok(SliceFile {
+            path: path.to_path_buf(),
+            file,
+            file_len,
+            config,
+            vecs: 0,
+            layers: (1..n - 2).collect(),
+            embedding: n - 2,
+            lm_head: n - 1,
+            manifest,
+        })
+    }
+
+    fn block_checksum_err(&self, b: &BlockEntry, computed: u64) -> SliceError {
+        SliceError::BlockChecksum {
+            path: self.path.display().to_string(),
+            rank: self.manifest.rank,
+            block: b.kind,
+            offset: b.offset,
+            stored: b.checksum,
+            computed,
+        }
+    }
+
+    /// Reads every block and checks its checksum (streamed in 1 MiB chunks).
+    pub fn verify(&self) -> Result<(), SliceError> {
+        let mut buf = vec![0u8; VERIFY_CHUNK];
+        for b in &self.manifest.blocks {
+            let mut h = Hasher64::new();
+            let mut at = 0u64;
+            while at < b.len {
+                let n = (b.len - at).min(VERIFY_CHUNK as u64) as usize;
+                self.file
+                    .read_exact_at(&mut buf[..n], b.offset + at)
+                    .map_err(io_err(&self.path, "read block"))?;
+                h.update(&buf[..n]);
+                at += n as u64;
+            }
+            let c = h.finish();
+            if c != b.checksum {
+                return Err(self.block_checksum_err(b, c));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn file_len(&self) -> u64 {
+        self.file_len
+    }
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn part(&self) -> &Part {
+        &self.manifest.part
+    }
+    pub fn rank(&self) -> usize {
+        self.manifest.rank
+    }
+    /// The underlying file, for positioned reads of blocks (window loader).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// `(offset, len)` of every layer block, layer order.
+    pub fn layer_blocks(&self) -> Vec<(u64, u64)> {
+        self.layers
+            .iter()
+            .map(|&i| (self.manifest.blocks[i].offset, self.manifest.blocks[i].len))
+            .collect()
+    }
+
+    /// Layer `l`'s block entry.
+    pub fn layer_block(&self, l: usize) -> Result<&BlockEntry, SliceError> {
+        self.layers
+            .get(l)
+            .map(|&i| &self.manifest.blocks[i])
+            .ok_or_else(|| self.out_of_range("layer", l as u64, self.layers.len() as u64))
+    }
+
+    fn out_of_range(&self, what: &'static str, index: u64, len: u64) -> SliceError {
+        SliceError::OutOfRange {
+            path: self.path.display().to_string(),
+            rank: self.manifest.rank,
+            what,
+            index,
+            len,
+        }
+    }
+
+    /// Reads a whole block into an aligned buffer and checks its checksum.
+    fn read_block(&self, idx: usize) -> Result<Aligned, SliceError> {
+        let b = &self.manifest.blocks[idx];
+        let len = usize::try_from(b.len)
+            .map_err(|_| self.out_of_range("block length", b.len, usize::MAX as u64))?;
+        let mut buf = Aligned::zeroed(len);
+        self.file
+            .read_exact_at(buf.bytes_mut(), b.offset)
+            .map_err(io_err(&self.path, "read block"))?;
+        let c = checksum64(buf.bytes());
+        if c != b.checksum {
+            return Err(self.block_checksum_err(b, c));
+        }
+        Ok(buf)
+    }
+
+    fn mat<'a>(
+        &self,
+        b: &BlockEntry,
+        t: &TensorEntry,
+        bytes: &'a [u8],
+    ) -> Result<Mat<'a>, SliceError> {
+        let start = t.offset as usize;
+        let end = start + t.byte_len() as usize;
+        let data = bytes
+            .get(start..end)
+            .ok_or_else(|| self.out_of_range("block buffer length", end as u64, b.len))?;
+        Ok(Mat {
+            dtype: t.dtype,
+            rows: t.rows,
+            cols: t.cols,
+            bytes: data,
+        })
+    }
+
+    /// The seven matrices of layer `l` from its block's bytes (e.g. a window
+    /// slot holding the block read from [`SliceFile::layer_blocks`]).
+    /// `block_bytes` must start at the block start, be at least 4-byte
+    /// aligned and cover every tensor (a longer slot is fine). Checksums are
+    /// the caller's business (the bytes may not have been read by us).
+    pub fn layer_mats_in<'a>(
+        &self,
+        l: usize,
+        block_bytes: &'a [u8],
+    ) -> Result<LayerMats<'a>, SliceError> {
+        let b = self.layer_block(l)?;
+        if block_bytes.as_ptr() as usize % 4 != 0 {
+            return Err(SliceError::Layout {
+                path: self.path.display().to_string(),
+                rank: self.manifest.rank,
+                block: Some(b.kind),
+                msg: "block buffer is not 4-byte aligned".into(),
+            });
+        }
+        let t = &b.tensors;
+        Ok(LayerMats {
+            q: self.mat(b, &t[0], block_bytes)?,
+            k: self.mat(b, &t[1], block_bytes)?,
+            v: self.mat(b, &t[2], block_bytes)?,
+            o: self.mat(b, &t[3], block_bytes)?,
+            gate: self.mat(b, &t[4], block_bytes)?,
+            up: self.mat(b, &t[5], block_bytes)?,
+            down: self.mat(b, &t[6], block_bytes)?,
+        })
+    }
+
+    /// Norms, biases and RoPE frequencies from the vecs block (read and
+    /// checksummed here).
+    pub fn resident(&self) -> Result<Resident, SliceError> {
+        let buf = self.read_block(self.vecs)?;
+        let b = &self.manifest.blocks[self.vecs];
+        let cfg = &self.config;
+        let mut layers: Vec<LayerVecs> = (0..cfg.n_layers).map(|_| LayerVecs::default()).collect();
+        let mut final_norm = Vec::new();
+        for t in &b.tensors {
+            let m = self.mat(b, t, buf.bytes())?;
+            let v = widen(Dtype::F32, m.bytes);
+            let l = t.layer.unwrap_or(0);
+            match t.role {
+                Role::AttnNorm => layers[l].attn_norm = v,
+                Role::FfnNorm => layers[l].ffn_norm = v,
+                Role::QBias => layers[l].q_bias = Some(v),
+                Role::KBias => layers[l].k_bias = Some(v),
+                Role::VBias => layers[l].v_bias = Some(v),
+                Role::FinalNorm => final_norm = v,
+                _ => {}
+            }
+        }
+        Ok(Resident {
+            dims: Dims::new(cfg, self.part()),
+            layers,
+            final_norm,
+            inv_freq: cfg.rope_inv_freq(),
+        })
+    }
+}
+
+/// A rank's layers and lm_head read once into memory from its slice file
+/// (each block checksummed as it is read); embedding rows are read on demand
+/// by pread from the embedding block, so the table never sits in RAM.
+#[derive(Debug)]
+pub struct SliceResident {
+    slice: SliceFile,
+    layers: Vec<Aligned>,
+    lm_head: Aligned,
+    row: Aligned,
+}
+
+impl SliceResident {
+    pub fn load(slice: SliceFile) -> Result<SliceResident, SliceError> {
+        let layers = slice
+            .layers
+            .iter()
+            .map(|&i| slice.read_block(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let lm_head = slice.read_block(slice.lm_head)?;
+        let e = &slice.manifest.blocks[slice.embedding].tensors[0];
+        let row = Aligned::zeroed(e.cols * e.dtype.size());
+        Ok(SliceResident {
+            slice,
+            layers,
+            lm_head,
+            row,
+        })
+    }
+
+    pub fn slice(&self) -> &SliceFile {
+        &self.slice
+    }
+
+    /// Bytes held in memory (layer blocks + lm_head).
+    pub fn resident_bytes(&self) -> usize {
+        self.layers.iter().map(|b| b.len).sum::<usize>() + self.lm_head.len
+    }
+}
+
+impl LayerSource for SliceResident {
+    fn acquire(&mut self, l: usize) -> crate::error::Result<LayerMats<'_>> {
+        let buf = self.layers.get(l).ok_or_else(|| {
+            self.slice
+                .out_of_range("layer", l as u64, self.layers.len() as u64)
+        })?;
+        Ok(self.slice.layer_mats_in(l, buf.bytes())?)
+    }
+}
+
+impl Head for SliceResident {
+    fn embed(&mut self, token: u32, out: &mut [f32]) -> crate::error::Result<()> {
+        let s = &self.slice;
+        let b = &s.manifest.blocks[s.embedding];
+        let t = &b.tensors[0];
+        if token as usize >= t.rows {
+            return Err(s
+                .out_of_range("token id", u64::from(token), t.rows as u64)
+                .into());
+        }
+        let row_len = self.row.len as u64;
+        let at = b.offset + t.offset + u64::from(token) * row_len;
+        s.file
+            .read_exact_at(self.row.bytes_mut(), at)
+            .map_err(io_err(&s.path, "read embedding row"))?;
+        let m = Mat {
+            dtype: t.dtype,
+            rows: 1,
+            cols: t.cols,
+            bytes: self.row.bytes(),
+        };
+        m.row_into(0, out)
+    }
+
+    fn lm_head(&mut self) -> crate::error::Result<Mat<'_>> {
+        let s = &self.slice;
+        let b = &s.manifest.blocks[s.lm_head];
+        Ok(s.mat(b, &b.tensors[0], self.lm_head.bytes())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::{self, InPlace};
+    use crate::plan::{split, Shape};
+    use proptest::prelude::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const FIXTURES: [&str; 3] = ["stories260K", "llama-mha-f32", "llama-gqa-bf16"];
+
+    /// A unique temp directory, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "tpi-slice-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn fixture(name: &str) -> Checkpoint {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        Checkpoint::open_dir(&dir).unwrap()
+    }
+
+    fn shape(cfg: &Config) -> Shape {
+        Shape {
+            dim: cfg.dim,
+            hidden_dim: cfg.hidden_dim,
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: cfg.head_dim,
+            vocab_size: cfg.vocab_size,
+            n_layers: cfg.n_layers,
+        }
+    }
+
+    fn expect_for(fp: u64, plan: &Plan, rank: usize) -> Expect {
+        Expect {
+            fingerprint: Some(fp),
+            plan_hash: Some(plan.hash()),
+            rank: Some(rank),
+            world_size: Some(plan.world_size),
+        }
+    }
+
+    /// Rows `r` of a source matrix, bytes.
+    fn src_rows(st: &SafeTensors, name: &str, r: Range<usize>) -> Vec<u8> {
+        let t = st.tensor(name).unwrap();
+        let row = t.shape[1] * t.dtype.size();
+        st.bytes(t)[r.start * row..r.end * row].to_vec()
+    }
+
+    /// Columns `c` of a source matrix gathered row by row, bytes.
+    fn src_cols(st: &SafeTensors, name: &str, c: Range<usize>) -> Vec<u8> {
+        let t = st.tensor(name).unwrap();
+        let s = t.dtype.size();
+        let row = t.shape[1] * s;
+        let all = st.bytes(t);
+        let mut out = Vec::new();
+        for r in 0..t.shape[0] {
+            out.extend_from_slice(&all[r * row + c.start * s..r * row + c.end * s]);
+        }
+        out
+    }
+
+    fn check_mat(m: &Mat<'_>, want: &[u8], rows: usize, cols: usize, what: &str) {
+        assert_eq!((m.rows, m.cols), (rows, cols), "{what} shape");
+        assert!(m.bytes == want, "{what} bytes differ");
+        m.weights().unwrap();
+    }
+
+    /// The decisive test: every rank of every world size, byte-exact against
+    /// the source tensors, norms equal, union over ranks covers the model.
+    #[test]
+    fn slices_match_source_for_every_world_size_and_rank() {
+        let tmp = TempDir::new("exact");
+        for name in FIXTURES {
+            let ckpt = fixture(name);
+            let cfg = &ckpt.config;
+            let st = &ckpt.weights;
+            let hd = cfg.head_dim;
+            let fp = fingerprint(&ckpt);
+            let whole = load::resident(cfg, st, &Part::whole(cfg)).unwrap();
+            let mut inplace = InPlace::new(cfg, st).unwrap();
+            for ws in 1..=cfg.n_heads {
+                let plan = split(&shape(cfg), ws, None).unwrap();
+                let mut heads = vec![0usize; cfg.n_heads];
+                let mut kv = vec![0usize; cfg.n_kv_heads];
+                let mut hidden = vec![0usize; cfg.hidden_dim];
+                let mut vocab = vec![0usize; cfg.vocab_size];
+                for rank in 0..ws {
+                    let path = tmp.0.join(format!("{name}-{ws}-{rank}.slice"));
+                    write_slice(&ckpt, &plan, rank, &path).unwrap();
+                    assert!(!path.with_extension("partial").exists());
+                    let sf = SliceFile::open(&path, expect_for(fp, &plan, rank)).unwrap();
+                    sf.verify().unwrap();
+                    assert_eq!(sf.config(), cfg);
+                    let p = sf.part().clone();
+                    let r = plan.rank(rank);
+                    assert_eq!(
+                        (&p.heads, &p.kv_heads, &p.hidden, &p.vocab),
+                        (&r.heads, &r.kv_heads, &r.hidden, &r.vocab)
+                    );
+                    for (cov, range) in [
+                        (&mut heads, &p.heads),
+                        (&mut kv, &p.kv_heads),
+                        (&mut hidden, &p.hidden),
+                        (&mut vocab, &p.vocab),
+                    ] {
+                        range.clone().for_each(|i| cov[i] += 1);
+                    }
+                    // Blocks aligned, in the file.
+                    for b in &sf.manifest().blocks {
+                        assert_eq!(b.offset % BLOCK_ALIGN, 0);
+                        assert_eq!(b.len % BLOCK_ALIGN, 0);
+                        assert!(b.offset + b.len <= sf.file_len());
+                        for t in &b.tensors {
+                            assert_eq!(t.offset % TENSOR_ALIGN, 0);
+                        }
+                    }
+                    // Norms.
+                    let res = sf.resident().unwrap();
+                    assert_eq!(res.final_norm, whole.final_norm);
+                    assert_eq!(res.inv_freq, whole.inv_freq);
+                    assert_eq!(res.dims.n_heads, p.heads.len());
+                    for (a, b) in res.layers.iter().zip(&whole.layers) {
+                        assert_eq!(a.attn_norm, b.attn_norm);
+                        assert_eq!(a.ffn_norm, b.ffn_norm);
+                        assert_eq!(a.q_bias, None);
+                    }
+                    // Layer matrices, via the resident source and via raw block bytes.
+                    let qr = p.heads.start * hd..p.heads.end * hd;
+                    let kvr = p.kv_heads.start * hd..p.kv_heads.end * hd;
+                    let blocks = sf.layer_blocks();
+                    assert_eq!(blocks.len(), cfg.n_layers);
+                    let mut sr = SliceResident::load(sf).unwrap();
+                    for l in 0..cfg.n_layers {
+                        let n = |leaf| load::layer_name(l, leaf);
+                        let m = sr.acquire(l).unwrap();
+                        let (d, q, k, h) = (cfg.dim, qr.len(), kvr.len(), p.hidden.len());
+                        let w = |leaf, r: &Range<usize>| src_rows(st, &n(leaf), r.clone());
+                        let c = |leaf, r: &Range<usize>| src_cols(st, &n(leaf), r.clone());
+                        check_mat(&m.q, &w("self_attn.q_proj.weight", &qr), q, d, "q");
+                        check_mat(&m.k, &w("self_attn.k_proj.weight", &kvr), k, d, "k");
+                        check_mat(&m.v, &w("self_attn.v_proj.weight", &kvr), k, d, "v");
+                        check_mat(&m.o, &c("self_attn.o_proj.weight", &qr), d, q, "o");
+                        check_mat(&m.gate, &w("mlp.gate_proj.weight", &p.hidden), h, d, "gate");
+                        check_mat(&m.up, &w("mlp.up_proj.weight", &p.hidden), h, d, "up");
+                        check_mat(&m.down, &c("mlp.down_proj.weight", &p.hidden), d, h, "down");
+                        // Dtype never changes.
+                        let src_dt = st.tensor(&n("self_attn.q_proj.weight")).unwrap().dtype;
+                        assert_eq!(m.q.dtype, src_dt);
+                        // layer_mats_in over a block read independently.
+                        let (off, len) = blocks[l];
+                        let mut slot = Aligned::zeroed(len as usize);
+                        sr.slice()
+                            .file()
+                            .read_exact_at(slot.bytes_mut(), off)
+                            .unwrap();
+                        let m2 = sr.slice().layer_mats_in(l, slot.bytes()).unwrap();
+                        assert!(m2.down.bytes == sr.acquire(l).unwrap().down.bytes);
+                    }
+                    // lm_head rows and embedding rows.
+                    let lm = sr.lm_head().unwrap();
+                    let lm_name = load::lm_head_name(cfg, st);
+                    check_mat(
+                        &lm,
+                        &src_rows(st, lm_name, p.vocab.clone()),
+                        p.vocab.len(),
+                        cfg.dim,
+                        "lm_head",
+                    );
+                    let mut a = vec![0.0; cfg.dim];
+                    let mut b = vec![0.0; cfg.dim];
+                    for tok in [0, 1, cfg.vocab_size as u32 / 2, cfg.vocab_size as u32 - 1] {
+                        sr.embed(tok, &mut a).unwrap();
+                        inplace.embed(tok, &mut b).unwrap();
+                        assert_eq!(a, b, "{name} embedding row {tok}");
+                    }
+                    assert!(sr.embed(cfg.vocab_size as u32, &mut a).is_err());
+                    std::fs::remove_file(&path).unwrap();
+                }
+                // Union over ranks covers the model (and only KV heads repeat).
+                assert!(heads.iter().all(|&c| c == 1), "{name} ws {ws} heads");
+                assert!(hidden.iter().all(|&c| c == 1), "{name} ws {ws} hidden");
+                assert!(vocab.iter().all(|&c| c == 1), "{name} ws {ws} vocab");
+                assert!(kv.iter().all(|&c| c >= 1), "{name} ws {ws} kv heads");
+            }
+        }
+    }
+
+    /// One rank's forward from a slice file equals the in-place forward.
+    #[test]
+    fn single_rank_forward_from_slice_equals_in_place() {
+        use crate::model::{forward, Solo, State, Timing};
+        use crate::par::Par;
+        let tmp = TempDir::new("fwd");
+        for name in FIXTURES {
+            let ckpt = fixture(name);
+            let cfg = &ckpt.config;
+            let plan = split(&shape(cfg), 1, None).unwrap();
+            let path = tmp.0.join(format!("{name}.slice"));
+            write_slice(&ckpt, &plan, 0, &path).unwrap();
+            let open = || SliceFile::open(&path, Expect::default()).unwrap();
+            let res_s = open().resident().unwrap();
+            // Layers and head are separate borrows: two readers of one file.
+            let mut layers = SliceResident::load(open()).unwrap();
+            let mut head = SliceResident::load(open()).unwrap();
+            let res_w = load::resident(cfg, &ckpt.weights, &Part::whole(cfg)).unwrap();
+            let mut a = InPlace::new(cfg, &ckpt.weights).unwrap();
+            let mut b = InPlace::new(cfg, &ckpt.weights).unwrap();
+            let par = Par::new(1, tpi_kernels::Backend::Scalar);
+            let mut s1 = State::new(&res_s.dims, 8);
+            let mut s2 = State::new(&res_w.dims, 8);
+            let mut t = Timing::default();
+            for (pos, tok) in [1u32, 5, 9, 3].into_iter().enumerate() {
+                let (r1, r2) = (&res_s, &res_w);
+                forward(
+                    r1,
+                    &mut layers,
+                    &mut head,
+                    &mut Solo,
+                    &par,
+                    &mut s1,
+                    tok,
+                    pos,
+                    true,
+                    &mut t,
+                )
+                .unwrap();
+                forward(
+                    r2, &mut a, &mut b, &mut Solo, &par, &mut s2, tok, pos, true, &mut t,
+                )
+                .unwrap();
+                assert_eq!(s1.logits, s2.logits, "{name} pos {pos}");
+            }
+        }
+    }
+}
