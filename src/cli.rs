@@ -1,15 +1,20 @@
 //! The `tpi-run` command line.
 
 use crate::checkpoint::Checkpoint;
-use crate::engine::{generate, peak_rss_bytes, GenOptions, GenOutput, Rank};
+use crate::cluster::NetOpts;
+use crate::engine::{generate, peak_rss_bytes, GenOptions, Rank};
 use crate::error::{Error, Result};
 use crate::load::{resident, InPlace};
 use crate::model::{Part, Solo};
 use crate::par::Par;
 use crate::sampler::SamplerConfig;
+use crate::tp::{
+    default_cache_dir, plan_for, run_hub, run_worker, HubReport, HubSetup, WorkerSetup,
+};
 use clap::Parser;
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 use tpi_kernels::Backend;
 
 /// Run a HuggingFace Llama-family model (without --model: the bundled
@@ -56,6 +61,37 @@ pub struct Args {
     /// Write the logits at the last prompt position to FILE as a JSON array.
     #[arg(long, value_name = "FILE")]
     pub logits_out: Option<PathBuf>,
+    /// Ranks in the session. Without --rank: local mode (ranks 1..N-1 are
+    /// spawned on this machine over loopback).
+    #[arg(long, default_value_t = 1)]
+    pub world_size: usize,
+    /// This process's rank (0 = the hub, which needs --model or the bundled model).
+    #[arg(long)]
+    pub rank: Option<usize>,
+    /// HOST:PORT rank 0 listens on and workers connect to.
+    #[arg(long)]
+    pub master: Option<String>,
+    /// Where slice files are kept (default $TPI_CACHE_DIR, $XDG_CACHE_HOME/tpi or ~/.cache/tpi).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Relative speeds of the ranks for an uneven split, e.g. 2,1,1.
+    #[arg(long)]
+    pub split_weights: Option<String>,
+    /// Print the split plan and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Seconds to wait for all ranks to join.
+    #[arg(long, default_value_t = 30.0)]
+    pub join_timeout: f64,
+    /// Seconds of silence after which a peer counts as dead.
+    #[arg(long, default_value_t = 10.0)]
+    pub peer_timeout: f64,
+    /// Workers: fetch the slice again even if a verified copy is cached.
+    #[arg(long)]
+    pub force_download: bool,
+    /// Less progress on stderr.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// `tpi-run --version`: version, target triple, kernel backend.
@@ -92,10 +128,59 @@ fn check_args(a: &Args) -> Result<()> {
             a.top_p
         )));
     }
+    if a.world_size == 0 {
+        return Err(Error::Usage("--world-size must be at least 1".into()));
+    }
+    if let Some(r) = a.rank {
+        if r >= a.world_size {
+            return Err(Error::Usage(format!(
+                "--rank {r} is not below --world-size {}",
+                a.world_size
+            )));
+        }
+        if a.master.is_none() {
+            return Err(Error::Usage("--rank needs --master HOST:PORT".into()));
+        }
+    }
+    for (name, v) in [
+        ("--join-timeout", a.join_timeout),
+        ("--peer-timeout", a.peer_timeout),
+    ] {
+        if !(v > 0.0 && v.is_finite() && v < 1e6) {
+            return Err(Error::Usage(format!(
+                "{name} must be a positive number of seconds, got {v}"
+            )));
+        }
+    }
     if a.threads == Some(0) {
         return Err(Error::Usage("--threads must be at least 1".into()));
     }
     Ok(())
+}
+
+fn parse_weights(s: &str, n: usize) -> Result<Vec<u32>> {
+    let w: Vec<u32> = s
+        .split(',')
+        .map(|t| {
+            t.trim().parse::<u32>().map_err(|_| {
+                Error::Usage(format!("--split-weights: '{t}' is not a positive integer"))
+            })
+        })
+        .collect::<Result<_>>()?;
+    if w.len() != n || w.contains(&0) {
+        return Err(Error::Usage(format!(
+            "--split-weights needs {n} positive integers, got '{s}'"
+        )));
+    }
+    Ok(w)
+}
+
+fn net_opts(a: &Args) -> NetOpts {
+    NetOpts {
+        join_timeout: Duration::from_secs_f64(a.join_timeout),
+        peer_timeout: Duration::from_secs_f64(a.peer_timeout),
+        ..NetOpts::default()
+    }
 }
 
 /// Runs `tpi-run` with parsed arguments.
@@ -105,8 +190,47 @@ pub fn run(args: &Args) -> Result<()> {
         return Ok(());
     }
     check_args(args)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    if let Some(rank) = args.rank.filter(|&r| r > 0) {
+        let master = args.master.as_deref().unwrap_or_default();
+        let setup = WorkerSetup {
+            master,
+            rank,
+            world_size: args.world_size,
+            cache_dir: &cache_dir,
+            threads: args.threads.unwrap_or(cores),
+            force_download: args.force_download,
+            net: net_opts(args),
+            quiet: args.quiet,
+        };
+        return run_worker(&setup);
+    }
+
     let ckpt = Checkpoint::open(args.model.as_deref())?;
     let cfg = &ckpt.config;
+    let weights = args
+        .split_weights
+        .as_deref()
+        .map(|s| parse_weights(s, args.world_size))
+        .transpose()?;
+    let plan = plan_for(cfg, args.world_size, weights.as_deref())?;
+    if args.dry_run {
+        let dtype = ckpt.weights.tensor("model.embed_tokens.weight")?.dtype;
+        println!(
+            "model {} ({} layers, dim {}, {} heads / {} KV heads, {} MLP, vocab {}, {})",
+            ckpt.origin,
+            cfg.n_layers,
+            cfg.dim,
+            cfg.n_heads,
+            cfg.n_kv_heads,
+            cfg.hidden_dim,
+            cfg.vocab_size,
+            dtype.name()
+        );
+        println!("{}", plan.display_with_bytes(dtype.size()));
+        return Ok(());
+    }
     let prompt_ids = match (&args.prompt, &args.prompt_ids) {
         (Some(text), _) => {
             let tok = ckpt.tokenizer.as_ref().ok_or_else(|| {
@@ -124,22 +248,13 @@ pub fn run(args: &Args) -> Result<()> {
             ))
         }
     };
+    let n = args.world_size;
+    let local = args.rank.is_none();
+    // Local mode shares the cores among the ranks.
     let threads = args
         .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        .unwrap_or(if local { (cores / n).max(1) } else { cores });
     let backend = Backend::detect();
-    let part = Part::whole(cfg);
-    let res = resident(cfg, &ckpt.weights, &part)?;
-    let mut mats = InPlace::new(cfg, &ckpt.weights)?;
-    let mut head = InPlace::new(cfg, &ckpt.weights)?;
-    let mut solo = Solo;
-    let mut rank = Rank {
-        res: &res,
-        layers: &mut mats,
-        head: &mut head,
-        comm: &mut solo,
-        par: Par::new(threads, backend),
-    };
     let opts = GenOptions {
         length: args.length,
         sampler: SamplerConfig {
@@ -161,17 +276,50 @@ pub fn run(args: &Args) -> Result<()> {
             let _ = out.flush();
         }
     };
-    let out = generate(
-        &mut rank,
-        ckpt.tokenizer.as_ref(),
-        &prompt_ids,
-        &opts,
-        &mut on_text,
-    )?;
+    let report = if n == 1 {
+        let part = Part::whole(cfg);
+        let res = resident(cfg, &ckpt.weights, &part)?;
+        let mut weights = InPlace::new(cfg, &ckpt.weights)?;
+        let mut solo = Solo;
+        let mut rank = Rank {
+            res: &res,
+            weights: &mut weights,
+            comm: &mut solo,
+            par: Par::new(threads, backend),
+        };
+        let out = generate(
+            &mut rank,
+            ckpt.tokenizer.as_ref(),
+            &prompt_ids,
+            &opts,
+            &mut on_text,
+        )?;
+        HubReport {
+            out,
+            ..HubReport::default()
+        }
+    } else {
+        let listen = if local {
+            "127.0.0.1:0".to_string()
+        } else {
+            args.master.clone().unwrap_or_default()
+        };
+        let setup = HubSetup {
+            ckpt: &ckpt,
+            plan: &plan,
+            cache_dir: &cache_dir,
+            listen: &listen,
+            spawn_local: local.then_some(threads),
+            threads,
+            net: net_opts(args),
+            quiet: args.quiet,
+        };
+        run_hub(&setup, &prompt_ids, &opts, &mut on_text)?
+    };
     if let Some(path) = &args.logits_out {
-        write_logits(path, &out.last_logits)?;
+        write_logits(path, &report.out.last_logits)?;
     }
-    report(&out, backend, threads, json)
+    print_report(&report, backend, threads, n, json)
 }
 
 fn write_logits(path: &std::path::Path, logits: &[f32]) -> Result<()> {
@@ -182,9 +330,23 @@ fn write_logits(path: &std::path::Path, logits: &[f32]) -> Result<()> {
     })
 }
 
-fn report(out: &GenOutput, backend: Backend, threads: usize, json: bool) -> Result<()> {
+fn print_report(
+    r: &HubReport,
+    backend: Backend,
+    threads: usize,
+    world_size: usize,
+    json: bool,
+) -> Result<()> {
+    let out = &r.out;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let rss = peak_rss_bytes().unwrap_or(0);
+    let per_step = |b: u64| {
+        if r.steps > 0 {
+            b as f64 / r.steps as f64
+        } else {
+            0.0
+        }
+    };
     if json {
         let v = serde_json::json!({
             "prompt_ids": out.prompt_ids,
@@ -196,21 +358,26 @@ fn report(out: &GenOutput, backend: Backend, threads: usize, json: bool) -> Resu
             "peak_rss_bytes": rss,
             "kernel": backend.name(),
             "threads": threads,
-            "world_size": 1,
-            "comm_ms_per_token": ms(out.comm_per_token),
+            "world_size": world_size,
+            "compute_ms_per_token": ms(out.per_token.saturating_sub(out.comm_per_token)),
+            "allreduce_ms_per_token": ms(out.comm_per_token),
+            "bytes_sent_per_token": per_step(r.bytes_sent),
+            "bytes_received_per_token": per_step(r.bytes_received),
         });
         println!("{v}");
     } else {
         println!();
         eprintln!(
-            "[tpi] {} tokens, TTFT {:.1} ms, {:.2} ms/token, {:.1} tokens/s, peak RSS {:.1} MiB, kernel {}, {} threads",
+            "[tpi] {} tokens, TTFT {:.1} ms, {:.2} ms/token ({:.2} waiting on other ranks), {:.1} tokens/s, peak RSS {:.1} MiB, kernel {}, {} threads x {} ranks",
             out.generated_ids.len(),
             ms(out.ttft),
             ms(out.per_token),
+            ms(out.comm_per_token),
             out.tokens_per_s(),
             rss as f64 / (1024.0 * 1024.0),
             backend.name(),
-            threads
+            threads,
+            world_size
         );
     }
     Ok(())

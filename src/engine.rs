@@ -1,7 +1,7 @@
 //! Generation: prefill the prompt, then sample token by token with a KV cache.
 
 use crate::error::{Error, Result};
-use crate::model::{forward, Collective, Head, LayerSource, Resident, State, Timing};
+use crate::model::{forward, Collective, RankWeights, Resident, State, Timing};
 use crate::par::Par;
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::tokenizer::Tokenizer;
@@ -53,8 +53,7 @@ impl GenOutput {
 /// The parts of a rank that a generation runs on.
 pub struct Rank<'a> {
     pub res: &'a Resident,
-    pub layers: &'a mut dyn LayerSource,
-    pub head: &'a mut dyn Head,
+    pub weights: &'a mut dyn RankWeights,
     pub comm: &'a mut dyn Collective,
     pub par: Par,
 }
@@ -144,10 +143,10 @@ fn step(
     want: bool,
     timing: &mut Timing,
 ) -> Result<()> {
+    rank.comm.begin_step(id, pos, want)?;
     forward(
         rank.res,
-        rank.layers,
-        rank.head,
+        rank.weights,
         rank.comm,
         &rank.par,
         s,

@@ -23,6 +23,7 @@ pub mod safetensors;
 pub mod sampler;
 pub mod slice;
 pub mod tokenizer;
+pub mod tp;
 pub mod window;
 
 pub use error::{Error, Result};

@@ -320,6 +320,10 @@ pub trait Head {
     fn lm_head(&mut self) -> Result<Mat<'_>>;
 }
 
+/// All weights a rank reads: layer matrices, embedding rows and lm_head.
+pub trait RankWeights: LayerSource + Head {}
+impl<T: LayerSource + Head> RankWeights for T {}
+
 /// Time spent in each phase of a forward, accumulated.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Timing {
@@ -331,8 +335,7 @@ pub struct Timing {
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     res: &Resident,
-    layers: &mut dyn LayerSource,
-    head: &mut dyn Head,
+    w: &mut dyn RankWeights,
     comm: &mut dyn Collective,
     par: &Par,
     s: &mut State,
@@ -349,7 +352,7 @@ pub fn forward(
         )));
     }
     let (hd, kv_dim) = (d.head_dim, d.kv_dim());
-    head.embed(token, &mut s.x)?;
+    w.embed(token, &mut s.x)?;
     for (i, f) in res.inv_freq.iter().enumerate() {
         let angle = pos as f32 * f;
         s.cos[i] = angle.cos();
@@ -360,7 +363,7 @@ pub fn forward(
 
     for l in 0..d.n_layers {
         let vecs = &res.layers[l];
-        let m = layers.acquire(l)?;
+        let m = w.acquire(l)?;
 
         // attention: q,k,v = my heads of rmsnorm(x)
         tpi_kernels::rmsnorm(&mut s.xb[..d.dim], &s.x, &vecs.attn_norm, d.norm_eps);
@@ -412,7 +415,7 @@ pub fn forward(
         par.gemv2((gate, xb, &mut s.hb), (up, xb, &mut s.hb2));
         tpi_kernels::silu_mul(&mut s.hb, &s.hb2);
         par.gemv(down, &s.hb, &mut s.xb2);
-        layers.release(l)?;
+        w.release(l)?;
         let t0 = std::time::Instant::now();
         comm.allreduce_sum(&mut s.xb2, l, Op::Mlp)?;
         timing.comm += t0.elapsed();
@@ -423,7 +426,7 @@ pub fn forward(
         return Ok(false);
     }
     tpi_kernels::rmsnorm(&mut s.xb[..d.dim], &s.x, &res.final_norm, d.norm_eps);
-    let lm = head.lm_head()?;
+    let lm = w.lm_head()?;
     par.gemv(lm.weights()?, &s.xb[..d.dim], &mut s.my_logits);
     let t0 = std::time::Instant::now();
     let full = comm.gather_logits(&s.my_logits, &mut s.logits)?;

@@ -2109,14 +2109,11 @@ mod tests {
             let plan = split(&shape(cfg), 1, None).unwrap();
             let path = tmp.0.join(format!("{name}.slice"));
             write_slice(&ckpt, &plan, 0, &path).unwrap();
-            let open = || SliceFile::open(&path, Expect::default()).unwrap();
-            let res_s = open().resident().unwrap();
-            // Layers and head are separate borrows: two readers of one file.
-            let mut layers = SliceResident::load(open()).unwrap();
-            let mut head = SliceResident::load(open()).unwrap();
+            let sf = SliceFile::open(&path, Expect::default()).unwrap();
+            let res_s = sf.resident().unwrap();
+            let mut mine = SliceResident::load(sf).unwrap();
             let res_w = load::resident(cfg, &ckpt.weights, &Part::whole(cfg)).unwrap();
-            let mut a = InPlace::new(cfg, &ckpt.weights).unwrap();
-            let mut b = InPlace::new(cfg, &ckpt.weights).unwrap();
+            let mut whole = InPlace::new(cfg, &ckpt.weights).unwrap();
             let par = Par::new(1, tpi_kernels::Backend::Scalar);
             let mut s1 = State::new(&res_s.dims, 8);
             let mut s2 = State::new(&res_w.dims, 8);
@@ -2124,23 +2121,291 @@ mod tests {
             for (pos, tok) in [1u32, 5, 9, 3].into_iter().enumerate() {
                 let (r1, r2) = (&res_s, &res_w);
                 forward(
-                    r1,
-                    &mut layers,
-                    &mut head,
-                    &mut Solo,
-                    &par,
-                    &mut s1,
-                    tok,
-                    pos,
-                    true,
-                    &mut t,
+                    r1, &mut mine, &mut Solo, &par, &mut s1, tok, pos, true, &mut t,
                 )
                 .unwrap();
                 forward(
-                    r2, &mut a, &mut b, &mut Solo, &par, &mut s2, tok, pos, true, &mut t,
+                    r2, &mut whole, &mut Solo, &par, &mut s2, tok, pos, true, &mut t,
                 )
                 .unwrap();
                 assert_eq!(s1.logits, s2.logits, "{name} pos {pos}");
+            }
+        }
+    }
+
+    fn stories_slice(tmp: &TempDir, ws: usize, rank: usize) -> (Checkpoint, Plan, PathBuf) {
+        let ckpt = fixture("stories260K");
+        let plan = split(&shape(&ckpt.config), ws, None).unwrap();
+        let path = tmp.0.join(format!("s-{ws}-{rank}.slice"));
+        write_slice(&ckpt, &plan, rank, &path).unwrap();
+        (ckpt, plan, path)
+    }
+
+    fn copy_with(src: &Path, dst: &Path, edit: impl FnOnce(&mut Vec<u8>)) {
+        let mut b = std::fs::read(src).unwrap();
+        edit(&mut b);
+        std::fs::write(dst, b).unwrap();
+    }
+
+    #[test]
+    fn damaged_or_foreign_files_give_named_errors() {
+        let tmp = TempDir::new("errors");
+        let (ckpt, plan, path) = stories_slice(&tmp, 2, 1);
+        let fp = fingerprint(&ckpt);
+        let good = SliceFile::open(&path, expect_for(fp, &plan, 1)).unwrap();
+        good.verify().unwrap();
+        let bad = tmp.0.join("bad.slice");
+        let open = |e: Expect| SliceFile::open(&bad, e).unwrap_err();
+        let shown = |e: &SliceError| e.to_string();
+
+        // Truncated by one page: the last block (lm_head) is cut.
+        copy_with(&path, &bad, |b| b.truncate(b.len() - 4096));
+        let e = open(Expect::default());
+        assert!(
+            matches!(
+                e,
+                SliceError::BlockOutOfFile {
+                    rank: 1,
+                    block: BlockKind::LmHead,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(shown(&e).contains("bad.slice") && shown(&e).contains("lm_head block"));
+        // Truncated inside the preamble / the manifest.
+        copy_with(&path, &bad, |b| b.truncate(20));
+        assert!(matches!(
+            open(Expect::default()),
+            SliceError::Truncated {
+                what: "preamble",
+                ..
+            }
+        ));
+        copy_with(&path, &bad, |b| b.truncate(100));
+        assert!(matches!(
+            open(Expect::default()),
+            SliceError::Truncated {
+                what: "manifest",
+                ..
+            }
+        ));
+        // Wrong plan hash, fingerprint, rank.
+        copy_with(&path, &bad, |_| {});
+        let mut e = expect_for(fp, &plan, 1);
+        e.plan_hash = Some(plan.hash() ^ 1);
+        let err = open(e);
+        assert!(
+            matches!(
+                err,
+                SliceError::Mismatch {
+                    what: "plan hash",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(shown(&err).contains("plan hash"));
+        let mut e = expect_for(fp, &plan, 1);
+        e.fingerprint = Some(fp ^ 1);
+        assert!(matches!(
+            open(e),
+            SliceError::Mismatch {
+                what: "model fingerprint",
+                ..
+            }
+        ));
+        assert!(matches!(
+            open(expect_for(fp, &plan, 0)),
+            SliceError::Mismatch { what: "rank", .. }
+        ));
+        // Corrupted manifest byte, bad magic, unknown version.
+        copy_with(&path, &bad, |b| b[PREAMBLE_LEN + 9] ^= 0x10);
+        let err = open(Expect::default());
+        assert!(matches!(err, SliceError::ManifestChecksum { .. }), "{err}");
+        copy_with(&path, &bad, |b| b[0] = b'X');
+        assert!(matches!(
+            open(Expect::default()),
+            SliceError::BadMagic { .. }
+        ));
+        copy_with(&path, &bad, |b| b[8] = 9);
+        assert!(matches!(
+            open(Expect::default()),
+            SliceError::Version { found: 9, .. }
+        ));
+        // A flipped byte in layer 1's block: opens, verify names the block.
+        let (off, _) = good.layer_blocks()[1];
+        copy_with(&path, &bad, |b| b[off as usize + 77] ^= 1);
+        let sf = SliceFile::open(&bad, expect_for(fp, &plan, 1)).unwrap();
+        let err = sf.verify().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SliceError::BlockChecksum {
+                    rank: 1,
+                    block: BlockKind::Layer(1),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(shown(&err).contains("layer 1 block") && shown(&err).contains("rank 1"));
+        // ... and the resident loader refuses it too.
+        assert!(SliceResident::load(sf).is_err());
+        // Into the engine's error type.
+        let e: crate::error::Error = err.into();
+        assert!(e.to_string().contains("layer 1 block"));
+        // A slot too short for layer_mats_in is an error, not a panic.
+        assert!(good.layer_mats_in(0, &[0u8; 64]).is_err());
+        assert!(good.layer_mats_in(99, &[]).is_err());
+    }
+
+    #[test]
+    fn ensure_slices_reuses_only_verified_files() {
+        let tmp = TempDir::new("ensure");
+        let ckpt = fixture("stories260K");
+        let plan = split(&shape(&ckpt.config), 3, None).unwrap();
+        let fp = fingerprint(&ckpt);
+        let paths = ensure_slices(&ckpt, &plan, &tmp.0).unwrap();
+        assert_eq!(paths.len(), 3);
+        for (r, p) in paths.iter().enumerate() {
+            assert_eq!(p, &slice_path(&tmp.0, fp, &plan, r));
+            assert!(p.ends_with(format!("rank-{r}-of-3.slice")));
+            assert_eq!(
+                p.parent().unwrap().file_name().unwrap().to_str().unwrap(),
+                format!("{fp:016x}-{:016x}", plan.hash())
+            );
+        }
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+        let set_old = |p: &Path| {
+            File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap()
+        };
+        let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+        paths.iter().for_each(|p| set_old(p));
+        // Valid cache: nothing rewritten.
+        assert_eq!(ensure_slices(&ckpt, &plan, &tmp.0).unwrap(), paths);
+        assert!(paths.iter().all(|p| mtime(p) == old));
+        // A flipped byte in rank 1's layer 0 block: only rank 1 is rewritten.
+        let sf = SliceFile::open(&paths[1], Expect::default()).unwrap();
+        let (off, _) = sf.layer_blocks()[0];
+        drop(sf);
+        let f = File::options().write(true).open(&paths[1]).unwrap();
+        let mut byte = [0u8; 1];
+        File::open(&paths[1])
+            .unwrap()
+            .read_exact_at(&mut byte, off + 5)
+            .unwrap();
+        f.write_all_at(&[byte[0] ^ 0x80], off + 5).unwrap();
+        f.set_modified(old).unwrap();
+        drop(f);
+        ensure_slices(&ckpt, &plan, &tmp.0).unwrap();
+        assert_eq!(mtime(&paths[0]), old);
+        assert_ne!(mtime(&paths[1]), old);
+        assert_eq!(mtime(&paths[2]), old);
+        let sf = SliceFile::open(&paths[1], expect_for(fp, &plan, 1)).unwrap();
+        sf.verify().unwrap();
+        // A file that merely exists (empty), or a truncated one, is rewritten.
+        std::fs::write(&paths[2], b"").unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&paths[0])
+            .unwrap()
+            .set_len(5000)
+            .unwrap();
+        ensure_slices(&ckpt, &plan, &tmp.0).unwrap();
+        for (r, p) in paths.iter().enumerate() {
+            SliceFile::open(p, expect_for(fp, &plan, r))
+                .unwrap()
+                .verify()
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn fingerprint_is_stable_and_tracks_headers() {
+        let a = fixture("stories260K");
+        assert_eq!(fingerprint(&a), fingerprint(&a));
+        assert_eq!(fingerprint(&a), fingerprint(&fixture("stories260K")));
+        assert_ne!(fingerprint(&a), fingerprint(&fixture("llama-mha-f32")));
+        // The bundled model is the same files as the stories260K fixture.
+        assert_eq!(
+            fingerprint(&Checkpoint::bundled().unwrap()),
+            fingerprint(&a)
+        );
+    }
+
+    fn real_manifest() -> Vec<u8> {
+        static M: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        M.get_or_init(|| {
+            let tmp = TempDir::new("manifest");
+            let (_, _, path) = stories_slice(&tmp, 3, 2);
+            let b = std::fs::read(&path).unwrap();
+            let len = le64(&b[16..24]) as usize;
+            b[PREAMBLE_LEN..PREAMBLE_LEN + len].to_vec()
+        })
+        .clone()
+    }
+
+    #[test]
+    fn manifest_round_trips() {
+        let bytes = real_manifest();
+        let m = decode_manifest(&bytes).unwrap();
+        assert_eq!(m.rank, 2);
+        assert_eq!(m.world_size, 3);
+        assert_eq!(encode_manifest(&m), bytes);
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(decode_manifest(&extra).is_err());
+        assert!(decode_manifest(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn hasher_equals_checksum64(
+            data in proptest::collection::vec(any::<u8>(), 0..400),
+            cuts in proptest::collection::vec(0usize..400, 0..6),
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(data.len())).collect();
+            cuts.sort_unstable();
+            let mut h = Hasher64::new();
+            let mut at = 0;
+            for c in cuts {
+                h.update(&data[at..c]);
+                at = c;
+            }
+            h.update(&data[at..]);
+            prop_assert_eq!(h.finish(), checksum64(&data));
+        }
+
+        #[test]
+        fn decode_manifest_never_panics_on_random_bytes(
+            data in proptest::collection::vec(any::<u8>(), 0..2048),
+        ) {
+            let _ = decode_manifest(&data);
+        }
+
+        #[test]
+        fn decode_manifest_never_panics_on_mutations(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+            truncate in any::<bool>(),
+        ) {
+            let mut b = real_manifest();
+            for (i, v) in edits {
+                let i = i.index(b.len());
+                b[i] = v;
+            }
+            if truncate {
+                b.truncate(cut.index(b.len()));
+            }
+            if let Ok(m) = decode_manifest(&b) {
+                // Whatever decodes re-encodes to the same bytes (canonical).
+                prop_assert_eq!(encode_manifest(&m), b);
             }
         }
     }

@@ -23,8 +23,7 @@ fn greedy(
     let cfg = &ckpt.config;
     let part = Part::whole(cfg);
     let res = resident(cfg, &ckpt.weights, &part).expect("resident");
-    let mut mats = InPlace::new(cfg, &ckpt.weights).expect("layers");
-    let mut head = InPlace::new(cfg, &ckpt.weights).expect("head");
+    let mut weights = InPlace::new(cfg, &ckpt.weights).expect("layers");
     let mut solo = Solo;
     let mut rank = Rank {
         res: &res,

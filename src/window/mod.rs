@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use ring::{Consumer, Producer, RingError, SlotMut, SLOT_ALIGN};
 
 /// `O_DIRECT` without the `libc` crate. The value differs per architecture:
-/// 0o40000 on x86/x86_64 (on aarch64/arm that value is `O_DIRECTORY`!),
-/// 0o200000 on aarch64/arm. Values from libc 0.2 `linux/gnu/b64/*`.
+/// `0o40000` on `x86`/`x86_64` (on `aarch64`/`arm` that value is `O_DIRECTORY`!),
+/// `0o200000` on `aarch64`/`arm`. Values from libc 0.2 `linux/gnu/b64/*`.
 #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "x86")))]
 const O_DIRECT: Option<i32> = Some(0o40000);
 #[cfg(all(target_os = "linux", any(target_arch = "aarch64", target_arch = "arm")))]
@@ -170,7 +170,7 @@ struct IoShared {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Joins the I/O thread on drop. Declared after `consumer` in [`Window`]:
@@ -318,7 +318,7 @@ impl Window {
         let io_shared = Arc::clone(&shared);
         let handle = std::thread::Builder::new()
             .name("tpi-window-io".into())
-            .spawn(move || io_thread(producer, files, blocks, resident, &io_shared))
+            .spawn(move || io_thread(producer, files, &blocks, resident, &io_shared))
             .map_err(|e| WindowError::Invalid(format!("spawn I/O thread: {e}")))?;
 
         Ok(Window {
@@ -452,7 +452,7 @@ struct Stopped;
 fn io_thread(
     mut producer: Producer,
     mut files: IoFiles,
-    blocks: Vec<Block>,
+    blocks: &[Block],
     resident: bool,
     shared: &IoShared,
 ) {
@@ -570,7 +570,7 @@ mod tests {
     const N_BLOCKS: usize = 10;
 
     fn byte_at(pos: u64) -> u8 {
-        (pos.wrapping_mul(2654435761) >> 13) as u8
+        (pos.wrapping_mul(2_654_435_761) >> 13) as u8
     }
 
     struct TempFile(PathBuf);
@@ -605,6 +605,16 @@ mod tests {
         f.write_all(&data).unwrap();
         f.sync_all().unwrap();
         (TempFile(path), blocks)
+    }
+
+    /// `/var/tmp` is usually disk-backed (tmpfs may refuse `O_DIRECT`).
+    fn disk_dir() -> PathBuf {
+        let dir = Path::new("/var/tmp");
+        if dir.is_dir() {
+            dir.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        }
     }
 
     fn expect_block(bytes: &[u8], (off, len): Block, l: usize) {
@@ -650,12 +660,10 @@ mod tests {
     fn windowed_holding_two_blocks() {
         let (tf, blocks) = temp_file(&std::env::temp_dir(), "hold");
         let mut w = Window::open(&tf.0, blocks.clone(), 2, WindowOpts::default()).unwrap();
+        expect_block(w.acquire(0).unwrap(), blocks[0], 0);
         for _ in 0..2 {
             for l in 0..N_BLOCKS {
                 // Hold l and l+1 at once, like a layer that peeks ahead.
-                if l == 0 {
-                    w.acquire(0).unwrap();
-                }
                 let next = (l + 1) % N_BLOCKS;
                 expect_block(w.acquire(next).unwrap(), blocks[next], next);
                 match w.acquire((next + 1) % N_BLOCKS) {
@@ -746,8 +754,8 @@ mod tests {
         let (off6, _) = blocks[6];
         let f = OpenOptions::new().write(true).open(&tf.0).unwrap();
         f.set_len(off6 + 100).unwrap();
-        for l in 0..6 {
-            expect_block(w.acquire(l).unwrap(), blocks[l], l);
+        for (l, &blk) in blocks.iter().enumerate().take(6) {
+            expect_block(w.acquire(l).unwrap(), blk, l);
             w.release(l).unwrap();
         }
         let e = w.acquire(6).unwrap_err();
@@ -789,14 +797,7 @@ mod tests {
 
     #[test]
     fn direct_io_or_fallback() {
-        // /var/tmp is usually disk-backed (tmpfs may refuse O_DIRECT).
-        let dir = Path::new("/var/tmp");
-        let dir = if dir.is_dir() {
-            dir.to_path_buf()
-        } else {
-            std::env::temp_dir()
-        };
-        let (tf, blocks) = temp_file(&dir, "direct");
+        let (tf, blocks) = temp_file(&disk_dir(), "direct");
         let opts = WindowOpts {
             direct: true,
             fadvise_dontneed: true,
@@ -819,7 +820,7 @@ mod tests {
 
     #[test]
     fn unaligned_blocks_buffered_and_direct() {
-        let (tf, blocks) = temp_file(&Path::new("/var/tmp"), "unaligned");
+        let (tf, blocks) = temp_file(&disk_dir(), "unaligned");
         // Shift every block by 1000 bytes and shorten: no longer aligned.
         let shifted: Vec<Block> = blocks.iter().map(|&(o, l)| (o + 1000, l - 1000)).collect();
         for direct in [false, true] {

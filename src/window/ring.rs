@@ -368,7 +368,7 @@ impl SlotMut<'_> {
 
     /// Publishes `buf()[..len]` as `block`.
     pub fn publish(self, block: u64, len: usize) {
-        self.publish_range(block, 0, len)
+        self.publish_range(block, 0, len);
     }
 
     /// Publishes `buf()[start..start + len]` as `block`.
@@ -624,9 +624,19 @@ mod tests {
 
     #[test]
     fn stress_two_threads_ordered_contents() {
-        let n: u64 = if cfg!(miri) { 200 } else { 1_000_000 };
+        // >= 1M handoffs in total (the test profile is opt-level 3).
+        let n = if cfg!(miri) { 200 } else { 800_000 };
+        stress(8, n);
+    }
+
+    #[test]
+    fn stress_two_slots() {
+        stress(2, if cfg!(miri) { 100 } else { 200_000 });
+    }
+
+    fn stress(n_slots: usize, n: u64) {
         let payload = if cfg!(miri) { 16 } else { 64 };
-        let (mut p, mut c) = ring(4, payload);
+        let (mut p, mut c) = ring(n_slots, payload);
         let t = std::thread::spawn(move || {
             for seq in 0..n {
                 let mut s = p.acquire_free(None).unwrap();
@@ -640,7 +650,7 @@ mod tests {
         let mut seq = 0u64;
         while seq < n {
             // Alternate the two consumer styles.
-            if seq % 3 == 0 {
+            if seq.is_multiple_of(3) {
                 let f = c.hold_next(None).unwrap();
                 let f2 = if seq + 1 < n {
                     Some(c.hold_next(None).unwrap())

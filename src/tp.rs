@@ -1,0 +1,351 @@
+//! Tensor-parallel sessions: rank 0 (hub) and workers, and local mode.
+//!
+//! Rank 0 opens the model, computes the split plan, writes one slice file
+//! per rank into the cache (streaming from the mmapped safetensors), then
+//! listens. Each worker connects, says hello, fetches its slice if its cache
+//! lacks a verified copy, and then follows rank 0's steps until Stop. In
+//! local mode rank 0 spawns ranks 1..N-1 as child processes of the same
+//! binary on loopback, sharing its cache directory.
+
+use crate::checkpoint::Checkpoint;
+use crate::cluster::{
+    fetch_slice, hub_join, slice_path, worker_join, worker_ready, Command, HubComm, NetOpts,
+    SessionId, WorkerComm,
+};
+use crate::config::Config;
+use crate::engine::{generate, GenOptions, GenOutput, Rank};
+use crate::error::{Error, Result};
+use crate::model::{forward, State, Timing};
+use crate::par::Par;
+use crate::plan::{split, Plan, Shape};
+use crate::slice::{ensure_slices, fingerprint, Expect, SliceFile, SliceResident};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// The plan's view of a model config.
+pub fn shape(cfg: &Config) -> Shape {
+    Shape {
+        dim: cfg.dim,
+        hidden_dim: cfg.hidden_dim,
+        n_heads: cfg.n_heads,
+        n_kv_heads: cfg.n_kv_heads,
+        head_dim: cfg.head_dim,
+        vocab_size: cfg.vocab_size,
+        n_layers: cfg.n_layers,
+    }
+}
+
+/// The split plan for `cfg` over `world_size` ranks.
+pub fn plan_for(cfg: &Config, world_size: usize, weights: Option<&[u32]>) -> Result<Plan> {
+    split(&shape(cfg), world_size, weights).map_err(|e| Error::Usage(format!("split plan: {e}")))
+}
+
+/// The default slice cache: `$TPI_CACHE_DIR`, else `$XDG_CACHE_HOME/tpi`,
+/// else `$HOME/.cache/tpi`, else `<temp>/tpi-cache`.
+pub fn default_cache_dir() -> PathBuf {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("TPI_CACHE_DIR")
+        .or_else(|| env("XDG_CACHE_HOME").map(|p| p.join("tpi")))
+        .or_else(|| env("HOME").map(|p| p.join(".cache/tpi")))
+        .unwrap_or_else(|| std::env::temp_dir().join("tpi-cache"))
+}
+
+/// Traffic and timing of a hub session.
+#[derive(Clone, Debug, Default)]
+pub struct HubReport {
+    pub out: GenOutput,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Forward steps run (prompt positions + generated tokens but the last).
+    pub steps: u64,
+}
+
+/// Everything rank 0 needs besides generation options.
+pub struct HubSetup<'a> {
+    pub ckpt: &'a Checkpoint,
+    pub plan: &'a Plan,
+    pub cache_dir: &'a Path,
+    /// Address to listen on; port 0 picks a free one.
+    pub listen: &'a str,
+    /// Spawn ranks 1..N-1 locally (with this many threads each).
+    pub spawn_local: Option<usize>,
+    pub threads: usize,
+    pub net: NetOpts,
+    pub quiet: bool,
+}
+
+/// Runs rank 0 of a tensor-parallel session.
+pub fn run_hub(
+    setup: &HubSetup<'_>,
+    prompt_ids: &[u32],
+    opts: &GenOptions,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<HubReport> {
+    let (ckpt, plan) = (setup.ckpt, setup.plan);
+    let n = plan.world_size;
+    let t0 = Instant::now();
+    let paths = ensure_slices(ckpt, plan, setup.cache_dir)?;
+    if !setup.quiet {
+        eprintln!(
+            "[tpi] rank 0: {n} slices ready in {} ({:.0} ms)",
+            setup.cache_dir.display(),
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    let listener = TcpListener::bind(setup.listen).map_err(|source| Error::Io {
+        path: format!("listen on {}", setup.listen),
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| Error::Io {
+        path: "listener".into(),
+        source,
+    })?;
+    if !addr.ip().is_loopback() && !setup.quiet {
+        eprintln!("[tpi] WARNING: listening on {addr} without authentication: any machine that can reach this port can join.");
+    }
+    let id = SessionId {
+        world_size: n,
+        fingerprint: fingerprint(ckpt),
+        plan_hash: plan.hash(),
+    };
+    let mut children = Children(Vec::new());
+    if let Some(threads) = setup.spawn_local {
+        for r in 1..n {
+            children.0.push(spawn_worker(
+                r,
+                n,
+                &addr.to_string(),
+                setup.cache_dir,
+                threads,
+                &setup.net,
+            )?);
+        }
+    }
+    let links = hub_join(&listener, id, paths.clone(), setup.net, setup.quiet)?;
+    drop(listener);
+    let vocab = plan.ranks.iter().map(|r| r.vocab.clone()).collect();
+    let mut comm = HubComm::new(links, vocab);
+
+    let slice = SliceFile::open(
+        &paths[0],
+        Expect {
+            rank: Some(0),
+            world_size: Some(n),
+            ..Expect::default()
+        },
+    )?;
+    let res = slice.resident()?;
+    let mut weights = SliceResident::load(slice)?;
+    let mut rank = Rank {
+        res: &res,
+        weights: &mut weights,
+        comm: &mut comm,
+        par: Par::new(setup.threads, tpi_kernels::Backend::detect()),
+    };
+    let result = generate(
+        &mut rank,
+        ckpt.tokenizer.as_ref(),
+        prompt_ids,
+        opts,
+        on_text,
+    );
+    match result {
+        Ok(out) => {
+            comm.stop();
+            children.wait(Duration::from_secs(5));
+            let (bytes_sent, bytes_received) = comm.bytes();
+            let steps = (prompt_ids.len() + out.generated_ids.len()).saturating_sub(1) as u64;
+            Ok(HubReport {
+                out,
+                bytes_sent,
+                bytes_received,
+                steps,
+            })
+        }
+        Err(e) => {
+            comm.abort(&format!("rank 0 failed: {e}"));
+            Err(e)
+        }
+    }
+}
+
+/// Local worker processes; killed if still running when dropped.
+struct Children(Vec<Child>);
+
+impl Children {
+    fn wait(&mut self, limit: Duration) {
+        let start = Instant::now();
+        for c in &mut self.0 {
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if start.elapsed() > limit => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }
+        self.0.clear();
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn_worker(
+    rank: usize,
+    n: usize,
+    master: &str,
+    cache_dir: &Path,
+    threads: usize,
+    net: &NetOpts,
+) -> Result<Child> {
+    let exe = std::env::current_exe().map_err(|source| Error::Io {
+        path: "current executable".into(),
+        source,
+    })?;
+    std::process::Command::new(&exe)
+        .args([
+            "--rank",
+            &rank.to_string(),
+            "--world-size",
+            &n.to_string(),
+            "--master",
+            master,
+        ])
+        .arg("--cache-dir")
+        .arg(cache_dir)
+        .args(["--threads", &threads.to_string()])
+        .args([
+            "--join-timeout",
+            &net.join_timeout.as_secs_f64().to_string(),
+        ])
+        .args([
+            "--peer-timeout",
+            &net.peer_timeout.as_secs_f64().to_string(),
+        ])
+        .arg("--quiet")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|source| Error::Io {
+            path: exe.display().to_string(),
+            source,
+        })
+}
+
+/// Opens and fully verifies a cached slice.
+fn open_verified(path: &Path, id: &SessionId, rank: usize) -> Result<SliceFile> {
+    let expect = Expect {
+        fingerprint: Some(id.fingerprint),
+        plan_hash: Some(id.plan_hash),
+        rank: Some(rank),
+        world_size: Some(id.world_size),
+    };
+    let s = SliceFile::open(path, expect)?;
+    s.verify()?;
+    Ok(s)
+}
+
+/// What a worker needs to know.
+pub struct WorkerSetup<'a> {
+    pub master: &'a str,
+    pub rank: usize,
+    pub world_size: usize,
+    pub cache_dir: &'a Path,
+    pub threads: usize,
+    pub force_download: bool,
+    pub net: NetOpts,
+    pub quiet: bool,
+}
+
+/// Runs worker `rank` until rank 0 ends the session.
+pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
+    let (mut link, id) = worker_join(w.master, w.rank, w.world_size, w.net)?;
+    let path = slice_path(w.cache_dir, &id, w.rank);
+    let log = |m: String| {
+        if !w.quiet {
+            eprintln!("[tpi] rank {}: {m}", w.rank);
+        }
+    };
+    if w.force_download {
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(path.with_extension("partial"));
+    }
+    let slice = match open_verified(&path, &id, w.rank) {
+        Ok(s) => {
+            log(format!("using cached slice {}", path.display()));
+            s
+        }
+        Err(why) => {
+            if path.exists() {
+                log(format!("cached slice rejected ({why}); fetching again"));
+                let _ = std::fs::remove_file(&path);
+            }
+            let t0 = Instant::now();
+            let mut got = fetch_slice(&mut link, &path)?;
+            let s = match open_verified(&path, &id, w.rank) {
+                Ok(s) => s,
+                Err(e) => {
+                    // A stale partial from another session: start over once.
+                    log(format!(
+                        "fetched slice failed verification ({e}); fetching from scratch"
+                    ));
+                    let _ = std::fs::remove_file(&path);
+                    got = fetch_slice(&mut link, &path)?;
+                    open_verified(&path, &id, w.rank)?
+                }
+            };
+            log(format!(
+                "fetched {got} bytes of slice in {:.0} ms",
+                t0.elapsed().as_secs_f64() * 1e3
+            ));
+            s
+        }
+    };
+    worker_ready(&mut link, w.net.peer_timeout)?;
+    let res = slice.resident()?;
+    let mut weights = SliceResident::load(slice)?;
+    let mut comm = WorkerComm::new(link, w.net.peer_timeout);
+    let par = Par::new(w.threads, tpi_kernels::Backend::detect());
+    let mut state = State::new(&res.dims, 64);
+    let mut timing = Timing::default();
+    loop {
+        match comm.next_command()? {
+            Command::Stop => return Ok(()),
+            Command::Step {
+                token,
+                pos,
+                want_logits,
+            } => {
+                forward(
+                    &res,
+                    &mut weights,
+                    &mut comm,
+                    &par,
+                    &mut state,
+                    token,
+                    pos,
+                    want_logits,
+                    &mut timing,
+                )?;
+            }
+        }
+    }
+}
