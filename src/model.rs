@@ -345,12 +345,7 @@ pub fn forward(
     timing: &mut Timing,
 ) -> Result<bool> {
     let d = &res.dims;
-    if pos >= s.seq_len {
-        return Err(Error::Model(format!(
-            "position {pos} beyond the context of {} tokens",
-            s.seq_len
-        )));
-    }
+    s.grow_to(pos, d.max_seq_len.max(s.seq_len))?;
     let (hd, kv_dim) = (d.head_dim, d.kv_dim());
     w.embed(token, &mut s.x)?;
     for (i, f) in res.inv_freq.iter().enumerate() {

@@ -743,7 +743,7 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, SliceError> {
         let offset = cur(c.u64("block offset"))?;
         let len = cur(c.u64("block len"))?;
         let checksum = cur(c.u64("block checksum"))?;
-        if offset % BLOCK_ALIGN != 0 || len % BLOCK_ALIGN != 0 || len == 0 {
+        if !offset.is_multiple_of(BLOCK_ALIGN) || !len.is_multiple_of(BLOCK_ALIGN) || len == 0 {
             return Err(merr(format!(
                 "{kind} at offset {offset} length {len}: not a non-empty multiple of {BLOCK_ALIGN}"
             )));
@@ -790,7 +790,8 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, SliceError> {
                 .and_then(|n| n.checked_mul(dtype.size() as u64))
                 .ok_or_else(|| merr(format!("{kind} tensor {ti}: size overflows")))?;
             let stop = t_off.checked_add(size);
-            if t_off % TENSOR_ALIGN != 0 || t_off < t_end || stop.is_none_or(|s| s > len) {
+            if !t_off.is_multiple_of(TENSOR_ALIGN) || t_off < t_end || stop.is_none_or(|s| s > len)
+            {
                 return Err(merr(format!(
                     "{kind} tensor {ti} ({role:?}) at offset {t_off} size {size}: \
                      misaligned, overlapping or past the block length {len}"
@@ -1759,7 +1760,7 @@ impl SliceFile {
         block_bytes: &'a [u8],
     ) -> Result<LayerMats<'a>, SliceError> {
         let b = self.layer_block(l)?;
-        if block_bytes.as_ptr() as usize % 4 != 0 {
+        if !(block_bytes.as_ptr() as usize).is_multiple_of(4) {
             return Err(SliceError::Layout {
                 path: self.path.display().to_string(),
                 rank: self.manifest.rank,
@@ -2042,7 +2043,7 @@ mod tests {
                     let blocks = sf.layer_blocks();
                     assert_eq!(blocks.len(), cfg.n_layers);
                     let mut sr = SliceResident::load(sf).unwrap();
-                    for l in 0..cfg.n_layers {
+                    for (l, &(off, len)) in blocks.iter().enumerate() {
                         let n = |leaf| load::layer_name(l, leaf);
                         let m = sr.acquire(l).unwrap();
                         let (d, q, k, h) = (cfg.dim, qr.len(), kvr.len(), p.hidden.len());
@@ -2059,7 +2060,6 @@ mod tests {
                         let src_dt = st.tensor(&n("self_attn.q_proj.weight")).unwrap().dtype;
                         assert_eq!(m.q.dtype, src_dt);
                         // layer_mats_in over a block read independently.
-                        let (off, len) = blocks[l];
                         let mut slot = Aligned::zeroed(len as usize);
                         sr.slice()
                             .file()
@@ -2406,6 +2406,80 @@ mod tests {
             if let Ok(m) = decode_manifest(&b) {
                 // Whatever decodes re-encodes to the same bytes (canonical).
                 prop_assert_eq!(encode_manifest(&m), b);
+            }
+        }
+    }
+
+    /// A model with q/k/v biases and f16 matrices (no fixture has either):
+    /// the llama-mha-f32 fixture converted, biases made up.
+    #[test]
+    fn biases_and_f16_are_sliced() {
+        let tmp = TempDir::new("bias");
+        let src = fixture("llama-mha-f32");
+        let dir = tmp.0.join("model");
+        std::fs::create_dir_all(&dir).unwrap();
+        let fixture_dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama-mha-f32");
+        let mut cfg_json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture_dir.join("config.json")).unwrap())
+                .unwrap();
+        cfg_json["attention_bias"] = serde_json::Value::Bool(true);
+        std::fs::write(dir.join("config.json"), cfg_json.to_string()).unwrap();
+        let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        for t in src.weights.tensors() {
+            let bytes = src.weights.bytes(t);
+            if t.shape.len() == 2 {
+                let f16: Vec<u8> = load::widen(t.dtype, bytes)
+                    .into_iter()
+                    .flat_map(|x| half::f16::from_f32(x).to_le_bytes())
+                    .collect();
+                tensors.push((t.name.clone(), Dtype::F16, t.shape.clone(), f16));
+            } else {
+                tensors.push((t.name.clone(), t.dtype, t.shape.clone(), bytes.to_vec()));
+            }
+        }
+        let c = &src.config;
+        for l in 0..c.n_layers {
+            for (leaf, n) in [("q", c.n_heads), ("k", c.n_kv_heads), ("v", c.n_kv_heads)] {
+                let v: Vec<u8> = (0..n * c.head_dim)
+                    .flat_map(|i| (i as f32 * 0.25 + l as f32).to_le_bytes())
+                    .collect();
+                let name = load::layer_name(l, &format!("self_attn.{leaf}_proj.bias"));
+                tensors.push((name, Dtype::F32, vec![n * c.head_dim], v));
+            }
+        }
+        let refs: Vec<(&str, Dtype, &[usize], &[u8])> = tensors
+            .iter()
+            .map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice()))
+            .collect();
+        crate::safetensors::write(&dir.join("model.safetensors"), &refs).unwrap();
+        let ckpt = Checkpoint::open_dir(&dir).unwrap();
+        assert!(ckpt.config.attention_bias);
+        let cfg = &ckpt.config;
+        for ws in [1, 3, 8] {
+            let plan = split(&shape(cfg), ws, None).unwrap();
+            let paths = ensure_slices(&ckpt, &plan, &tmp.0.join("cache")).unwrap();
+            for (rank, path) in paths.iter().enumerate() {
+                let sf = SliceFile::open(path, Expect::default()).unwrap();
+                sf.verify().unwrap();
+                let want = load::resident(cfg, &ckpt.weights, sf.part()).unwrap();
+                let got = sf.resident().unwrap();
+                for (a, b) in got.layers.iter().zip(&want.layers) {
+                    assert!(a.q_bias.is_some() && a.k_bias.is_some() && a.v_bias.is_some());
+                    assert_eq!(
+                        (&a.q_bias, &a.k_bias, &a.v_bias),
+                        (&b.q_bias, &b.k_bias, &b.v_bias),
+                        "ws {ws} rank {rank}"
+                    );
+                }
+                let hd = cfg.head_dim;
+                let p = sf.part().clone();
+                let mut sr = SliceResident::load(sf).unwrap();
+                let m = sr.acquire(cfg.n_layers - 1).unwrap();
+                assert_eq!(m.q.dtype, Dtype::F16);
+                let name = load::layer_name(cfg.n_layers - 1, "self_attn.o_proj.weight");
+                let want_o = src_cols(&ckpt.weights, &name, p.heads.start * hd..p.heads.end * hd);
+                assert!(m.o.bytes == want_o.as_slice());
             }
         }
     }

@@ -27,8 +27,7 @@ fn greedy(
     let mut solo = Solo;
     let mut rank = Rank {
         res: &res,
-        layers: &mut mats,
-        head: &mut head,
+        weights: &mut weights,
         comm: &mut solo,
         par: Par::new(threads, backend),
     };

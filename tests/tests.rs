@@ -4,3 +4,4 @@ mod cli;
 mod common;
 mod fuzz_corpus;
 mod oracle;
+mod tp;
