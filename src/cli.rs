@@ -1,7 +1,7 @@
 //! The `tpi-run` command line.
 
 use crate::checkpoint::Checkpoint;
-use crate::cluster::NetOpts;
+use crate::cluster::{NetOpts, Secret};
 use crate::engine::{generate, peak_rss_bytes, GenOptions, Rank};
 use crate::error::{Error, Result};
 use crate::load::{resident, InPlace};
@@ -89,6 +89,10 @@ pub struct Args {
     /// Workers: fetch the slice again even if a verified copy is cached.
     #[arg(long)]
     pub force_download: bool,
+    /// File holding the pre-shared key every rank must prove (else the
+    /// TPI_SECRET environment variable, else no authentication).
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
     /// Less progress on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -175,6 +179,26 @@ fn parse_weights(s: &str, n: usize) -> Result<Vec<u32>> {
     Ok(w)
 }
 
+/// The pre-shared key from --secret-file or TPI_SECRET, if any.
+fn secret(a: &Args) -> Result<Option<Secret>> {
+    let key: Vec<u8> = match &a.secret_file {
+        Some(path) => std::fs::read(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?,
+        None => match std::env::var_os("TPI_SECRET") {
+            Some(v) => v.into_encoded_bytes(),
+            None => return Ok(None),
+        },
+    };
+    // A trailing newline from `echo key > file` is not part of the key.
+    let key = key.trim_ascii_end();
+    if key.is_empty() {
+        return Err(Error::Usage("the pre-shared key is empty".into()));
+    }
+    Ok(Some(Secret::from(key)))
+}
+
 fn net_opts(a: &Args) -> NetOpts {
     NetOpts {
         join_timeout: Duration::from_secs_f64(a.join_timeout),
@@ -203,6 +227,7 @@ pub fn run(args: &Args) -> Result<()> {
             force_download: args.force_download,
             net: net_opts(args),
             quiet: args.quiet,
+            secret: secret(args)?,
         };
         return run_worker(&setup);
     }
@@ -313,6 +338,8 @@ pub fn run(args: &Args) -> Result<()> {
             threads,
             net: net_opts(args),
             quiet: args.quiet,
+            secret: secret(args)?,
+            secret_file: args.secret_file.clone(),
         };
         run_hub(&setup, &prompt_ids, &opts, &mut on_text)?
     };

@@ -12,7 +12,7 @@ use crate::net::frame::PROTOCOL_VERSION;
 use crate::net::frame::{
     read_frame, recv_f32s_into, send_f32s, write_frame, FrameError, Header, Kind, MAX_PAYLOAD,
 };
-use crate::net::msg::{FileRequest, Hello, Reject, Step, STEP_WANT_LOGITS};
+use crate::net::msg::{Auth, FileRequest, Hello, Reject, Step, STEP_WANT_LOGITS};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
@@ -380,12 +380,59 @@ pub fn slice_path(cache_dir: &Path, id: &SessionId, rank: usize) -> PathBuf {
 
 // ---------------------------------------------------------------- hub side
 
+/// A pre-shared key (`TPI_SECRET` or `--secret-file`).
+pub type Secret = Arc<[u8]>;
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// HMAC-SHA256(key, label | a | b).
+fn auth_tag(key: &[u8], label: &str, a: &[u8], b: &[u8]) -> [u8; 32] {
+    use hmac::Mac;
+    // HMAC accepts keys of any length; this cannot fail.
+    let Ok(mut mac) = HmacSha256::new_from_slice(key) else {
+        return [0; 32];
+    };
+    mac.update(label.as_bytes());
+    mac.update(a);
+    mac.update(b);
+    mac.finalize().into_bytes().into()
+}
+
+/// Constant-time check of a tag.
+fn auth_ok(key: &[u8], label: &str, a: &[u8], b: &[u8], tag: &[u8; 32]) -> bool {
+    use hmac::Mac;
+    let Ok(mut mac) = HmacSha256::new_from_slice(key) else {
+        return false;
+    };
+    mac.update(label.as_bytes());
+    mac.update(a);
+    mac.update(b);
+    mac.verify_slice(tag).is_ok()
+}
+
+const AUTH_WORKER: &str = "tpi-auth-worker";
+const AUTH_HUB: &str = "tpi-auth-hub";
+
+/// What a handshake thread tells the join loop.
+enum JoinEvent {
+    /// A worker's hello (and key proof) checked out; it holds `rank`.
+    Joined(usize),
+    /// The worker has its slice and waits for the first step.
+    Ready(Link),
+    /// The connection was dropped (junk, mismatch, failed authentication).
+    Failed(NetError),
+}
+
 /// Waits until ranks 1..N-1 have joined, serving slice files meanwhile.
-/// `slices[r]` is the slice file of rank r.
+/// `slices[r]` is the slice file of rank r. The join deadline bounds the
+/// time until every worker has said a valid hello; slice transfers then run
+/// under the per-operation peer deadline. Joined workers get a heartbeat
+/// every second while others are still on their way.
 pub fn hub_join(
     listener: &TcpListener,
     id: SessionId,
     slices: Vec<PathBuf>,
+    secret: Option<Secret>,
     opts: NetOpts,
     quiet: bool,
 ) -> Result<Vec<Link>, NetError> {
@@ -398,12 +445,18 @@ pub fn hub_join(
     })?;
     let claimed = Arc::new(Mutex::new(vec![false; n]));
     let slices = Arc::new(slices);
-    let (tx, rx) = mpsc::channel::<Result<Link, NetError>>();
+    let (tx, rx) = mpsc::channel::<JoinEvent>();
+    let mut joined = vec![false; n];
     let mut links: Vec<Option<Link>> = (0..n).map(|_| None).collect();
+    let mut last_failure: Option<String> = None;
     let start = Instant::now();
+    let mut last_beat = Instant::now();
     while links.iter().skip(1).any(Option::is_none) {
-        if start.elapsed() > opts.join_timeout {
-            let missing = (1..n).filter(|&r| links[r].is_none()).collect();
+        if start.elapsed() > opts.join_timeout && joined.iter().skip(1).any(|j| !j) {
+            let missing = (1..n).filter(|&r| !joined[r]).collect();
+            if let Some(f) = last_failure {
+                return Err(NetError::Protocol { peer: "join".into(), rank: None, what: format!("ranks {missing:?} did not join within {:.1} s; last refused connection: {f}", opts.join_timeout.as_secs_f64()) });
+            }
             return Err(NetError::JoinTimeout {
                 waited: start.elapsed(),
                 missing,
@@ -411,34 +464,68 @@ pub fn hub_join(
         }
         match listener.accept() {
             Ok((stream, _)) => {
-                let (tx, claimed, slices) = (tx.clone(), claimed.clone(), slices.clone());
+                let (tx, claimed, slices, secret) =
+                    (tx.clone(), claimed.clone(), slices.clone(), secret.clone());
                 let _ = stream.set_nonblocking(false);
                 std::thread::spawn(move || {
-                    let _ = tx.send(hub_handshake(stream, id, &claimed, &slices, opts));
+                    let res =
+                        hub_handshake(stream, id, &claimed, &slices, secret.as_deref(), opts, &tx);
+                    let _ = tx.send(match res {
+                        Ok(link) => JoinEvent::Ready(link),
+                        Err(e) => JoinEvent::Failed(e),
+                    });
                 });
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => {
                 return Err(NetError::Io {
                     peer: "listener".into(),
                     rank: None,
                     what: "accept".into(),
                     source: e,
-                });
+                })
             }
         }
-        while let Ok(res) = rx.try_recv() {
-            match res {
-                Ok(link) => {
+        while let Ok(ev) = rx.try_recv() {
+            match ev {
+                JoinEvent::Joined(r) => joined[r] = true,
+                JoinEvent::Ready(link) => {
                     let r = link.rank;
+                    joined[r] = true;
                     links[r] = Some(link);
                 }
-                Err(e) => {
-                    if !quiet {
-                        eprintln!("[tpi] rank 0: dropped a connection: {e}");
+                JoinEvent::Failed(e) => {
+                    // A worker that failed after joining is a real failure.
+                    if let NetError::Rejected { .. }
+                    | NetError::Protocol { .. }
+                    | NetError::Io { .. }
+                    | NetError::Frame { .. } = &e
+                    {
+                        let text = e.to_string();
+                        if text.contains("authentication failed") {
+                            eprintln!("[tpi] rank 0: {text}");
+                        } else if !quiet {
+                            eprintln!("[tpi] rank 0: dropped a connection: {text}");
+                        }
+                        last_failure = Some(text);
+                    }
+                    let c = claimed.lock().map(|c| c.clone()).unwrap_or_default();
+                    for r in 1..n {
+                        if joined[r] && !c[r] && links[r].is_none() {
+                            return Err(e);
+                        }
                     }
                 }
+            }
+        }
+        if last_beat.elapsed() > Duration::from_secs(1) {
+            last_beat = Instant::now();
+            for l in links.iter_mut().flatten() {
+                l.send(Kind::Heartbeat, 0, 0, &[])?;
             }
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -456,7 +543,9 @@ fn hub_handshake(
     id: SessionId,
     claimed: &Mutex<Vec<bool>>,
     slices: &[PathBuf],
+    secret: Option<&[u8]>,
     opts: NetOpts,
+    events: &mpsc::Sender<JoinEvent>,
 ) -> Result<Link, NetError> {
     let peer = stream
         .peer_addr()
@@ -474,16 +563,17 @@ fn hub_handshake(
         what,
     };
     // The first frame must be a Hello, within the hello deadline. A frame
-    // header is read before any payload, so junk costs at most 40 bytes.
-    let (h, payload) = link
+    // header is read and checked before any payload, so junk costs at most
+    // 40 bytes (spec F1-F8).
+    let (h, hello_bytes) = link
         .recv(0, "hello")
         .map_err(|e| unknown(format!("no valid hello: {e}")))?;
     if h.kind != Kind::Hello {
         return Err(unknown(format!("expected Hello, got {:?}", h.kind)));
     }
-    let hello = Hello::decode(&payload).map_err(|e| unknown(format!("bad hello: {e}")))?;
+    let hello = Hello::decode(&hello_bytes).map_err(|e| unknown(format!("bad hello: {e}")))?;
     let rank = hello.rank as usize;
-    let mut refuse = |why: String| -> NetError {
+    let refuse = |link: &mut Link, why: String| -> NetError {
         let _ = link.send(
             Kind::Reject,
             0,
@@ -496,22 +586,58 @@ fn hub_handshake(
         }
     };
     if hello.protocol_version != PROTOCOL_VERSION {
-        return Err(refuse(format!(
-            "protocol version: rank 0 speaks {PROTOCOL_VERSION}, rank {rank} speaks {}",
-            hello.protocol_version
-        )));
+        return Err(refuse(
+            &mut link,
+            format!(
+                "protocol version: rank 0 speaks {PROTOCOL_VERSION}, rank {rank} speaks {}",
+                hello.protocol_version
+            ),
+        ));
     }
     if hello.world_size as usize != id.world_size {
-        return Err(refuse(format!(
-            "world size: rank 0 has {}, rank {rank} has {}",
-            id.world_size, hello.world_size
-        )));
+        return Err(refuse(
+            &mut link,
+            format!(
+                "world size: rank 0 has {}, rank {rank} has {}",
+                id.world_size, hello.world_size
+            ),
+        ));
     }
     if rank == 0 || rank >= id.world_size {
-        return Err(refuse(format!(
-            "rank {rank} is not a worker rank of a world of {}",
-            id.world_size
-        )));
+        return Err(refuse(
+            &mut link,
+            format!(
+                "rank {rank} is not a worker rank of a world of {}",
+                id.world_size
+            ),
+        ));
+    }
+    // Spec M6: the worker proves the key before it learns anything.
+    let hub_nonce = nonce();
+    if let Some(key) = secret {
+        link.send(
+            Kind::Auth,
+            0,
+            0,
+            &Auth {
+                nonce: hub_nonce,
+                tag: [0; 32],
+            }
+            .encode(),
+        )?;
+        let (h, payload) = link
+            .recv(0, "key proof")
+            .map_err(|e| unknown(format!("no key proof: {e}")))?;
+        let proof = match h.kind {
+            Kind::Auth => Auth::decode(&payload).map_err(|e| unknown(format!("bad key proof: {e}")))?,
+            k => return Err(refuse(&mut link, format!("authentication failed: rank 0 requires a pre-shared key, rank {rank} at {peer} sent {k:?}"))),
+        };
+        if !auth_ok(key, AUTH_WORKER, &hub_nonce, &hello_bytes, &proof.tag) {
+            return Err(refuse(
+                &mut link,
+                format!("authentication failed: rank {rank} at {peer} does not hold rank 0's key"),
+            ));
+        }
     }
     {
         let mut c = claimed
@@ -519,15 +645,11 @@ fn hub_handshake(
             .map_err(|_| unknown("join state poisoned".into()))?;
         if c[rank] {
             drop(c);
-            return Err(refuse(format!("rank {rank} has already joined")));
+            return Err(refuse(&mut link, format!("rank {rank} has already joined")));
         }
         c[rank] = true;
     }
-    let release = || {
-        if let Ok(mut c) = claimed.lock() {
-            c[rank] = false;
-        }
-    };
+    let _ = events.send(JoinEvent::Joined(rank));
     link.rank = rank;
     let ack = Hello {
         protocol_version: PROTOCOL_VERSION,
@@ -538,15 +660,31 @@ fn hub_handshake(
         nonce: hello.nonce,
     };
     let res = (|| {
-        link.send(Kind::HelloAck, 0, 0, &ack.encode())?;
+        let ack = ack.encode();
+        link.send(Kind::HelloAck, 0, 0, &ack)?;
+        if let Some(key) = secret {
+            let tag = auth_tag(key, AUTH_HUB, &hello.nonce, &ack);
+            link.send(
+                Kind::Auth,
+                0,
+                0,
+                &Auth {
+                    nonce: hub_nonce,
+                    tag,
+                }
+                .encode(),
+            )?;
+        }
         // Serve the worker's slice until it says it is ready (Heartbeat).
-        link.set_timeout(opts.join_timeout)?;
+        link.set_timeout(opts.peer_timeout)?;
         serve_files(&mut link, &slices[rank])
     })();
     match res {
         Ok(()) => Ok(link),
         Err(e) => {
-            release();
+            if let Ok(mut c) = claimed.lock() {
+                c[rank] = false;
+            }
             Err(e)
         }
     }
@@ -714,6 +852,7 @@ pub fn worker_join(
     master: &str,
     rank: usize,
     world_size: usize,
+    secret: Option<&[u8]>,
     opts: NetOpts,
 ) -> Result<(Link, SessionId), NetError> {
     let start = Instant::now();
@@ -745,23 +884,71 @@ pub fn worker_join(
         plan_hash: 0,
         nonce: nonce(),
     };
-    link.send(Kind::Hello, 0, 0, &hello.encode())?;
-    let (h, payload) = link.recv(0, "hello answer")?;
+    let hello_bytes = hello.encode();
+    link.send(Kind::Hello, 0, 0, &hello_bytes)?;
     let protocol = |what: String| NetError::Protocol {
         peer: master.to_string(),
         rank: Some(0),
         what,
     };
+    let rejected = |payload: &[u8]| match Reject::decode(payload) {
+        Ok(r) => NetError::Rejected {
+            peer: master.to_string(),
+            reason: r.reason,
+        },
+        Err(e) => protocol(format!("bad reject: {e}")),
+    };
+    let (mut h, mut payload) = link.recv(0, "hello answer")?;
+    // Spec M6: answer rank 0's challenge with proof of the key.
+    match (h.kind, secret) {
+        (Kind::Auth, Some(key)) => {
+            let challenge =
+                Auth::decode(&payload).map_err(|e| protocol(format!("bad challenge: {e}")))?;
+            let tag = auth_tag(key, AUTH_WORKER, &challenge.nonce, &hello_bytes);
+            link.send(
+                Kind::Auth,
+                0,
+                0,
+                &Auth {
+                    nonce: hello.nonce,
+                    tag,
+                }
+                .encode(),
+            )?;
+            (h, payload) = link.recv(0, "hello answer")?;
+        }
+        (Kind::Auth, None) => {
+            return Err(protocol("authentication failed: rank 0 requires a pre-shared key (set TPI_SECRET or --secret-file)".into()));
+        }
+        (Kind::HelloAck, Some(_)) => {
+            return Err(protocol("authentication failed: rank 0 did not ask for the pre-shared key this worker holds".into()));
+        }
+        _ => {}
+    }
     match h.kind {
         Kind::HelloAck => {}
-        Kind::Reject => {
-            let r = Reject::decode(&payload).map_err(|e| protocol(format!("bad reject: {e}")))?;
-            return Err(NetError::Rejected {
-                peer: master.to_string(),
-                reason: r.reason,
-            });
-        }
+        Kind::Reject => return Err(rejected(&payload)),
         k => return Err(protocol(format!("expected HelloAck, got {k:?}"))),
+    }
+    if let Some(key) = secret {
+        let (h2, p2) = link.recv(0, "rank 0's key proof")?;
+        let proof = match h2.kind {
+            Kind::Auth => Auth::decode(&p2).map_err(|e| protocol(format!("bad key proof: {e}")))?,
+            k => return Err(protocol(format!("expected rank 0's key proof, got {k:?}"))),
+        };
+        if !auth_ok(key, AUTH_HUB, &hello.nonce, &payload, &proof.tag) {
+            let _ = link.send(
+                Kind::Error,
+                0,
+                0,
+                &Reject::truncated("authentication failed: rank 0's proof does not match")
+                    .encode()
+                    .unwrap_or_default(),
+            );
+            return Err(protocol(
+                "authentication failed: rank 0 does not hold this worker's key".into(),
+            ));
+        }
     }
     let ack = Hello::decode(&payload).map_err(|e| protocol(format!("bad hello ack: {e}")))?;
     if ack.protocol_version != PROTOCOL_VERSION
@@ -896,6 +1083,8 @@ pub struct WorkerComm {
 }
 
 impl WorkerComm {
+    /// `first_timeout` bounds the wait for the first step (rank 0 may still
+    /// be waiting for other workers; it sends heartbeats meanwhile).
     pub fn new(link: Link, peer_timeout: Duration) -> WorkerComm {
         WorkerComm {
             link,
@@ -905,10 +1094,21 @@ impl WorkerComm {
         }
     }
 
+    /// Tells rank 0 why this worker stops.
+    pub fn fail(&mut self, reason: &str) {
+        let payload = Reject::truncated(reason).encode().unwrap_or_default();
+        let _ = self.link.send(Kind::Error, self.step, 0, &payload);
+    }
+
     /// Waits for rank 0's next command.
     pub fn next_command(&mut self) -> Result<Command, NetError> {
         self.link.set_timeout(self.idle_timeout)?;
-        let (h, payload) = self.link.recv(self.step, "waiting for the next step")?;
+        let (h, payload) = loop {
+            let (h, payload) = self.link.recv(self.step, "waiting for the next step")?;
+            if h.kind != Kind::Heartbeat {
+                break (h, payload);
+            }
+        };
         self.link.set_timeout(self.peer_timeout)?;
         let bad = |what: String, l: &Link| NetError::Protocol {
             peer: l.peer.to_string(),

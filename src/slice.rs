@@ -1294,7 +1294,7 @@ fn write_slice_with(
     };
     let werr = io_err(&partial, "write");
     let first = manifest.blocks.first().map_or(at, |b| b.offset);
-    (|| -> std::io::Result<()> {
+    let result = (|| -> std::io::Result<()> {
         out.pad_to(first)?;
         for b in &mut manifest.blocks {
             debug_assert_eq!(out.pos, b.offset);
@@ -1338,9 +1338,12 @@ fn write_slice_with(
         f.seek(SeekFrom::Start(0))?;
         f.write_all(&head)?;
         f.sync_all()
-    })()
-    .map_err(werr)?;
+    })();
     drop(out);
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&partial);
+        return Err(werr(e));
+    }
     std::fs::rename(&partial, path).map_err(io_err(path, "rename the .partial file"))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         File::open(dir)

@@ -10,7 +10,7 @@
 use crate::checkpoint::Checkpoint;
 use crate::cluster::{
     fetch_slice, hub_join, slice_path, worker_join, worker_ready, Command, HubComm, NetOpts,
-    SessionId, WorkerComm,
+    Secret, SessionId, WorkerComm,
 };
 use crate::config::Config;
 use crate::engine::{generate, GenOptions, GenOutput, Rank};
@@ -78,6 +78,10 @@ pub struct HubSetup<'a> {
     pub threads: usize,
     pub net: NetOpts,
     pub quiet: bool,
+    /// Pre-shared key workers must prove.
+    pub secret: Option<Secret>,
+    /// `--secret-file` to hand to local workers (else they inherit TPI_SECRET).
+    pub secret_file: Option<PathBuf>,
 }
 
 /// Runs rank 0 of a tensor-parallel session.
@@ -106,7 +110,7 @@ pub fn run_hub(
         path: "listener".into(),
         source,
     })?;
-    if !addr.ip().is_loopback() && !setup.quiet {
+    if !addr.ip().is_loopback() && setup.secret.is_none() {
         eprintln!("[tpi] WARNING: listening on {addr} without authentication: any machine that can reach this port can join.");
     }
     let id = SessionId {
@@ -117,17 +121,19 @@ pub fn run_hub(
     let mut children = Children(Vec::new());
     if let Some(threads) = setup.spawn_local {
         for r in 1..n {
-            children.0.push(spawn_worker(
-                r,
-                n,
-                &addr.to_string(),
-                setup.cache_dir,
-                threads,
-                &setup.net,
-            )?);
+            children
+                .0
+                .push(spawn_worker(r, n, &addr.to_string(), setup, threads)?);
         }
     }
-    let links = hub_join(&listener, id, paths.clone(), setup.net, setup.quiet)?;
+    let links = hub_join(
+        &listener,
+        id,
+        paths.clone(),
+        setup.secret.clone(),
+        setup.net,
+        setup.quiet,
+    )?;
     drop(listener);
     let vocab = plan.ranks.iter().map(|r| r.vocab.clone()).collect();
     let mut comm = HubComm::new(links, vocab);
@@ -211,43 +217,44 @@ fn spawn_worker(
     rank: usize,
     n: usize,
     master: &str,
-    cache_dir: &Path,
+    setup: &HubSetup<'_>,
     threads: usize,
-    net: &NetOpts,
 ) -> Result<Child> {
     let exe = std::env::current_exe().map_err(|source| Error::Io {
         path: "current executable".into(),
         source,
     })?;
-    std::process::Command::new(&exe)
-        .args([
-            "--rank",
-            &rank.to_string(),
-            "--world-size",
-            &n.to_string(),
-            "--master",
-            master,
-        ])
-        .arg("--cache-dir")
-        .arg(cache_dir)
-        .args(["--threads", &threads.to_string()])
-        .args([
-            "--join-timeout",
-            &net.join_timeout.as_secs_f64().to_string(),
-        ])
-        .args([
-            "--peer-timeout",
-            &net.peer_timeout.as_secs_f64().to_string(),
-        ])
-        .arg("--quiet")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|source| Error::Io {
-            path: exe.display().to_string(),
-            source,
-        })
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args([
+        "--rank",
+        &rank.to_string(),
+        "--world-size",
+        &n.to_string(),
+        "--master",
+        master,
+    ])
+    .arg("--cache-dir")
+    .arg(setup.cache_dir)
+    .args(["--threads", &threads.to_string()])
+    .args([
+        "--join-timeout",
+        &setup.net.join_timeout.as_secs_f64().to_string(),
+    ])
+    .args([
+        "--peer-timeout",
+        &setup.net.peer_timeout.as_secs_f64().to_string(),
+    ])
+    .arg("--quiet")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit());
+    if let Some(f) = &setup.secret_file {
+        cmd.arg("--secret-file").arg(f);
+    }
+    cmd.spawn().map_err(|source| Error::Io {
+        path: exe.display().to_string(),
+        source,
+    })
 }
 
 /// Opens and fully verifies a cached slice.
@@ -273,11 +280,12 @@ pub struct WorkerSetup<'a> {
     pub force_download: bool,
     pub net: NetOpts,
     pub quiet: bool,
+    pub secret: Option<Secret>,
 }
 
 /// Runs worker `rank` until rank 0 ends the session.
 pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
-    let (mut link, id) = worker_join(w.master, w.rank, w.world_size, w.net)?;
+    let (mut link, id) = worker_join(w.master, w.rank, w.world_size, w.secret.as_deref(), w.net)?;
     let path = slice_path(w.cache_dir, &id, w.rank);
     let log = |m: String| {
         if !w.quiet {
@@ -327,25 +335,27 @@ pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
     let mut state = State::new(&res.dims, 64);
     let mut timing = Timing::default();
     loop {
-        match comm.next_command()? {
+        let step = match comm.next_command()? {
             Command::Stop => return Ok(()),
             Command::Step {
                 token,
                 pos,
                 want_logits,
-            } => {
-                forward(
-                    &res,
-                    &mut weights,
-                    &mut comm,
-                    &par,
-                    &mut state,
-                    token,
-                    pos,
-                    want_logits,
-                    &mut timing,
-                )?;
-            }
+            } => forward(
+                &res,
+                &mut weights,
+                &mut comm,
+                &par,
+                &mut state,
+                token,
+                pos,
+                want_logits,
+                &mut timing,
+            ),
+        };
+        if let Err(e) = step {
+            comm.fail(&format!("rank {} failed: {e}", w.rank));
+            return Err(e);
         }
     }
 }

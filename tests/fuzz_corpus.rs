@@ -231,6 +231,12 @@ mod seeds {
                     }
                     Kind::FileChunk => b"slice file bytes".to_vec(),
                     Kind::Stop | Kind::Heartbeat => Vec::new(),
+                    Kind::Auth => tpi::net::msg::Auth {
+                        nonce: [7; 32],
+                        tag: [9; 32],
+                    }
+                    .encode()
+                    .to_vec(),
                 };
                 (k, frame(k, 9, &payload))
             })

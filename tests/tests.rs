@@ -2,6 +2,7 @@
 
 mod cli;
 mod common;
+mod faults;
 mod fuzz_corpus;
 mod oracle;
 mod tp;

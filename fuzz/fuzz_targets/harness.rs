@@ -158,6 +158,16 @@ fn message(kind: Kind, payload: &[u8]) -> bool {
                 false
             }
         },
+        Kind::Auth => match msg::Auth::decode(payload) {
+            Ok(a) => {
+                assert_eq!(a.encode().as_slice(), payload, "auth re-encodes");
+                true
+            }
+            Err(e) => {
+                render(&e);
+                false
+            }
+        },
         // Raw f32 / file bytes: no payload structure.
         Kind::Partial | Kind::Reduced | Kind::Logits | Kind::FileChunk => true,
     }

@@ -41,10 +41,12 @@ pub enum Kind {
     Stop = 10,
     Heartbeat = 11,
     Error = 12,
+    /// Pre-shared-key challenge or proof (spec M6).
+    Auth = 13,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Hello,
         Kind::HelloAck,
         Kind::Reject,
@@ -57,6 +59,7 @@ impl Kind {
         Kind::Stop,
         Kind::Heartbeat,
         Kind::Error,
+        Kind::Auth,
     ];
 
     /// The kind with wire code `v`, if any.

@@ -33,7 +33,7 @@
 //! - F2. `magic == b"TPI1"`, then `version == 1`, then header checksum.
 //! - F3. `kind` is one of: 1 Hello, 2 HelloAck, 3 Reject, 4 Step, 5 Partial,
 //!   6 Reduced, 7 Logits, 8 FileRequest, 9 FileChunk, 10 Stop, 11 Heartbeat,
-//!   12 Error. Anything else is an error.
+//!   12 Error, 13 Auth. Anything else is an error.
 //! - F4. `flags & !STOP == 0`.
 //! - F5. `reserved == 0`.
 //! - F6. `payload_len <= MAX_PAYLOAD` (65536). Receivers read into a
@@ -63,6 +63,15 @@
 //!   by one FileChunk message (raw bytes, chunked per F8) of exactly `len`
 //!   bytes, or an Error.
 //! - M5. Stop, Heartbeat: empty payload.
+//! - M6. Auth ([`msg::Auth`], 64 bytes): `nonce [u8; 32], tag [u8; 32]`.
+//!   With a pre-shared key K, after the worker's Hello: hub -> worker
+//!   `Auth{nonce_h, 0}` (challenge); worker -> hub `Auth{nonce_w, tag_w}`
+//!   with `tag_w = HMAC-SHA256(K, "tpi-auth-worker" | nonce_h | hello)`;
+//!   hub checks it in constant time, then sends HelloAck followed by
+//!   `Auth{nonce_h, tag_h}` with `tag_h = HMAC-SHA256(K, "tpi-auth-hub" |
+//!   nonce_w | helloack)`, which the worker checks. Nothing about the session
+//!   (fingerprint, plan) is sent before the worker's proof verifies; fresh
+//!   nonces on both sides make a recorded exchange useless.
 //! - Partial, Reduced, Logits: little-endian f32 arrays, sent with
 //!   [`frame::send_f32s`]; length known from the plan (Partial/Reduced:
 //!   `dim * n_tokens`; Logits: the sender's `vocab` range length * n_tokens).

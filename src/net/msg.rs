@@ -385,3 +385,31 @@ pub fn expect_empty(payload: &[u8]) -> Result<(), MsgError> {
 const _: () = assert!(HELLO_LEN <= MAX_PAYLOAD);
 const _: () = assert!(2 + MAX_REASON <= MAX_PAYLOAD);
 const _: () = assert!(12 + 4 * MAX_STEP_IDS <= MAX_PAYLOAD);
+
+/// Length of an [`Auth`] payload.
+pub const AUTH_LEN: usize = 64;
+
+/// Pre-shared-key challenge (tag all zero) or proof. Spec M6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Auth {
+    pub nonce: [u8; 32],
+    pub tag: [u8; 32],
+}
+
+impl Auth {
+    pub fn encode(&self) -> [u8; AUTH_LEN] {
+        let mut b = [0u8; AUTH_LEN];
+        b[..32].copy_from_slice(&self.nonce);
+        b[32..].copy_from_slice(&self.tag);
+        b
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<Auth, MsgError> {
+        let mut c = Cursor::new(payload);
+        let nonce = c.array::<32>("auth.nonce")?;
+        let tag = c.array::<32>("auth.tag")?;
+        // spec M6: exactly 64 bytes.
+        c.finish()?;
+        Ok(Auth { nonce, tag })
+    }
+}

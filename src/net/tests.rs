@@ -76,7 +76,7 @@ fn rejects_bad_version() {
 
 #[test]
 fn rejects_unknown_kind() {
-    for k in [0u8, 13, 255] {
+    for k in [0u8, 14, 255] {
         let mut f = sample_frame();
         patch(&mut f, 6, &[k]);
         assert!(matches!(read_one(&f), Err(FrameError::UnknownKind { got }) if got == k));

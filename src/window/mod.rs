@@ -796,6 +796,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "miri does not support the O_DIRECT open flag")]
     fn direct_io_or_fallback() {
         let (tf, blocks) = temp_file(&disk_dir(), "direct");
         let opts = WindowOpts {
@@ -819,6 +820,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "miri does not support the O_DIRECT open flag")]
     fn unaligned_blocks_buffered_and_direct() {
         let (tf, blocks) = temp_file(&disk_dir(), "unaligned");
         // Shift every block by 1000 bytes and shorten: no longer aligned.
