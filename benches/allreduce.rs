@@ -146,7 +146,7 @@ impl LibStar {
             .map(|r| {
                 let addr = addr.clone();
                 thread::spawn(move || {
-                    let (mut link, _) = worker_join(&addr, r, n, opts).expect("worker_join");
+                    let (mut link, _) = worker_join(&addr, r, n, None, opts).expect("worker_join");
                     worker_ready(&mut link, opts.peer_timeout).expect("worker_ready");
                     lib_worker(WorkerComm::new(link, opts.peer_timeout), r, n);
                 })
@@ -158,8 +158,15 @@ impl LibStar {
             plan_hash: 0,
         };
         // hub_join opens every slice file before serving; never requested here.
-        let links =
-            hub_join(&listener, id, vec![empty_slice.clone(); n], opts, true).expect("hub_join");
+        let links = hub_join(
+            &listener,
+            id,
+            vec![empty_slice.clone(); n],
+            None,
+            opts,
+            true,
+        )
+        .expect("hub_join");
         let hub = HubComm::new(links, vec![0..0; n]);
         LibStar { hub, workers, n }
     }

@@ -4,12 +4,14 @@ use crate::checkpoint::Checkpoint;
 use crate::cluster::{NetOpts, Secret};
 use crate::engine::{generate, peak_rss_bytes, GenOptions, Rank};
 use crate::error::{Error, Result};
-use crate::load::{resident, InPlace};
+use crate::load::{layer_matrix_shapes, layer_name, lm_head_name, resident, InPlace};
 use crate::model::{Part, Solo};
 use crate::par::Par;
 use crate::sampler::SamplerConfig;
+use crate::slice::{ensure_slices, Expect, SliceFile};
 use crate::tp::{
-    default_cache_dir, plan_for, run_hub, run_worker, HubReport, HubSetup, WorkerSetup,
+    available_memory, choose_window, default_cache_dir, open_weights, plan_for, run_hub,
+    run_worker, HubReport, HubSetup, MemoryMode, MemoryOpts, WorkerSetup,
 };
 use clap::Parser;
 use std::io::Write;
@@ -89,6 +91,16 @@ pub struct Args {
     /// Workers: fetch the slice again even if a verified copy is cached.
     #[arg(long)]
     pub force_download: bool,
+    /// Keep only W layer blocks of weights in RAM (W >= 2), streamed from
+    /// the slice file by an I/O thread.
+    #[arg(long, value_name = "W", conflicts_with = "no_memory_window")]
+    pub memory_window: Option<usize>,
+    /// Keep every layer in RAM.
+    #[arg(long)]
+    pub no_memory_window: bool,
+    /// Read windowed blocks with O_DIRECT (no second copy in the page cache).
+    #[arg(long)]
+    pub direct_io: bool,
     /// File holding the pre-shared key every rank must prove (else the
     /// TPI_SECRET environment variable, else no authentication).
     #[arg(long, value_name = "FILE")]
@@ -156,6 +168,11 @@ fn check_args(a: &Args) -> Result<()> {
             )));
         }
     }
+    if a.memory_window.is_some_and(|w| w < 2) {
+        return Err(Error::Usage(
+            "--memory-window needs at least 2 blocks".into(),
+        ));
+    }
     if a.threads == Some(0) {
         return Err(Error::Usage("--threads must be at least 1".into()));
     }
@@ -199,12 +216,86 @@ fn secret(a: &Args) -> Result<Option<Secret>> {
     Ok(Some(Secret::from(key)))
 }
 
+fn memory_opts(a: &Args) -> MemoryOpts {
+    let mode = match (a.memory_window, a.no_memory_window) {
+        (Some(w), _) => MemoryMode::Window(w),
+        (None, true) => MemoryMode::Resident,
+        (None, false) => MemoryMode::Auto,
+    };
+    MemoryOpts {
+        mode,
+        direct: a.direct_io,
+    }
+}
+
 fn net_opts(a: &Args) -> NetOpts {
     NetOpts {
         join_timeout: Duration::from_secs_f64(a.join_timeout),
         peer_timeout: Duration::from_secs_f64(a.peer_timeout),
         ..NetOpts::default()
     }
+}
+
+/// Whether a single rank should stream its weights through a window.
+fn windowed_single(ckpt: &Checkpoint, mode: MemoryMode) -> Result<bool> {
+    let cfg = &ckpt.config;
+    let mut blocks = Vec::with_capacity(cfg.n_layers);
+    for l in 0..cfg.n_layers {
+        let mut b = 0u64;
+        for (leaf, _, _) in layer_matrix_shapes(cfg) {
+            b += ckpt.weights.tensor(&layer_name(l, leaf))?.len as u64;
+        }
+        blocks.push(b);
+    }
+    let lm_head = ckpt.weights.tensor(lm_head_name(cfg, &ckpt.weights))?.len as u64;
+    Ok(choose_window(mode, &blocks, lm_head, available_memory()).is_some())
+}
+
+/// One rank, weights streamed from its slice file through the window.
+#[allow(clippy::too_many_arguments)]
+fn run_single_windowed(
+    ckpt: &Checkpoint,
+    plan: &crate::plan::Plan,
+    cache_dir: &std::path::Path,
+    memory: MemoryOpts,
+    threads: usize,
+    quiet: bool,
+    prompt_ids: &[u32],
+    opts: &GenOptions,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<HubReport> {
+    let paths = ensure_slices(ckpt, plan, cache_dir)?;
+    let slice = SliceFile::open(
+        &paths[0],
+        Expect {
+            rank: Some(0),
+            world_size: Some(1),
+            ..Expect::default()
+        },
+    )?;
+    let res = slice.resident()?;
+    let mut weights = open_weights(slice, memory, quiet)?;
+    let mut solo = Solo;
+    let mut rank = Rank {
+        res: &res,
+        weights: &mut weights,
+        comm: &mut solo,
+        par: Par::new(threads, Backend::detect()),
+    };
+    let out = generate(
+        &mut rank,
+        ckpt.tokenizer.as_ref(),
+        prompt_ids,
+        opts,
+        on_text,
+    )?;
+    let steps = (prompt_ids.len() + out.generated_ids.len()).saturating_sub(1) as u64;
+    Ok(HubReport {
+        out,
+        steps,
+        window: weights.window_stats(),
+        ..HubReport::default()
+    })
 }
 
 /// Runs `tpi-run` with parsed arguments.
@@ -225,6 +316,7 @@ pub fn run(args: &Args) -> Result<()> {
             cache_dir: &cache_dir,
             threads: args.threads.unwrap_or(cores),
             force_download: args.force_download,
+            memory: memory_opts(args),
             net: net_opts(args),
             quiet: args.quiet,
             secret: secret(args)?,
@@ -301,7 +393,20 @@ pub fn run(args: &Args) -> Result<()> {
             let _ = out.flush();
         }
     };
-    let report = if n == 1 {
+    let memory = memory_opts(args);
+    let report = if n == 1 && windowed_single(&ckpt, memory.mode)? {
+        run_single_windowed(
+            &ckpt,
+            &plan,
+            &cache_dir,
+            memory,
+            threads,
+            args.quiet,
+            &prompt_ids,
+            &opts,
+            &mut on_text,
+        )?
+    } else if n == 1 {
         let part = Part::whole(cfg);
         let res = resident(cfg, &ckpt.weights, &part)?;
         let mut weights = InPlace::new(cfg, &ckpt.weights)?;
@@ -336,6 +441,7 @@ pub fn run(args: &Args) -> Result<()> {
             listen: &listen,
             spawn_local: local.then_some(threads),
             threads,
+            memory: memory_opts(args),
             net: net_opts(args),
             quiet: args.quiet,
             secret: secret(args)?,
@@ -390,6 +496,9 @@ fn print_report(
             "allreduce_ms_per_token": ms(out.comm_per_token),
             "bytes_sent_per_token": per_step(r.bytes_sent),
             "bytes_received_per_token": per_step(r.bytes_received),
+            "io_wait_ms_per_token": r.window.as_ref().map_or(0.0, |w| w.io_wait.as_secs_f64() * 1e3 / r.steps.max(1) as f64),
+            "bytes_read_per_token": r.window.as_ref().map_or(0.0, |w| per_step(w.bytes_read)),
+            "memory_window": r.window.as_ref().map_or(serde_json::Value::Null, |w| serde_json::json!(w.n_slots)),
         });
         println!("{v}");
     } else {

@@ -59,6 +59,7 @@ use crate::net::checksum::checksum64;
 use crate::net::msg::Cursor;
 use crate::plan::{Plan, PlanError};
 use crate::safetensors::{Dtype, SafeTensors};
+use crate::window::{Window, WindowOpts, WindowStats};
 
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"TPISLICE";
@@ -1817,21 +1818,67 @@ impl SliceFile {
 /// A rank's layers and lm_head read once into memory from its slice file
 /// (each block checksummed as it is read); embedding rows are read on demand
 /// by pread from the embedding block, so the table never sits in RAM.
-#[derive(Debug)]
 pub struct SliceResident {
     slice: SliceFile,
-    layers: Vec<Aligned>,
+    layers: Layers,
     lm_head: Aligned,
     row: Aligned,
 }
 
+/// Where a rank's layer blocks live.
+enum Layers {
+    /// Every block read once and kept.
+    Resident(Vec<Aligned>),
+    /// W slots fed by the window's I/O thread.
+    Window(Box<Window>),
+}
+
+impl std::fmt::Debug for SliceResident {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match &self.layers {
+            Layers::Resident(l) => format!("resident ({} blocks)", l.len()),
+            Layers::Window(w) => format!("window ({} slots)", w.stats().n_slots),
+        };
+        f.debug_struct("SliceResident")
+            .field("path", &self.slice.path)
+            .field("layers", &mode)
+            .finish()
+    }
+}
+
 impl SliceResident {
+    /// Every layer block read once (checksummed) and kept in memory.
     pub fn load(slice: SliceFile) -> Result<SliceResident, SliceError> {
         let layers = slice
             .layers
             .iter()
             .map(|&i| slice.read_block(i))
             .collect::<Result<Vec<_>, _>>()?;
+        SliceResident::with_layers(slice, Layers::Resident(layers))
+    }
+
+    /// Layer blocks streamed through `n_slots` window slots by an I/O
+    /// thread (pread, optionally O_DIRECT). Block checksums were verified
+    /// when the slice was fetched or found in the cache.
+    pub fn windowed(
+        slice: SliceFile,
+        n_slots: usize,
+        opts: WindowOpts,
+    ) -> Result<SliceResident, SliceError> {
+        let blocks = slice.layer_blocks();
+        let file = slice
+            .file
+            .try_clone()
+            .map_err(io_err(&slice.path, "reopen for the window"))?;
+        let window = Window::start(file, blocks, n_slots, opts).map_err(|e| SliceError::Io {
+            path: slice.path.display().to_string(),
+            what: "start the memory window",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        SliceResident::with_layers(slice, Layers::Window(Box::new(window)))
+    }
+
+    fn with_layers(slice: SliceFile, layers: Layers) -> Result<SliceResident, SliceError> {
         let lm_head = slice.read_block(slice.lm_head)?;
         let e = &slice.manifest.blocks[slice.embedding].tensors[0];
         let row = Aligned::zeroed(e.cols * e.dtype.size());
@@ -1847,19 +1894,48 @@ impl SliceResident {
         &self.slice
     }
 
-    /// Bytes held in memory (layer blocks + lm_head).
+    /// Bytes held in memory for weights (layer blocks or window slots, plus lm_head).
     pub fn resident_bytes(&self) -> usize {
-        self.layers.iter().map(|b| b.len).sum::<usize>() + self.lm_head.len
+        let layers = match &self.layers {
+            Layers::Resident(l) => l.iter().map(|b| b.len).sum::<usize>(),
+            Layers::Window(w) => {
+                let s = w.stats();
+                s.n_slots * s.slot_bytes
+            }
+        };
+        layers + self.lm_head.len
+    }
+
+    /// Window statistics (None when resident).
+    pub fn window_stats(&self) -> Option<WindowStats> {
+        match &self.layers {
+            Layers::Resident(_) => None,
+            Layers::Window(w) => Some(w.stats()),
+        }
     }
 }
 
 impl LayerSource for SliceResident {
     fn acquire(&mut self, l: usize) -> crate::error::Result<LayerMats<'_>> {
-        let buf = self.layers.get(l).ok_or_else(|| {
-            self.slice
-                .out_of_range("layer", l as u64, self.layers.len() as u64)
-        })?;
-        Ok(self.slice.layer_mats_in(l, buf.bytes())?)
+        let bytes = match &mut self.layers {
+            Layers::Resident(v) => v
+                .get(l)
+                .ok_or_else(|| self.slice.out_of_range("layer", l as u64, v.len() as u64))?
+                .bytes(),
+            Layers::Window(w) => w.acquire(l).map_err(|e| {
+                crate::error::Error::Model(format!("{}: layer {l}: {e}", self.slice.path.display()))
+            })?,
+        };
+        Ok(self.slice.layer_mats_in(l, bytes)?)
+    }
+
+    fn release(&mut self, l: usize) -> crate::error::Result<()> {
+        if let Layers::Window(w) = &mut self.layers {
+            w.release(l).map_err(|e| {
+                crate::error::Error::Model(format!("{}: layer {l}: {e}", self.slice.path.display()))
+            })?;
+        }
+        Ok(())
     }
 }
 

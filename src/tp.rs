@@ -19,6 +19,7 @@ use crate::model::{forward, State, Timing};
 use crate::par::Par;
 use crate::plan::{split, Plan, Shape};
 use crate::slice::{ensure_slices, fingerprint, Expect, SliceFile, SliceResident};
+use crate::window::WindowOpts;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -56,6 +57,118 @@ pub fn default_cache_dir() -> PathBuf {
         .unwrap_or_else(|| std::env::temp_dir().join("tpi-cache"))
 }
 
+/// How a rank holds its layer weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryMode {
+    /// Resident if the slice fits comfortably in available RAM, else the
+    /// largest window that does.
+    Auto,
+    /// Every layer block in RAM.
+    Resident,
+    /// W layer blocks in RAM, streamed by the I/O thread.
+    Window(usize),
+}
+
+/// Memory settings of a rank.
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryOpts {
+    pub mode: MemoryMode,
+    /// Read windowed blocks with O_DIRECT (no second copy in page cache).
+    pub direct: bool,
+}
+
+impl Default for MemoryOpts {
+    fn default() -> MemoryOpts {
+        MemoryOpts {
+            mode: MemoryMode::Auto,
+            direct: false,
+        }
+    }
+}
+
+/// MemAvailable from /proc/meminfo, in bytes.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Share of available memory the weights may take when choosing by default.
+const COMFORTABLE: f64 = 0.6;
+
+/// Resident or a window of how many blocks, for layer blocks `blocks`
+/// (bytes each) plus `fixed` bytes that stay resident regardless.
+pub fn choose_window(
+    mode: MemoryMode,
+    blocks: &[u64],
+    fixed: u64,
+    available: Option<u64>,
+) -> Option<usize> {
+    let n = blocks.len();
+    let total: u64 = blocks.iter().sum();
+    let largest = blocks.iter().copied().max().unwrap_or(0).max(1);
+    match mode {
+        MemoryMode::Resident => None,
+        MemoryMode::Window(w) if w >= n => None,
+        MemoryMode::Window(w) => Some(w),
+        MemoryMode::Auto => {
+            let budget = (available? as f64 * COMFORTABLE) as u64;
+            if total + fixed <= budget {
+                None
+            } else {
+                let w = (budget.saturating_sub(fixed) / largest) as usize;
+                Some(w.clamp(2, n.saturating_sub(1).max(2)))
+            }
+        }
+    }
+}
+
+/// Opens a rank's weights from its slice, resident or windowed, and says
+/// which and the expected peak.
+pub fn open_weights(slice: SliceFile, mem: MemoryOpts, quiet: bool) -> Result<SliceResident> {
+    let blocks: Vec<u64> = slice.layer_blocks().iter().map(|b| b.1).collect();
+    let lm_head: u64 = slice
+        .manifest()
+        .blocks
+        .iter()
+        .filter(|b| b.kind == crate::slice::BlockKind::LmHead)
+        .map(|b| b.len)
+        .sum();
+    let rank = slice.rank();
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    match choose_window(mem.mode, &blocks, lm_head, available_memory()) {
+        None => {
+            if !quiet {
+                eprintln!(
+                    "[tpi] rank {rank}: weights resident: {:.1} MiB of layers + {:.1} MiB lm_head",
+                    mib(blocks.iter().sum()),
+                    mib(lm_head)
+                );
+            }
+            Ok(SliceResident::load(slice)?)
+        }
+        Some(w) => {
+            let largest = blocks.iter().copied().max().unwrap_or(0);
+            if !quiet {
+                eprintln!(
+                    "[tpi] rank {rank}: memory window of {w} x {:.1} MiB blocks ({} layers, {:.1} MiB on disk); expected weight peak {:.1} MiB{}",
+                    mib(largest),
+                    blocks.len(),
+                    mib(blocks.iter().sum()),
+                    mib(w as u64 * largest + lm_head),
+                    if mem.direct { ", O_DIRECT" } else { "" }
+                );
+            }
+            let opts = WindowOpts {
+                direct: mem.direct,
+                fadvise_dontneed: false,
+            };
+            Ok(SliceResident::windowed(slice, w, opts)?)
+        }
+    }
+}
+
 /// Traffic and timing of a hub session.
 #[derive(Clone, Debug, Default)]
 pub struct HubReport {
@@ -64,6 +177,8 @@ pub struct HubReport {
     pub bytes_received: u64,
     /// Forward steps run (prompt positions + generated tokens but the last).
     pub steps: u64,
+    /// Rank 0's window, when its weights are windowed.
+    pub window: Option<crate::window::WindowStats>,
 }
 
 /// Everything rank 0 needs besides generation options.
@@ -76,6 +191,7 @@ pub struct HubSetup<'a> {
     /// Spawn ranks 1..N-1 locally (with this many threads each).
     pub spawn_local: Option<usize>,
     pub threads: usize,
+    pub memory: MemoryOpts,
     pub net: NetOpts,
     pub quiet: bool,
     /// Pre-shared key workers must prove.
@@ -147,7 +263,7 @@ pub fn run_hub(
         },
     )?;
     let res = slice.resident()?;
-    let mut weights = SliceResident::load(slice)?;
+    let mut weights = open_weights(slice, setup.memory, setup.quiet)?;
     let mut rank = Rank {
         res: &res,
         weights: &mut weights,
@@ -172,6 +288,7 @@ pub fn run_hub(
                 bytes_sent,
                 bytes_received,
                 steps,
+                window: weights.window_stats(),
             })
         }
         Err(e) => {
@@ -248,6 +365,18 @@ fn spawn_worker(
     .stdin(Stdio::null())
     .stdout(Stdio::null())
     .stderr(Stdio::inherit());
+    match setup.memory.mode {
+        MemoryMode::Auto => {}
+        MemoryMode::Resident => {
+            cmd.arg("--no-memory-window");
+        }
+        MemoryMode::Window(w) => {
+            cmd.args(["--memory-window", &w.to_string()]);
+        }
+    }
+    if setup.memory.direct {
+        cmd.arg("--direct-io");
+    }
     if let Some(f) = &setup.secret_file {
         cmd.arg("--secret-file").arg(f);
     }
@@ -278,6 +407,7 @@ pub struct WorkerSetup<'a> {
     pub cache_dir: &'a Path,
     pub threads: usize,
     pub force_download: bool,
+    pub memory: MemoryOpts,
     pub net: NetOpts,
     pub quiet: bool,
     pub secret: Option<Secret>,
@@ -329,7 +459,7 @@ pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
     };
     worker_ready(&mut link, w.net.peer_timeout)?;
     let res = slice.resident()?;
-    let mut weights = SliceResident::load(slice)?;
+    let mut weights = open_weights(slice, w.memory, w.quiet)?;
     let mut comm = WorkerComm::new(link, w.net.peer_timeout);
     let par = Par::new(w.threads, tpi_kernels::Backend::detect());
     let mut state = State::new(&res.dims, 64);

@@ -276,7 +276,7 @@ mod seeds {
         bad("magic", 0, b'X', true);
         bad("version", 4, 2, true);
         bad("header-checksum", 12, 8, false);
-        bad("unknown-kind", 6, 13, true);
+        bad("unknown-kind", 6, 0xff, true);
         bad("flags", 7, 2, true);
         bad("reserved", 10, 1, true);
         bad("chunk-index", 20, 3, true);
@@ -433,6 +433,16 @@ mod seeds {
         v.push((S, "err-count-huge".into(), b));
         let b = step().encode().unwrap();
         v.push((S, "err-truncated".into(), b[..b.len() - 1].to_vec()));
+
+        const A: &str = "msg_auth";
+        let auth = tpi::net::msg::Auth {
+            nonce: std::array::from_fn(|i| i as u8),
+            tag: [0; 32],
+        }
+        .encode();
+        v.push((A, "ok-challenge".into(), auth.to_vec()));
+        v.push((A, "err-short".into(), auth[..63].to_vec()));
+        v.push((A, "err-trailing".into(), [&auth[..], &[0]].concat()));
 
         const F: &str = "msg_file_request";
         let fr = |offset, len| FileRequest { offset, len }.encode().to_vec();

@@ -6,3 +6,4 @@ mod faults;
 mod fuzz_corpus;
 mod oracle;
 mod tp;
+mod window;

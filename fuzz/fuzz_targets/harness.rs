@@ -29,6 +29,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("msg_reject", msg_reject),
     ("msg_step", msg_step),
     ("msg_file_request", msg_file_request),
+    ("msg_auth", msg_auth),
     ("safetensors_header", safetensors_header),
     ("config_json", config_json),
     ("slice_manifest", slice_manifest),
@@ -158,16 +159,7 @@ fn message(kind: Kind, payload: &[u8]) -> bool {
                 false
             }
         },
-        Kind::Auth => match msg::Auth::decode(payload) {
-            Ok(a) => {
-                assert_eq!(a.encode().as_slice(), payload, "auth re-encodes");
-                true
-            }
-            Err(e) => {
-                render(&e);
-                false
-            }
-        },
+        Kind::Auth => msg_auth(payload),
         // Raw f32 / file bytes: no payload structure.
         Kind::Partial | Kind::Reduced | Kind::Logits | Kind::FileChunk => true,
     }
@@ -275,6 +267,20 @@ pub fn msg_file_request(data: &[u8]) -> bool {
             assert_eq!(&m.encode()[..], data, "FileRequest re-encodes differently");
             assert!(m.len >= 1 && m.len <= frame::MAX_MESSAGE);
             assert!(m.offset.checked_add(m.len).is_some());
+            true
+        }
+        Err(e) => {
+            render(&e);
+            false
+        }
+    }
+}
+
+/// `Auth::decode`; Ok must re-encode byte-identically.
+pub fn msg_auth(data: &[u8]) -> bool {
+    match msg::Auth::decode(data) {
+        Ok(m) => {
+            assert_eq!(&m.encode()[..], data, "Auth re-encodes differently");
             true
         }
         Err(e) => {
