@@ -10,7 +10,8 @@
 //! 2. Waiting strategy: the same star on raw `TcpStream`s and the same codec,
 //!    with blocking reads vs spin-then-block (non-blocking reads for a bounded
 //!    time, then one blocking read with the deadline), for 2 and 4 ranks.
-//!    "cores" is the process CPU time over the wall time (2 = both vCPUs busy).
+//!    Strategies are interleaved over rounds (the machine is shared); "CPU" is
+//!    the CPU time of all ranks per op, "cores" CPU time over wall time.
 //! 3. Emulated links: star vs ring (reduce-scatter + all-gather) over
 //!    in-process channels whose messages are delivered a fixed latency after
 //!    they leave the sender (the sender is not blocked), optionally with a
@@ -21,7 +22,7 @@
 use std::hint::black_box;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -48,12 +49,8 @@ struct Stats {
     n: usize,
 }
 
-/// p50/p90 in microseconds of consecutive differences of `starts`.
-fn cycle_stats(starts: &[Instant]) -> Stats {
-    let mut d: Vec<f64> = starts
-        .windows(2)
-        .map(|w| (w[1] - w[0]).as_secs_f64() * 1e6)
-        .collect();
+/// p50/p90 of samples (sorted in place).
+fn pct(d: &mut [f64]) -> Stats {
     d.sort_by(|a, b| a.total_cmp(b));
     let at = |p: f64| d[((d.len() - 1) as f64 * p).round() as usize];
     Stats {
@@ -63,19 +60,30 @@ fn cycle_stats(starts: &[Instant]) -> Stats {
     }
 }
 
-/// Process CPU time (all threads), from /proc/self/stat (utime + stime).
+/// p50/p90 in microseconds of consecutive differences of `starts`.
+fn cycle_stats(starts: &[Instant]) -> Stats {
+    let mut d: Vec<f64> = starts
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64() * 1e6)
+        .collect();
+    pct(&mut d)
+}
+
+/// CPU time of all live threads of this process (ns resolution), the sum of
+/// the first field of /proc/self/task/*/schedstat.
 fn cpu_time() -> Duration {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    // Fields after the comm: state is field 3; utime, stime are 14, 15.
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        f.get(i - 3)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // CLK_TCK is 100 on Linux.
-    Duration::from_millis((ticks(14) + ticks(15)) * 10)
+    let mut ns = 0u64;
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for e in dir.flatten() {
+            let s = std::fs::read_to_string(e.path().join("schedstat")).unwrap_or_default();
+            ns += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(ns)
 }
 
 fn fill(x: &mut [f32], v: f32) {
@@ -138,7 +146,7 @@ struct LibStar {
 }
 
 impl LibStar {
-    fn start(n: usize, empty_slice: &PathBuf) -> LibStar {
+    fn start(n: usize, empty_slice: &Path) -> LibStar {
         let opts = NetOpts::default();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -161,7 +169,7 @@ impl LibStar {
         let links = hub_join(
             &listener,
             id,
-            vec![empty_slice.clone(); n],
+            vec![empty_slice.to_path_buf(); n],
             None,
             opts,
             true,
@@ -388,9 +396,18 @@ impl Write for WaitStream {
     }
 }
 
-/// Raw star, hub in this thread; stops at the budget (FLAG_STOP on the last
-/// Reduced). Returns (cycle stats, cores busy).
-fn raw_star(n: usize, len: usize, wait: Wait) -> (Stats, f64) {
+/// Result of one raw-star run: cycle times (µs), CPU time and wall time of
+/// the measured iterations.
+struct RawRun {
+    cycles: Vec<f64>,
+    cpu: Duration,
+    wall: Duration,
+}
+
+/// Raw star, hub in this thread; runs `warmup` ops, then measures until
+/// `budget` (at least `min_iters` ops); the last Reduced carries FLAG_STOP.
+fn raw_star(n: usize, len: usize, wait: Wait, budget: Duration, min_iters: usize) -> RawRun {
+    let warmup = 30;
     let mut links = Vec::new();
     let mut workers = Vec::new();
     for r in 1..n {
@@ -416,17 +433,15 @@ fn raw_star(n: usize, len: usize, wait: Wait) -> (Stats, f64) {
     let mut scratch = vec![0f32; len];
     let mut t = Vec::new();
     let mut i = 0usize;
-    let start = Instant::now();
-    let mut cpu0 = cpu_time();
+    let mut cpu0 = Duration::ZERO;
     let mut wall0 = Instant::now();
+    let mut cpu = Duration::ZERO;
     loop {
-        if i == WARMUP {
+        if i == warmup {
             cpu0 = cpu_time();
             wall0 = Instant::now();
         }
-        let last = i >= WARMUP + MAX_ITERS
-            || (i >= WARMUP + MIN_ITERS && start.elapsed() > BUDGET + BUDGET / 3);
-        if i >= WARMUP {
+        if i >= warmup {
             t.push(Instant::now());
         }
         fill(&mut x, 1.0);
@@ -436,8 +451,11 @@ fn raw_star(n: usize, len: usize, wait: Wait) -> (Stats, f64) {
                 *a += b;
             }
         }
+        let last = i >= warmup + MAX_ITERS || (i >= warmup + min_iters && wall0.elapsed() > budget);
         let mut h = Header::new(Kind::Reduced, 0, 1, i as u32);
         if last {
+            // Before the workers can exit (their CPU time leaves with them).
+            cpu = cpu_time() - cpu0;
             h.flags = FLAG_STOP;
         }
         for l in &mut links {
@@ -450,11 +468,18 @@ fn raw_star(n: usize, len: usize, wait: Wait) -> (Stats, f64) {
         }
     }
     t.push(Instant::now());
-    let cores = (cpu_time() - cpu0).as_secs_f64() / wall0.elapsed().as_secs_f64();
+    let wall = wall0.elapsed();
     for w in workers {
         w.join().unwrap();
     }
-    (cycle_stats(&t), cores)
+    RawRun {
+        cycles: t
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_secs_f64() * 1e6)
+            .collect(),
+        cpu,
+        wall,
+    }
 }
 
 fn part2() {
@@ -463,28 +488,50 @@ fn part2() {
         Wait::Spin(Duration::from_micros(20)),
         Wait::Spin(Duration::from_micros(100)),
         Wait::Spin(Duration::from_micros(1000)),
+        Wait::SpinYield(Duration::from_micros(20)),
         Wait::SpinYield(Duration::from_micros(100)),
     ];
+    const ROUNDS: usize = 3;
     println!("2. Waiting strategy, raw star (same codec) on loopback; cycle time per op, µs;");
-    println!("   cores = process CPU time / wall time (machine has 2 vCPUs)");
+    println!(
+        "   strategies interleaved over {ROUNDS} rounds, samples pooled; CPU = CPU time of all"
+    );
+    println!("   ranks per op; cores = CPU time / wall time (machine: 2 vCPUs, shared)");
     println!();
     println!(
-        "{:>5} {:>8} {:>18} {:>6} {:>8} {:>8} {:>6}",
-        "ranks", "payload", "wait", "iters", "p50", "p90", "cores"
+        "{:>5} {:>8} {:>18} {:>6} {:>8} {:>8} {:>10} {:>6}",
+        "ranks", "payload", "wait", "iters", "p50", "p90", "CPU µs/op", "cores"
     );
     for &n in &[2usize, 4] {
         for &kib in &[4usize, 16, 64] {
-            for w in &waits {
-                let (s, cores) = raw_star(n, kib * 1024 / 4, *w);
+            let mut runs: Vec<RawRun> = waits
+                .iter()
+                .map(|_| RawRun {
+                    cycles: Vec::new(),
+                    cpu: Duration::ZERO,
+                    wall: Duration::ZERO,
+                })
+                .collect();
+            for _ in 0..ROUNDS {
+                for (w, acc) in waits.iter().zip(&mut runs) {
+                    let r = raw_star(n, kib * 1024 / 4, *w, BUDGET / 3, 50);
+                    acc.cycles.extend(r.cycles);
+                    acc.cpu += r.cpu;
+                    acc.wall += r.wall;
+                }
+            }
+            for (w, r) in waits.iter().zip(&mut runs) {
+                let s = pct(&mut r.cycles);
                 println!(
-                    "{:>5} {:>5} KiB {:>18} {:>6} {:>8.1} {:>8.1} {:>6.2}",
+                    "{:>5} {:>5} KiB {:>18} {:>6} {:>8.1} {:>8.1} {:>10.1} {:>6.2}",
                     n,
                     kib,
                     w.name(),
                     s.n,
                     s.p50,
                     s.p90,
-                    cores
+                    r.cpu.as_secs_f64() * 1e6 / s.n as f64,
+                    r.cpu.as_secs_f64() / r.wall.as_secs_f64()
                 );
             }
         }
@@ -665,7 +712,7 @@ fn part3() {
         "3. Emulated links (in-process channels; a message is usable 2 ms one-way latency after it"
     );
     println!("   leaves the sender), 16 KiB payload, cycle time per allreduce on rank 0, ms;");
-    println!("   expected: star 2 latencies, ring 2(N-1) latencies (+ serialisation with a bandwidth cap)");
+    println!("   expected: star 2 lat (+ N wire times with a NIC cap), ring 2(N-1) (lat + wire time of 1/N)");
     println!();
     println!(
         "{:>5} {:>22} {:>5} {:>8} {:>8} {:>9}",
@@ -678,8 +725,9 @@ fn part3() {
             let s = emu_star(n, len, lat, bw);
             let r = emu_ring(n, len, lat, bw);
             let wire = |bytes: usize| bw.map_or(0.0, |b| (bytes + 40) as f64 / b * 1e3);
-            // star: hub ingress and egress serialise n-1 messages each.
-            let star_exp = 4.0 + 2.0 * (n - 1) as f64 * wire(len * 4);
+            // star: the hub's n-1 sends leave one wire time apart and the
+            // workers answer at once, so the last partial lands after n wire times.
+            let star_exp = 4.0 + n as f64 * wire(len * 4);
             let ring_exp = 2.0 * (n - 1) as f64 * (2.0 + wire(len * 4 / n));
             println!(
                 "{:>5} {:>22} {:>5} {:>8.2} {:>8.2} {:>9.2}",
