@@ -323,6 +323,11 @@ fn parse_rope_scaling(obj: &Obj<'_>) -> Result<RopeScaling, ConfigError> {
     };
     let factor = |o: &Obj<'_>| -> Result<f32, ConfigError> {
         let f = o.opt_f64("factor")?.ok_or_else(|| o.missing("factor"))?;
+        // A scaling factor divides frequencies: keep it where the result
+        // stays finite (real models use 1..64).
+        if !(1e-3..=1e6).contains(&f) {
+            return Err(o.invalid("factor", format!("{f} is outside [0.001, 1e6]")));
+        }
         o.positive_f32("factor", f)
     };
     match kind {

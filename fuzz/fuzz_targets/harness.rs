@@ -348,7 +348,8 @@ pub fn safetensors_header(data: &[u8]) -> bool {
 /// NUL byte and generation_config.json bytes (non-UTF-8 is rejected before
 /// the decoder, as reading the file would). An Ok config must satisfy the
 /// shape invariants the engine relies on, and its RoPE frequencies must be
-/// `head_dim / 2` finite positive numbers.
+/// `head_dim / 2` finite non-negative numbers (an infinite one turns every
+/// rotated q/k into NaN).
 pub fn config_json(data: &[u8]) -> bool {
     use tpi::config::Config;
     let (cfg, generation) = match data.iter().position(|&b| b == 0) {
@@ -375,13 +376,13 @@ pub fn config_json(data: &[u8]) -> bool {
             let f = c.rope_inv_freq();
             assert_eq!(f.len(), c.head_dim / 2);
             assert!(
-                f.iter().all(|x| x.is_finite() && *x > 0.0),
-                "non-finite or non-positive RoPE frequency from an accepted config: \
+                f.iter().all(|x| x.is_finite() && *x >= 0.0),
+                "non-finite or negative RoPE frequency from an accepted config: \
                  rope_theta {} scaling {:?} head_dim {} -> {:?}",
                 c.rope_theta,
                 c.rope_scaling,
                 c.head_dim,
-                f.iter().find(|x| !(x.is_finite() && **x > 0.0))
+                f.iter().find(|x| !(x.is_finite() && **x >= 0.0))
             );
             true
         }

@@ -293,6 +293,10 @@ pub enum FrameError {
         expected: u16,
         got: u16,
     },
+    UnexpectedFlags {
+        expected: u8,
+        got: u8,
+    },
     /// Total message length differs from what the receiver expects.
     LengthMismatch {
         expected: u64,
@@ -332,6 +336,7 @@ impl fmt::Display for FrameError {
             ),
             UnexpectedSeq { expected, got } => write!(f, "frame: seq {got}, expected {expected}"),
             UnexpectedRank { expected, got } => write!(f, "frame: rank {got}, expected {expected}"),
+            UnexpectedFlags { expected, got } => write!(f, "frame: flags {got:#04x} in a later chunk, expected {expected:#04x}"),
             LengthMismatch { expected, got } => write!(f, "frame: message of {got} bytes, expected {expected}"),
             Msg(e) => write!(f, "frame: {e}"),
         }
@@ -548,6 +553,13 @@ pub fn recv_f32s_into(
                 return Err(FrameError::UnexpectedRank {
                     expected: f.rank,
                     got: h.rank,
+                });
+            }
+            // spec F10: flags are a property of the message, not the chunk.
+            if h.flags != f.flags {
+                return Err(FrameError::UnexpectedFlags {
+                    expected: f.flags,
+                    got: h.flags,
                 });
             }
         }

@@ -46,8 +46,8 @@
 //! - F9. `checksum32(payload) == payload_checksum`.
 //! - F10. Multi-chunk receivers ([`frame::recv_f32s_into`]) also require:
 //!   expected kind and step, `total_len` equal to the length the receiver
-//!   derives from the plan, chunks in order `0..chunk_count`, same seq and
-//!   rank on every chunk.
+//!   derives from the plan, chunks in order `0..chunk_count`, same seq,
+//!   rank and flags on every chunk.
 //!
 //! ## Payloads (a failure is a [`msg::MsgError`]; trailing bytes are an error)
 //!
