@@ -1435,22 +1435,49 @@ pub struct SliceFile {
 /// 8-byte aligned owned bytes.
 #[derive(Debug, Default)]
 struct Aligned {
-    words: Vec<u64>,
+    mem: AlignedMem,
     len: usize,
 }
 
+#[derive(Debug)]
+enum AlignedMem {
+    Words(Vec<u64>),
+    /// Large buffers: an anonymous mapping advised to use huge pages, so
+    /// streaming GEMVs take fewer TLB misses.
+    Anon(memmap2::MmapMut),
+}
+
+impl Default for AlignedMem {
+    fn default() -> AlignedMem {
+        AlignedMem::Words(Vec::new())
+    }
+}
+
+/// Buffers from this size on are anonymous huge-page mappings.
+const HUGE_FROM: usize = 2 << 20;
+
 impl Aligned {
     fn zeroed(len: usize) -> Aligned {
-        Aligned {
-            words: vec![0; len.div_ceil(8)],
-            len,
+        if len >= HUGE_FROM && std::env::var_os("TPI_NO_HUGEPAGES").is_none() {
+            if let Ok(m) = memmap2::MmapMut::map_anon(len) {
+                #[cfg(target_os = "linux")]
+                let _ = m.advise(memmap2::Advice::HugePage);
+                return Aligned { mem: AlignedMem::Anon(m), len };
+            }
         }
+        Aligned { mem: AlignedMem::Words(vec![0; len.div_ceil(8)]), len }
     }
     fn bytes(&self) -> &[u8] {
-        &bytemuck::cast_slice::<u64, u8>(&self.words)[..self.len]
+        match &self.mem {
+            AlignedMem::Words(w) => &bytemuck::cast_slice::<u64, u8>(w)[..self.len],
+            AlignedMem::Anon(m) => &m[..self.len],
+        }
     }
     fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut bytemuck::cast_slice_mut::<u64, u8>(&mut self.words)[..self.len]
+        match &mut self.mem {
+            AlignedMem::Words(w) => &mut bytemuck::cast_slice_mut::<u64, u8>(w)[..self.len],
+            AlignedMem::Anon(m) => &mut m[..self.len],
+        }
     }
 }
 
