@@ -87,7 +87,7 @@ need_pkgs=()
 command -v qemu-aarch64-static >/dev/null || need_pkgs+=(qemu-user-static)
 command -v qemu-arm-static >/dev/null || need_pkgs+=(qemu-user-static)
 command -v arm-linux-gnueabihf-gcc >/dev/null || need_pkgs+=(gcc-arm-linux-gnueabihf)
-[ -e /usr/arm-linux-gnueabihf/lib/libc.so.6 ] || need_pkgs+=(libc6-dev-armhf-cross)
+[ -e /usr/arm-linux-gnueabihf/lib/libc.a ] || need_pkgs+=(libc6-dev-armhf-cross)
 command -v python3 >/dev/null || need_pkgs+=(python3)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     SUDO=""
@@ -173,7 +173,8 @@ else
 
     phase "armv7: --version and bundled demo under qemu-arm"
     armv7_demo_ok() {
-        local run=(qemu-arm-static -L /usr/arm-linux-gnueabihf "$ARMV7_BIN")
+        # No -L: the binary is static (crt-static in .cargo/config.toml).
+        local run=(qemu-arm-static "$ARMV7_BIN")
         echo "  $("${run[@]}" --version)"
         "${run[@]}" --prompt "Once upon a time" --temperature 0 --length 32 --json \
             >"$TMP/armv7.json" || return 1

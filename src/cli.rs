@@ -394,7 +394,9 @@ pub fn run(args: &Args) -> Result<()> {
         }
     };
     let memory = memory_opts(args);
-    let report = if n == 1 && (std::env::var_os("TPI_SLICE1").is_some() || windowed_single(&ckpt, memory.mode)?) {
+    let report = if n == 1
+        && (std::env::var_os("TPI_SLICE1").is_some() || windowed_single(&ckpt, memory.mode)?)
+    {
         run_single_windowed(
             &ckpt,
             &plan,

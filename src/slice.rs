@@ -1462,10 +1462,16 @@ impl Aligned {
             if let Ok(m) = memmap2::MmapMut::map_anon(len) {
                 #[cfg(target_os = "linux")]
                 let _ = m.advise(memmap2::Advice::HugePage);
-                return Aligned { mem: AlignedMem::Anon(m), len };
+                return Aligned {
+                    mem: AlignedMem::Anon(m),
+                    len,
+                };
             }
         }
-        Aligned { mem: AlignedMem::Words(vec![0; len.div_ceil(8)]), len }
+        Aligned {
+            mem: AlignedMem::Words(vec![0; len.div_ceil(8)]),
+            len,
+        }
     }
     fn bytes(&self) -> &[u8] {
         match &self.mem {
