@@ -256,6 +256,7 @@ fn killed_worker_makes_rank0_exit_naming_the_rank() {
         err.contains("step") && err.contains("layer"),
         "rank 0 should name step and layer: {err}"
     );
+    eprintln!("rank 0 exited {took:?} after the worker was killed");
     assert!(
         took < Duration::from_secs(2),
         "rank 0 took {took:?} to notice"
@@ -271,8 +272,51 @@ fn killed_rank0_makes_the_worker_exit() {
     let (code, err, took) = finish(w, Duration::from_secs(15));
     assert_eq!(code, Some(1), "worker: {err}");
     assert!(err.contains("rank 0"), "worker should name rank 0: {err}");
+    eprintln!("worker exited {took:?} after rank 0 was killed");
     assert!(
         took < Duration::from_secs(2),
         "worker took {took:?} to notice"
     );
+}
+
+#[test]
+fn world_size_mismatch_is_refused_naming_both_values() {
+    let tmp = TempDir::new("skew");
+    let port = free_port();
+    let hub = rank0(
+        port,
+        2,
+        &tmp.path().join("c0"),
+        &[
+            "--prompt",
+            "Once upon a time",
+            "--length",
+            "4",
+            "--join-timeout",
+            "3",
+        ],
+    )
+    .spawn()
+    .expect("rank 0");
+    let w = worker(port, 1, 3, &tmp.path().join("c1"), &["--join-timeout", "3"])
+        .spawn()
+        .expect("worker");
+    let (wc, werr, _) = finish(w, Duration::from_secs(15));
+    let (hc, herr, _) = finish(hub, Duration::from_secs(15));
+    assert_eq!(
+        (hc, wc),
+        (Some(1), Some(1)),
+        "rank 0: {herr}\nworker: {werr}"
+    );
+    for err in [&werr, &herr] {
+        assert!(
+            err.contains("world size: rank 0 has 2, rank 1 has 3"),
+            "both values named: {err}"
+        );
+    }
+    // No slice byte reached the worker's cache.
+    let cached = std::fs::read_dir(tmp.path().join("c1"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(cached, 0, "the refused worker has a cache entry");
 }

@@ -225,6 +225,21 @@ fn separate_ranks_fetch_cache_and_refetch_corrupted_slices() {
         "expected a re-fetch: {}",
         logs[1]
     );
+
+    // An interrupted transfer resumes: half of worker 1's slice is left as
+    // its `.partial`, and only the rest crosses the wire.
+    let slice = find_slice(&caches[1]);
+    let bytes = std::fs::read(&slice).expect("read slice");
+    std::fs::remove_file(&slice).expect("remove slice");
+    let half = bytes.len() / 2;
+    std::fs::write(slice.with_extension("partial"), &bytes[..half]).expect("write partial");
+    let logs = multi_host_session(name, n, &caches, p, tmp.path());
+    let want = format!("fetched {} bytes", bytes.len() - half);
+    assert!(
+        logs[0].contains(&want),
+        "expected a resumed fetch ({want}): {}",
+        logs[0]
+    );
 }
 
 fn find_slice(dir: &Path) -> PathBuf {

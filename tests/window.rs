@@ -185,6 +185,11 @@ fn peak_memory_follows_the_window_not_the_depth() {
         let kv = layers * 12 * 2 * 512 * 4;
         let bound = (2 * block + kv + (64 << 20)) as u64;
         assert!(peak <= bound, "{layers} layers: peak RSS {peak} > {bound}");
+        eprintln!(
+            "{layers} layers, W=2: peak RSS {:.1} MiB (bound {:.1} MiB)",
+            peak as f64 / 1048576.0,
+            bound as f64 / 1048576.0
+        );
         peaks.push(peak);
         let _ = std::fs::remove_dir_all(&model);
     }
