@@ -42,6 +42,21 @@ pub struct Shape {
     pub n_layers: usize,
 }
 
+impl Shape {
+    /// The plan's view of a resolved model config.
+    pub fn of(cfg: &crate::config::Config) -> Shape {
+        Shape {
+            dim: cfg.dim,
+            hidden_dim: cfg.hidden_dim,
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: cfg.head_dim,
+            vocab_size: cfg.vocab_size,
+            n_layers: cfg.n_layers,
+        }
+    }
+}
+
 /// One rank's slice of every layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RankSlice {

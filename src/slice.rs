@@ -55,7 +55,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::load::{layer_name, lm_head_name, vector_f32, widen};
 use crate::model::{Dims, Head, LayerMats, LayerSource, LayerVecs, Mat, Part, Resident};
-use crate::net::checksum::checksum64;
+use crate::net::checksum::{checksum64, le64, Hasher64};
 use crate::net::msg::Cursor;
 use crate::plan::{Plan, PlanError};
 use crate::safetensors::{Dtype, SafeTensors};
@@ -440,129 +440,6 @@ fn io_err<'a>(
         path: path.display().to_string(),
         what,
         source,
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Streaming XXH64 (identical to `checksum64`, which is one-shot)
-
-const P1: u64 = 0x9E37_79B1_85EB_CA87;
-const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
-const P3: u64 = 0x1656_67B1_9E37_79F9;
-const P4: u64 = 0x85EB_CA77_C2B2_AE63;
-const P5: u64 = 0x27D4_EB2F_1656_67C5;
-
-fn xround(acc: u64, input: u64) -> u64 {
-    acc.wrapping_add(input.wrapping_mul(P2))
-        .rotate_left(31)
-        .wrapping_mul(P1)
-}
-
-fn xmerge(acc: u64, val: u64) -> u64 {
-    (acc ^ xround(0, val)).wrapping_mul(P1).wrapping_add(P4)
-}
-
-fn le64(b: &[u8]) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[..8]);
-    u64::from_le_bytes(w)
-}
-
-/// Incremental `checksum64` (XXH64, seed 0), so blocks far larger than RAM
-/// can be hashed while they stream. Equal to `checksum64` of the
-/// concatenated input (tested).
-#[derive(Clone)]
-pub struct Hasher64 {
-    v: [u64; 4],
-    buf: [u8; 32],
-    buf_len: usize,
-    total: u64,
-}
-
-impl Default for Hasher64 {
-    fn default() -> Self {
-        Hasher64::new()
-    }
-}
-
-impl Hasher64 {
-    pub fn new() -> Hasher64 {
-        Hasher64 {
-            v: [P1.wrapping_add(P2), P2, 0, 0u64.wrapping_sub(P1)],
-            buf: [0; 32],
-            buf_len: 0,
-            total: 0,
-        }
-    }
-
-    fn stripe(&mut self, s: &[u8]) {
-        for (i, v) in self.v.iter_mut().enumerate() {
-            *v = xround(*v, le64(&s[i * 8..i * 8 + 8]));
-        }
-    }
-
-    pub fn update(&mut self, mut data: &[u8]) {
-        self.total = self.total.wrapping_add(data.len() as u64);
-        if self.buf_len > 0 {
-            let take = (32 - self.buf_len).min(data.len());
-            self.buf[self.buf_len..self.buf_len + take].copy_from_slice(&data[..take]);
-            self.buf_len += take;
-            data = &data[take..];
-            if self.buf_len < 32 {
-                return;
-            }
-            let b = self.buf;
-            self.stripe(&b);
-            self.buf_len = 0;
-        }
-        let mut stripes = data.chunks_exact(32);
-        for s in &mut stripes {
-            self.stripe(s);
-        }
-        let rest = stripes.remainder();
-        self.buf[..rest.len()].copy_from_slice(rest);
-        self.buf_len = rest.len();
-    }
-
-    pub fn finish(&self) -> u64 {
-        let mut h = if self.total >= 32 {
-            let [v1, v2, v3, v4] = self.v;
-            let mut h = v1
-                .rotate_left(1)
-                .wrapping_add(v2.rotate_left(7))
-                .wrapping_add(v3.rotate_left(12))
-                .wrapping_add(v4.rotate_left(18));
-            for v in self.v {
-                h = xmerge(h, v);
-            }
-            h
-        } else {
-            P5
-        };
-        h = h.wrapping_add(self.total);
-        let rest = &self.buf[..self.buf_len];
-        let mut words = rest.chunks_exact(8);
-        for w in &mut words {
-            h ^= xround(0, le64(w));
-            h = h.rotate_left(27).wrapping_mul(P1).wrapping_add(P4);
-        }
-        let mut tail = words.remainder();
-        if tail.len() >= 4 {
-            let w = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
-            h ^= u64::from(w).wrapping_mul(P1);
-            h = h.rotate_left(23).wrapping_mul(P2).wrapping_add(P3);
-            tail = &tail[4..];
-        }
-        for &b in tail {
-            h ^= u64::from(b).wrapping_mul(P5);
-            h = h.rotate_left(11).wrapping_mul(P1);
-        }
-        h ^= h >> 33;
-        h = h.wrapping_mul(P2);
-        h ^= h >> 29;
-        h = h.wrapping_mul(P3);
-        h ^= h >> 32;
-        h
     }
 }
 
@@ -2043,18 +1920,6 @@ mod tests {
         Checkpoint::open_dir(&dir).unwrap()
     }
 
-    fn shape(cfg: &Config) -> Shape {
-        Shape {
-            dim: cfg.dim,
-            hidden_dim: cfg.hidden_dim,
-            n_heads: cfg.n_heads,
-            n_kv_heads: cfg.n_kv_heads,
-            head_dim: cfg.head_dim,
-            vocab_size: cfg.vocab_size,
-            n_layers: cfg.n_layers,
-        }
-    }
-
     fn expect_for(fp: u64, plan: &Plan, rank: usize) -> Expect {
         Expect {
             fingerprint: Some(fp),
@@ -2104,7 +1969,7 @@ mod tests {
             let whole = load::resident(cfg, st, &Part::whole(cfg)).unwrap();
             let mut inplace = InPlace::new(cfg, st).unwrap();
             for ws in 1..=cfg.n_heads {
-                let plan = split(&shape(cfg), ws, None).unwrap();
+                let plan = split(&Shape::of(cfg), ws, None).unwrap();
                 let mut heads = vec![0usize; cfg.n_heads];
                 let mut kv = vec![0usize; cfg.n_kv_heads];
                 let mut hidden = vec![0usize; cfg.hidden_dim];
@@ -2218,7 +2083,7 @@ mod tests {
         for name in FIXTURES {
             let ckpt = fixture(name);
             let cfg = &ckpt.config;
-            let plan = split(&shape(cfg), 1, None).unwrap();
+            let plan = split(&Shape::of(cfg), 1, None).unwrap();
             let path = tmp.0.join(format!("{name}.slice"));
             write_slice(&ckpt, &plan, 0, &path).unwrap();
             let sf = SliceFile::open(&path, Expect::default()).unwrap();
@@ -2247,7 +2112,7 @@ mod tests {
 
     fn stories_slice(tmp: &TempDir, ws: usize, rank: usize) -> (Checkpoint, Plan, PathBuf) {
         let ckpt = fixture("stories260K");
-        let plan = split(&shape(&ckpt.config), ws, None).unwrap();
+        let plan = split(&Shape::of(&ckpt.config), ws, None).unwrap();
         let path = tmp.0.join(format!("s-{ws}-{rank}.slice"));
         write_slice(&ckpt, &plan, rank, &path).unwrap();
         (ckpt, plan, path)
@@ -2376,7 +2241,7 @@ mod tests {
     fn ensure_slices_reuses_only_verified_files() {
         let tmp = TempDir::new("ensure");
         let ckpt = fixture("stories260K");
-        let plan = split(&shape(&ckpt.config), 3, None).unwrap();
+        let plan = split(&Shape::of(&ckpt.config), 3, None).unwrap();
         let fp = fingerprint(&ckpt);
         let paths = ensure_slices(&ckpt, &plan, &tmp.0).unwrap();
         assert_eq!(paths.len(), 3);
@@ -2569,7 +2434,7 @@ mod tests {
         assert!(ckpt.config.attention_bias);
         let cfg = &ckpt.config;
         for ws in [1, 3, 8] {
-            let plan = split(&shape(cfg), ws, None).unwrap();
+            let plan = split(&Shape::of(cfg), ws, None).unwrap();
             let paths = ensure_slices(&ckpt, &plan, &tmp.0.join("cache")).unwrap();
             for (rank, path) in paths.iter().enumerate() {
                 let sf = SliceFile::open(path, Expect::default()).unwrap();

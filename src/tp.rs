@@ -25,22 +25,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-/// The plan's view of a model config.
-pub fn shape(cfg: &Config) -> Shape {
-    Shape {
-        dim: cfg.dim,
-        hidden_dim: cfg.hidden_dim,
-        n_heads: cfg.n_heads,
-        n_kv_heads: cfg.n_kv_heads,
-        head_dim: cfg.head_dim,
-        vocab_size: cfg.vocab_size,
-        n_layers: cfg.n_layers,
-    }
-}
-
 /// The split plan for `cfg` over `world_size` ranks.
 pub fn plan_for(cfg: &Config, world_size: usize, weights: Option<&[u32]>) -> Result<Plan> {
-    split(&shape(cfg), world_size, weights).map_err(|e| Error::Usage(format!("split plan: {e}")))
+    split(&Shape::of(cfg), world_size, weights)
+        .map_err(|e| Error::Usage(format!("split plan: {e}")))
 }
 
 /// The default slice cache: `$TPI_CACHE_DIR`, else `$XDG_CACHE_HOME/tpi`,

@@ -29,73 +29,115 @@ fn merge(acc: u64, val: u64) -> u64 {
 }
 
 #[inline(always)]
-fn le64(b: &[u8]) -> u64 {
+pub(crate) fn le64(b: &[u8]) -> u64 {
     let mut w = [0u8; 8];
     w.copy_from_slice(&b[..8]);
     u64::from_le_bytes(w)
 }
 
-#[inline(always)]
-fn le32(b: &[u8]) -> u32 {
-    let mut w = [0u8; 4];
-    w.copy_from_slice(&b[..4]);
-    u32::from_le_bytes(w)
-}
-
 /// XXH64(bytes, seed = 0).
 pub fn checksum64(bytes: &[u8]) -> u64 {
-    let len = bytes.len() as u64;
-    let mut h;
-    let mut rest = bytes;
-    if bytes.len() >= 32 {
-        let mut v1 = P1.wrapping_add(P2);
-        let mut v2 = P2;
-        let mut v3 = 0u64;
-        let mut v4 = 0u64.wrapping_sub(P1);
-        let mut stripes = bytes.chunks_exact(32);
-        for s in &mut stripes {
-            v1 = round(v1, le64(&s[0..8]));
-            v2 = round(v2, le64(&s[8..16]));
-            v3 = round(v3, le64(&s[16..24]));
-            v4 = round(v4, le64(&s[24..32]));
+    let mut h = Hasher64::new();
+    h.update(bytes);
+    h.finish()
+}
+
+/// Incremental `checksum64` (XXH64, seed 0), so blocks far larger than RAM
+/// can be hashed while they stream. Equal to `checksum64` of the
+/// concatenated input (tested).
+#[derive(Clone)]
+pub struct Hasher64 {
+    v: [u64; 4],
+    buf: [u8; 32],
+    buf_len: usize,
+    total: u64,
+}
+
+impl Default for Hasher64 {
+    fn default() -> Self {
+        Hasher64::new()
+    }
+}
+
+impl Hasher64 {
+    pub fn new() -> Hasher64 {
+        Hasher64 {
+            v: [P1.wrapping_add(P2), P2, 0, 0u64.wrapping_sub(P1)],
+            buf: [0; 32],
+            buf_len: 0,
+            total: 0,
         }
-        rest = stripes.remainder();
-        h = v1
-            .rotate_left(1)
-            .wrapping_add(v2.rotate_left(7))
-            .wrapping_add(v3.rotate_left(12))
-            .wrapping_add(v4.rotate_left(18));
-        h = merge(h, v1);
-        h = merge(h, v2);
-        h = merge(h, v3);
-        h = merge(h, v4);
-    } else {
-        h = P5;
-    }
-    h = h.wrapping_add(len);
-
-    let mut words = rest.chunks_exact(8);
-    for w in &mut words {
-        h ^= round(0, le64(w));
-        h = h.rotate_left(27).wrapping_mul(P1).wrapping_add(P4);
-    }
-    let mut tail = words.remainder();
-    if tail.len() >= 4 {
-        h ^= u64::from(le32(tail)).wrapping_mul(P1);
-        h = h.rotate_left(23).wrapping_mul(P2).wrapping_add(P3);
-        tail = &tail[4..];
-    }
-    for &b in tail {
-        h ^= u64::from(b).wrapping_mul(P5);
-        h = h.rotate_left(11).wrapping_mul(P1);
     }
 
-    h ^= h >> 33;
-    h = h.wrapping_mul(P2);
-    h ^= h >> 29;
-    h = h.wrapping_mul(P3);
-    h ^= h >> 32;
-    h
+    fn stripe(&mut self, s: &[u8]) {
+        for (i, v) in self.v.iter_mut().enumerate() {
+            *v = round(*v, le64(&s[i * 8..i * 8 + 8]));
+        }
+    }
+
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.total = self.total.wrapping_add(data.len() as u64);
+        if self.buf_len > 0 {
+            let take = (32 - self.buf_len).min(data.len());
+            self.buf[self.buf_len..self.buf_len + take].copy_from_slice(&data[..take]);
+            self.buf_len += take;
+            data = &data[take..];
+            if self.buf_len < 32 {
+                return;
+            }
+            let b = self.buf;
+            self.stripe(&b);
+            self.buf_len = 0;
+        }
+        let mut stripes = data.chunks_exact(32);
+        for s in &mut stripes {
+            self.stripe(s);
+        }
+        let rest = stripes.remainder();
+        self.buf[..rest.len()].copy_from_slice(rest);
+        self.buf_len = rest.len();
+    }
+
+    pub fn finish(&self) -> u64 {
+        let mut h = if self.total >= 32 {
+            let [v1, v2, v3, v4] = self.v;
+            let mut h = v1
+                .rotate_left(1)
+                .wrapping_add(v2.rotate_left(7))
+                .wrapping_add(v3.rotate_left(12))
+                .wrapping_add(v4.rotate_left(18));
+            for v in self.v {
+                h = merge(h, v);
+            }
+            h
+        } else {
+            P5
+        };
+        h = h.wrapping_add(self.total);
+        let rest = &self.buf[..self.buf_len];
+        let mut words = rest.chunks_exact(8);
+        for w in &mut words {
+            h ^= round(0, le64(w));
+            h = h.rotate_left(27).wrapping_mul(P1).wrapping_add(P4);
+        }
+        let mut tail = words.remainder();
+        if tail.len() >= 4 {
+            let w = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+            h ^= u64::from(w).wrapping_mul(P1);
+            h = h.rotate_left(23).wrapping_mul(P2).wrapping_add(P3);
+            tail = &tail[4..];
+        }
+        for &b in tail {
+            h ^= u64::from(b).wrapping_mul(P5);
+            h = h.rotate_left(11).wrapping_mul(P1);
+        }
+        h ^= h >> 33;
+        h = h.wrapping_mul(P2);
+        h ^= h >> 29;
+        h = h.wrapping_mul(P3);
+        h ^= h >> 32;
+        h
+    }
 }
 
 /// 32-bit fold of [`checksum64`]: `lo32 ^ hi32`.
