@@ -154,7 +154,8 @@ impl LibStar {
             .map(|r| {
                 let addr = addr.clone();
                 thread::spawn(move || {
-                    let (mut link, _) = worker_join(&addr, r, n, None, opts).expect("worker_join");
+                    let (mut link, _) =
+                        worker_join(&addr, r, n, None, None, opts).expect("worker_join");
                     worker_ready(&mut link, opts.peer_timeout).expect("worker_ready");
                     lib_worker(WorkerComm::new(link, opts.peer_timeout), r, n);
                 })

@@ -317,7 +317,14 @@ pub fn run(args: &Args) -> Result<()> {
     let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     if let Some(rank) = args.rank.filter(|&r| r > 0) {
         let master = args.master.as_deref().unwrap_or_default();
+        let weights = args
+            .split_weights
+            .as_deref()
+            .map(|s| parse_weights(s, args.world_size))
+            .transpose()?;
         let setup = WorkerSetup {
+            model: args.model.as_deref(),
+            split_weights: weights.as_deref(),
             master,
             rank,
             world_size: args.world_size,

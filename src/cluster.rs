@@ -639,6 +639,26 @@ fn hub_handshake(
             ));
         }
     }
+    // A worker that holds the model itself states what it runs: it must be
+    // rank 0's model and plan (spec M1), else nothing about the session is sent.
+    if hello.model_fingerprint != 0 && hello.model_fingerprint != id.fingerprint {
+        return Err(refuse(
+            &mut link,
+            format!(
+                "model fingerprint: rank 0 runs {:016x}, rank {rank} has {:016x}",
+                id.fingerprint, hello.model_fingerprint
+            ),
+        ));
+    }
+    if hello.plan_hash != 0 && hello.plan_hash != id.plan_hash {
+        return Err(refuse(
+            &mut link,
+            format!(
+                "split plan: rank 0 uses {:016x}, rank {rank} computed {:016x}",
+                id.plan_hash, hello.plan_hash
+            ),
+        ));
+    }
     {
         let mut c = claimed
             .lock()
@@ -853,6 +873,7 @@ pub fn worker_join(
     rank: usize,
     world_size: usize,
     secret: Option<&[u8]>,
+    claim: Option<(u64, u64)>,
     opts: NetOpts,
 ) -> Result<(Link, SessionId), NetError> {
     let start = Instant::now();
@@ -880,8 +901,8 @@ pub fn worker_join(
         protocol_version: PROTOCOL_VERSION,
         world_size: world_size as u16,
         rank: rank as u16,
-        model_fingerprint: 0,
-        plan_hash: 0,
+        model_fingerprint: claim.map_or(0, |c| c.0),
+        plan_hash: claim.map_or(0, |c| c.1),
         nonce: nonce(),
     };
     let hello_bytes = hello.encode();

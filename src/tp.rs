@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::model::{forward, State, Timing};
 use crate::par::Par;
 use crate::plan::{split, Plan, Shape};
-use crate::slice::{ensure_slices, fingerprint, Expect, SliceFile, SliceResident};
+use crate::slice::{ensure_slices, fingerprint, write_slice, Expect, SliceFile, SliceResident};
 use crate::window::WindowOpts;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -389,6 +389,10 @@ fn open_verified(path: &Path, id: &SessionId, rank: usize) -> Result<SliceFile> 
 
 /// What a worker needs to know.
 pub struct WorkerSetup<'a> {
+    /// The worker's own copy of the model, if it has one.
+    pub model: Option<&'a Path>,
+    /// `--split-weights`, needed with `model` to compute the same plan.
+    pub split_weights: Option<&'a [u32]>,
     pub master: &'a str,
     pub rank: usize,
     pub world_size: usize,
@@ -403,7 +407,25 @@ pub struct WorkerSetup<'a> {
 
 /// Runs worker `rank` until rank 0 ends the session.
 pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
-    let (mut link, id) = worker_join(w.master, w.rank, w.world_size, w.secret.as_deref(), w.net)?;
+    // With its own copy of the model, a worker states fingerprint and plan
+    // (rank 0 refuses a mismatch) and cuts its slice locally.
+    let local = match w.model {
+        Some(dir) => {
+            let ckpt = Checkpoint::open_dir(dir)?;
+            let plan = plan_for(&ckpt.config, w.world_size, w.split_weights)?;
+            Some((fingerprint(&ckpt), plan, ckpt))
+        }
+        None => None,
+    };
+    let claim = local.as_ref().map(|(fp, plan, _)| (*fp, plan.hash()));
+    let (mut link, id) = worker_join(
+        w.master,
+        w.rank,
+        w.world_size,
+        w.secret.as_deref(),
+        claim,
+        w.net,
+    )?;
     let path = slice_path(w.cache_dir, &id, w.rank);
     let log = |m: String| {
         if !w.quiet {
@@ -418,6 +440,20 @@ pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
         Ok(s) => {
             log(format!("using cached slice {}", path.display()));
             s
+        }
+        Err(_) if local.is_some() => {
+            let (_, plan, ckpt) = local
+                .as_ref()
+                .ok_or_else(|| Error::Model("local model vanished".into()))?;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            }
+            write_slice(ckpt, plan, w.rank, &path)?;
+            log(format!("cut slice locally from {}", ckpt.origin));
+            open_verified(&path, &id, w.rank)?
         }
         Err(why) => {
             if path.exists() {

@@ -320,3 +320,63 @@ fn world_size_mismatch_is_refused_naming_both_values() {
         .unwrap_or(0);
     assert_eq!(cached, 0, "the refused worker has a cache entry");
 }
+
+#[test]
+fn worker_with_its_own_model_is_checked_and_slices_locally() {
+    let tmp = TempDir::new("ownmodel");
+    let mut prompt = vec![
+        "--prompt",
+        "Once upon a time",
+        "--length",
+        "8",
+        "--join-timeout",
+        "3",
+        "--json",
+    ];
+    // Another model on the worker: refused in the hello, both values named.
+    let port = free_port();
+    let hub = rank0(port, 2, &tmp.path().join("c0"), &prompt)
+        .spawn()
+        .expect("rank 0");
+    let w = worker(port, 1, 2, &tmp.path().join("c1"), &["--join-timeout", "3"])
+        .arg("--model")
+        .arg(fixture_dir("llama-mha-f32"))
+        .spawn()
+        .expect("worker");
+    let (wc, werr, _) = finish(w, Duration::from_secs(15));
+    let (hc, herr, _) = finish(hub, Duration::from_secs(15));
+    assert_eq!(
+        (hc, wc),
+        (Some(1), Some(1)),
+        "rank 0: {herr}\nworker: {werr}"
+    );
+    for err in [&werr, &herr] {
+        assert!(
+            err.contains("model fingerprint: rank 0 runs") && err.contains("rank 1 has"),
+            "both fingerprints named: {err}"
+        );
+    }
+    // The same model (the bundled one, as a directory): joins and cuts its
+    // slice itself, no transfer.
+    prompt.retain(|a| *a != "--json");
+    let port = free_port();
+    let hub = rank0(port, 2, &tmp.path().join("c0"), &prompt)
+        .spawn()
+        .expect("rank 0");
+    let w = worker(port, 1, 2, &tmp.path().join("c2"), &["--join-timeout", "3"])
+        .arg("--model")
+        .arg(fixture_dir("stories260K"))
+        .spawn()
+        .expect("worker");
+    let (wc, werr, _) = finish(w, Duration::from_secs(15));
+    let (hc, herr, _) = finish(hub, Duration::from_secs(15));
+    assert_eq!(
+        (hc, wc),
+        (Some(0), Some(0)),
+        "rank 0: {herr}\nworker: {werr}"
+    );
+    assert!(
+        werr.contains("cut slice locally") && !werr.contains("fetched"),
+        "worker: {werr}"
+    );
+}
