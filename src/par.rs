@@ -1,9 +1,12 @@
 //! Multi-threaded GEMV: rows of one or several matrices split across threads.
 //!
-//! Each parallel region is one `std::thread::scope`: the calling thread takes
-//! the first share, `threads - 1` helpers the rest. Small matrices run on the
-//! calling thread alone (spawning would cost more than the work).
+//! Each parallel region is one `Pool::run` on the rank's persistent compute
+//! threads: the calling thread takes the first share, the pool's threads the
+//! rest. Small matrices run on the calling thread alone (waking threads
+//! would cost more than the work).
 
+use std::sync::{Arc, Mutex};
+use tpi_kernels::pool::Pool;
 use tpi_kernels::{Backend, Weights};
 
 /// Below this many weight elements a GEMV stays on one thread.
@@ -15,22 +18,22 @@ const ROW_ALIGN: usize = 4;
 pub type Job<'a, 'b> = (Weights<'a>, &'b [f32], &'b mut [f32]);
 
 /// Thread count and kernel backend for a rank's matmuls.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct Par {
-    threads: usize,
+    pool: Arc<Pool>,
     backend: Backend,
 }
 
 impl Par {
     pub fn new(threads: usize, backend: Backend) -> Par {
         Par {
-            threads: threads.max(1),
+            pool: Arc::new(Pool::new(threads)),
             backend,
         }
     }
 
     pub fn threads(&self) -> usize {
-        self.threads
+        self.pool.threads()
     }
 
     pub fn backend(&self) -> Backend {
@@ -53,13 +56,13 @@ impl Par {
     pub fn run(&self, jobs: Vec<Job<'_, '_>>) {
         let work: usize = jobs.iter().map(|(w, _, _)| w.len()).sum();
         let backend = self.backend;
-        if self.threads == 1 || work < MIN_PARALLEL_ELEMS {
+        if self.threads() == 1 || work < MIN_PARALLEL_ELEMS {
             for (w, x, y) in jobs {
                 backend.gemv(w, x, y);
             }
             return;
         }
-        let n = self.threads;
+        let n = self.threads();
         let mut shares: Vec<Vec<Job<'_, '_>>> =
             (0..n).map(|_| Vec::with_capacity(jobs.len())).collect();
         for (w, x, y) in jobs {
@@ -81,17 +84,13 @@ impl Par {
                 start = end;
             }
         }
-        let mut shares = shares.into_iter();
-        let first = shares.next().unwrap_or_default();
-        std::thread::scope(|scope| {
-            for share in shares {
-                scope.spawn(move || {
-                    for (w, x, y) in share {
-                        backend.gemv(w, x, y);
-                    }
-                });
-            }
-            for (w, x, y) in first {
+        // Each thread takes its own share out of its (uncontended) slot.
+        let shares: Vec<Mutex<Vec<Job<'_, '_>>>> = shares.into_iter().map(Mutex::new).collect();
+        self.pool.run(&|t| {
+            let mine = shares
+                .get(t)
+                .map(|m| std::mem::take(&mut *m.lock().unwrap_or_else(|e| e.into_inner())));
+            for (w, x, y) in mine.unwrap_or_default() {
                 backend.gemv(w, x, y);
             }
         });

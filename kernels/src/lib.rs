@@ -15,6 +15,9 @@ pub use half::{bf16, f16};
 mod arch;
 pub mod scalar;
 
+#[cfg(feature = "std")]
+pub mod pool;
+
 /// A weight matrix or vector in its stored dtype. Row-major `[rows][cols]`.
 #[derive(Clone, Copy, Debug)]
 pub enum Weights<'a> {
