@@ -57,7 +57,7 @@ use crate::load::{layer_name, lm_head_name, vector_f32, widen};
 use crate::model::{Dims, Head, LayerMats, LayerSource, LayerVecs, Mat, Part, Resident};
 use crate::net::checksum::{checksum64, le64, Hasher64};
 use crate::net::msg::Cursor;
-use crate::plan::{Plan, PlanError};
+use crate::plan::{Plan, PlanError, Shape};
 use crate::safetensors::{Dtype, SafeTensors};
 use crate::window::{Window, WindowOpts, WindowStats};
 
@@ -1055,25 +1055,7 @@ impl Out {
 fn check_plan(ckpt: &Checkpoint, plan: &Plan, rank: usize) -> Result<Part, SliceError> {
     let cfg = &ckpt.config;
     let s = &plan.shape;
-    let want = [
-        cfg.dim,
-        cfg.hidden_dim,
-        cfg.n_heads,
-        cfg.n_kv_heads,
-        cfg.head_dim,
-        cfg.vocab_size,
-        cfg.n_layers,
-    ];
-    let have = [
-        s.dim,
-        s.hidden_dim,
-        s.n_heads,
-        s.n_kv_heads,
-        s.head_dim,
-        s.vocab_size,
-        s.n_layers,
-    ];
-    if want != have {
+    if Shape::of(cfg) != *s {
         return Err(SliceError::Source {
             origin: ckpt.origin.clone(),
             msg: format!("plan shape {s:?} does not match the model config"),
