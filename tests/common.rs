@@ -1,7 +1,7 @@
 //! Fixtures and the transformers oracle (reference.json) for the tests.
 
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The fixture model directories copied from the oracle set.
 pub const FIXTURES: [&str; 3] = ["stories260K", "llama-mha-f32", "llama-gqa-bf16"];
@@ -63,4 +63,62 @@ pub fn top5(logits: &[f32]) -> Vec<u32> {
 /// The path of the built `tpi-run`.
 pub fn tpi_run() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_tpi-run"))
+}
+
+/// A fresh, unique temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("tpi-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn ids_arg(ids: &[u32]) -> String {
+    ids.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `tpi-run --rank R --world-size N --master 127.0.0.1:PORT --cache-dir DIR
+/// --threads 1`, stdin closed, stderr captured.
+pub fn rank_cmd(rank: usize, n: usize, port: u16, cache: &Path) -> std::process::Command {
+    let mut c = tpi_run();
+    c.args([
+        "--rank",
+        &rank.to_string(),
+        "--world-size",
+        &n.to_string(),
+        "--master",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .arg("--cache-dir")
+    .arg(cache)
+    .args(["--threads", "1"])
+    .stdin(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
+    c
 }

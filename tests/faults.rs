@@ -2,57 +2,33 @@
 //! loopback: junk on the port, wrong keys, killed ranks.
 
 use crate::common::*;
-use crate::tp::{free_port, TempDir};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn ids_arg(ids: &[u32]) -> String {
-    ids.iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn rank0(port: u16, n: usize, cache: &std::path::Path, extra: &[&str]) -> Command {
-    let mut c = tpi_run();
-    c.args([
-        "--rank",
-        "0",
-        "--world-size",
-        &n.to_string(),
-        "--master",
-        &format!("127.0.0.1:{port}"),
-    ])
-    .arg("--cache-dir")
-    .arg(cache)
-    .args(["--threads", "1", "--temperature", "0"])
-    .args(extra)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+fn rank0(port: u16, n: usize, cache: &Path, extra: &[&str]) -> Command {
+    let mut c = rank_cmd(0, n, port, cache);
+    c.args(["--temperature", "0"])
+        .args(extra)
+        .stdout(Stdio::piped());
     c
 }
 
-fn worker(port: u16, rank: usize, n: usize, cache: &std::path::Path, extra: &[&str]) -> Command {
-    let mut c = tpi_run();
-    c.args([
-        "--rank",
-        &rank.to_string(),
-        "--world-size",
-        &n.to_string(),
-        "--master",
-        &format!("127.0.0.1:{port}"),
-    ])
-    .arg("--cache-dir")
-    .arg(cache)
-    .args(["--threads", "1"])
-    .args(extra)
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+fn worker(port: u16, rank: usize, n: usize, cache: &Path, extra: &[&str]) -> Command {
+    let mut c = rank_cmd(rank, n, port, cache);
+    c.args(extra).stdout(Stdio::null());
     c
+}
+
+/// Runs rank 0 and one worker to the end: ((code, stderr) of rank 0, of the worker).
+fn run_pair(mut hub: Command, mut w: Command) -> ((Option<i32>, String), (Option<i32>, String)) {
+    let hub = hub.spawn().expect("rank 0");
+    let w = w.spawn().expect("worker");
+    let (wc, werr, _) = finish(w, Duration::from_secs(15));
+    let (hc, herr, _) = finish(hub, Duration::from_secs(15));
+    ((hc, herr), (wc, werr))
 }
 
 /// Waits for a child with a limit; returns (exit code, stderr, elapsed).
@@ -166,7 +142,7 @@ fn wrong_secret_is_refused_on_both_sides_and_right_secret_joins() {
     std::fs::write(&key_file, "correct horse\n").expect("key");
     for (worker_key, ok) in [("battery staple", false), ("correct horse", true)] {
         let port = free_port();
-        let hub = rank0(
+        let mut hub = rank0(
             port,
             2,
             &tmp.path().join("c0"),
@@ -179,17 +155,11 @@ fn wrong_secret_is_refused_on_both_sides_and_right_secret_joins() {
                 "--join-timeout",
                 "4",
             ],
-        )
-        .arg("--secret-file")
-        .arg(&key_file)
-        .spawn()
-        .expect("rank 0");
-        let w = worker(port, 1, 2, &tmp.path().join("c1"), &["--join-timeout", "4"])
-            .env("TPI_SECRET", worker_key)
-            .spawn()
-            .expect("worker");
-        let (wc, werr, _) = finish(w, Duration::from_secs(15));
-        let (hc, herr, _) = finish(hub, Duration::from_secs(15));
+        );
+        hub.arg("--secret-file").arg(&key_file);
+        let mut w = worker(port, 1, 2, &tmp.path().join("c1"), &["--join-timeout", "4"]);
+        w.env("TPI_SECRET", worker_key);
+        let ((hc, herr), (wc, werr)) = run_pair(hub, w);
         if ok {
             assert_eq!(
                 (hc, wc),
@@ -197,8 +167,11 @@ fn wrong_secret_is_refused_on_both_sides_and_right_secret_joins() {
                 "rank 0: {herr}\nworker: {werr}"
             );
         } else {
-            assert_eq!(wc, Some(1), "worker: {werr}");
-            assert_eq!(hc, Some(1), "rank 0: {herr}");
+            assert_eq!(
+                (hc, wc),
+                (Some(1), Some(1)),
+                "rank 0: {herr}\nworker: {werr}"
+            );
             assert!(werr.contains("authentication failed"), "worker: {werr}");
             assert!(herr.contains("authentication failed"), "rank 0: {herr}");
         }
@@ -295,14 +268,9 @@ fn world_size_mismatch_is_refused_naming_both_values() {
             "--join-timeout",
             "3",
         ],
-    )
-    .spawn()
-    .expect("rank 0");
-    let w = worker(port, 1, 3, &tmp.path().join("c1"), &["--join-timeout", "3"])
-        .spawn()
-        .expect("worker");
-    let (wc, werr, _) = finish(w, Duration::from_secs(15));
-    let (hc, herr, _) = finish(hub, Duration::from_secs(15));
+    );
+    let w = worker(port, 1, 3, &tmp.path().join("c1"), &["--join-timeout", "3"]);
+    let ((hc, herr), (wc, werr)) = run_pair(hub, w);
     assert_eq!(
         (hc, wc),
         (Some(1), Some(1)),
@@ -324,27 +292,29 @@ fn world_size_mismatch_is_refused_naming_both_values() {
 #[test]
 fn worker_with_its_own_model_is_checked_and_slices_locally() {
     let tmp = TempDir::new("ownmodel");
-    let mut prompt = vec![
+    let prompt = [
         "--prompt",
         "Once upon a time",
         "--length",
         "8",
         "--join-timeout",
         "3",
-        "--json",
     ];
+    let session = |model: &str, cache: &str| {
+        let port = free_port();
+        let hub = rank0(port, 2, &tmp.path().join("c0"), &prompt);
+        let mut w = worker(
+            port,
+            1,
+            2,
+            &tmp.path().join(cache),
+            &["--join-timeout", "3"],
+        );
+        w.arg("--model").arg(fixture_dir(model));
+        run_pair(hub, w)
+    };
     // Another model on the worker: refused in the hello, both values named.
-    let port = free_port();
-    let hub = rank0(port, 2, &tmp.path().join("c0"), &prompt)
-        .spawn()
-        .expect("rank 0");
-    let w = worker(port, 1, 2, &tmp.path().join("c1"), &["--join-timeout", "3"])
-        .arg("--model")
-        .arg(fixture_dir("llama-mha-f32"))
-        .spawn()
-        .expect("worker");
-    let (wc, werr, _) = finish(w, Duration::from_secs(15));
-    let (hc, herr, _) = finish(hub, Duration::from_secs(15));
+    let ((hc, herr), (wc, werr)) = session("llama-mha-f32", "c1");
     assert_eq!(
         (hc, wc),
         (Some(1), Some(1)),
@@ -358,18 +328,7 @@ fn worker_with_its_own_model_is_checked_and_slices_locally() {
     }
     // The same model (the bundled one, as a directory): joins and cuts its
     // slice itself, no transfer.
-    prompt.retain(|a| *a != "--json");
-    let port = free_port();
-    let hub = rank0(port, 2, &tmp.path().join("c0"), &prompt)
-        .spawn()
-        .expect("rank 0");
-    let w = worker(port, 1, 2, &tmp.path().join("c2"), &["--join-timeout", "3"])
-        .arg("--model")
-        .arg(fixture_dir("stories260K"))
-        .spawn()
-        .expect("worker");
-    let (wc, werr, _) = finish(w, Duration::from_secs(15));
-    let (hc, herr, _) = finish(hub, Duration::from_secs(15));
+    let ((hc, herr), (wc, werr)) = session("stories260K", "c2");
     assert_eq!(
         (hc, wc),
         (Some(0), Some(0)),

@@ -6,44 +6,6 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-/// A fresh, unique temporary directory, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!("tpi-test-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A free loopback port (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn ids_arg(ids: &[u32]) -> String {
-    ids.iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// Runs rank 0 for a fixture prompt; returns (json, last logits).
 fn greedy_json(cmd: &mut Command, logits: &Path) -> (Value, Vec<f32>) {
     let out = cmd.output().expect("spawn tpi-run");
@@ -134,21 +96,10 @@ fn uneven_split_weights_match_oracle() {
 }
 
 fn spawn_worker(rank: usize, n: usize, port: u16, cache: &Path, extra: &[&str]) -> Child {
-    tpi_run()
-        .args([
-            "--rank",
-            &rank.to_string(),
-            "--world-size",
-            &n.to_string(),
-            "--master",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg("--cache-dir")
-        .arg(cache)
-        .args(["--threads", "1", "--join-timeout", "20"])
+    rank_cmd(rank, n, port, cache)
+        .args(["--join-timeout", "20"])
         .args(extra)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn worker")
 }

@@ -2,7 +2,6 @@
 //! memory that depends on the window, not on the model's depth.
 
 use crate::common::*;
-use crate::tp::TempDir;
 use serde_json::Value;
 use std::path::Path;
 use tpi::safetensors::{Dtype, StreamWriter};

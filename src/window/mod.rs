@@ -297,17 +297,8 @@ impl Window {
         let resident = n_slots >= n_blocks;
         // Resident: exactly one slot per block, never recycled.
         let ring_slots = if resident { n_blocks.max(1) } else { n_slots };
-        // ring() allocates n x slot_bytes (rounded up to 4 KiB) at once.
-        let fits = slot_bytes
-            .checked_next_multiple_of(ring::SLOT_ALIGN)
-            .and_then(|b| b.checked_mul(ring_slots))
-            .is_some_and(|total| total <= isize::MAX as usize);
-        if !fits {
-            return Err(WindowError::Invalid(format!(
-                "{ring_slots} slots of {slot_bytes} bytes do not fit in memory"
-            )));
-        }
-        let (producer, consumer) = ring::ring(ring_slots, slot_bytes);
+        let (producer, consumer) =
+            ring::ring(ring_slots, slot_bytes).map_err(|e| WindowError::Invalid(e.to_string()))?;
 
         let shared = Arc::new(IoShared::default());
         let direct_file = match direct {
@@ -399,7 +390,11 @@ impl Window {
         } else {
             self.held.len() - 1
         };
-        let (_, bytes) = self.consumer.held(i).expect("slot just taken is held");
+        // The slot was taken just above; None would be a ring bug.
+        let (_, bytes) = self
+            .consumer
+            .held(i)
+            .ok_or_else(|| WindowError::Invalid(format!("block {l}: slot {i} is not held")))?;
         Ok(bytes)
     }
 

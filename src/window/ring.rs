@@ -55,6 +55,8 @@ pub enum RingError {
     Timeout,
     /// `acquire_filled` while slots are held through `hold_next`.
     SlotsHeld,
+    /// `n_slots` or the total size cannot be allocated.
+    TooLarge { n_slots: usize, slot_bytes: usize },
 }
 
 impl fmt::Display for RingError {
@@ -64,6 +66,15 @@ impl fmt::Display for RingError {
             RingError::Timeout => write!(f, "timed out waiting for a ring slot"),
             RingError::SlotsHeld => {
                 write!(f, "acquire_filled needs all held slots released first")
+            }
+            RingError::TooLarge {
+                n_slots,
+                slot_bytes,
+            } => {
+                write!(
+                    f,
+                    "a ring of {n_slots} slots of {slot_bytes} bytes cannot be allocated"
+                )
             }
         }
     }
@@ -135,17 +146,22 @@ impl Drop for Shared {
 /// Creates a ring of `n_slots` buffers of `slot_bytes` each (rounded up to a
 /// multiple of [`SLOT_ALIGN`], at least one page). Allocates once.
 ///
-/// Panics if `n_slots == 0` or the total size overflows.
-pub fn ring(n_slots: usize, slot_bytes: usize) -> (Producer, Consumer) {
-    assert!(n_slots > 0, "ring needs at least one slot");
-    let slot_bytes = slot_bytes
+/// Errors with [`RingError::TooLarge`] if `n_slots == 0` or the total size
+/// overflows the address space.
+pub fn ring(n_slots: usize, slot_bytes: usize) -> Result<(Producer, Consumer), RingError> {
+    let too_large = RingError::TooLarge {
+        n_slots,
+        slot_bytes,
+    };
+    let layout = slot_bytes
         .max(1)
         .checked_next_multiple_of(SLOT_ALIGN)
-        .expect("slot size overflows");
-    let total = n_slots
-        .checked_mul(slot_bytes)
-        .expect("ring size overflows");
-    let layout = Layout::from_size_align(total, SLOT_ALIGN).expect("ring layout");
+        .filter(|_| n_slots > 0)
+        .and_then(|slot| Some((slot, n_slots.checked_mul(slot)?)))
+        .and_then(|(slot, total)| Some((slot, Layout::from_size_align(total, SLOT_ALIGN).ok()?)));
+    let Some((slot_bytes, layout)) = layout else {
+        return Err(too_large);
+    };
     // SAFETY: `layout` has non-zero size (`total >= SLOT_ALIGN`) as
     // `alloc_zeroed` requires; null is handled below.
     let raw = unsafe { alloc_zeroed(layout) };
@@ -174,7 +190,7 @@ pub fn ring(n_slots: usize, slot_bytes: usize) -> (Producer, Consumer) {
         n_slots,
         slot_bytes,
     });
-    (
+    Ok((
         Producer {
             shared: Arc::clone(&shared),
             tail: 0,
@@ -188,7 +204,7 @@ pub fn ring(n_slots: usize, slot_bytes: usize) -> (Producer, Consumer) {
             cached_tail: 0,
             parker: consumer_parker,
         },
-    )
+    ))
 }
 
 enum Poll<T> {
@@ -575,7 +591,7 @@ impl SlotRef<'_> {
     pub fn get(&self) -> (u64, &[u8]) {
         // `acquire_filled` guarantees exactly one held slot while the guard
         // lives (it borrows the consumer mutably).
-        self.consumer.held(0).expect("SlotRef holds a slot")
+        self.consumer.held(0).expect("SlotRef holds a slot") // ok: type invariant
     }
 
     /// Gives the slot back to the producer (same as dropping the guard).
@@ -606,8 +622,24 @@ mod tests {
     }
 
     #[test]
+    fn impossible_sizes_are_an_error_not_a_panic() {
+        assert!(matches!(
+            ring(0, 64),
+            Err(RingError::TooLarge { n_slots: 0, .. })
+        ));
+        assert!(matches!(
+            ring(4, usize::MAX - 10),
+            Err(RingError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            ring(usize::MAX / 2, 8192),
+            Err(RingError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
     fn slots_are_aligned_and_sized() {
-        let (mut p, _c) = ring(3, 5000);
+        let (mut p, _c) = ring(3, 5000).unwrap();
         assert_eq!(p.slot_bytes(), 8192);
         for _ in 0..3 {
             let mut s = p.acquire_free(None).unwrap();
@@ -636,7 +668,7 @@ mod tests {
 
     fn stress(n_slots: usize, n: u64) {
         let payload = if cfg!(miri) { 16 } else { 64 };
-        let (mut p, mut c) = ring(n_slots, payload);
+        let (mut p, mut c) = ring(n_slots, payload).unwrap();
         let t = std::thread::spawn(move || {
             for seq in 0..n {
                 let mut s = p.acquire_free(None).unwrap();
@@ -689,7 +721,7 @@ mod tests {
 
     #[test]
     fn producer_dropped_mid_stream() {
-        let (mut p, mut c) = ring(2, 64);
+        let (mut p, mut c) = ring(2, 64).unwrap();
         let t = std::thread::spawn(move || {
             for seq in 0..5u64 {
                 let mut s = p.acquire_free(None).unwrap();
@@ -718,7 +750,7 @@ mod tests {
 
     #[test]
     fn published_then_dropped_is_drained() {
-        let (mut p, mut c) = ring(3, 64);
+        let (mut p, mut c) = ring(3, 64).unwrap();
         for seq in 0..3u64 {
             let mut s = p.acquire_free(None).unwrap();
             fill(s.buf(), seq);
@@ -741,7 +773,7 @@ mod tests {
 
     #[test]
     fn consumer_dropped_producer_sees_abandoned() {
-        let (mut p, c) = ring(2, 64);
+        let (mut p, c) = ring(2, 64).unwrap();
         for seq in 0..2u64 {
             p.acquire_free(None).unwrap().publish(seq, 1);
         }
@@ -761,7 +793,7 @@ mod tests {
 
     #[test]
     fn unpublished_slot_stays_free() {
-        let (mut p, mut c) = ring(1, 64);
+        let (mut p, mut c) = ring(1, 64).unwrap();
         {
             let mut s = p.acquire_free(None).unwrap();
             s.buf()[0] = 9;
@@ -774,7 +806,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "exceeds slot")]
     fn publish_out_of_bounds_panics() {
-        let (mut p, _c) = ring(1, 4096);
+        let (mut p, _c) = ring(1, 4096).unwrap();
         p.acquire_free(None).unwrap().publish_range(0, 1, 4096);
     }
 
