@@ -5,14 +5,17 @@
 //! rest. Small matrices run on the calling thread alone (waking threads
 //! would cost more than the work).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tpi_kernels::pool::Pool;
 use tpi_kernels::{Backend, Weights};
 
 /// Below this many weight elements a GEMV stays on one thread.
 const MIN_PARALLEL_ELEMS: usize = 1 << 16;
-/// Row shares are multiples of this (the kernels' row block).
+/// Row chunks are multiples of this (the kernels' row block).
 const ROW_ALIGN: usize = 4;
+/// Weight bytes per chunk handed to a thread.
+const CHUNK_BYTES: usize = 256 << 10;
 
 /// One GEMV: `y = W x`.
 pub type Job<'a, 'b> = (Weights<'a>, &'b [f32], &'b mut [f32]);
@@ -52,7 +55,12 @@ impl Par {
         self.run(vec![a, b, c]);
     }
 
-    /// Runs `jobs`, each split by rows into `threads` shares.
+    /// Runs `jobs`, split by rows into chunks that the threads take in turn.
+    ///
+    /// Static equal shares leave one thread idle at the end of every region
+    /// when the two do not get the same share of the memory bus (they rarely
+    /// do on a shared VM); with chunks of ~`CHUNK_BYTES` handed out by an
+    /// atomic counter both finish within one chunk of each other.
     pub fn run(&self, jobs: Vec<Job<'_, '_>>) {
         let work: usize = jobs.iter().map(|(w, _, _)| w.len()).sum();
         let backend = self.backend;
@@ -62,35 +70,30 @@ impl Par {
             }
             return;
         }
-        let n = self.threads();
-        let mut shares: Vec<Vec<Job<'_, '_>>> =
-            (0..n).map(|_| Vec::with_capacity(jobs.len())).collect();
+        let mut chunks: Vec<Job<'_, '_>> = Vec::new();
         for (w, x, y) in jobs {
-            let rows = y.len();
-            let cols = x.len();
-            let mut rest = y;
+            let cols = x.len().max(1);
+            let row_bytes = cols * w.elem_bytes();
+            let rows_per = (CHUNK_BYTES / row_bytes.max(1))
+                .next_multiple_of(ROW_ALIGN)
+                .max(ROW_ALIGN);
             let mut start = 0;
-            for (t, share) in shares.iter_mut().enumerate() {
-                let end = if t + 1 == n {
-                    rows
-                } else {
-                    (rows * (t + 1) / n).next_multiple_of(ROW_ALIGN).min(rows)
-                };
-                let (mine, tail) = rest.split_at_mut(end - start);
-                rest = tail;
-                if !mine.is_empty() {
-                    share.push((w.slice(start * cols, end * cols), x, mine));
-                }
+            for mine in y.chunks_mut(rows_per) {
+                let end = start + mine.len();
+                chunks.push((w.slice(start * cols, end * cols), x, mine));
                 start = end;
             }
         }
-        // Each thread takes its own share out of its (uncontended) slot.
-        let shares: Vec<Mutex<Vec<Job<'_, '_>>>> = shares.into_iter().map(Mutex::new).collect();
-        self.pool.run(&|t| {
-            let mine = shares
-                .get(t)
-                .map(|m| std::mem::take(&mut *m.lock().unwrap_or_else(|e| e.into_inner())));
-            for (w, x, y) in mine.unwrap_or_default() {
+        // Each chunk is taken exactly once (the counter hands out each index
+        // once), so its mutex is never contended.
+        let chunks: Vec<Mutex<Option<Job<'_, '_>>>> =
+            chunks.into_iter().map(|j| Mutex::new(Some(j))).collect();
+        let next = AtomicUsize::new(0);
+        self.pool.run(&|_| loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(slot) = chunks.get(i) else { break };
+            let job = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some((w, x, y)) = job {
                 backend.gemv(w, x, y);
             }
         });

@@ -40,6 +40,14 @@ impl<'a> Weights<'a> {
         self.len() == 0
     }
 
+    /// Bytes per stored element.
+    pub fn elem_bytes(&self) -> usize {
+        match self {
+            Weights::F32(_) => 4,
+            Weights::F16(_) | Weights::BF16(_) => 2,
+        }
+    }
+
     /// Elements `start..end` (for splitting rows across threads).
     pub fn slice(&self, start: usize, end: usize) -> Weights<'a> {
         match self {
