@@ -119,4 +119,28 @@ mod tests {
         let expect0: f32 = (0..cols).map(|j| w[j] * x[j]).sum();
         assert!((y1[0] - expect0).abs() < 1e-4);
     }
+
+    #[test]
+    fn several_jobs_of_mixed_dtypes_in_one_region_match_one_thread() {
+        use tpi_kernels::f16;
+        // 300 rows of 1000 f16 (2000 B/row) span several 256 KiB chunks.
+        let (ra, rb, cols) = (300, 77, 1000);
+        let wa: Vec<f16> = (0..ra * cols)
+            .map(|i| f16::from_f32(((i * 31) % 97) as f32 / 97.0 - 0.5))
+            .collect();
+        let wb: Vec<f32> = (0..rb * cols).map(|i| ((i % 13) as f32) * 0.01).collect();
+        let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).cos()).collect();
+        let run = |threads| {
+            let (mut ya, mut yb) = (vec![0.0; ra], vec![0.0; rb]);
+            Par::new(threads, Backend::Scalar).gemv2(
+                (Weights::F16(&wa), &x, &mut ya),
+                (Weights::F32(&wb), &x, &mut yb),
+            );
+            (ya, yb)
+        };
+        let one = run(1);
+        assert_eq!(one, run(2));
+        let expect: f32 = (0..cols).map(|j| wb[cols * 5 + j] * x[j]).sum();
+        assert!((one.1[5] - expect).abs() < 1e-3);
+    }
 }
