@@ -19,48 +19,64 @@ const ROTATION_BYTES: usize = 192 << 20;
 const TARGET: Duration = Duration::from_millis(250);
 const THREADS: [usize; 2] = [1, 2];
 
-/// The rotation set of one dtype: `count` row-major matrices back to back.
-enum Store {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
-    BF16(Vec<bf16>),
+/// The rotation set of one dtype: `count` row-major matrices back to back,
+/// in an anonymous mapping advised to use huge pages, as the engine holds a
+/// large model's weights (4 KiB pages would add TLB misses to both the GEMV
+/// and the read loop).
+struct Store {
+    mem: memmap2::MmapMut,
+    dtype: &'static str,
 }
 
 impl Store {
-    fn new(dtype: &str, elems: usize) -> Store {
-        // Non-zero data written to every page (an untouched zero Vec would
-        // map the shared zero page and never reach DRAM).
+    fn new(dtype: &'static str, elems: usize) -> Store {
+        let eb = if dtype == "f32" { 4 } else { 2 };
+        let mut mem = memmap2::MmapMut::map_anon(elems * eb).expect("anonymous mapping");
+        #[cfg(target_os = "linux")]
+        let _ = mem.advise(memmap2::Advice::HugePage);
+        // Non-zero data written to every page (an untouched page would map
+        // the shared zero page and never reach DRAM).
         let v = |i: usize| ((i.wrapping_mul(2_654_435_761) >> 7) % 2001) as f32 / 1000.0 - 1.0;
         match dtype {
-            "f32" => Store::F32((0..elems).map(v).collect()),
-            "f16" => Store::F16((0..elems).map(|i| f16::from_f32(v(i))).collect()),
-            _ => Store::BF16((0..elems).map(|i| bf16::from_f32(v(i))).collect()),
+            "f32" => fill(bytemuck::cast_slice_mut::<u8, f32>(&mut mem), v),
+            "f16" => fill(bytemuck::cast_slice_mut::<u8, f16>(&mut mem), |i| {
+                f16::from_f32(v(i))
+            }),
+            _ => fill(bytemuck::cast_slice_mut::<u8, bf16>(&mut mem), |i| {
+                bf16::from_f32(v(i))
+            }),
         }
+        Store { mem, dtype }
     }
 
     fn elem_bytes(&self) -> usize {
-        match self {
-            Store::F32(_) => 4,
-            _ => 2,
+        if self.dtype == "f32" {
+            4
+        } else {
+            2
         }
     }
 
     /// Elements `start..end` as weights.
     fn weights(&self, start: usize, end: usize) -> Weights<'_> {
-        match self {
-            Store::F32(v) => Weights::F32(&v[start..end]),
-            Store::F16(v) => Weights::F16(&v[start..end]),
-            Store::BF16(v) => Weights::BF16(&v[start..end]),
+        let b = self.bytes(start, end);
+        match self.dtype {
+            "f32" => Weights::F32(bytemuck::cast_slice(b)),
+            "f16" => Weights::F16(bytemuck::cast_slice(b)),
+            _ => Weights::BF16(bytemuck::cast_slice(b)),
         }
     }
 
     /// Elements `start..end` as raw bytes.
     fn bytes(&self, start: usize, end: usize) -> &[u8] {
-        match self {
-            Store::F32(v) => bytemuck::cast_slice(&v[start..end]),
-            Store::F16(v) => bytemuck::cast_slice(&v[start..end]),
-            Store::BF16(v) => bytemuck::cast_slice(&v[start..end]),
-        }
+        let eb = self.elem_bytes();
+        &self.mem[start * eb..end * eb]
+    }
+}
+
+fn fill<T>(out: &mut [T], f: impl Fn(usize) -> T) {
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = f(i);
     }
 }
 
