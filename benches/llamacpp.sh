@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# tpi next to llama.cpp on this machine, same model shape, same minutes.
+#
+#   bash benches/llamacpp.sh [DIR] [ROUNDS]   (DIR default /tmp/tpi-bench, ROUNDS default 3)
+#
+# llama.cpp comes from PyPI (llama-cpp-python, built from source for this
+# CPU: GGML_NATIVE=ON) into DIR/venv-llamacpp on first use, which takes
+# ~10 minutes on 2 cores. Both engines decode a random-weight
+# TinyLlama-1.1B-shaped model (hidden 2048, 22 layers, 32 heads, 4 KV heads,
+# MLP 5632, vocab 32000) in f32 and f16: tpi from the HF safetensors that
+# `examples/make_model` writes, llama.cpp from a GGUF of the same shape
+# written here. Each pair runs back to back, so the ratio is what counts:
+# the machine's speed moves between minutes. ms/token is the mean over 32
+# single-token decode steps after an 8-token prompt, for both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=${1:-/tmp/tpi-bench}
+rounds=${2:-3}
+mkdir -p "$dir"
+venv="$dir/venv-llamacpp"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import llama_cpp, gguf, numpy" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet gguf numpy
+  CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" "$venv/bin/pip" install --quiet --no-binary llama-cpp-python "llama-cpp-python==0.3.36"
+fi
+py="$venv/bin/python"
+
+cargo build --release --quiet --bin tpi-run --example make_model
+bin=target/release/tpi-run
+for dt in f32 f16; do
+  [ -f "$dir/tl-$dt/model.safetensors" ] || target/release/examples/make_model --out "$dir/tl-$dt" --dtype "$dt"
+  [ -f "$dir/tl-$dt.gguf" ] || "$py" - "$dir/tl-$dt.gguf" "$dt" <<'PY'
+# A llama GGUF of the TinyLlama-1.1B shape with random weights.
+import sys, numpy as np, gguf
+out, dt = sys.argv[1], sys.argv[2]
+D, L, H, KV, F, V = 2048, 22, 32, 4, 5632, 32000
+hd = D // H
+npdt = np.float32 if dt == "f32" else np.float16
+rng = np.random.default_rng(0)
+w = gguf.GGUFWriter(out, "llama")
+w.add_context_length(2048); w.add_embedding_length(D); w.add_block_count(L)
+w.add_feed_forward_length(F); w.add_head_count(H); w.add_head_count_kv(KV)
+w.add_rope_dimension_count(hd); w.add_layer_norm_rms_eps(1e-5); w.add_rope_freq_base(10000.0)
+w.add_file_type(0 if dt == "f32" else 1)
+toks = [b"<unk>", b"<s>", b"</s>"] + [("<0x%02X>" % i).encode() for i in range(256)]
+toks += [("t%d" % i).encode() for i in range(V - len(toks))]
+w.add_tokenizer_model("llama"); w.add_token_list(toks)
+w.add_token_scores([0.0] * V); w.add_token_types([3, 3, 3] + [6] * 256 + [1] * (V - 259))
+w.add_bos_token_id(1); w.add_eos_token_id(2)
+def mat(r, c): return (rng.standard_normal((r, c), dtype=np.float32) * 0.02).astype(npdt)
+def vec(n): return np.ones(n, dtype=np.float32)
+w.add_tensor("token_embd.weight", mat(V, D))
+for l in range(L):
+    p = "blk.%d." % l
+    w.add_tensor(p + "attn_norm.weight", vec(D))
+    w.add_tensor(p + "attn_q.weight", mat(D, D))
+    w.add_tensor(p + "attn_k.weight", mat(KV * hd, D))
+    w.add_tensor(p + "attn_v.weight", mat(KV * hd, D))
+    w.add_tensor(p + "attn_output.weight", mat(D, D))
+    w.add_tensor(p + "ffn_norm.weight", vec(D))
+    w.add_tensor(p + "ffn_gate.weight", mat(F, D))
+    w.add_tensor(p + "ffn_up.weight", mat(F, D))
+    w.add_tensor(p + "ffn_down.weight", mat(D, F))
+w.add_tensor("output_norm.weight", vec(D))
+w.add_tensor("output.weight", mat(V, D))
+w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+PY
+done
+
+llamacpp() { # gguf, threads -> mean ms/token
+  "$py" - "$1" "$2" <<'PY' 2>/dev/null
+import sys, time, llama_cpp
+path, threads, n = sys.argv[1], int(sys.argv[2]), 32
+m = llama_cpp.Llama(model_path=path, n_threads=threads, n_threads_batch=threads,
+                    n_ctx=256, n_batch=64, verbose=False)
+m.eval([1, 2, 3, 4, 5, 6, 7, 8])
+total = 0.0
+for i in range(n):
+    t0 = time.perf_counter(); m.eval([9 + i]); total += time.perf_counter() - t0
+print("%.1f" % (1e3 * total / n))
+PY
+}
+tpi() { # model dir, threads, extra args... -> ms/token
+  local model=$1 threads=$2; shift 2
+  "$bin" --prompt-ids 1,2,3,4,5,6,7,8 --length 32 --temperature 0 --ignore-eos --json --quiet \
+    --cache-dir "$dir/cache" --model "$model" --threads "$threads" "$@" \
+    | python3 -c "import json,sys; print('%.1f' % json.load(sys.stdin)['ms_per_token'])"
+}
+
+"$py" -c "import llama_cpp; print('llama.cpp', llama_cpp.__version__, llama_cpp.llama_print_system_info().decode())"
+echo "tpi kernel: $("$bin" --prompt-ids 1 --length 1 --json --quiet | python3 -c "import json,sys; print(json.load(sys.stdin)['kernel'])")"
+printf '%-6s %-30s %10s %10s %7s\n' round config tpi llama.cpp ratio
+for r in $(seq "$rounds"); do
+  for dt in f32 f16; do
+    for t in 1 2; do
+      a=$(tpi "$dir/tl-$dt" "$t")
+      b=$(llamacpp "$dir/tl-$dt.gguf" "$t")
+      printf '%-6s %-30s %10s %10s %7.2f\n' "$r" "$dt, 1 rank x $t threads" "$a" "$b" "$(python3 -c "print($a / $b)")"
+    done
+  done
+  # tensor parallel: 2 ranks x 1 thread over loopback against llama.cpp with 2 threads
+  a=$(tpi "$dir/tl-f32" 1 --world-size 2)
+  b=$(llamacpp "$dir/tl-f32.gguf" 2)
+  printf '%-6s %-30s %10s %10s %7.2f\n' "$r" "f32, 2 ranks x 1 thread (TP)" "$a" "$b" "$(python3 -c "print($a / $b)")"
+done
