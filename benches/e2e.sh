@@ -38,22 +38,6 @@ run "f32, 1 rank, W=2, page cache warm" --model "$dir/tl-f32" --threads 2 --memo
 run "f32, 1 rank, W=2, O_DIRECT (cold)" --model "$dir/tl-f32" --threads 2 --memory-window 2 --direct-io
 run "f32, 2 ranks, W=2, O_DIRECT (cold)" --model "$dir/tl-f32" --threads 1 --world-size 2 --memory-window 2 --direct-io
 run "f32, 4 ranks, W=2, O_DIRECT (cold)" --model "$dir/tl-f32" --threads 1 --world-size 4 --memory-window 2 --direct-io
-echo "== I/O only: read every layer block of the 1-rank slice once"
-slice=$(ls "$dir"/cache/*/rank-0-of-1.slice | head -n1)
-python3 - "$slice" <<'PY'
-import os, sys, time
-path = sys.argv[1]
-size = os.path.getsize(path)
-for label, flags in (("page cache", 0), ("O_DIRECT", os.O_DIRECT)):
-    fd = os.open(path, os.O_RDONLY | flags)
-    import mmap
-    buf = mmap.mmap(-1, 64 << 20)
-    t = time.perf_counter(); off = 0
-    while off < size:
-        n = os.preadv(fd, [buf], off)
-        if n <= 0: break
-        off += n
-    dt = time.perf_counter() - t
-    os.close(fd)
-    print("read %-10s %6.2f GB in %7.1f ms = %5.2f GB/s" % (label, off / 1e9, dt * 1e3, off / 1e9 / dt))
-PY
+echo "== I/O only: every layer block of the 1-rank f32 slice through the window (W=2), no compute"
+slice=$(ls -S "$dir"/cache/*/rank-0-of-1.slice | head -n1)  # largest = the f32 one
+cargo bench --quiet --bench window -- "$slice" 4
