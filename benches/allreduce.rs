@@ -4,12 +4,13 @@
 //!    real `hub_join` / `worker_join` handshake, one thread per rank, loopback
 //!    TCP) for 2, 4, 8 ranks, next to a ping-pong round trip of the same
 //!    payload over loopback TCP (TCP_NODELAY) with the same frame codec,
-//!    measured in the same run. Both are cycle times: one sample is the time
+//!    measured in the same run, each with blocking reads and with the default
+//!    yield-spin-then-block wait. Both are cycle times: one sample is the time
 //!    between the starts of consecutive operations on the hub / pinger, the
 //!    ranks running back to back in lockstep.
 //! 2. Waiting strategy: the same star on raw `TcpStream`s and the same codec,
 //!    with blocking reads vs spin-then-block (non-blocking reads for a bounded
-//!    time, then one blocking read with the deadline), for 2 and 4 ranks.
+//!    time, then one blocking read with the deadline), for 2, 4 and 8 ranks.
 //!    Strategies are interleaved over rounds (the machine is shared); "CPU" is
 //!    the CPU time of all ranks per op, "cores" CPU time over wall time.
 //! 3. Emulated links: star vs ring (reduce-scatter + all-gather) over
@@ -146,8 +147,11 @@ struct LibStar {
 }
 
 impl LibStar {
-    fn start(n: usize, empty_slice: &Path) -> LibStar {
-        let opts = NetOpts::default();
+    fn start(n: usize, empty_slice: &Path, spin: Duration) -> LibStar {
+        let opts = NetOpts {
+            spin,
+            ..NetOpts::default()
+        };
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let workers = (1..n)
@@ -157,7 +161,11 @@ impl LibStar {
                     let (mut link, _) =
                         worker_join(&addr, r, n, None, None, opts).expect("worker_join");
                     worker_ready(&mut link, opts.peer_timeout).expect("worker_ready");
-                    lib_worker(WorkerComm::new(link, opts.peer_timeout), r, n);
+                    lib_worker(
+                        WorkerComm::new(link, opts.peer_timeout, opts.spin).expect("worker comm"),
+                        r,
+                        n,
+                    );
                 })
             })
             .collect();
@@ -176,7 +184,7 @@ impl LibStar {
             true,
         )
         .expect("hub_join");
-        let hub = HubComm::new(links, vec![0..0; n]);
+        let hub = HubComm::new(links, vec![0..0; n], opts.spin).expect("hub comm");
         LibStar { hub, workers, n }
     }
 
@@ -211,18 +219,20 @@ impl LibStar {
     }
 }
 
-/// Ping-pong of `len` floats with the frame codec; the echo side stops when
-/// a frame carries FLAG_STOP.
-fn rtt(len: usize) -> Stats {
+/// Ping-pong of `len` floats with the frame codec and a waiting strategy;
+/// the echo side stops when a frame carries FLAG_STOP.
+fn rtt(len: usize, wait: Wait) -> Stats {
     let (a, b) = loopback_pair();
+    let mut a = WaitStream::new(a, wait);
     let echo = thread::spawn(move || {
+        let mut b = WaitStream::new(b, wait);
         let mut buf = boxed_buf();
         let mut x = vec![0f32; len];
         loop {
-            let h = recv_f32s_into(&mut &b, Kind::Partial, 1, &mut x, &mut buf).unwrap();
+            let h = recv_f32s_into(&mut b, Kind::Partial, 1, &mut x, &mut buf).unwrap();
             let mut r = Header::new(Kind::Reduced, 0, 1, h.seq);
             r.flags = h.flags;
-            send_f32s(&mut &b, &r, &x).unwrap();
+            send_f32s(&mut b, &r, &x).unwrap();
             if h.stop() {
                 return;
             }
@@ -243,8 +253,8 @@ fn rtt(len: usize) -> Stats {
         if last {
             h.flags = FLAG_STOP;
         }
-        send_f32s(&mut &a, &h, &x).unwrap();
-        recv_f32s_into(&mut &a, Kind::Reduced, 1, &mut x, &mut buf).unwrap();
+        send_f32s(&mut a, &h, &x).unwrap();
+        recv_f32s_into(&mut a, Kind::Reduced, 1, &mut x, &mut buf).unwrap();
         black_box(&x);
         i += 1;
         if last {
@@ -260,47 +270,65 @@ fn part1() {
     let empty =
         std::env::temp_dir().join(format!("tpi-bench-allreduce-{}.slice", std::process::id()));
     std::fs::write(&empty, b"").unwrap();
+    let spin = NetOpts::default().spin;
     println!(
         "1. Star allreduce (HubComm/WorkerComm via hub_join/worker_join, one thread per rank) vs"
     );
     println!(
-        "   ping-pong RTT (2 threads, same codec), loopback TCP_NODELAY; cycle time per op, µs"
+        "   ping-pong RTT (2 threads, same codec), loopback TCP_NODELAY; cycle time per op, µs;"
     );
+    println!(
+        "   \"block\" = blocking reads, \"spin\" = the default: yield-spin {} µs, then block.",
+        spin.as_micros()
+    );
+    println!("   RTT is measured with the same waiting strategy; \"/ block RTT\" divides by the");
+    println!("   blocking RTT of the same payload.");
     println!();
     println!(
-        "{:>5} {:>8} {:>6} {:>9} {:>9} {:>6} {:>8} {:>8} {:>9} {:>9}",
+        "{:>5} {:>8} {:>5} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11}",
         "ranks",
         "payload",
+        "wait",
         "iters",
         "AR p50",
         "AR p90",
-        "iters",
         "RTT p50",
         "RTT p90",
         "ratio p50",
-        "ratio p90"
+        "/ block RTT"
     );
     for &n in &RANKS {
-        let mut star = LibStar::start(n, &empty);
-        for &kib in &PAYLOADS_KIB {
-            let len = kib * 1024 / 4;
-            let ar = star.measure(len);
-            let rt = rtt(len);
-            println!(
-                "{:>5} {:>5} KiB {:>6} {:>9.1} {:>9.1} {:>6} {:>8.1} {:>8.1} {:>8.2}x {:>8.2}x",
-                n,
-                kib,
-                ar.n,
-                ar.p50,
-                ar.p90,
-                rt.n,
-                rt.p50,
-                rt.p90,
-                ar.p50 / rt.p50,
-                ar.p90 / rt.p90
-            );
+        let mut block_rtt = Vec::new();
+        for (name, s) in [("block", Duration::ZERO), ("spin", spin)] {
+            let wait = if s.is_zero() {
+                Wait::Block
+            } else {
+                Wait::SpinYield(s)
+            };
+            let mut star = LibStar::start(n, &empty, s);
+            for (k, &kib) in PAYLOADS_KIB.iter().enumerate() {
+                let len = kib * 1024 / 4;
+                let ar = star.measure(len);
+                let rt = rtt(len, wait);
+                if s.is_zero() {
+                    block_rtt.push(rt.p50);
+                }
+                println!(
+                    "{:>5} {:>5} KiB {:>5} {:>6} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.2}x {:>10.2}x",
+                    n,
+                    kib,
+                    name,
+                    ar.n,
+                    ar.p50,
+                    ar.p90,
+                    rt.p50,
+                    rt.p90,
+                    ar.p50 / rt.p50,
+                    ar.p50 / block_rtt[k]
+                );
+            }
+            star.stop();
         }
-        star.stop();
     }
     let _ = std::fs::remove_file(&empty);
     println!();
@@ -503,7 +531,7 @@ fn part2() {
         "{:>5} {:>8} {:>18} {:>6} {:>8} {:>8} {:>10} {:>6}",
         "ranks", "payload", "wait", "iters", "p50", "p90", "CPU µs/op", "cores"
     );
-    for &n in &[2usize, 4] {
+    for &n in &[2usize, 4, 8] {
         for &kib in &[4usize, 16, 64] {
             let mut runs: Vec<RawRun> = waits
                 .iter()

@@ -88,6 +88,10 @@ pub struct Args {
     /// Seconds of silence after which a peer counts as dead.
     #[arg(long, default_value_t = 10.0)]
     pub peer_timeout: f64,
+    /// Microseconds a rank waiting for a peer's message retries (yielding
+    /// the CPU) before it sleeps in the kernel; 0 = plain blocking reads.
+    #[arg(long, value_name = "US", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub net_spin_us: u64,
     /// Workers: fetch the slice again even if a verified copy is cached.
     #[arg(long)]
     pub force_download: bool,
@@ -232,6 +236,7 @@ fn net_opts(a: &Args) -> NetOpts {
     NetOpts {
         join_timeout: Duration::from_secs_f64(a.join_timeout),
         peer_timeout: Duration::from_secs_f64(a.peer_timeout),
+        spin: Duration::from_micros(a.net_spin_us),
         ..NetOpts::default()
     }
 }

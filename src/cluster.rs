@@ -32,6 +32,10 @@ pub struct NetOpts {
     pub peer_timeout: Duration,
     /// A new connection must send its Hello within this time.
     pub hello_timeout: Duration,
+    /// During a session, a read that finds no data retries (yielding the
+    /// CPU between attempts) for up to this long before it sleeps in the
+    /// kernel; zero means plain blocking reads. See [`Link::set_spin`].
+    pub spin: Duration,
 }
 
 impl Default for NetOpts {
@@ -40,6 +44,7 @@ impl Default for NetOpts {
             join_timeout: Duration::from_secs(30),
             peer_timeout: Duration::from_secs(10),
             hello_timeout: Duration::from_secs(2),
+            spin: Duration::from_micros(100),
         }
     }
 }
@@ -146,17 +151,63 @@ pub struct Link {
     buf: Box<[u8; MAX_PAYLOAD]>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Waiting strategy of reads (see [`Counted`]); zero = blocking.
+    spin: Duration,
 }
 
-/// Counts bytes through a stream.
+/// Counts bytes through a stream, and waits for data as the link's
+/// strategy says: with a non-zero `spin` the socket is non-blocking and a
+/// read that finds nothing retries with `yield_now` for up to `spin`, then
+/// switches the socket to blocking for one read (which the read deadline
+/// bounds) and back. A write that finds the send buffer full blocks the
+/// same way.
 struct Counted<'a> {
     stream: &'a TcpStream,
     n: &'a mut u64,
+    spin: Duration,
+}
+
+impl Counted<'_> {
+    fn blocking<T>(&self, f: impl FnOnce(&TcpStream) -> io::Result<T>) -> io::Result<T> {
+        self.stream.set_nonblocking(false)?;
+        let r = f(self.stream);
+        self.stream.set_nonblocking(true)?;
+        r
+    }
+
+    fn read_spinning(&self, b: &mut [u8]) -> io::Result<usize> {
+        let mut since: Option<Instant> = None;
+        loop {
+            match (&mut &*self.stream).read(b) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let t0 = *since.get_or_insert_with(Instant::now);
+                    if t0.elapsed() >= self.spin {
+                        return self.blocking(|mut s| s.read(b));
+                    }
+                    std::thread::yield_now();
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn write_with(&self, f: impl Fn(&TcpStream) -> io::Result<usize>) -> io::Result<usize> {
+        match f(self.stream) {
+            Err(e) if !self.spin.is_zero() && e.kind() == io::ErrorKind::WouldBlock => {
+                self.blocking(f)
+            }
+            r => r,
+        }
+    }
 }
 
 impl Read for Counted<'_> {
     fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
-        let k = self.stream.read(b)?;
+        let k = if self.spin.is_zero() {
+            self.stream.read(b)?
+        } else {
+            self.read_spinning(b)?
+        };
         *self.n += k as u64;
         Ok(k)
     }
@@ -164,12 +215,12 @@ impl Read for Counted<'_> {
 
 impl Write for Counted<'_> {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        let k = self.stream.write(b)?;
+        let k = self.write_with(|mut s| s.write(b))?;
         *self.n += k as u64;
         Ok(k)
     }
     fn write_vectored(&mut self, b: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        let k = self.stream.write_vectored(b)?;
+        let k = self.write_with(|mut s| s.write_vectored(b))?;
         *self.n += k as u64;
         Ok(k)
     }
@@ -204,7 +255,20 @@ impl Link {
             buf: Box::new([0u8; MAX_PAYLOAD]),
             bytes_sent: 0,
             bytes_received: 0,
+            spin: Duration::ZERO,
         })
+    }
+
+    /// Sets how long a read spins (yielding) before it sleeps; zero restores
+    /// blocking reads. Worth it when the peer answers within tens of µs: a
+    /// blocked reader pays a wake-up (~10-60 µs on a VM) per message. The
+    /// yield keeps it from starving ranks that share its core.
+    pub fn set_spin(&mut self, spin: Duration) -> Result<(), NetError> {
+        self.stream
+            .set_nonblocking(!spin.is_zero())
+            .map_err(|e| self.io_err("setting the waiting strategy", e))?;
+        self.spin = spin;
+        Ok(())
     }
 
     fn peer_rank(&self) -> Option<usize> {
@@ -258,6 +322,7 @@ impl Link {
         let mut w = Counted {
             stream: &self.stream,
             n: &mut self.bytes_sent,
+            spin: self.spin,
         };
         write_frame(&mut w, &h, payload).map_err(|e| NetError::Io {
             peer: self.peer.to_string(),
@@ -272,6 +337,7 @@ impl Link {
         let mut r = Counted {
             stream: &self.stream,
             n: &mut self.bytes_received,
+            spin: self.spin,
         };
         match read_frame(&mut r, &mut self.buf) {
             Ok((h, p)) => Ok((h, p.to_vec())),
@@ -284,6 +350,7 @@ impl Link {
         let mut w = Counted {
             stream: &self.stream,
             n: &mut self.bytes_sent,
+            spin: self.spin,
         };
         send_f32s(&mut w, &h, data).map_err(|e| NetError::Io {
             peer: self.peer.to_string(),
@@ -303,6 +370,7 @@ impl Link {
         let mut r = Counted {
             stream: &self.stream,
             n: &mut self.bytes_received,
+            spin: self.spin,
         };
         let res = recv_f32s_into(&mut r, kind, step, out, &mut self.buf);
         match res {
@@ -759,6 +827,7 @@ fn send_bytes(link: &mut Link, kind: Kind, data: &[u8]) -> Result<(), NetError> 
     let mut w = Counted {
         stream: &link.stream,
         n: &mut link.bytes_sent,
+        spin: link.spin,
     };
     let chunks: Vec<&[u8]> = if data.is_empty() {
         vec![&[][..]]
@@ -789,15 +858,24 @@ pub struct HubComm {
 }
 
 impl HubComm {
-    pub fn new(links: Vec<Link>, vocab_ranges: Vec<Range<usize>>) -> HubComm {
+    /// `spin`: the links' waiting strategy for the session
+    /// ([`Link::set_spin`]).
+    pub fn new(
+        mut links: Vec<Link>,
+        vocab_ranges: Vec<Range<usize>>,
+        spin: Duration,
+    ) -> Result<HubComm, NetError> {
+        for l in &mut links {
+            l.set_spin(spin)?;
+        }
         let my_vocab = vocab_ranges.first().cloned().unwrap_or(0..0);
-        HubComm {
+        Ok(HubComm {
             links,
             vocab: vocab_ranges.into_iter().skip(1).collect(),
             my_vocab,
             step: 0,
             scratch: Vec::new(),
-        }
+        })
     }
 
     pub fn bytes(&self) -> (u64, u64) {
@@ -1106,13 +1184,20 @@ pub struct WorkerComm {
 impl WorkerComm {
     /// `first_timeout` bounds the wait for the first step (rank 0 may still
     /// be waiting for other workers; it sends heartbeats meanwhile).
-    pub fn new(link: Link, peer_timeout: Duration) -> WorkerComm {
-        WorkerComm {
+    /// `spin`: the link's waiting strategy for the session
+    /// ([`Link::set_spin`]).
+    pub fn new(
+        mut link: Link,
+        peer_timeout: Duration,
+        spin: Duration,
+    ) -> Result<WorkerComm, NetError> {
+        link.set_spin(spin)?;
+        Ok(WorkerComm {
             link,
             step: 0,
             idle_timeout: peer_timeout,
             peer_timeout,
-        }
+        })
     }
 
     /// Tells rank 0 why this worker stops.

@@ -240,7 +240,7 @@ pub fn run_hub(
     )?;
     drop(listener);
     let vocab = plan.ranks.iter().map(|r| r.vocab.clone()).collect();
-    let mut comm = HubComm::new(links, vocab);
+    let mut comm = HubComm::new(links, vocab, setup.net.spin)?;
 
     let slice = SliceFile::open(
         &paths[0],
@@ -349,6 +349,7 @@ fn spawn_worker(
         "--peer-timeout",
         &setup.net.peer_timeout.as_secs_f64().to_string(),
     ])
+    .args(["--net-spin-us", &setup.net.spin.as_micros().to_string()])
     .arg("--quiet")
     .stdin(Stdio::null())
     .stdout(Stdio::null())
@@ -484,7 +485,7 @@ pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
     worker_ready(&mut link, w.net.peer_timeout)?;
     let res = slice.resident()?;
     let mut weights = open_weights(slice, w.memory, w.quiet)?;
-    let mut comm = WorkerComm::new(link, w.net.peer_timeout);
+    let mut comm = WorkerComm::new(link, w.net.peer_timeout, w.net.spin)?;
     let par = Par::new(w.threads, tpi_kernels::Backend::detect());
     let mut state = State::new(&res.dims, 64);
     let mut timing = Timing::default();

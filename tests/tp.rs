@@ -95,6 +95,23 @@ fn uneven_split_weights_match_oracle() {
     check_against_oracle(name, p, &v, &l, "split weights 3,1,1");
 }
 
+/// Both waiting strategies of the links (blocking reads, and a long
+/// yield-spin) carry the same session, forwarded to spawned workers.
+#[test]
+fn blocking_and_spinning_links_match_oracle() {
+    let name = "llama-gqa-bf16";
+    let r = reference(name);
+    let p = &r["prompts"][0];
+    let tmp = TempDir::new("spin");
+    for spin in ["0", "5000"] {
+        let logits = tmp.path().join(format!("logits-{spin}.json"));
+        let mut c = rank0_cmd(name, &ids(&p["ids"]), 3, &tmp.path().join("cache"), &logits);
+        c.args(["--net-spin-us", spin]);
+        let (v, l) = greedy_json(&mut c, &logits);
+        check_against_oracle(name, p, &v, &l, &format!("--net-spin-us {spin}"));
+    }
+}
+
 fn spawn_worker(rank: usize, n: usize, port: u16, cache: &Path, extra: &[&str]) -> Child {
     rank_cmd(rank, n, port, cache)
         .args(["--join-timeout", "20"])
