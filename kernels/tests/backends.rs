@@ -4,8 +4,10 @@
 
 use tpi_kernels::{bf16, f16, scalar, Backend, Weights};
 
+/// Up to 4096 columns the x86 kernels read one row at a time, beyond that
+/// in blocks of 4 rows: both paths, with every tail length.
 const COLS: &[usize] = &[
-    0, 1, 7, 8, 15, 16, 17, 31, 33, 63, 64, 65, 127, 129, 257, 1000,
+    0, 1, 7, 8, 15, 16, 17, 31, 33, 63, 64, 65, 127, 129, 257, 1000, 4096, 4097, 4143,
 ];
 const ROWS: &[usize] = &[1, 2, 3, 4, 5, 7, 9, 17];
 

@@ -90,22 +90,82 @@ impl Elem for bf16 {
     }
 }
 
-/// `y = W x`, W row-major `[y.len()][x.len()]`, one row after the other.
+use super::avx512::ONE_ROW_MAX_COLS;
+
+/// `y = W x`, W row-major `[y.len()][x.len()]`.
 ///
 /// ```text
-/// for r in rows: y[r] = row_dot(W[r], x)
+/// if n <= ONE_ROW_MAX_COLS: for r in rows: y[r] = row_dot(W[r], x)
+/// else: 4-row blocks rows_block::<4> (x loads shared), leftover rows row_dot
 /// ```
-/// Rows go strictly one after the other so each thread reads one sequential
-/// stream (see the AVX-512 kernel for the measurements behind this choice;
-/// blocks of rows sharing `x` loads read several streams a row apart and
-/// lose a third of the bandwidth on Zen 4).
+/// The same choice as the AVX-512 kernel (see there for the measurements):
+/// one sequential stream for short rows, `x` loads shared by 4 rows once
+/// `x` no longer fits in L1 beside the streamed row.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn gemv_k<E: Elem>(w: &[E], x: &[f32], y: &mut [f32]) {
     let n = x.len();
     assert_eq!(w.len(), n * y.len(), "gemv: weight shape");
-    for (r, yr) in y.iter_mut().enumerate() {
-        *yr = row_dot(&w[r * n..(r + 1) * n], x);
+    let mut r = 0;
+    if n > ONE_ROW_MAX_COLS {
+        for yb in y.chunks_exact_mut(4) {
+            yb.copy_from_slice(&rows_block::<4, E>(&w[r * n..(r + 4) * n], x));
+            r += 4;
+        }
     }
+    for yr in &mut y[r..] {
+        *yr = row_dot(&w[r * n..(r + 1) * n], x);
+        r += 1;
+    }
+}
+
+/// R rows of `W x` sharing every load of `x` (long rows: R = 4).
+///
+/// ```text
+/// acc[i][j] = 0                  (i < R rows, j < 2 column halves: 2R ymm)
+/// for c in 0.. step 16 while c + 16 <= n:
+///     xa = x[c..c+8]; xb = x[c+8..c+16]        loaded once for all R rows
+///     acc[i][0] += W[i][c..c+8] * xa;  acc[i][1] += W[i][c+8..c+16] * xb
+/// if c + 8 <= n: acc[i][0] += W[i][c..c+8] * x[c..c+8]; c += 8
+/// out[i] = hsum(acc[i][0] + acc[i][1]) + scalar dot of the last n % 8 columns
+/// ```
+/// With R = 4 there are 8 independent FMA chains, enough to cover the FMA
+/// latency (4 cycles x 2 ports) while the loop waits on memory anyway.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn rows_block<const R: usize, E: Elem>(w: &[E], x: &[f32]) -> [f32; R] {
+    let n = x.len();
+    assert_eq!(w.len(), R * n);
+    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    let mut c = 0;
+    // SAFETY: every load reads x[c..c+16] or W[i][c..c+16] (i < R) with
+    // c + 16 <= n (resp. c + 8 <= n for the 8-wide step), inside `x` (len n)
+    // and `w` (len R * n, asserted above). The CPU features are this fn's
+    // target features, which its callers have.
+    unsafe {
+        while c + 16 <= n {
+            let xa = _mm256_loadu_ps(xp.add(c));
+            let xb = _mm256_loadu_ps(xp.add(c + 8));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let p = wp.add(i * n + c);
+                a[0] = _mm256_fmadd_ps(E::load8(p), xa, a[0]);
+                a[1] = _mm256_fmadd_ps(E::load8(p.add(8)), xb, a[1]);
+            }
+            c += 16;
+        }
+        if c + 8 <= n {
+            let xa = _mm256_loadu_ps(xp.add(c));
+            for (i, a) in acc.iter_mut().enumerate() {
+                a[0] = _mm256_fmadd_ps(E::load8(wp.add(i * n + c)), xa, a[0]);
+            }
+            c += 8;
+        }
+    }
+    let mut out = [0.0; R];
+    for (i, (o, a)) in out.iter_mut().zip(&acc).enumerate() {
+        *o = hsum(_mm256_add_ps(a[0], a[1])) + tail_dot(&w[i * n + c..(i + 1) * n], &x[c..]);
+    }
+    out
 }
 
 /// Dot product of one stored row with `x`, f32 accumulation.

@@ -93,26 +93,93 @@ impl Elem for bf16 {
     }
 }
 
-/// `y = W x`, W row-major `[y.len()][x.len()]`, one row after the other.
+/// Rows up to this many columns (`x` up to 16 KiB) are read one at a time.
+pub(crate) const ONE_ROW_MAX_COLS: usize = 4096;
+
+/// `y = W x`, W row-major `[y.len()][x.len()]`.
 ///
 /// ```text
-/// for r in rows: y[r] = row_dot(W[r], x)
+/// if n <= ONE_ROW_MAX_COLS: for r in rows: y[r] = row_dot(W[r], x)
+/// else: 4-row blocks rows_block::<4> (x loads shared), leftover rows row_dot
 /// ```
-/// Rows go strictly one after the other, so each thread reads its weights
-/// as one sequential stream, which the hardware prefetchers follow best.
-/// Measured on Zen 4 (1 thread, weights in DRAM, 5632x2048): one row with
-/// 4 accumulators streams f32 at 31.6 GB/s and f16 at 30.1 GB/s (the read
-/// loop: 31-32), where blocks of 4 rows sharing each `x` load (4 streams
-/// one row apart) reached only 21.7 and 18.6 GB/s, and 2-row blocks 14.8
-/// (f16). Also measured and not adopted: software prefetch 256..4096 bytes
-/// ahead (f32 up to 15% slower), 8 accumulators (within noise of 4).
+/// Short rows go strictly one after the other, so a thread reads its
+/// weights as one sequential stream, which the hardware prefetchers follow
+/// best; long rows share each `x` load among 4 rows, because once `x` no
+/// longer fits in L1 beside the streamed row, every weight byte also costs
+/// 1-2 bytes of `x` refetched from L2. Measured on Zen 4 (1 thread, weights
+/// in DRAM, GB/s one row / 4-row blocks): f16 5632x2048 30.1 / 18.6,
+/// 4096x4096 27.7 / 18.7, 4096x2816 28.1 / 15.1; f16 2048x5632 11.0 / 15.9,
+/// 1024x8192 11.5 / 19.8, 1024x11264 9.2 / 15.6 (f32 alike, smaller gaps).
+/// Also measured and not adopted: software prefetch 1024 bytes ahead (f16
+/// one row: 17.7 vs 29.2 GB/s), 8 accumulators per row (within noise of 4),
+/// column tiles of long rows (8-10 GB/s: strided segments defeat the
+/// prefetcher).
 #[target_feature(enable = "avx512f")]
 fn gemv_k<E: Elem>(w: &[E], x: &[f32], y: &mut [f32]) {
     let n = x.len();
     assert_eq!(w.len(), n * y.len(), "gemv: weight shape");
-    for (r, yr) in y.iter_mut().enumerate() {
-        *yr = row_dot(&w[r * n..(r + 1) * n], x);
+    let mut r = 0;
+    if n > ONE_ROW_MAX_COLS {
+        for yb in y.chunks_exact_mut(4) {
+            yb.copy_from_slice(&rows_block::<4, E>(&w[r * n..(r + 4) * n], x));
+            r += 4;
+        }
     }
+    for yr in &mut y[r..] {
+        *yr = row_dot(&w[r * n..(r + 1) * n], x);
+        r += 1;
+    }
+}
+
+/// R rows of `W x` sharing every load of `x` (long rows: R = 4).
+///
+/// ```text
+/// acc[i][j] = 0                  (i < R rows, j < 2 column halves: 2R zmm)
+/// for c in 0.. step 32 while c + 32 <= n:
+///     xa = x[c..c+16]; xb = x[c+16..c+32]      loaded once for all R rows
+///     acc[i][0] += W[i][c..c+16] * xa;  acc[i][1] += W[i][c+16..c+32] * xb
+/// if c + 16 <= n: acc[i][0] += W[i][c..c+16] * x[c..c+16]; c += 16
+/// out[i] = reduce_add(acc[i][0] + acc[i][1]) + scalar dot of the last n % 16
+/// ```
+/// With R = 4 there are 8 independent FMA chains (Zen 4 issues one zmm FMA
+/// per cycle with latency 4), far more than a memory-bound loop needs.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn rows_block<const R: usize, E: Elem>(w: &[E], x: &[f32]) -> [f32; R] {
+    let n = x.len();
+    assert_eq!(w.len(), R * n);
+    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    let mut c = 0;
+    // SAFETY: every load reads x[c..c+32] or W[i][c..c+32] (i < R) with
+    // c + 32 <= n (resp. c + 16 <= n for the 16-wide step), inside `x` (len n)
+    // and `w` (len R * n, asserted above). The CPU feature is this fn's
+    // target feature, which its callers have.
+    unsafe {
+        while c + 32 <= n {
+            let xa = _mm512_loadu_ps(xp.add(c));
+            let xb = _mm512_loadu_ps(xp.add(c + 16));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let p = wp.add(i * n + c);
+                a[0] = _mm512_fmadd_ps(E::load16(p), xa, a[0]);
+                a[1] = _mm512_fmadd_ps(E::load16(p.add(16)), xb, a[1]);
+            }
+            c += 32;
+        }
+        if c + 16 <= n {
+            let xa = _mm512_loadu_ps(xp.add(c));
+            for (i, a) in acc.iter_mut().enumerate() {
+                a[0] = _mm512_fmadd_ps(E::load16(wp.add(i * n + c)), xa, a[0]);
+            }
+            c += 16;
+        }
+    }
+    let mut out = [0.0; R];
+    for (i, (o, a)) in out.iter_mut().zip(&acc).enumerate() {
+        *o = _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]))
+            + tail_dot(&w[i * n + c..(i + 1) * n], &x[c..]);
+    }
+    out
 }
 
 /// Dot product of one stored row with `x`, f32 accumulation.
