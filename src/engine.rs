@@ -7,6 +7,12 @@ use crate::sampler::{Sampler, SamplerConfig};
 use crate::tokenizer::Tokenizer;
 use std::time::{Duration, Instant};
 
+/// Prompt tokens per prefill forward: each weight chunk is read from DRAM
+/// (or disk, with a memory window) once per batch and reused from cache
+/// for the batch's other tokens; the activations of a batch stay small
+/// (64 x (3 dim + 2 MLP + q + 2 kv) floats, 24 MB for a 70B model).
+pub const PREFILL_BATCH: usize = 64;
+
 /// What to generate.
 #[derive(Clone, Debug)]
 pub struct GenOptions {
@@ -86,12 +92,20 @@ pub fn generate(
     let mut timing = Timing::default();
     let start = Instant::now();
 
-    for (pos, &id) in prompt_ids.iter().enumerate() {
-        let last = pos + 1 == prompt_ids.len();
-        let want = last || opts.keep_prompt_logits;
-        step(rank, &mut state, id, pos, want, &mut timing)?;
-        if want && opts.keep_prompt_logits {
-            out.prompt_logits.push(state.logits.clone());
+    if rank.comm.batches() && !opts.keep_prompt_logits {
+        // Prefill in batches: every weight is read once per batch.
+        for (c, ids) in prompt_ids.chunks(PREFILL_BATCH).enumerate() {
+            let last = (c + 1) * PREFILL_BATCH >= prompt_ids.len();
+            step(rank, &mut state, ids, c * PREFILL_BATCH, last, &mut timing)?;
+        }
+    } else {
+        for (pos, &id) in prompt_ids.iter().enumerate() {
+            let last = pos + 1 == prompt_ids.len();
+            let want = last || opts.keep_prompt_logits;
+            step(rank, &mut state, &[id], pos, want, &mut timing)?;
+            if want && opts.keep_prompt_logits {
+                out.prompt_logits.push(state.logits.clone());
+            }
         }
     }
     out.last_logits = state.logits.clone();
@@ -118,7 +132,7 @@ pub fn generate(
         if i + 1 == opts.length {
             break;
         }
-        step(rank, &mut state, next, pos, true, &mut timing)?;
+        step(rank, &mut state, &[next], pos, true, &mut timing)?;
     }
     let steps = out.generated_ids.len().saturating_sub(1) as u32;
     if steps > 0 {
@@ -135,22 +149,26 @@ pub fn generate(
     Ok(out)
 }
 
+/// One forward for `ids` at positions `pos..pos + ids.len()` (several ids
+/// only when the collective [batches](Collective::batches)).
 fn step(
     rank: &mut Rank<'_>,
     s: &mut State,
-    id: u32,
+    ids: &[u32],
     pos: usize,
     want: bool,
     timing: &mut Timing,
 ) -> Result<()> {
-    rank.comm.begin_step(id, pos, want)?;
+    if let [id] = ids {
+        rank.comm.begin_step(*id, pos, want)?;
+    }
     forward(
         rank.res,
         rank.weights,
         rank.comm,
         &rank.par,
         s,
-        id,
+        ids,
         pos,
         want,
         timing,

@@ -140,6 +140,12 @@ pub trait Collective {
     /// Gather each rank's logits rows into `full` on rank 0. Returns whether
     /// `full` holds the complete logits on this rank.
     fn gather_logits(&mut self, mine: &[f32], full: &mut [f32]) -> Result<bool>;
+    /// Whether a forward may carry several tokens (prompt prefill). The
+    /// wire protocol announces one token per step, so only a rank without
+    /// peers can.
+    fn batches(&self) -> bool {
+        false
+    }
 }
 
 /// The collective of a single rank: nothing to exchange.
@@ -152,6 +158,9 @@ impl Collective for Solo {
     fn gather_logits(&mut self, mine: &[f32], full: &mut [f32]) -> Result<bool> {
         full.copy_from_slice(mine);
         Ok(true)
+    }
+    fn batches(&self) -> bool {
+        true
     }
 }
 
@@ -226,26 +235,28 @@ pub struct Resident {
     pub inv_freq: Vec<f32>,
 }
 
-/// Activations and KV cache, allocated once before generation.
+/// Activations and KV cache, allocated once before generation. The
+/// per-token buffers hold `batch` rows (one per token of a forward; more
+/// than one only while a prompt is prefilled).
 pub struct State {
-    /// residual stream `[dim]`
+    /// residual stream `[batch][dim]`
     x: Vec<f32>,
-    /// normed input / attention output `[max(dim, q_dim)]`
+    /// normed input `[batch][dim]`
     xb: Vec<f32>,
-    /// partial sums to reduce `[dim]`
+    /// partial sums to reduce `[batch][dim]`
     xb2: Vec<f32>,
-    /// `[q_dim]`, `[kv_dim]`, `[kv_dim]`
+    /// `[batch][q_dim]`, `[batch][kv_dim]`, `[batch][kv_dim]`
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
-    /// attention output of this rank's heads `[q_dim]`
+    /// attention output of this rank's heads `[batch][q_dim]`
     att_out: Vec<f32>,
     /// attention scores `[seq_len]`
     att: Vec<f32>,
-    /// MLP `[hidden]` x2
+    /// MLP `[batch][hidden]` x2
     hb: Vec<f32>,
     hb2: Vec<f32>,
-    /// `[head_dim/2]`
+    /// `[batch][head_dim/2]`
     cos: Vec<f32>,
     sin: Vec<f32>,
     /// this rank's logits rows `[vocab]` and the gathered ones `[vocab_total]`
@@ -255,6 +266,8 @@ pub struct State {
     key_cache: Vec<Vec<f32>>,
     value_cache: Vec<Vec<f32>>,
     pub seq_len: usize,
+    /// Tokens the per-token buffers hold.
+    batch: usize,
 }
 
 impl State {
@@ -262,7 +275,7 @@ impl State {
         let kv = d.kv_dim();
         State {
             x: vec![0.0; d.dim],
-            xb: vec![0.0; d.dim.max(d.q_dim())],
+            xb: vec![0.0; d.dim],
             xb2: vec![0.0; d.dim],
             q: vec![0.0; d.q_dim()],
             k: vec![0.0; kv],
@@ -278,7 +291,32 @@ impl State {
             key_cache: (0..d.n_layers).map(|_| vec![0.0; seq_len * kv]).collect(),
             value_cache: (0..d.n_layers).map(|_| vec![0.0; seq_len * kv]).collect(),
             seq_len,
+            batch: 1,
         }
+    }
+
+    /// Makes the per-token buffers hold `t` tokens.
+    fn ensure_batch(&mut self, d: &Dims, t: usize) {
+        if t <= self.batch {
+            return;
+        }
+        let half = d.head_dim / 2;
+        for (buf, width) in [
+            (&mut self.x, d.dim),
+            (&mut self.xb, d.dim),
+            (&mut self.xb2, d.dim),
+            (&mut self.q, d.q_dim()),
+            (&mut self.k, d.kv_dim()),
+            (&mut self.v, d.kv_dim()),
+            (&mut self.att_out, d.q_dim()),
+            (&mut self.hb, d.hidden),
+            (&mut self.hb2, d.hidden),
+            (&mut self.cos, half),
+            (&mut self.sin, half),
+        ] {
+            buf.resize(t * width, 0.0);
+        }
+        self.batch = t;
     }
 
     /// Makes room in the KV cache for position `pos` (doubling, at most
@@ -330,8 +368,10 @@ pub struct Timing {
     pub comm: std::time::Duration,
 }
 
-/// One forward step for `token` at `pos`. Returns whether `state.logits`
-/// holds the full logits on this rank (only when `want_logits`).
+/// One forward pass for `tokens` at positions `pos0..pos0 + tokens.len()`
+/// (one token while decoding, several while prefilling a prompt on a rank
+/// whose collective allows it). Returns whether `state.logits` holds the
+/// full logits of the last token on this rank (only when `want_logits`).
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     res: &Resident,
@@ -339,19 +379,28 @@ pub fn forward(
     comm: &mut dyn Collective,
     par: &Par,
     s: &mut State,
-    token: u32,
-    pos: usize,
+    tokens: &[u32],
+    pos0: usize,
     want_logits: bool,
     timing: &mut Timing,
 ) -> Result<bool> {
     let d = &res.dims;
-    s.grow_to(pos, d.max_seq_len.max(s.seq_len))?;
-    let (hd, kv_dim) = (d.head_dim, d.kv_dim());
-    w.embed(token, &mut s.x)?;
-    for (i, f) in res.inv_freq.iter().enumerate() {
-        let angle = pos as f32 * f;
-        s.cos[i] = angle.cos();
-        s.sin[i] = angle.sin();
+    let t = tokens.len();
+    if t == 0 {
+        return Err(Error::Model("forward of no tokens".into()));
+    }
+    let last = pos0 + t - 1;
+    s.grow_to(last, d.max_seq_len.max(s.seq_len))?;
+    s.ensure_batch(d, t);
+    let (dim, hd, kv_dim, q_dim) = (d.dim, d.head_dim, d.kv_dim(), d.q_dim());
+    let half = hd / 2;
+    for (i, &token) in tokens.iter().enumerate() {
+        w.embed(token, &mut s.x[i * dim..(i + 1) * dim])?;
+        let angles = res.inv_freq.iter().map(|f| (pos0 + i) as f32 * f);
+        for (j, angle) in angles.enumerate() {
+            s.cos[i * half + j] = angle.cos();
+            s.sin[i * half + j] = angle.sin();
+        }
     }
     let scale = 1.0 / (hd as f32).sqrt();
     let kernel = par.backend();
@@ -361,72 +410,113 @@ pub fn forward(
         let m = w.acquire(l)?;
 
         // attention: q,k,v = my heads of rmsnorm(x)
-        tpi_kernels::rmsnorm(&mut s.xb[..d.dim], &s.x, &vecs.attn_norm, d.norm_eps);
-        let xb = &s.xb[..d.dim];
-        par.gemv3(
-            (m.q.weights()?, xb, &mut s.q),
-            (m.k.weights()?, xb, &mut s.k),
-            (m.v.weights()?, xb, &mut s.v),
+        rmsnorm_rows(
+            &mut s.xb[..t * dim],
+            &s.x[..t * dim],
+            &vecs.attn_norm,
+            d.norm_eps,
         );
-        add_bias(&mut s.q, &vecs.q_bias);
-        add_bias(&mut s.k, &vecs.k_bias);
-        add_bias(&mut s.v, &vecs.v_bias);
-        tpi_kernels::rope(&mut s.q, &s.cos, &s.sin);
-        tpi_kernels::rope(&mut s.k, &s.cos, &s.sin);
+        let xb = &s.xb[..t * dim];
+        par.gemv3(
+            t,
+            (m.q.weights()?, xb, &mut s.q[..t * q_dim]),
+            (m.k.weights()?, xb, &mut s.k[..t * kv_dim]),
+            (m.v.weights()?, xb, &mut s.v[..t * kv_dim]),
+        );
         let (kc, vc) = (&mut s.key_cache[l], &mut s.value_cache[l]);
-        kc[pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(&s.k);
-        vc[pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(&s.v);
+        for i in 0..t {
+            let (q, k, v) = (
+                &mut s.q[i * q_dim..(i + 1) * q_dim],
+                &mut s.k[i * kv_dim..(i + 1) * kv_dim],
+                &mut s.v[i * kv_dim..(i + 1) * kv_dim],
+            );
+            let (cos, sin) = (
+                &s.cos[i * half..(i + 1) * half],
+                &s.sin[i * half..(i + 1) * half],
+            );
+            add_bias(q, &vecs.q_bias);
+            add_bias(k, &vecs.k_bias);
+            add_bias(v, &vecs.v_bias);
+            tpi_kernels::rope(q, cos, sin);
+            tpi_kernels::rope(k, cos, sin);
+            let p = pos0 + i;
+            kc[p * kv_dim..(p + 1) * kv_dim].copy_from_slice(k);
+            vc[p * kv_dim..(p + 1) * kv_dim].copy_from_slice(v);
+        }
 
-        // softmax(q k^T / sqrt(hd)) v, per query head, over positions 0..=pos
-        for h in 0..d.n_heads {
-            let kvh = (d.first_head + h) / d.kv_group - d.first_kv_head;
-            let q = &s.q[h * hd..(h + 1) * hd];
-            let att = &mut s.att[..=pos];
-            for (t, a) in att.iter_mut().enumerate() {
-                let k = &kc[t * kv_dim + kvh * hd..t * kv_dim + (kvh + 1) * hd];
-                *a = kernel.dot(q, k) * scale;
-            }
-            tpi_kernels::softmax(att);
-            let out = &mut s.att_out[h * hd..(h + 1) * hd];
-            out.fill(0.0);
-            for (t, a) in att.iter().enumerate() {
-                kernel.axpy(
-                    out,
-                    *a,
-                    &vc[t * kv_dim + kvh * hd..t * kv_dim + (kvh + 1) * hd],
-                );
+        // softmax(q k^T / sqrt(hd)) v, per token and query head, over
+        // positions 0..=its own (causal)
+        for i in 0..t {
+            let p = pos0 + i;
+            for h in 0..d.n_heads {
+                let kvh = (d.first_head + h) / d.kv_group - d.first_kv_head;
+                let q = &s.q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+                let att = &mut s.att[..=p];
+                for (pt, a) in att.iter_mut().enumerate() {
+                    let k = &kc[pt * kv_dim + kvh * hd..pt * kv_dim + (kvh + 1) * hd];
+                    *a = kernel.dot(q, k) * scale;
+                }
+                tpi_kernels::softmax(att);
+                let out = &mut s.att_out[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+                out.fill(0.0);
+                for (pt, a) in att.iter().enumerate() {
+                    kernel.axpy(
+                        out,
+                        *a,
+                        &vc[pt * kv_dim + kvh * hd..pt * kv_dim + (kvh + 1) * hd],
+                    );
+                }
             }
         }
-        par.gemv(m.o.weights()?, &s.att_out, &mut s.xb2);
+        par.gemv_t(
+            t,
+            m.o.weights()?,
+            &s.att_out[..t * q_dim],
+            &mut s.xb2[..t * dim],
+        );
 
         // MLP: silu(gate x) * (up x), then down; partial sums of my columns
         let (gate, up, down) = (m.gate.weights()?, m.up.weights()?, m.down.weights()?);
         let t0 = std::time::Instant::now();
-        comm.allreduce_sum(&mut s.xb2, l, Op::Attention)?;
+        comm.allreduce_sum(&mut s.xb2[..t * dim], l, Op::Attention)?;
         timing.comm += t0.elapsed();
-        add_into(&mut s.x, &s.xb2);
-        tpi_kernels::rmsnorm(&mut s.xb[..d.dim], &s.x, &vecs.ffn_norm, d.norm_eps);
-        let xb = &s.xb[..d.dim];
-        par.gemv2((gate, xb, &mut s.hb), (up, xb, &mut s.hb2));
-        tpi_kernels::silu_mul(&mut s.hb, &s.hb2);
-        par.gemv(down, &s.hb, &mut s.xb2);
+        add_into(&mut s.x[..t * dim], &s.xb2[..t * dim]);
+        rmsnorm_rows(
+            &mut s.xb[..t * dim],
+            &s.x[..t * dim],
+            &vecs.ffn_norm,
+            d.norm_eps,
+        );
+        let (xb, hn) = (&s.xb[..t * dim], t * d.hidden);
+        par.gemv2(t, (gate, xb, &mut s.hb[..hn]), (up, xb, &mut s.hb2[..hn]));
+        tpi_kernels::silu_mul(&mut s.hb[..hn], &s.hb2[..hn]);
+        par.gemv_t(t, down, &s.hb[..hn], &mut s.xb2[..t * dim]);
         w.release(l)?;
         let t0 = std::time::Instant::now();
-        comm.allreduce_sum(&mut s.xb2, l, Op::Mlp)?;
+        comm.allreduce_sum(&mut s.xb2[..t * dim], l, Op::Mlp)?;
         timing.comm += t0.elapsed();
-        add_into(&mut s.x, &s.xb2);
+        add_into(&mut s.x[..t * dim], &s.xb2[..t * dim]);
     }
 
     if !want_logits {
         return Ok(false);
     }
-    tpi_kernels::rmsnorm(&mut s.xb[..d.dim], &s.x, &res.final_norm, d.norm_eps);
+    let x_last = &s.x[(t - 1) * dim..t * dim];
+    tpi_kernels::rmsnorm(&mut s.xb[..dim], x_last, &res.final_norm, d.norm_eps);
     let lm = w.lm_head()?;
-    par.gemv(lm.weights()?, &s.xb[..d.dim], &mut s.my_logits);
+    par.gemv(lm.weights()?, &s.xb[..dim], &mut s.my_logits);
     let t0 = std::time::Instant::now();
     let full = comm.gather_logits(&s.my_logits, &mut s.logits)?;
     timing.comm += t0.elapsed();
     Ok(full)
+}
+
+/// rmsnorm of each `dim`-wide row of `x` into `out`.
+fn rmsnorm_rows(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    let dim = weight.len().max(1);
+    for (o, x) in out.chunks_mut(dim).zip(x.chunks(dim)) {
+        tpi_kernels::rmsnorm(o, x, weight, eps);
+    }
 }
 
 fn add_bias(x: &mut [f32], bias: &Option<Vec<f32>>) {

@@ -44,59 +44,101 @@ impl Par {
     }
 
     pub fn gemv(&self, w: Weights<'_>, x: &[f32], y: &mut [f32]) {
-        self.run(vec![(w, x, y)]);
+        self.run(1, vec![(w, x, y)]);
     }
 
-    pub fn gemv2(&self, a: Job<'_, '_>, b: Job<'_, '_>) {
-        self.run(vec![a, b]);
+    /// `t` tokens at once: `xs` holds `t` input rows, `ys` gets `t` output rows.
+    pub fn gemv_t(&self, t: usize, w: Weights<'_>, xs: &[f32], ys: &mut [f32]) {
+        self.run(t, vec![(w, xs, ys)]);
     }
 
-    pub fn gemv3(&self, a: Job<'_, '_>, b: Job<'_, '_>, c: Job<'_, '_>) {
-        self.run(vec![a, b, c]);
+    pub fn gemv2(&self, t: usize, a: Job<'_, '_>, b: Job<'_, '_>) {
+        self.run(t, vec![a, b]);
     }
 
-    /// Runs `jobs`, split by rows into chunks that the threads take in turn.
+    pub fn gemv3(&self, t: usize, a: Job<'_, '_>, b: Job<'_, '_>, c: Job<'_, '_>) {
+        self.run(t, vec![a, b, c]);
+    }
+
+    /// Runs `jobs` for `t` tokens: each job's `x` holds `t` input rows and
+    /// its `y` gets `t` output rows. Rows of the weights are split into
+    /// chunks that the threads take in turn; a chunk is applied to all `t`
+    /// tokens one after the other, so its weights come from DRAM once and
+    /// from the cache `t - 1` times (a prompt costs a little more than one
+    /// decode step, not `t` of them).
     ///
     /// Static equal shares leave one thread idle at the end of every region
     /// when the two do not get the same share of the memory bus (they rarely
     /// do on a shared VM); with chunks of ~`CHUNK_BYTES` handed out by an
     /// atomic counter both finish within one chunk of each other.
-    pub fn run(&self, jobs: Vec<Job<'_, '_>>) {
+    ///
+    /// # Panics
+    /// If a job's `x` or `y` is not `t` rows of the weights' shape.
+    pub fn run(&self, t: usize, jobs: Vec<Job<'_, '_>>) {
+        let t = t.max(1);
         let work: usize = jobs.iter().map(|(w, _, _)| w.len()).sum();
         let backend = self.backend;
-        if self.threads() == 1 || work < MIN_PARALLEL_ELEMS {
+        if t == 1 && (self.threads() == 1 || work < MIN_PARALLEL_ELEMS) {
             for (w, x, y) in jobs {
                 backend.gemv(w, x, y);
             }
             return;
         }
-        let mut chunks: Vec<Job<'_, '_>> = Vec::new();
-        for (w, x, y) in jobs {
-            let cols = x.len().max(1);
-            let row_bytes = cols * w.elem_bytes();
+        let mut chunks: Vec<Chunk<'_, '_>> = Vec::new();
+        for (w, xs, ys) in jobs {
+            let (cols, rows) = (xs.len() / t, ys.len() / t);
+            assert!(
+                xs.len() == t * cols && ys.len() == t * rows && w.len() == rows * cols,
+                "gemv: {t} tokens of {} x {} weights, x {} and y {}",
+                rows,
+                cols,
+                xs.len(),
+                ys.len()
+            );
+            let row_bytes = cols.max(1) * w.elem_bytes();
             let rows_per = (CHUNK_BYTES / row_bytes.max(1))
                 .next_multiple_of(ROW_ALIGN)
                 .max(ROW_ALIGN);
-            let mut start = 0;
-            for mine in y.chunks_mut(rows_per) {
-                let end = start + mine.len();
-                chunks.push((w.slice(start * cols, end * cols), x, mine));
-                start = end;
+            // Per token, its output row cut at the chunk boundaries.
+            let mut pieces: Vec<_> = ys
+                .chunks_mut(rows.max(1))
+                .map(|y| y.chunks_mut(rows_per))
+                .collect();
+            for start in (0..rows).step_by(rows_per) {
+                let end = (start + rows_per).min(rows);
+                let ys: Vec<&mut [f32]> = pieces.iter_mut().filter_map(|p| p.next()).collect();
+                chunks.push((w.slice(start * cols, end * cols), xs, cols, ys));
             }
+        }
+        if self.threads() == 1 || work < MIN_PARALLEL_ELEMS {
+            for c in chunks {
+                run_chunk(backend, c);
+            }
+            return;
         }
         // Each chunk is taken exactly once (the counter hands out each index
         // once), so its mutex is never contended.
-        let chunks: Vec<Mutex<Option<Job<'_, '_>>>> =
-            chunks.into_iter().map(|j| Mutex::new(Some(j))).collect();
+        let chunks: Vec<Mutex<Option<Chunk<'_, '_>>>> =
+            chunks.into_iter().map(|c| Mutex::new(Some(c))).collect();
         let next = AtomicUsize::new(0);
         self.pool.run(&|_| loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(slot) = chunks.get(i) else { break };
-            let job = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some((w, x, y)) = job {
-                backend.gemv(w, x, y);
+            let chunk = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(c) = chunk {
+                run_chunk(backend, c);
             }
         });
+    }
+}
+
+/// Rows of one matrix for every token: (weights, all tokens' inputs,
+/// columns, each token's output rows).
+type Chunk<'a, 'b> = (Weights<'a>, &'b [f32], usize, Vec<&'b mut [f32]>);
+
+fn run_chunk(backend: Backend, (w, xs, cols, ys): Chunk<'_, '_>) {
+    for (i, y) in ys.into_iter().enumerate() {
+        backend.gemv(w, &xs[i * cols..(i + 1) * cols], y);
     }
 }
 
@@ -133,6 +175,7 @@ mod tests {
         let run = |threads| {
             let (mut ya, mut yb) = (vec![0.0; ra], vec![0.0; rb]);
             Par::new(threads, Backend::Scalar).gemv2(
+                1,
                 (Weights::F16(&wa), &x, &mut ya),
                 (Weights::F32(&wb), &x, &mut yb),
             );

@@ -2080,11 +2080,27 @@ mod tests {
             for (pos, tok) in [1u32, 5, 9, 3].into_iter().enumerate() {
                 let (r1, r2) = (&res_s, &res_w);
                 forward(
-                    r1, &mut mine, &mut Solo, &par, &mut s1, tok, pos, true, &mut t,
+                    r1,
+                    &mut mine,
+                    &mut Solo,
+                    &par,
+                    &mut s1,
+                    &[tok],
+                    pos,
+                    true,
+                    &mut t,
                 )
                 .unwrap();
                 forward(
-                    r2, &mut whole, &mut Solo, &par, &mut s2, tok, pos, true, &mut t,
+                    r2,
+                    &mut whole,
+                    &mut Solo,
+                    &par,
+                    &mut s2,
+                    &[tok],
+                    pos,
+                    true,
+                    &mut t,
                 )
                 .unwrap();
                 assert_eq!(s1.logits, s2.logits, "{name} pos {pos}");

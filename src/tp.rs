@@ -502,7 +502,7 @@ pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
                 &mut comm,
                 &par,
                 &mut state,
-                token,
+                &[token],
                 pos,
                 want_logits,
                 &mut timing,

@@ -20,6 +20,20 @@ fn greedy(
     backend: Backend,
     threads: usize,
 ) -> GenOutput {
+    generate_greedy(ckpt, prompt, length, backend, threads, true)
+}
+
+/// Greedy generation; with `per_position` the prompt runs token by token
+/// and keeps every position's logits, without it the prompt is prefilled
+/// in batches.
+fn generate_greedy(
+    ckpt: &Checkpoint,
+    prompt: &[u32],
+    length: usize,
+    backend: Backend,
+    threads: usize,
+    per_position: bool,
+) -> GenOutput {
     let cfg = &ckpt.config;
     let part = Part::whole(cfg);
     let res = resident(cfg, &ckpt.weights, &part).expect("resident");
@@ -41,7 +55,7 @@ fn greedy(
         },
         eos_ids: cfg.eos_token_ids.clone(),
         ignore_eos: true,
-        keep_prompt_logits: true,
+        keep_prompt_logits: per_position,
     };
     generate(
         &mut rank,
@@ -149,4 +163,48 @@ fn prompt_text_encodes_to_the_reference_ids() {
             );
         }
     }
+}
+
+/// Prompts prefilled in batches (every weight read once per batch of up to
+/// `PREFILL_BATCH` tokens) give the oracle's logits and continuations, the
+/// same bits as token-by-token prefill, also across a batch boundary.
+#[test]
+fn batched_prefill_matches_transformers_and_token_by_token() {
+    for name in FIXTURES {
+        let ckpt = Checkpoint::open_dir(&fixture_dir(name)).expect("open fixture");
+        for p in reference(name)["prompts"].as_array().expect("prompts") {
+            let (prompt, want) = (ids(&p["ids"]), ids(&p["greedy"]["ids"]));
+            for threads in [1, 2] {
+                let batched = generate_greedy(
+                    &ckpt,
+                    &prompt,
+                    want.len(),
+                    Backend::detect(),
+                    threads,
+                    false,
+                );
+                let (diff, at) = max_abs_diff(&batched.last_logits, &floats(&p["last_logits"]));
+                assert!(
+                    diff <= LOGIT_TOL,
+                    "{name}: logits differ by {diff} at id {at}"
+                );
+                assert_eq!(batched.generated_ids, want, "{name}: greedy ids");
+                let stepped = greedy(&ckpt, &prompt, 1, Backend::detect(), threads);
+                assert_eq!(batched.last_logits, stepped.last_logits, "{name}");
+            }
+        }
+    }
+    // 4 + 64 story tokens as the prompt: a batch of PREFILL_BATCH, then the
+    // rest; the next token is the story's 65th.
+    let r = reference("stories260K");
+    let case = &r["once_upon_a_time_64"];
+    let story = ids(&case["greedy_ids"]);
+    let mut prompt = ids(&case["ids"]);
+    prompt.extend_from_slice(&story[..story.len() - 1]);
+    assert!(prompt.len() > tpi::engine::PREFILL_BATCH);
+    let ckpt = Checkpoint::open_dir(&fixture_dir("stories260K")).expect("open");
+    let batched = generate_greedy(&ckpt, &prompt, 1, Backend::detect(), 2, false);
+    assert_eq!(batched.generated_ids, story[story.len() - 1..]);
+    let stepped = greedy(&ckpt, &prompt, 1, Backend::detect(), 2);
+    assert_eq!(batched.last_logits, stepped.last_logits);
 }
