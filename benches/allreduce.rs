@@ -125,8 +125,8 @@ fn loopback_pair() -> (TcpStream, TcpStream) {
 fn lib_worker(mut w: WorkerComm, rank: usize, n: usize) {
     loop {
         match w.next_command().expect("worker: next command") {
-            Command::Step { token, pos, .. } => {
-                let mut x = vec![0f32; token as usize];
+            Command::Step { tokens, pos, .. } => {
+                let mut x = vec![0f32; tokens[0] as usize];
                 for i in 0..pos {
                     fill(&mut x, (rank + 1) as f32);
                     let op = if i % 2 == 0 { Op::Attention } else { Op::Mlp };
@@ -192,7 +192,7 @@ impl LibStar {
     /// instants of every op plus the end.
     fn run(&mut self, len: usize, iters: usize) -> Vec<Instant> {
         let mut x = vec![0f32; len];
-        self.hub.begin_step(len as u32, iters, false).unwrap();
+        self.hub.begin_step(&[len as u32], iters, false).unwrap();
         let mut t = Vec::with_capacity(iters + 1);
         for i in 0..iters {
             t.push(Instant::now());

@@ -7,12 +7,13 @@
 //! port never blocks a real worker), slice file transfer, and the
 //! [`Collective`] implementations of both roles.
 
+use crate::engine::PREFILL_BATCH;
 use crate::model::{Collective, Op};
 use crate::net::frame::PROTOCOL_VERSION;
 use crate::net::frame::{
     read_frame, recv_f32s_into, send_f32s, write_frame, FrameError, Header, Kind, MAX_PAYLOAD,
 };
-use crate::net::msg::{Auth, FileRequest, Hello, Reject, Step, STEP_WANT_LOGITS};
+use crate::net::msg::{Auth, FileRequest, Hello, Reject, Step, STEP_PREFILL, STEP_WANT_LOGITS};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
@@ -901,12 +902,16 @@ impl HubComm {
 }
 
 impl Collective for HubComm {
-    fn begin_step(&mut self, token: u32, pos: usize, want_logits: bool) -> crate::Result<()> {
+    fn begin_step(&mut self, tokens: &[u32], pos: usize, want_logits: bool) -> crate::Result<()> {
         self.step = self.step.wrapping_add(1);
+        let mut flags = if want_logits { STEP_WANT_LOGITS } else { 0 };
+        if tokens.len() > 1 {
+            flags |= STEP_PREFILL;
+        }
         let step = Step {
             pos: pos as u32,
-            ids: vec![token],
-            flags: if want_logits { STEP_WANT_LOGITS } else { 0 },
+            ids: tokens.to_vec(),
+            flags,
         };
         let payload = step
             .encode()
@@ -939,6 +944,12 @@ impl Collective for HubComm {
             l.recv_f32s(Kind::Logits, self.step, 0, &mut full[v.clone()])?;
         }
         Ok(true)
+    }
+
+    /// Workers run every token of a `Step` (up to `PREFILL_BATCH`) in one
+    /// forward, so the prompt is prefilled in batches across the cluster.
+    fn batches(&self) -> bool {
+        true
     }
 }
 
@@ -1164,7 +1175,7 @@ pub fn worker_ready(link: &mut Link, peer_timeout: Duration) -> Result<(), NetEr
 /// What the hub asks of a worker next.
 pub enum Command {
     Step {
-        token: u32,
+        tokens: Vec<u32>,
         pos: usize,
         want_logits: bool,
     },
@@ -1225,15 +1236,19 @@ impl WorkerComm {
             Kind::Step => {
                 let s = Step::decode(&payload)
                     .map_err(|e| bad(format!("bad step: {e}"), &self.link))?;
-                if s.ids.len() != 1 {
+                // The batch bounds what the forward allocates per token.
+                if s.ids.is_empty() || s.ids.len() > PREFILL_BATCH {
                     return Err(bad(
-                        format!("step with {} ids; this version runs one", s.ids.len()),
+                        format!(
+                            "step with {} ids; a step runs 1 to {PREFILL_BATCH}",
+                            s.ids.len()
+                        ),
                         &self.link,
                     ));
                 }
                 self.step = h.step;
                 Ok(Command::Step {
-                    token: s.ids[0],
+                    tokens: s.ids,
                     pos: s.pos as usize,
                     want_logits: s.flags & STEP_WANT_LOGITS != 0,
                 })
@@ -1261,5 +1276,68 @@ impl Collective for WorkerComm {
     fn gather_logits(&mut self, mine: &[f32], _full: &mut [f32]) -> crate::Result<bool> {
         self.link.send_f32s(Kind::Logits, self.step, 0, mine)?;
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hub link and a worker over loopback.
+    fn pair() -> (Link, WorkerComm) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        let t = Duration::from_secs(5);
+        let hub = Link::new(server, 1, 0, t).expect("hub link");
+        let worker = Link::new(client, 0, 1, t).expect("worker link");
+        let comm = WorkerComm::new(worker, t, Duration::ZERO).expect("worker comm");
+        (hub, comm)
+    }
+
+    fn step_payload(ids: Vec<u32>) -> Vec<u8> {
+        let step = Step {
+            pos: 3,
+            ids,
+            flags: STEP_PREFILL,
+        };
+        step.encode().expect("encode")
+    }
+
+    #[test]
+    fn worker_runs_steps_of_one_to_prefill_batch_ids() {
+        let (mut hub, mut worker) = pair();
+        for n in [1, 2, PREFILL_BATCH] {
+            let ids: Vec<u32> = (0..n as u32).collect();
+            hub.send(Kind::Step, n as u32, 0, &step_payload(ids.clone()))
+                .expect("send");
+            match worker.next_command().expect("command") {
+                Command::Step {
+                    tokens,
+                    pos,
+                    want_logits,
+                } => {
+                    assert_eq!((tokens, pos, want_logits), (ids, 3, false));
+                }
+                Command::Stop => panic!("expected a step"),
+            }
+        }
+    }
+
+    #[test]
+    fn worker_refuses_empty_and_oversized_steps() {
+        for n in [0, PREFILL_BATCH + 1] {
+            let (mut hub, mut worker) = pair();
+            let ids: Vec<u32> = (0..n as u32).collect();
+            hub.send(Kind::Step, 1, 0, &step_payload(ids))
+                .expect("send");
+            let err = worker.next_command().err().expect("refused").to_string();
+            assert!(
+                err.contains(&format!(
+                    "step with {n} ids; a step runs 1 to {PREFILL_BATCH}"
+                )),
+                "{err}"
+            );
+        }
     }
 }

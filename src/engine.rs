@@ -159,9 +159,7 @@ fn step(
     want: bool,
     timing: &mut Timing,
 ) -> Result<()> {
-    if let [id] = ids {
-        rank.comm.begin_step(*id, pos, want)?;
-    }
+    rank.comm.begin_step(ids, pos, want)?;
     forward(
         rank.res,
         rank.weights,

@@ -131,8 +131,8 @@ pub enum Op {
 
 /// How partial results of this rank meet the other ranks'.
 pub trait Collective {
-    /// A forward for `token` at `pos` begins (the hub tells the workers).
-    fn begin_step(&mut self, _token: u32, _pos: usize, _want_logits: bool) -> Result<()> {
+    /// A forward for `tokens` at `pos..` begins (the hub tells the workers).
+    fn begin_step(&mut self, _tokens: &[u32], _pos: usize, _want_logits: bool) -> Result<()> {
         Ok(())
     }
     /// Sum `x` over all ranks, in place (every rank ends with the same sum).
@@ -140,9 +140,7 @@ pub trait Collective {
     /// Gather each rank's logits rows into `full` on rank 0. Returns whether
     /// `full` holds the complete logits on this rank.
     fn gather_logits(&mut self, mine: &[f32], full: &mut [f32]) -> Result<bool>;
-    /// Whether a forward may carry several tokens (prompt prefill). The
-    /// wire protocol announces one token per step, so only a rank without
-    /// peers can.
+    /// Whether a forward may carry several tokens (prompt prefill).
     fn batches(&self) -> bool {
         false
     }

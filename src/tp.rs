@@ -493,7 +493,7 @@ pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
         let step = match comm.next_command()? {
             Command::Stop => return Ok(()),
             Command::Step {
-                token,
+                tokens,
                 pos,
                 want_logits,
             } => forward(
@@ -502,7 +502,7 @@ pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
                 &mut comm,
                 &par,
                 &mut state,
-                &[token],
+                &tokens,
                 pos,
                 want_logits,
                 &mut timing,

@@ -95,6 +95,51 @@ fn uneven_split_weights_match_oracle() {
     check_against_oracle(name, p, &v, &l, "split weights 3,1,1");
 }
 
+/// A prompt longer than one prefill batch crosses the cluster as two
+/// multi-token steps (resident and windowed ranks); the next token is the
+/// oracle story's.
+#[test]
+fn batched_prefill_across_ranks_continues_the_story() {
+    let r = reference("stories260K");
+    let case = &r["once_upon_a_time_64"];
+    let story = ids(&case["greedy_ids"]);
+    let mut prompt = ids(&case["ids"]);
+    prompt.extend_from_slice(&story[..story.len() - 1]);
+    assert!(prompt.len() > tpi::engine::PREFILL_BATCH);
+    let tmp = TempDir::new("prefill");
+    for extra in [&[][..], &["--memory-window", "2"][..]] {
+        let out = tpi_run()
+            .arg("--model")
+            .arg(fixture_dir("stories260K"))
+            .args(["--prompt-ids", &ids_arg(&prompt), "--length", "1"])
+            .args([
+                "--temperature",
+                "0",
+                "--json",
+                "--quiet",
+                "--world-size",
+                "3",
+            ])
+            .args(["--threads", "1"])
+            .arg("--cache-dir")
+            .arg(tmp.path().join("cache"))
+            .args(extra)
+            .output()
+            .expect("spawn tpi-run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(
+            ids(&v["generated_ids"]),
+            story[story.len() - 1..],
+            "{extra:?}"
+        );
+    }
+}
+
 /// Both waiting strategies of the links (blocking reads, and a long
 /// yield-spin) carry the same session, forwarded to spawned workers.
 #[test]
