@@ -184,7 +184,7 @@ impl Head for InPlace<'_> {
         self.mat(&self.embed).row_into(token as usize, out)
     }
 
-    fn lm_head(&mut self) -> Result<Mat<'_>> {
-        Ok(self.mat(&self.lm_head))
+    fn lm_head(&mut self, _part: usize) -> Result<(usize, Mat<'_>)> {
+        Ok((0, self.mat(&self.lm_head)))
     }
 }

@@ -352,8 +352,18 @@ impl State {
 pub trait Head {
     /// Embedding row of `token` widened to f32.
     fn embed(&mut self, token: u32, out: &mut [f32]) -> Result<()>;
-    /// This rank's lm_head rows `[my_vocab][dim]`.
-    fn lm_head(&mut self) -> Result<Mat<'_>>;
+    /// This rank's lm_head rows `[my_vocab][dim]` come in `lm_head_parts()`
+    /// parts of consecutive rows (one when resident; several when streamed
+    /// through a memory window), acquired and released in order.
+    fn lm_head_parts(&self) -> usize {
+        1
+    }
+    /// Part `part`: its first row among this rank's vocab rows, and its rows.
+    fn lm_head(&mut self, part: usize) -> Result<(usize, Mat<'_>)>;
+    /// Compute no longer needs part `part`.
+    fn release_lm_head(&mut self, _part: usize) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// All weights a rank reads: layer matrices, embedding rows and lm_head.
@@ -496,13 +506,28 @@ pub fn forward(
         add_into(&mut s.x[..t * dim], &s.xb2[..t * dim]);
     }
 
+    // logits of the last token from this rank's lm_head rows; a streamed
+    // lm_head is consumed part by part even when no logits are wanted, so
+    // the window's read order stays the forward's
+    let x_last = &s.x[(t - 1) * dim..t * dim];
+    tpi_kernels::rmsnorm(&mut s.xb[..dim], x_last, &res.final_norm, d.norm_eps);
+    for part in 0..w.lm_head_parts() {
+        let (row0, lm) = w.lm_head(part)?;
+        if want_logits {
+            let out = s.my_logits.get_mut(row0..row0 + lm.rows).ok_or_else(|| {
+                Error::Model(format!(
+                    "lm_head part {part}: rows {row0}..{} beyond this rank's {} vocab rows",
+                    row0 + lm.rows,
+                    d.vocab
+                ))
+            })?;
+            par.gemv(lm.weights()?, &s.xb[..dim], out);
+        }
+        w.release_lm_head(part)?;
+    }
     if !want_logits {
         return Ok(false);
     }
-    let x_last = &s.x[(t - 1) * dim..t * dim];
-    tpi_kernels::rmsnorm(&mut s.xb[..dim], x_last, &res.final_norm, d.norm_eps);
-    let lm = w.lm_head()?;
-    par.gemv(lm.weights()?, &s.xb[..dim], &mut s.my_logits);
     let t0 = std::time::Instant::now();
     let full = comm.gather_logits(&s.my_logits, &mut s.logits)?;
     timing.comm += t0.elapsed();

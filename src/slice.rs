@@ -1713,8 +1713,20 @@ impl SliceFile {
 pub struct SliceResident {
     slice: SliceFile,
     layers: Layers,
-    lm_head: Aligned,
+    lm_head: LmHead,
     row: Aligned,
+}
+
+/// Where a rank's lm_head rows live.
+enum LmHead {
+    /// Read once and kept.
+    Resident(Aligned),
+    /// Streamed through the window as blocks `first..first + parts.len()`
+    /// after the layers, each `(first row, rows)` of the rank's vocab rows.
+    Streamed {
+        first: usize,
+        parts: Vec<(usize, usize)>,
+    },
 }
 
 /// Where a rank's layer blocks live.
@@ -1746,18 +1758,38 @@ impl SliceResident {
             .iter()
             .map(|&i| slice.read_block(i))
             .collect::<Result<Vec<_>, _>>()?;
-        SliceResident::with_layers(slice, Layers::Resident(layers))
+        let lm_head = LmHead::Resident(slice.read_block(slice.lm_head)?);
+        SliceResident::with_layers(slice, Layers::Resident(layers), lm_head)
     }
 
     /// Layer blocks streamed through `n_slots` window slots by an I/O
     /// thread (pread, optionally O_DIRECT). Block checksums were verified
     /// when the slice was fetched or found in the cache.
+    ///
+    /// The lm_head rows follow the layers through the same window, in parts
+    /// no larger than the largest layer block, so the rank's peak does not
+    /// hold them (a Llama-3 8B lm_head is 1 GB in f16).
     pub fn windowed(
         slice: SliceFile,
         n_slots: usize,
         opts: WindowOpts,
     ) -> Result<SliceResident, SliceError> {
-        let blocks = slice.layer_blocks();
+        let mut blocks = slice.layer_blocks();
+        let largest = blocks.iter().map(|b| b.1).max().unwrap_or(0);
+        let b = &slice.manifest.blocks[slice.lm_head];
+        let t = &b.tensors[0];
+        let row_bytes = (t.cols * t.dtype.size()) as u64;
+        // Whole 4-row groups (the kernels' row block), at least one group.
+        let rows_per = ((largest / row_bytes.max(1)) as usize / 4 * 4).max(4);
+        let first = blocks.len();
+        let parts: Vec<(usize, usize)> = (0..t.rows)
+            .step_by(rows_per)
+            .map(|r0| (r0, rows_per.min(t.rows - r0)))
+            .collect();
+        for &(r0, rows) in &parts {
+            let at = b.offset + t.offset + r0 as u64 * row_bytes;
+            blocks.push((at, rows as u64 * row_bytes));
+        }
         let file = slice
             .file
             .try_clone()
@@ -1767,11 +1799,15 @@ impl SliceResident {
             what: "start the memory window",
             source: std::io::Error::other(e.to_string()),
         })?;
-        SliceResident::with_layers(slice, Layers::Window(Box::new(window)))
+        let lm_head = LmHead::Streamed { first, parts };
+        SliceResident::with_layers(slice, Layers::Window(Box::new(window)), lm_head)
     }
 
-    fn with_layers(slice: SliceFile, layers: Layers) -> Result<SliceResident, SliceError> {
-        let lm_head = slice.read_block(slice.lm_head)?;
+    fn with_layers(
+        slice: SliceFile,
+        layers: Layers,
+        lm_head: LmHead,
+    ) -> Result<SliceResident, SliceError> {
         let e = &slice.manifest.blocks[slice.embedding].tensors[0];
         let row = Aligned::zeroed(e.cols * e.dtype.size());
         Ok(SliceResident {
@@ -1786,7 +1822,8 @@ impl SliceResident {
         &self.slice
     }
 
-    /// Bytes held in memory for weights (layer blocks or window slots, plus lm_head).
+    /// Bytes held in memory for weights (layer blocks or window slots, plus
+    /// a resident lm_head).
     pub fn resident_bytes(&self) -> usize {
         let layers = match &self.layers {
             Layers::Resident(l) => l.iter().map(|b| b.len).sum::<usize>(),
@@ -1795,7 +1832,11 @@ impl SliceResident {
                 s.n_slots * s.slot_bytes
             }
         };
-        layers + self.lm_head.len
+        let lm_head = match &self.lm_head {
+            LmHead::Resident(a) => a.len,
+            LmHead::Streamed { .. } => 0,
+        };
+        layers + lm_head
     }
 
     /// Window statistics (None when resident).
@@ -1855,10 +1896,59 @@ impl Head for SliceResident {
         m.row_into(0, out)
     }
 
-    fn lm_head(&mut self) -> crate::error::Result<Mat<'_>> {
+    fn lm_head_parts(&self) -> usize {
+        match &self.lm_head {
+            LmHead::Resident(_) => 1,
+            LmHead::Streamed { parts, .. } => parts.len(),
+        }
+    }
+
+    fn lm_head(&mut self, part: usize) -> crate::error::Result<(usize, Mat<'_>)> {
         let s = &self.slice;
         let b = &s.manifest.blocks[s.lm_head];
-        Ok(s.mat(b, &b.tensors[0], self.lm_head.bytes())?)
+        let t = &b.tensors[0];
+        match (&self.lm_head, &mut self.layers) {
+            (LmHead::Resident(a), _) => Ok((0, s.mat(b, t, a.bytes())?)),
+            (LmHead::Streamed { first, parts }, Layers::Window(w)) => {
+                let &(row0, rows) = parts.get(part).ok_or_else(|| {
+                    s.out_of_range("lm_head part", part as u64, parts.len() as u64)
+                })?;
+                let bytes = w.acquire(first + part).map_err(|e| {
+                    crate::error::Error::Model(format!(
+                        "{}: lm_head part {part}: {e}",
+                        s.path.display()
+                    ))
+                })?;
+                let len = rows * t.cols * t.dtype.size();
+                let data = bytes.get(..len).ok_or_else(|| {
+                    s.out_of_range("lm_head part bytes", len as u64, bytes.len() as u64)
+                })?;
+                let m = Mat {
+                    dtype: t.dtype,
+                    rows,
+                    cols: t.cols,
+                    bytes: data,
+                };
+                Ok((row0, m))
+            }
+            (LmHead::Streamed { .. }, Layers::Resident(_)) => Err(crate::error::Error::Model(
+                "lm_head streamed without a window".into(),
+            )),
+        }
+    }
+
+    fn release_lm_head(&mut self, part: usize) -> crate::error::Result<()> {
+        if let (LmHead::Streamed { first, .. }, Layers::Window(w)) =
+            (&self.lm_head, &mut self.layers)
+        {
+            w.release(first + part).map_err(|e| {
+                crate::error::Error::Model(format!(
+                    "{}: lm_head part {part}: {e}",
+                    self.slice.path.display()
+                ))
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -2028,7 +2118,7 @@ mod tests {
                         assert!(m2.down.bytes == sr.acquire(l).unwrap().down.bytes);
                     }
                     // lm_head rows and embedding rows.
-                    let lm = sr.lm_head().unwrap();
+                    let (_, lm) = sr.lm_head(0).unwrap();
                     let lm_name = load::lm_head_name(cfg, st);
                     check_mat(
                         &lm,

@@ -86,11 +86,13 @@ pub fn available_memory() -> Option<u64> {
 const COMFORTABLE: f64 = 0.6;
 
 /// Resident or a window of how many blocks, for layer blocks `blocks`
-/// (bytes each) plus `fixed` bytes that stay resident regardless.
+/// (bytes each) and an lm_head of `lm_head` bytes (resident with the
+/// layers; streamed through the window after them otherwise, in parts no
+/// larger than a layer block).
 pub fn choose_window(
     mode: MemoryMode,
     blocks: &[u64],
-    fixed: u64,
+    lm_head: u64,
     available: Option<u64>,
 ) -> Option<usize> {
     let n = blocks.len();
@@ -102,10 +104,10 @@ pub fn choose_window(
         MemoryMode::Window(w) => Some(w),
         MemoryMode::Auto => {
             let budget = (available? as f64 * COMFORTABLE) as u64;
-            if total + fixed <= budget {
+            if total + lm_head <= budget {
                 None
             } else {
-                let w = (budget.saturating_sub(fixed) / largest) as usize;
+                let w = (budget / largest) as usize;
                 Some(w.clamp(2, n.saturating_sub(1).max(2)))
             }
         }
@@ -140,11 +142,12 @@ pub fn open_weights(slice: SliceFile, mem: MemoryOpts, quiet: bool) -> Result<Sl
             let largest = blocks.iter().copied().max().unwrap_or(0);
             if !quiet {
                 eprintln!(
-                    "[tpi] rank {rank}: memory window of {w} x {:.1} MiB blocks ({} layers, {:.1} MiB on disk); expected weight peak {:.1} MiB{}",
+                    "[tpi] rank {rank}: memory window of {w} x {:.1} MiB blocks ({} layers and {:.1} MiB of lm_head streamed, {:.1} MiB on disk); expected weight peak {:.1} MiB{}",
                     mib(largest),
                     blocks.len(),
-                    mib(blocks.iter().sum()),
-                    mib(w as u64 * largest + lm_head),
+                    mib(lm_head),
+                    mib(blocks.iter().sum::<u64>() + lm_head),
+                    mib(w as u64 * largest),
                     if mem.direct { ", O_DIRECT" } else { "" }
                 );
             }

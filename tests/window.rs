@@ -89,10 +89,10 @@ fn windowed_weights_match_the_oracle_at_world_sizes_1_and_2() {
     }
 }
 
-/// Writes a random f32 Llama of `layers` layers (dim 512, MLP 2048, vocab
-/// 256): 16.8 MB per layer.
-fn deep_model(dir: &Path, layers: usize) {
-    let (dim, hidden, vocab) = (512usize, 2048usize, 256usize);
+/// Writes a random f32 Llama of `layers` layers (dim 512, MLP 2048) and
+/// `vocab` tokens: 16.8 MB per layer, 2 KiB per vocab row.
+fn deep_model(dir: &Path, layers: usize, vocab: usize) {
+    let (dim, hidden) = (512usize, 2048usize);
     std::fs::create_dir_all(dir).unwrap();
     let config = serde_json::json!({
         "architectures": ["LlamaForCausalLM"], "hidden_size": dim, "intermediate_size": hidden,
@@ -176,7 +176,7 @@ fn peak_memory_follows_the_window_not_the_depth() {
     let mut peaks = Vec::new();
     for layers in [12, 24] {
         let model = tmp.path().join(format!("deep-{layers}"));
-        deep_model(&model, layers);
+        deep_model(&model, layers, 256);
         let (peak, v) = peak_rss(&model, &tmp.path().join("cache"), "2");
         assert_eq!(v["memory_window"].as_u64(), Some(2));
         // Bound from the issue: W x block + KV cache + 64 MiB (KV cache here:
@@ -197,4 +197,47 @@ fn peak_memory_follows_the_window_not_the_depth() {
         (b - a).abs() / a <= 0.10,
         "peak RSS grew with depth: 12 layers {a}, 24 layers {b}"
     );
+}
+
+/// With a window the lm_head streams through the slots after the layers:
+/// a 128 MiB lm_head (65536 x 512 f32, eight times a layer block) stays out
+/// of the peak, which keeps the same bound as a tiny vocabulary.
+#[test]
+fn windowed_lm_head_is_streamed_not_resident() {
+    let tmp = TempDir::new("vocab");
+    let block = 4 * 512 * 512 * 4 + 3 * 512 * 2048 * 4;
+    let model = tmp.path().join("wide");
+    deep_model(&model, 4, 65536);
+    let (peak, v) = peak_rss(&model, &tmp.path().join("cache"), "2");
+    assert_eq!(v["memory_window"].as_u64(), Some(2));
+    let bound = (2 * block + (64 << 20)) as u64;
+    assert!(
+        peak <= bound,
+        "peak RSS {peak} > {bound}: the 128 MiB lm_head is resident"
+    );
+    // Greedy decoding over the streamed parts equals the resident run.
+    let args = |w: &str| {
+        [
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt-ids",
+            "1,2,3,4",
+            "--length",
+            "8",
+            "--temperature",
+            "0",
+            "--ignore-eos",
+            "--threads",
+            "1",
+            w,
+        ]
+        .map(String::from)
+    };
+    let run = |w: &str| {
+        let a = args(w);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        run_json(&a, &tmp.path().join("cache"))["generated_ids"].clone()
+    };
+    assert_eq!(run("--no-memory-window"), v["generated_ids"]);
+    let _ = std::fs::remove_dir_all(&model);
 }
