@@ -1,9 +1,10 @@
 //! Memory-window I/O-only benchmark (`cargo bench --bench window -- SLICE [PASSES]`).
 //!
-//! Streams every layer block of a slice file through the engine's own
+//! Streams every block a windowed rank reads (the layer blocks, then the
+//! lm_head parts: `SliceFile::window_blocks`) through the engine's own
 //! window (the I/O thread, the ring, W = 2 slots) with no compute: the
 //! consumer acquires and releases each block as soon as it arrives. One pass
-//! over all layers is what one generated token reads, so ms/pass is the
+//! is what one generated token reads, so ms/pass is the
 //! "I/O-only" time the windowed decode is compared with (`benches/e2e.sh`
 //! runs both in the same minutes). Buffered reads (page cache warm after the
 //! first pass) and `O_DIRECT` (cold, from the disk) are both measured.
@@ -41,12 +42,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let blocks = slice.layer_blocks();
+    let (blocks, lm_parts) = slice.window_blocks();
     let bytes: u64 = blocks.iter().map(|b| b.1).sum();
     println!(
-        "{}: {} layer blocks, {:.2} GB per pass",
+        "{}: {} blocks ({} lm_head parts), {:.2} GB per pass",
         path.display(),
         blocks.len(),
+        lm_parts.len(),
         bytes as f64 / 1e9
     );
     for (label, direct) in [("buffered", false), ("O_DIRECT", true)] {

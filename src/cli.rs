@@ -302,7 +302,7 @@ fn run_single_slice(
         opts,
         on_text,
     )?;
-    let steps = (prompt_ids.len() + out.generated_ids.len()).saturating_sub(1) as u64;
+    let steps = out.forwards;
     Ok(HubReport {
         out,
         steps,

@@ -43,6 +43,9 @@ pub struct GenOutput {
     pub per_token: Duration,
     /// Time spent waiting on other ranks, over the decode steps.
     pub comm_per_token: Duration,
+    /// Forward passes run: prompt batches (or positions) and generated
+    /// tokens but the last; each streams every weight once.
+    pub forwards: u64,
 }
 
 impl GenOutput {
@@ -97,12 +100,14 @@ pub fn generate(
         for (c, ids) in prompt_ids.chunks(PREFILL_BATCH).enumerate() {
             let last = (c + 1) * PREFILL_BATCH >= prompt_ids.len();
             step(rank, &mut state, ids, c * PREFILL_BATCH, last, &mut timing)?;
+            out.forwards += 1;
         }
     } else {
         for (pos, &id) in prompt_ids.iter().enumerate() {
             let last = pos + 1 == prompt_ids.len();
             let want = last || opts.keep_prompt_logits;
             step(rank, &mut state, &[id], pos, want, &mut timing)?;
+            out.forwards += 1;
             if want && opts.keep_prompt_logits {
                 out.prompt_logits.push(state.logits.clone());
             }
@@ -133,6 +138,7 @@ pub fn generate(
             break;
         }
         step(rank, &mut state, &[next], pos, true, &mut timing)?;
+        out.forwards += 1;
     }
     let steps = out.generated_ids.len().saturating_sub(1) as u32;
     if steps > 0 {

@@ -1592,6 +1592,28 @@ impl SliceFile {
             .collect()
     }
 
+    /// What a memory window streams, in order: the layer blocks, then the
+    /// lm_head rows in parts no larger than the largest layer block (whole
+    /// 4-row groups, the kernels' row block). Returns the `(offset, len)`
+    /// of every block and each lm_head part's `(first row, rows)`.
+    pub fn window_blocks(&self) -> (Vec<crate::window::Block>, Vec<LmPart>) {
+        let mut blocks = self.layer_blocks();
+        let largest = blocks.iter().map(|b| b.1).max().unwrap_or(0);
+        let b = &self.manifest.blocks[self.lm_head];
+        let t = &b.tensors[0];
+        let row_bytes = (t.cols * t.dtype.size()) as u64;
+        let rows_per = ((largest / row_bytes.max(1)) as usize / 4 * 4).max(4);
+        let parts: Vec<(usize, usize)> = (0..t.rows)
+            .step_by(rows_per)
+            .map(|r0| (r0, rows_per.min(t.rows - r0)))
+            .collect();
+        for &(r0, rows) in &parts {
+            let at = b.offset + t.offset + r0 as u64 * row_bytes;
+            blocks.push((at, rows as u64 * row_bytes));
+        }
+        (blocks, parts)
+    }
+
     /// Layer `l`'s block entry.
     pub fn layer_block(&self, l: usize) -> Result<&BlockEntry, SliceError> {
         self.layers
@@ -1717,16 +1739,16 @@ pub struct SliceResident {
     row: Aligned,
 }
 
+/// Rows of a streamed lm_head part: `(first row, rows)`.
+pub type LmPart = (usize, usize);
+
 /// Where a rank's lm_head rows live.
 enum LmHead {
     /// Read once and kept.
     Resident(Aligned),
     /// Streamed through the window as blocks `first..first + parts.len()`
     /// after the layers, each `(first row, rows)` of the rank's vocab rows.
-    Streamed {
-        first: usize,
-        parts: Vec<(usize, usize)>,
-    },
+    Streamed { first: usize, parts: Vec<LmPart> },
 }
 
 /// Where a rank's layer blocks live.
@@ -1774,22 +1796,8 @@ impl SliceResident {
         n_slots: usize,
         opts: WindowOpts,
     ) -> Result<SliceResident, SliceError> {
-        let mut blocks = slice.layer_blocks();
-        let largest = blocks.iter().map(|b| b.1).max().unwrap_or(0);
-        let b = &slice.manifest.blocks[slice.lm_head];
-        let t = &b.tensors[0];
-        let row_bytes = (t.cols * t.dtype.size()) as u64;
-        // Whole 4-row groups (the kernels' row block), at least one group.
-        let rows_per = ((largest / row_bytes.max(1)) as usize / 4 * 4).max(4);
-        let first = blocks.len();
-        let parts: Vec<(usize, usize)> = (0..t.rows)
-            .step_by(rows_per)
-            .map(|r0| (r0, rows_per.min(t.rows - r0)))
-            .collect();
-        for &(r0, rows) in &parts {
-            let at = b.offset + t.offset + r0 as u64 * row_bytes;
-            blocks.push((at, rows as u64 * row_bytes));
-        }
+        let (blocks, parts) = slice.window_blocks();
+        let first = slice.layers.len();
         let file = slice
             .file
             .try_clone()

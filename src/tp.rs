@@ -166,7 +166,7 @@ pub struct HubReport {
     pub out: GenOutput,
     pub bytes_sent: u64,
     pub bytes_received: u64,
-    /// Forward steps run (prompt positions + generated tokens but the last).
+    /// Forward passes run (prompt batches + generated tokens but the last).
     pub steps: u64,
     /// Rank 0's window, when its weights are windowed.
     pub window: Option<crate::window::WindowStats>,
@@ -273,7 +273,7 @@ pub fn run_hub(
             comm.stop();
             children.wait(Duration::from_secs(5));
             let (bytes_sent, bytes_received) = comm.bytes();
-            let steps = (prompt_ids.len() + out.generated_ids.len()).saturating_sub(1) as u64;
+            let steps = out.forwards;
             Ok(HubReport {
                 out,
                 bytes_sent,
