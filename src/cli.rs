@@ -517,6 +517,7 @@ fn print_report(
             "bytes_sent_per_token": per_step(r.bytes_sent),
             "bytes_received_per_token": per_step(r.bytes_received),
             "io_wait_ms_per_token": r.window.as_ref().map_or(0.0, |w| w.io_wait.as_secs_f64() * 1e3 / r.steps.max(1) as f64),
+            "io_busy_ms_per_token": r.window.as_ref().map_or(0.0, |w| w.io_busy.as_secs_f64() * 1e3 / r.steps.max(1) as f64),
             "bytes_read_per_token": r.window.as_ref().map_or(0.0, |w| per_step(w.bytes_read)),
             "memory_window": r.window.as_ref().map_or(serde_json::Value::Null, |w| serde_json::json!(w.n_slots)),
         });

@@ -75,6 +75,10 @@ fn windowed_weights_match_the_oracle_at_world_sizes_1_and_2() {
                             v["bytes_read_per_token"].as_f64().unwrap() > 0.0,
                             "windowed rank reads blocks"
                         );
+                        assert!(
+                            v["io_busy_ms_per_token"].as_f64().unwrap() > 0.0,
+                            "the I/O thread's reading time is reported"
+                        );
                     } else {
                         assert!(
                             v["memory_window"].is_null(),

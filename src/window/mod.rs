@@ -73,6 +73,10 @@ pub struct WindowStats {
     pub blocks_read: u64,
     /// Time compute spent blocked in `acquire`.
     pub io_wait: Duration,
+    /// Time the I/O thread spent reading blocks (not waiting for a free
+    /// slot). Against the wall time of the same run it tells how busy the
+    /// pipeline kept the storage, whatever speed the storage had that minute.
+    pub io_busy: Duration,
     /// `acquire` calls that returned bytes.
     pub acquires: u64,
     pub resident: bool,
@@ -162,6 +166,8 @@ impl std::error::Error for WindowError {
 #[derive(Default)]
 struct IoShared {
     bytes_read: AtomicU64,
+    /// Nanoseconds spent in `read_block`.
+    busy_ns: AtomicU64,
     blocks_read: AtomicU64,
     direct: AtomicBool,
     direct_fallback: Mutex<Option<String>>,
@@ -440,6 +446,7 @@ impl Window {
             bytes_read: self.shared.bytes_read.load(Ordering::Relaxed),
             blocks_read: self.shared.blocks_read.load(Ordering::Relaxed),
             io_wait: self.io_wait,
+            io_busy: Duration::from_nanos(self.shared.busy_ns.load(Ordering::Relaxed)),
             acquires: self.acquires,
             resident: self.resident,
             n_slots: self.consumer.n_slots(),
@@ -474,7 +481,11 @@ fn io_thread(
         let Ok(mut slot) = producer.acquire_free(None) else {
             return; // consumer dropped
         };
-        match read_block(&mut files, l, blocks[l], &mut slot, shared) {
+        let t0 = Instant::now();
+        let read = read_block(&mut files, l, blocks[l], &mut slot, shared);
+        let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        shared.busy_ns.fetch_add(ns, Ordering::Relaxed);
+        match read {
             Ok((start, len)) => {
                 // Count before publishing: the publish Release orders it, so
                 // a consumer that has the block also sees it in the stats.
