@@ -122,3 +122,17 @@ pub fn rank_cmd(rank: usize, n: usize, port: u16, cache: &Path) -> std::process:
     .stderr(std::process::Stdio::piped());
     c
 }
+
+/// stories260K's 4-token prompt followed by the first 63 tokens of its
+/// greedy story (longer than one prefill batch), and the story's 64th token
+/// that must come next.
+pub fn long_story_prompt() -> (Vec<u32>, u32) {
+    let r = reference("stories260K");
+    let case = &r["once_upon_a_time_64"];
+    let story = ids(&case["greedy_ids"]);
+    let (&next, head) = story.split_last().expect("story");
+    let mut prompt = ids(&case["ids"]);
+    prompt.extend_from_slice(head);
+    assert!(prompt.len() > tpi::engine::PREFILL_BATCH);
+    (prompt, next)
+}

@@ -150,8 +150,9 @@ fn deep_model(dir: &Path, layers: usize, vocab: usize) {
     w.finish().unwrap();
 }
 
-fn peak_rss(model: &Path, cache: &Path, window: &str) -> (u64, Value) {
-    let args = [
+/// Greedy 8 tokens after `1,2,3,4` on one thread, with `memory` flags.
+fn deep_run(model: &Path, cache: &Path, memory: &[&str]) -> Value {
+    let mut args = vec![
         "--model",
         model.to_str().unwrap(),
         "--prompt-ids",
@@ -163,13 +164,17 @@ fn peak_rss(model: &Path, cache: &Path, window: &str) -> (u64, Value) {
         "--ignore-eos",
         "--threads",
         "1",
-        "--memory-window",
-        window,
     ];
+    args.extend_from_slice(memory);
+    run_json(&args, cache)
+}
+
+fn peak_rss(model: &Path, cache: &Path, window: &str) -> (u64, Value) {
     // The first run writes the slice (touching the mmapped model); the
     // second finds it verified in the cache and measures the window alone.
-    run_json(&args, cache);
-    let v = run_json(&args, cache);
+    let memory = ["--memory-window", window];
+    deep_run(model, cache, &memory);
+    let v = deep_run(model, cache, &memory);
     (v["peak_rss_bytes"].as_u64().expect("peak rss"), v)
 }
 
@@ -220,28 +225,7 @@ fn windowed_lm_head_is_streamed_not_resident() {
         "peak RSS {peak} > {bound}: the 128 MiB lm_head is resident"
     );
     // Greedy decoding over the streamed parts equals the resident run.
-    let args = |w: &str| {
-        [
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt-ids",
-            "1,2,3,4",
-            "--length",
-            "8",
-            "--temperature",
-            "0",
-            "--ignore-eos",
-            "--threads",
-            "1",
-            w,
-        ]
-        .map(String::from)
-    };
-    let run = |w: &str| {
-        let a = args(w);
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        run_json(&a, &tmp.path().join("cache"))["generated_ids"].clone()
-    };
-    assert_eq!(run("--no-memory-window"), v["generated_ids"]);
+    let resident = deep_run(&model, &tmp.path().join("cache"), &["--no-memory-window"]);
+    assert_eq!(resident["generated_ids"], v["generated_ids"]);
     let _ = std::fs::remove_dir_all(&model);
 }
