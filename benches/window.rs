@@ -52,10 +52,7 @@ fn main() -> ExitCode {
         bytes as f64 / 1e9
     );
     for (label, direct) in [("buffered", false), ("O_DIRECT", true)] {
-        let opts = WindowOpts {
-            direct,
-            ..WindowOpts::default()
-        };
+        let opts = WindowOpts { direct };
         let file = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) => {

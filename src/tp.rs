@@ -151,10 +151,7 @@ pub fn open_weights(slice: SliceFile, mem: MemoryOpts, quiet: bool) -> Result<Sl
                     if mem.direct { ", O_DIRECT" } else { "" }
                 );
             }
-            let opts = WindowOpts {
-                direct: mem.direct,
-                fadvise_dontneed: false,
-            };
+            let opts = WindowOpts { direct: mem.direct };
             Ok(SliceResident::windowed(slice, w, opts)?)
         }
     }

@@ -57,9 +57,6 @@ pub struct WindowOpts {
     /// Read with `O_DIRECT` (bypass the page cache). Falls back to buffered
     /// reads if the file system refuses it (see [`WindowStats::direct`]).
     pub direct: bool,
-    /// `posix_fadvise(POSIX_FADV_DONTNEED)` after each windowed read.
-    /// Not applied yet: needs `libc` (see [`WindowStats::fadvise_applied`]).
-    pub fadvise_dontneed: bool,
 }
 
 /// A block: `(offset, len)` in the file.
@@ -86,8 +83,6 @@ pub struct WindowStats {
     pub direct: bool,
     /// Why `O_DIRECT` was asked for but is not in use.
     pub direct_fallback: Option<String>,
-    /// Always false for now: `posix_fadvise` needs the `libc` crate.
-    pub fadvise_applied: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -453,7 +448,6 @@ impl Window {
             slot_bytes: self.consumer.slot_bytes(),
             direct: self.shared.direct.load(Ordering::Relaxed),
             direct_fallback: lock(&self.shared.direct_fallback).clone(),
-            fadvise_applied: false,
         }
     }
 }
@@ -839,16 +833,12 @@ mod tests {
     #[cfg_attr(miri, ignore = "miri does not support the O_DIRECT open flag")]
     fn direct_io_or_fallback() {
         let (tf, blocks) = temp_file(&disk_dir(), "direct");
-        let opts = WindowOpts {
-            direct: true,
-            fadvise_dontneed: true,
-        };
+        let opts = WindowOpts { direct: true };
         for w_slots in [3, N_BLOCKS] {
             let mut w = Window::open(&tf.0, blocks.clone(), w_slots, opts).unwrap();
             run_passes(&mut w, &blocks, 3);
             let s = w.stats();
             assert!(s.direct || s.direct_fallback.is_some(), "{s:?}");
-            assert!(!s.fadvise_applied);
             eprintln!("direct_io_or_fallback W={w_slots}: {s:?}");
         }
         // Through `start` (reopen via /proc/self/fd).
@@ -866,10 +856,7 @@ mod tests {
         // Shift every block by 1000 bytes and shorten: no longer aligned.
         let shifted: Vec<Block> = blocks.iter().map(|&(o, l)| (o + 1000, l - 1000)).collect();
         for direct in [false, true] {
-            let opts = WindowOpts {
-                direct,
-                fadvise_dontneed: false,
-            };
+            let opts = WindowOpts { direct };
             let mut w = Window::open(&tf.0, shifted.clone(), 2, opts).unwrap();
             run_passes(&mut w, &shifted, 2);
         }
