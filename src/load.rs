@@ -35,7 +35,7 @@ pub fn lm_head_name(cfg: &Config, st: &SafeTensors) -> &'static str {
 
 /// A 1-D tensor of `len` values widened to f32.
 pub fn vector_f32(st: &SafeTensors, name: &str, len: usize) -> Result<Vec<f32>> {
-    let t = st.expect(name, &[len])?;
+    let t = st.tensor_shaped(name, &[len])?;
     Ok(widen(t.dtype, st.bytes(t)))
 }
 
@@ -120,7 +120,7 @@ impl<'a> InPlace<'a> {
         for l in 0..cfg.n_layers {
             let mut mats = Vec::with_capacity(7);
             for (leaf, rows, cols) in shapes {
-                let t = st.expect(&layer_name(l, leaf), &[rows, cols])?;
+                let t = st.tensor_shaped(&layer_name(l, leaf), &[rows, cols])?;
                 check_aligned(st, t)?;
                 mats.push(t.clone());
             }
@@ -130,11 +130,11 @@ impl<'a> InPlace<'a> {
             layers.push(mats);
         }
         let embed = st
-            .expect("model.embed_tokens.weight", &[cfg.vocab_size, cfg.dim])?
+            .tensor_shaped("model.embed_tokens.weight", &[cfg.vocab_size, cfg.dim])?
             .clone();
         check_aligned(st, &embed)?;
         let lm_head = st
-            .expect(lm_head_name(cfg, st), &[cfg.vocab_size, cfg.dim])?
+            .tensor_shaped(lm_head_name(cfg, st), &[cfg.vocab_size, cfg.dim])?
             .clone();
         check_aligned(st, &lm_head)?;
         Ok(InPlace {

@@ -509,8 +509,10 @@ pub fn forward(
     // logits of the last token from this rank's lm_head rows; a streamed
     // lm_head is consumed part by part even when no logits are wanted, so
     // the window's read order stays the forward's
-    let x_last = &s.x[(t - 1) * dim..t * dim];
-    tpi_kernels::rmsnorm(&mut s.xb[..dim], x_last, &res.final_norm, d.norm_eps);
+    if want_logits {
+        let x_last = &s.x[(t - 1) * dim..t * dim];
+        tpi_kernels::rmsnorm(&mut s.xb[..dim], x_last, &res.final_norm, d.norm_eps);
+    }
     for part in 0..w.lm_head_parts() {
         let (row0, lm) = w.lm_head(part)?;
         if want_logits {

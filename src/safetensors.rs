@@ -677,7 +677,11 @@ impl SafeTensors {
     }
 
     /// The tensor `name`, checked to have exactly `shape`.
-    pub fn expect(&self, name: &str, shape: &[usize]) -> Result<&TensorInfo, SafeTensorsError> {
+    pub fn tensor_shaped(
+        &self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<&TensorInfo, SafeTensorsError> {
         let t = self.tensor(name)?;
         if t.shape != shape {
             return Err(SafeTensorsError::ShapeMismatch {
@@ -1015,13 +1019,13 @@ mod tests {
             e.to_string().contains("nope") && e.to_string().contains("mem.st"),
             "{e}"
         );
-        let e = st.expect("a", &[3, 2]).unwrap_err();
+        let e = st.tensor_shaped("a", &[3, 2]).unwrap_err();
         let s = e.to_string();
         assert!(
             s.contains("[2, 3]") && s.contains("[3, 2]") && s.contains("mem.st"),
             "{s}"
         );
-        assert_eq!(st.expect("a", &[2, 3]).unwrap().len, 24);
+        assert_eq!(st.tensor_shaped("a", &[2, 3]).unwrap().len, 24);
         assert!(st.get("b").is_some());
         assert_eq!(st.bytes(st.tensor("b").unwrap()).len(), 8);
         assert_eq!(st.shard_bytes(7), &[] as &[u8]);
@@ -1047,7 +1051,7 @@ mod tests {
         assert_eq!(hl % 8, 0);
         let st = SafeTensors::open_dir(&dir).unwrap();
         assert_eq!(st.tensors().count(), 2);
-        let x = st.expect("x.weight", &[2, 3]).unwrap();
+        let x = st.tensor_shaped("x.weight", &[2, 3]).unwrap();
         assert_eq!(x.offset % 8, 0);
         assert_eq!(st.bytes(x), &a[..]);
         assert_eq!(st.bytes(st.tensor("y\"q").unwrap()), &b[..]);
@@ -1133,11 +1137,11 @@ mod tests {
             assert_eq!(st.bytes(emb).len(), emb.len);
         }
         let st = SafeTensors::open_dir(&fixture("llama-gqa-bf16")).unwrap();
-        st.expect("model.layers.0.self_attn.k_proj.weight", &[32, 128])
+        st.tensor_shaped("model.layers.0.self_attn.k_proj.weight", &[32, 128])
             .unwrap();
         assert!(st.get("lm_head.weight").is_none());
         let st = SafeTensors::open_dir(&fixture("llama-mha-f32")).unwrap();
-        st.expect("lm_head.weight", &[512, 64]).unwrap();
+        st.tensor_shaped("lm_head.weight", &[512, 64]).unwrap();
     }
 
     mod prop {

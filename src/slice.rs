@@ -936,7 +936,9 @@ fn block_sources<'a>(
                 "lm_head" => lm_head_name(cfg, st).to_string(),
                 _ => layer_name(l, leaf),
             };
-            let t = st.expect(&name, &shape).map_err(|e| source_err(st, e))?;
+            let t = st
+                .tensor_shaped(&name, &shape)
+                .map_err(|e| source_err(st, e))?;
             let bytes = st.bytes(t);
             if bytes.len() != t.len {
                 return Err(source_err(st, format!("tensor {name} is outside its file")));

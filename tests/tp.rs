@@ -102,33 +102,19 @@ fn uneven_split_weights_match_oracle() {
 fn batched_prefill_across_ranks_continues_the_story() {
     let (prompt, next) = long_story_prompt();
     let tmp = TempDir::new("prefill");
+    let mut logits = Vec::new();
     for extra in [&[][..], &["--memory-window", "2"][..]] {
-        let out = tpi_run()
-            .arg("--model")
-            .arg(fixture_dir("stories260K"))
-            .args(["--prompt-ids", &ids_arg(&prompt), "--length", "1"])
-            .args([
-                "--temperature",
-                "0",
-                "--json",
-                "--quiet",
-                "--world-size",
-                "3",
-            ])
-            .args(["--threads", "1"])
-            .arg("--cache-dir")
-            .arg(tmp.path().join("cache"))
-            .args(extra)
-            .output()
-            .expect("spawn tpi-run");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
-        assert_eq!(ids(&v["generated_ids"]), [next], "{extra:?}");
+        let out = tmp.path().join(format!("logits-{}.json", extra.len()));
+        let mut c = rank0_cmd("stories260K", &prompt, 3, &tmp.path().join("cache"), &out);
+        let (v, l) = greedy_json(c.args(extra), &out);
+        assert_eq!(ids(&v["generated_ids"]).first(), Some(&next), "{extra:?}");
+        logits.push(l);
     }
+    let (diff, at) = max_abs_diff(&logits[0], &logits[1]);
+    assert!(
+        diff <= 1e-5,
+        "resident vs windowed logits differ by {diff} at {at}"
+    );
 }
 
 /// Both waiting strategies of the links (blocking reads, and a long
