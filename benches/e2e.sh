@@ -6,7 +6,7 @@
 #
 # Prints ms/token for: one rank with 1 and 2 threads (f32, f16, bf16), two
 # ranks x 1 thread over loopback (f32), and the memory window (resident vs
-# W=2, page cache warm and O_DIRECT), with peak RSS. Needs ~15 GB of disk.
+# W=2, page cache warm and O_DIRECT), with peak RSS, then the overlap bench. Needs ~15 GB of disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:-/tmp/tpi-bench}
@@ -38,6 +38,7 @@ run "f32, 1 rank, W=2, page cache warm" --model "$dir/tl-f32" --threads 2 --memo
 run "f32, 1 rank, W=2, O_DIRECT (cold)" --model "$dir/tl-f32" --threads 2 --memory-window 2 --direct-io
 run "f32, 2 ranks, W=2, O_DIRECT (cold)" --model "$dir/tl-f32" --threads 1 --world-size 2 --memory-window 2 --direct-io
 run "f32, 4 ranks, W=2, O_DIRECT (cold)" --model "$dir/tl-f32" --threads 1 --world-size 4 --memory-window 2 --direct-io
-echo "== I/O only: every layer block of the 1-rank f32 slice through the window (W=2), no compute"
+echo "== overlap: windowed decode vs I/O-only and compute-only, interleaved in one process (f32, W=2)"
 slice=$(ls -S "$dir"/cache/*/rank-0-of-1.slice | head -n1)  # largest = the f32 one
-cargo bench --quiet --bench window -- "$slice" 4
+cargo bench --quiet --bench overlap -- "$slice" 6
+cargo bench --quiet --bench overlap -- "$slice" 6 direct tokens=2
