@@ -11,7 +11,7 @@ use crate::sampler::SamplerConfig;
 use crate::slice::{ensure_slices, Expect, SliceFile};
 use crate::tp::{
     available_memory, choose_window, default_cache_dir, open_weights, plan_for, run_hub,
-    run_worker, HubReport, HubSetup, MemoryMode, MemoryOpts, WorkerSetup,
+    run_worker, HubReport, HubSetup, IoMode, MemoryMode, MemoryOpts, WorkerSetup,
 };
 use clap::Parser;
 use std::io::Write;
@@ -102,9 +102,13 @@ pub struct Args {
     /// Keep every layer in RAM.
     #[arg(long)]
     pub no_memory_window: bool,
-    /// Read windowed blocks with O_DIRECT (no second copy in the page cache).
-    #[arg(long)]
+    /// Read the slice with O_DIRECT (no second copy in the page cache).
+    /// Default: O_DIRECT when the slice is larger than MemAvailable.
+    #[arg(long, conflicts_with = "buffered_io")]
     pub direct_io: bool,
+    /// Read the slice through the page cache, even when it cannot stay there.
+    #[arg(long)]
+    pub buffered_io: bool,
     /// File holding the pre-shared key every rank must prove (else the
     /// TPI_SECRET environment variable, else no authentication).
     #[arg(long, value_name = "FILE")]
@@ -226,10 +230,12 @@ fn memory_opts(a: &Args) -> MemoryOpts {
         (None, true) => MemoryMode::Resident,
         (None, false) => MemoryMode::Auto,
     };
-    MemoryOpts {
-        mode,
-        direct: a.direct_io,
-    }
+    let io = match (a.direct_io, a.buffered_io) {
+        (true, _) => IoMode::Direct,
+        (false, true) => IoMode::Buffered,
+        (false, false) => IoMode::Auto,
+    };
+    MemoryOpts { mode, io }
 }
 
 fn net_opts(a: &Args) -> NetOpts {
@@ -277,7 +283,9 @@ fn run_single_slice(
     opts: &GenOptions,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<HubReport> {
-    let paths = ensure_slices(ckpt, plan, cache_dir)?;
+    let paths = ensure_slices(ckpt, plan, cache_dir, |bytes| {
+        memory.io.direct_for(bytes, crate::tp::available_memory())
+    })?;
     let slice = SliceFile::open(
         &paths[0],
         Expect {
@@ -520,6 +528,7 @@ fn print_report(
             "io_busy_ms_per_token": r.window.as_ref().map_or(0.0, |w| w.io_busy.as_secs_f64() * 1e3 / r.steps.max(1) as f64),
             "bytes_read_per_token": r.window.as_ref().map_or(0.0, |w| per_step(w.bytes_read)),
             "memory_window": r.window.as_ref().map_or(serde_json::Value::Null, |w| serde_json::json!(w.n_slots)),
+            "direct_io": r.window.as_ref().is_some_and(|w| w.direct),
         });
         println!("{v}");
     } else {

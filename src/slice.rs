@@ -91,6 +91,9 @@ const BLOCK_ENTRY_LEN: usize = 1 + 3 + 4 + 8 + 8 + 8 + 4;
 const TENSOR_ENTRY_LEN: usize = 1 + 1 + 2 + 4 + 8 + 8 + 8;
 /// Chunk size when hashing a block from the file.
 const VERIFY_CHUNK: usize = 1 << 20;
+/// Largest read of [`SliceFile::verify_with`] with `O_DIRECT` (two are in
+/// memory at once).
+const VERIFY_DIRECT_PIECE: u64 = 8 << 20;
 
 // ---------------------------------------------------------------------------
 // Manifest types
@@ -1227,16 +1230,28 @@ pub fn slice_path(cache_dir: &Path, fingerprint: u64, plan: &Plan, rank: usize) 
 /// A file is reused only if it opens and fully verifies (format version,
 /// fingerprint, plan hash, rank, world size, part, every block checksum);
 /// otherwise it is (re)written.
+///
+/// With `direct(bytes)` true for the cached slices' total size, the
+/// verification reads bypass the page cache ([`SliceFile::verify_with`]).
 pub fn ensure_slices(
     ckpt: &Checkpoint,
     plan: &Plan,
     cache_dir: &Path,
+    direct: impl Fn(u64) -> bool,
 ) -> Result<Vec<PathBuf>, SliceError> {
     let (cfg_text, gen_text) = config_texts(ckpt)?;
     let fp = fingerprint_with(ckpt, &cfg_text, gen_text.as_deref());
+    let all: Vec<PathBuf> = (0..plan.world_size)
+        .map(|rank| slice_path(cache_dir, fp, plan, rank))
+        .collect();
+    let cached: u64 = all
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let direct = direct(cached);
     let mut paths = Vec::with_capacity(plan.world_size);
-    for rank in 0..plan.world_size {
-        let path = slice_path(cache_dir, fp, plan, rank);
+    for (rank, path) in all.into_iter().enumerate() {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io_err(dir, "create cache directory"))?;
         }
@@ -1248,7 +1263,7 @@ pub fn ensure_slices(
         };
         let want_part = check_plan(ckpt, plan, rank)?;
         let good = SliceFile::open(&path, expect)
-            .and_then(|s| s.verify().map(|()| s))
+            .and_then(|s| s.verify_with(direct).map(|()| s))
             .is_ok_and(|s| s.part() == &want_part);
         if !good {
             write_slice_with(
@@ -1554,6 +1569,54 @@ impl SliceFile {
                     .map_err(io_err(&self.path, "read block"))?;
                 h.update(&buf[..n]);
                 at += n as u64;
+            }
+            let c = h.finish();
+            if c != b.checksum {
+                return Err(self.block_checksum_err(b, c));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`SliceFile::verify`], reading with `O_DIRECT` when `direct` (and the
+    /// file system allows it): a rank that streams its weights past the
+    /// page cache does not fill the page cache with them at start either.
+    pub fn verify_with(&self, direct: bool) -> Result<(), SliceError> {
+        if !direct {
+            return self.verify();
+        }
+        // Every block in pieces of at most VERIFY_DIRECT_PIECE bytes, in
+        // file order, through a two-slot window (which handles alignment
+        // and falls back to buffered reads where O_DIRECT is refused).
+        let mut pieces = Vec::new();
+        for b in &self.manifest.blocks {
+            let mut at = 0u64;
+            while at < b.len {
+                let n = (b.len - at).min(VERIFY_DIRECT_PIECE);
+                pieces.push((b.offset + at, n));
+                at += n;
+            }
+        }
+        let io = |e: crate::window::WindowError| SliceError::Io {
+            path: self.path.display().to_string(),
+            what: "verify (O_DIRECT)",
+            source: std::io::Error::other(e.to_string()),
+        };
+        let file = self
+            .file
+            .try_clone()
+            .map_err(io_err(&self.path, "reopen to verify"))?;
+        let mut w = Window::start(file, pieces, 2, WindowOpts { direct: true }).map_err(io)?;
+        let mut i = 0usize;
+        for b in &self.manifest.blocks {
+            let mut h = Hasher64::new();
+            let mut at = 0u64;
+            while at < b.len {
+                let bytes = w.acquire(i).map_err(io)?;
+                h.update(bytes);
+                at += bytes.len() as u64;
+                w.release(i).map_err(io)?;
+                i += 1;
             }
             let c = h.finish();
             if c != b.checksum {
@@ -2312,6 +2375,9 @@ mod tests {
         let (off, _) = good.layer_blocks()[1];
         copy_with(&path, &bad, |b| b[off as usize + 77] ^= 1);
         let sf = SliceFile::open(&bad, expect_for(fp, &plan, 1)).unwrap();
+        let err_direct = sf.verify_with(true).unwrap_err();
+        assert_eq!(err_direct.to_string(), sf.verify().unwrap_err().to_string());
+        good.verify_with(true).unwrap();
         let err = sf.verify().unwrap_err();
         assert!(
             matches!(
@@ -2341,7 +2407,7 @@ mod tests {
         let ckpt = fixture("stories260K");
         let plan = split(&Shape::of(&ckpt.config), 3, None).unwrap();
         let fp = fingerprint(&ckpt);
-        let paths = ensure_slices(&ckpt, &plan, &tmp.0).unwrap();
+        let paths = ensure_slices(&ckpt, &plan, &tmp.0, |_| false).unwrap();
         assert_eq!(paths.len(), 3);
         for (r, p) in paths.iter().enumerate() {
             assert_eq!(p, &slice_path(&tmp.0, fp, &plan, r));
@@ -2363,7 +2429,10 @@ mod tests {
         let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
         paths.iter().for_each(|p| set_old(p));
         // Valid cache: nothing rewritten.
-        assert_eq!(ensure_slices(&ckpt, &plan, &tmp.0).unwrap(), paths);
+        assert_eq!(
+            ensure_slices(&ckpt, &plan, &tmp.0, |_| true).unwrap(),
+            paths
+        );
         assert!(paths.iter().all(|p| mtime(p) == old));
         // A flipped byte in rank 1's layer 0 block: only rank 1 is rewritten.
         let sf = SliceFile::open(&paths[1], Expect::default()).unwrap();
@@ -2378,7 +2447,8 @@ mod tests {
         f.write_all_at(&[byte[0] ^ 0x80], off + 5).unwrap();
         f.set_modified(old).unwrap();
         drop(f);
-        ensure_slices(&ckpt, &plan, &tmp.0).unwrap();
+        // (verified with O_DIRECT reads where the file system allows them)
+        ensure_slices(&ckpt, &plan, &tmp.0, |_| true).unwrap();
         assert_eq!(mtime(&paths[0]), old);
         assert_ne!(mtime(&paths[1]), old);
         assert_eq!(mtime(&paths[2]), old);
@@ -2392,7 +2462,7 @@ mod tests {
             .unwrap()
             .set_len(5000)
             .unwrap();
-        ensure_slices(&ckpt, &plan, &tmp.0).unwrap();
+        ensure_slices(&ckpt, &plan, &tmp.0, |_| false).unwrap();
         for (r, p) in paths.iter().enumerate() {
             SliceFile::open(p, expect_for(fp, &plan, r))
                 .unwrap()
@@ -2533,7 +2603,7 @@ mod tests {
         let cfg = &ckpt.config;
         for ws in [1, 3, 8] {
             let plan = split(&Shape::of(cfg), ws, None).unwrap();
-            let paths = ensure_slices(&ckpt, &plan, &tmp.0.join("cache")).unwrap();
+            let paths = ensure_slices(&ckpt, &plan, &tmp.0.join("cache"), |_| false).unwrap();
             for (rank, path) in paths.iter().enumerate() {
                 let sf = SliceFile::open(path, Expect::default()).unwrap();
                 sf.verify().unwrap();

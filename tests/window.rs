@@ -34,6 +34,8 @@ fn windowed_weights_match_the_oracle_at_world_sizes_1_and_2() {
         for n in ["1", "2"] {
             for mode in [
                 &["--memory-window", "2"][..],
+                &["--memory-window", "2", "--direct-io"],
+                &["--memory-window", "2", "--buffered-io"],
                 &["--memory-window", "3"],
                 &["--no-memory-window"],
             ] {
@@ -65,6 +67,11 @@ fn windowed_weights_match_the_oracle_at_world_sizes_1_and_2() {
                     diff <= 1e-4,
                     "{name} N={n} {mode:?}: logits differ by {diff} at {at}"
                 );
+                // O_DIRECT is in use only where asked (and the file system
+                // takes it: the run falls back to buffered reads otherwise).
+                if !mode.contains(&"--direct-io") {
+                    assert_eq!(v["direct_io"], false, "{name} N={n} {mode:?}");
+                }
                 if mode[0] == "--memory-window" {
                     // A window as deep as the model is simply resident.
                     let w: u64 = mode[1].parse().unwrap();
@@ -227,5 +234,31 @@ fn windowed_lm_head_is_streamed_not_resident() {
     // Greedy decoding over the streamed parts equals the resident run.
     let resident = deep_run(&model, &tmp.path().join("cache"), &["--no-memory-window"]);
     assert_eq!(resident["generated_ids"], v["generated_ids"]);
+    // The same with O_DIRECT reads (and the cached slice verified with
+    // them, in pieces smaller than its 16.8 MB blocks), within the bound.
+    let direct = ["--memory-window", "2", "--direct-io"];
+    let d = deep_run(&model, &tmp.path().join("cache"), &direct);
+    assert_eq!(d["generated_ids"], v["generated_ids"]);
+    if o_direct_opens(&model.join("model.safetensors")) {
+        assert_eq!(d["direct_io"], true, "O_DIRECT works here but was not used");
+    }
+    let peak = d["peak_rss_bytes"].as_u64().expect("peak rss");
+    assert!(peak <= bound, "O_DIRECT: peak RSS {peak} > {bound}");
     let _ = std::fs::remove_dir_all(&model);
+}
+
+/// Whether `path` opens with `O_DIRECT` (tmpfs, for one, refuses it).
+fn o_direct_opens(path: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flag = if cfg!(any(target_arch = "aarch64", target_arch = "arm")) {
+        0o200000
+    } else {
+        0o40000
+    };
+    cfg!(target_os = "linux")
+        && std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flag)
+            .open(path)
+            .is_ok()
 }
