@@ -34,11 +34,13 @@ run "f32, 2 ranks x 1 thread" --model "$dir/tl-f32" --world-size 2 --threads 1
 run "f16, 2 ranks x 1 thread" --model "$dir/tl-f16" --world-size 2 --threads 1
 echo "== memory window (f32, 2 threads)"
 run "f32, 1 rank, resident (mmap)" --model "$dir/tl-f32" --threads 2 --no-memory-window
-run "f32, 1 rank, W=2, page cache warm" --model "$dir/tl-f32" --threads 2 --memory-window 2
+run "f32, 1 rank, W=2, mapped, page cache warm" --model "$dir/tl-f32" --threads 2 --memory-window 2 --mapped-io
+run "f32, 1 rank, W=2, pread, page cache warm" --model "$dir/tl-f32" --threads 2 --memory-window 2 --buffered-io
 run "f32, 1 rank, W=2, O_DIRECT (cold)" --model "$dir/tl-f32" --threads 2 --memory-window 2 --direct-io
 run "f32, 2 ranks, W=2, O_DIRECT (cold)" --model "$dir/tl-f32" --threads 1 --world-size 2 --memory-window 2 --direct-io
 run "f32, 4 ranks, W=2, O_DIRECT (cold)" --model "$dir/tl-f32" --threads 1 --world-size 4 --memory-window 2 --direct-io
 echo "== overlap: windowed decode vs I/O-only and compute-only, interleaved in one process (f32, W=2)"
 slice=$(ls -S "$dir"/cache/*/rank-0-of-1.slice | head -n1)  # largest = the f32 one
+cargo bench --quiet --bench overlap -- "$slice" 6 mapped
 cargo bench --quiet --bench overlap -- "$slice" 6
 cargo bench --quiet --bench overlap -- "$slice" 6 direct tokens=2

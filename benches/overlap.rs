@@ -2,7 +2,7 @@
 //! bounds, interleaved in one process.
 //!
 //! ```text
-//! cargo bench --bench overlap -- SLICE [ROUNDS] [direct] [threads=T] [tokens=K]
+//! cargo bench --bench overlap -- SLICE [ROUNDS] [direct|mapped] [threads=T] [tokens=K]
 //! ```
 //!
 //! Each round measures, back to back, K forward passes (one decode token
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use tpi::model::{forward, RankWeights, Resident, Solo, State, Timing};
 use tpi::par::Par;
 use tpi::slice::{Expect, SliceFile, SliceResident};
-use tpi::window::{Window, WindowOpts};
+use tpi::window::{Reads, Window, WindowOpts};
 use tpi_kernels::Backend;
 
 /// Slots of both windows.
@@ -41,7 +41,7 @@ const W: usize = 2;
 struct Args {
     path: PathBuf,
     rounds: usize,
-    direct: bool,
+    reads: Reads,
     threads: usize,
     tokens: usize,
 }
@@ -50,12 +50,12 @@ fn parse() -> Result<Args, String> {
     // `cargo bench` passes `--bench`; everything else is ours.
     let mut words = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
     let path = words.next().map(PathBuf::from).ok_or(
-        "usage: cargo bench --bench overlap -- SLICE [ROUNDS] [direct] [threads=T] [tokens=K]",
+        "usage: cargo bench --bench overlap -- SLICE [ROUNDS] [direct|mapped] [threads=T] [tokens=K]",
     )?;
     let mut a = Args {
         path,
         rounds: 6,
-        direct: false,
+        reads: Reads::Buffered,
         threads: 2,
         tokens: 4,
     };
@@ -67,7 +67,9 @@ fn parse() -> Result<Args, String> {
     };
     for w in words {
         if w == "direct" {
-            a.direct = true;
+            a.reads = Reads::Direct;
+        } else if w == "mapped" {
+            a.reads = Reads::Mapped;
         } else if let Some(t) = w.strip_prefix("threads=") {
             a.threads = num(t)?;
         } else if let Some(k) = w.strip_prefix("tokens=") {
@@ -131,7 +133,7 @@ fn io_only(w: &mut Window, k: usize) -> Result<f64, String> {
 
 fn run(a: &Args) -> Result<(), String> {
     let res = open(&a.path)?.resident().map_err(|e| e.to_string())?;
-    let opts = WindowOpts { direct: a.direct };
+    let opts = WindowOpts { reads: a.reads };
     let mut windowed =
         SliceResident::windowed(open(&a.path)?, W, opts).map_err(|e| e.to_string())?;
     let mut resident = SliceResident::load(open(&a.path)?).map_err(|e| e.to_string())?;
@@ -151,7 +153,11 @@ fn run(a: &Args) -> Result<(), String> {
         lm_parts.len(),
         bytes as f64 / 1e9,
         a.threads,
-        if a.direct { "O_DIRECT" } else { "buffered (page cache)" },
+        match a.reads {
+            Reads::Buffered => "pread through the page cache",
+            Reads::Direct => "O_DIRECT",
+            Reads::Mapped => "mapped from the page cache",
+        },
         a.tokens
     );
     let stats = |w: &SliceResident| w.window_stats().unwrap_or_else(|| unreachable!());

@@ -103,12 +103,18 @@ pub struct Args {
     #[arg(long)]
     pub no_memory_window: bool,
     /// Read the slice with O_DIRECT (no second copy in the page cache).
-    /// Default: O_DIRECT when the slice is larger than MemAvailable.
-    #[arg(long, conflicts_with = "buffered_io")]
+    /// Default: O_DIRECT when the slice is larger than MemAvailable, else
+    /// window blocks mapped from the page cache.
+    #[arg(long, conflicts_with_all = ["buffered_io", "mapped_io"])]
     pub direct_io: bool,
-    /// Read the slice through the page cache, even when it cannot stay there.
-    #[arg(long)]
+    /// Read window blocks with pread through the page cache, even when the
+    /// slice cannot stay there.
+    #[arg(long, conflicts_with = "mapped_io")]
     pub buffered_io: bool,
+    /// Map window blocks from the page cache (no copy), even when the
+    /// slice cannot stay there.
+    #[arg(long)]
+    pub mapped_io: bool,
     /// File holding the pre-shared key every rank must prove (else the
     /// TPI_SECRET environment variable, else no authentication).
     #[arg(long, value_name = "FILE")]
@@ -230,10 +236,11 @@ fn memory_opts(a: &Args) -> MemoryOpts {
         (None, true) => MemoryMode::Resident,
         (None, false) => MemoryMode::Auto,
     };
-    let io = match (a.direct_io, a.buffered_io) {
-        (true, _) => IoMode::Direct,
-        (false, true) => IoMode::Buffered,
-        (false, false) => IoMode::Auto,
+    let io = match (a.direct_io, a.buffered_io, a.mapped_io) {
+        (true, _, _) => IoMode::Direct,
+        (_, true, _) => IoMode::Buffered,
+        (_, _, true) => IoMode::Mapped,
+        _ => IoMode::Auto,
     };
     MemoryOpts { mode, io }
 }
@@ -529,6 +536,7 @@ fn print_report(
             "bytes_read_per_token": r.window.as_ref().map_or(0.0, |w| per_step(w.bytes_read)),
             "memory_window": r.window.as_ref().map_or(serde_json::Value::Null, |w| serde_json::json!(w.n_slots)),
             "direct_io": r.window.as_ref().is_some_and(|w| w.direct),
+            "mapped_io": r.window.as_ref().is_some_and(|w| w.mapped),
         });
         println!("{v}");
     } else {

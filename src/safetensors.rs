@@ -514,16 +514,24 @@ impl Backing {
     }
 }
 
-/// Maps a file read-only.
+/// Maps a file read-only: all of it, or `len` bytes from `offset` (the
+/// memory window maps one block at a time). The project's one call into
+/// memmap2's unsafe file mapping.
 #[allow(unsafe_code)]
-fn map_file(file: &File) -> std::io::Result<memmap2::Mmap> {
+pub(crate) fn map_file(file: &File, range: Option<(u64, usize)>) -> std::io::Result<memmap2::Mmap> {
+    let mut opts = memmap2::MmapOptions::new();
+    if let Some((offset, len)) = range {
+        opts.offset(offset).len(len);
+    }
     // SAFETY: the file was opened read-only and the mapping is read-only; we
     // never write through it. The remaining risk is another process
     // truncating or rewriting the file while it is mapped: a truncation makes
     // later reads of the vanished pages raise SIGBUS, a rewrite changes the
-    // weights under us. Model files are treated as immutable while tpi runs,
-    // which is the same contract every mmap-based model loader relies on.
-    unsafe { memmap2::Mmap::map(file) }
+    // weights under us. Model files and slice files are treated as immutable
+    // while tpi runs (a slice is replaced by renaming a new file over it,
+    // which leaves existing mappings on the old inode), the same contract
+    // every mmap-based model loader relies on.
+    unsafe { opts.map(file) }
 }
 
 /// All tensors of a model, across its shards.
@@ -551,7 +559,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SafeTensorsError + '_ {
 
 fn open_shard(path: &Path) -> Result<(Backing, Vec<TensorInfo>), SafeTensorsError> {
     let file = File::open(path).map_err(io_err(path))?;
-    let map = map_file(&file).map_err(io_err(path))?;
+    let map = map_file(&file, None).map_err(io_err(path))?;
     let tensors = parse_header(&map, &path.display().to_string())?;
     Ok((Backing::Mmap(map), tensors))
 }

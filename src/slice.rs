@@ -45,7 +45,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -1034,7 +1034,7 @@ fn padded_len(tensors: &[TensorEntry]) -> u64 {
 
 /// Sequential output that hashes what it writes.
 struct Out {
-    w: BufWriter<File>,
+    w: LargeWriter,
     pos: u64,
     hash: Hasher64,
 }
@@ -1078,6 +1078,68 @@ fn check_plan(ckpt: &Checkpoint, plan: &Plan, rank: usize) -> Result<Part, Slice
         msg: format!("plan rank {rank}: {msg}"),
     })?;
     Ok(part)
+}
+
+/// Write size and alignment for slice files (see [`LargeWriter`]).
+pub const WRITE_BUF: usize = 4 << 20;
+
+/// Sequential file writer that hands the file system writes of
+/// [`WRITE_BUF`] bytes at multiples of [`WRITE_BUF`], always from its own
+/// buffer. The file then sits in the page cache in large (up to 2 MiB)
+/// folios where the file system supports them, and a mapped memory window
+/// maps a block with a few hundred page-table operations instead of tens
+/// of thousands. Both parts matter: a write from a mapping whose pages are
+/// not yet in memory (the safetensors being sliced) is split by the kernel
+/// into ever smaller folios at each fault, and misaligned writes get
+/// smaller folios at their edges. Populating a 4.1 GB pass measured 110 ms
+/// after `BufWriter` (which passes large writes straight through), 41 ms
+/// for unaligned 4 MiB writes from memory, 14 ms aligned.
+pub(crate) struct LargeWriter {
+    file: File,
+    buf: Vec<u8>,
+    /// File offset of `buf[0]`.
+    at: u64,
+}
+
+impl LargeWriter {
+    /// A writer appending at `at`, the file's current length.
+    pub(crate) fn new(file: File, at: u64) -> LargeWriter {
+        LargeWriter {
+            file,
+            buf: Vec::with_capacity(WRITE_BUF),
+            at,
+        }
+    }
+
+    fn write_buf(&mut self) -> std::io::Result<()> {
+        self.file.write_all(&self.buf)?;
+        self.at += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// The file, with everything written to it.
+    pub(crate) fn into_file(mut self) -> std::io::Result<File> {
+        self.write_buf()?;
+        Ok(self.file)
+    }
+}
+
+impl Write for LargeWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let end = self.at + self.buf.len() as u64;
+        let room = WRITE_BUF - (end % WRITE_BUF as u64) as usize;
+        let n = b.len().min(room);
+        self.buf.extend_from_slice(&b[..n]);
+        if n == room {
+            self.write_buf()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.write_buf()
+    }
 }
 
 /// Writes rank `rank`'s slice of `ckpt` under `plan` to `path`: streamed one
@@ -1153,7 +1215,7 @@ fn write_slice_with(
     let partial = path.with_extension("partial");
     let file = File::create(&partial).map_err(io_err(&partial, "create"))?;
     let mut out = Out {
-        w: BufWriter::with_capacity(1 << 20, file),
+        w: LargeWriter::new(file, 0),
         pos: 0,
         hash: Hasher64::new(),
     };
@@ -1199,7 +1261,7 @@ fn write_slice_with(
         head.extend_from_slice(&(m.len() as u64).to_le_bytes());
         head.extend_from_slice(&checksum64(&m).to_le_bytes());
         head.extend_from_slice(&m);
-        let f = out.w.get_mut();
+        let f = &mut out.w.file;
         f.seek(SeekFrom::Start(0))?;
         f.write_all(&head)?;
         f.sync_all()
@@ -1606,7 +1668,15 @@ impl SliceFile {
             .file
             .try_clone()
             .map_err(io_err(&self.path, "reopen to verify"))?;
-        let mut w = Window::start(file, pieces, 2, WindowOpts { direct: true }).map_err(io)?;
+        let mut w = Window::start(
+            file,
+            pieces,
+            2,
+            WindowOpts {
+                reads: crate::window::Reads::Direct,
+            },
+        )
+        .map_err(io)?;
         let mut i = 0usize;
         for b in &self.manifest.blocks {
             let mut h = Hasher64::new();
@@ -2056,6 +2126,39 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+
+    #[test]
+    fn large_writer_writes_whole_aligned_pieces_and_every_byte() {
+        let tmp = TempDir::new("large-writer");
+        let path = tmp.0.join("f");
+        let head = vec![7u8; 100];
+        std::fs::write(&path, &head).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let mut w = LargeWriter::new(file, 100);
+        // A write never crosses a WRITE_BUF boundary of the file, and
+        // reaching one hands the piece to the file.
+        let big: Vec<u8> = (0..2 * WRITE_BUF + 12345)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        assert_eq!(w.write(&big).unwrap(), WRITE_BUF - 100);
+        assert!(w.buf.is_empty() && w.at == WRITE_BUF as u64);
+        w.write_all(&big[WRITE_BUF - 100..]).unwrap();
+        assert_eq!(w.at, 2 * WRITE_BUF as u64);
+        assert_eq!(w.buf.len(), 12345 + 100);
+        for chunk in [&[1u8, 2, 3][..], &[], &[4]] {
+            w.write_all(chunk).unwrap();
+        }
+        w.into_file().unwrap();
+        let got = std::fs::read(&path).unwrap();
+        let mut want = head;
+        want.extend_from_slice(&big);
+        want.extend_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "file contents differ");
     }
 
     fn fixture(name: &str) -> Checkpoint {

@@ -19,7 +19,7 @@ use crate::model::{forward, State, Timing};
 use crate::par::Par;
 use crate::plan::{split, Plan, Shape};
 use crate::slice::{ensure_slices, fingerprint, write_slice, Expect, SliceFile, SliceResident};
-use crate::window::WindowOpts;
+use crate::window::{Reads, WindowOpts};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -63,13 +63,16 @@ pub enum MemoryMode {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum IoMode {
     /// `O_DIRECT` when the weights cannot stay in the page cache (more bytes
-    /// than MemAvailable), buffered otherwise.
+    /// than MemAvailable); mapped from the page cache otherwise.
     #[default]
     Auto,
-    /// Through the page cache.
+    /// `pread` through the page cache.
     Buffered,
     /// `O_DIRECT` (falls back to buffered where the file system refuses it).
     Direct,
+    /// Window blocks mapped from the page cache (no copy); reads that are
+    /// not window passes (verification) are buffered.
+    Mapped,
 }
 
 impl IoMode {
@@ -80,9 +83,22 @@ impl IoMode {
     /// faster with `O_DIRECT` (README, "Memory window").
     pub fn direct_for(self, bytes: u64, available: Option<u64>) -> bool {
         match self {
-            IoMode::Buffered => false,
+            IoMode::Buffered | IoMode::Mapped => false,
             IoMode::Direct => true,
             IoMode::Auto => available.is_some_and(|a| bytes > a),
+        }
+    }
+
+    /// How a window over `bytes` of weights reads its blocks. Auto: through
+    /// the page cache, by mapping, when the page cache can keep them
+    /// (a warm pass then costs no copy; README, "Memory window").
+    pub fn reads_for(self, bytes: u64, available: Option<u64>) -> Reads {
+        match self {
+            IoMode::Buffered => Reads::Buffered,
+            IoMode::Direct => Reads::Direct,
+            IoMode::Mapped => Reads::Mapped,
+            IoMode::Auto if self.direct_for(bytes, available) => Reads::Direct,
+            IoMode::Auto => Reads::Mapped,
         }
     }
 }
@@ -160,6 +176,7 @@ pub fn open_weights(slice: SliceFile, mem: MemoryOpts, quiet: bool) -> Result<Sl
         }
         Some(w) => {
             let largest = blocks.iter().copied().max().unwrap_or(0);
+            let reads = mem.io.reads_for(slice.file_len(), available_memory());
             if !quiet {
                 eprintln!(
                     "[tpi] rank {rank}: memory window of {w} x {:.1} MiB blocks ({} layers and {:.1} MiB of lm_head streamed, {:.1} MiB on disk); expected weight peak {:.1} MiB{}",
@@ -168,16 +185,14 @@ pub fn open_weights(slice: SliceFile, mem: MemoryOpts, quiet: bool) -> Result<Sl
                     mib(lm_head),
                     mib(blocks.iter().sum::<u64>() + lm_head),
                     mib(w as u64 * largest),
-                    if mem.io.direct_for(slice.file_len(), available_memory()) {
-                        ", O_DIRECT"
-                    } else {
-                        ""
+                    match reads {
+                        Reads::Buffered => ", pread",
+                        Reads::Direct => ", O_DIRECT",
+                        Reads::Mapped => ", mapped",
                     }
                 );
             }
-            let opts = WindowOpts {
-                direct: mem.io.direct_for(slice.file_len(), available_memory()),
-            };
+            let opts = WindowOpts { reads };
             Ok(SliceResident::windowed(slice, w, opts)?)
         }
     }
@@ -400,6 +415,9 @@ fn spawn_worker(
         IoMode::Direct => {
             cmd.arg("--direct-io");
         }
+        IoMode::Mapped => {
+            cmd.arg("--mapped-io");
+        }
     }
     if let Some(f) = &setup.secret_file {
         cmd.arg("--secret-file").arg(f);
@@ -564,6 +582,27 @@ mod tests {
         assert!(!IoMode::Auto.direct_for(3 * gib, None));
         assert!(IoMode::Direct.direct_for(1, Some(2 * gib)));
         assert!(!IoMode::Buffered.direct_for(3 * gib, Some(2 * gib)));
+        assert!(!IoMode::Mapped.direct_for(3 * gib, Some(2 * gib)));
+    }
+
+    #[test]
+    fn window_reads_map_what_the_page_cache_keeps() {
+        let gib = 1u64 << 30;
+        assert_eq!(IoMode::Auto.reads_for(gib, Some(2 * gib)), Reads::Mapped);
+        assert_eq!(
+            IoMode::Auto.reads_for(3 * gib, Some(2 * gib)),
+            Reads::Direct
+        );
+        assert_eq!(IoMode::Auto.reads_for(3 * gib, None), Reads::Mapped);
+        assert_eq!(
+            IoMode::Buffered.reads_for(gib, Some(2 * gib)),
+            Reads::Buffered
+        );
+        assert_eq!(IoMode::Direct.reads_for(gib, Some(2 * gib)), Reads::Direct);
+        assert_eq!(
+            IoMode::Mapped.reads_for(3 * gib, Some(2 * gib)),
+            Reads::Mapped
+        );
     }
 
     #[test]

@@ -36,6 +36,7 @@ fn windowed_weights_match_the_oracle_at_world_sizes_1_and_2() {
                 &["--memory-window", "2"][..],
                 &["--memory-window", "2", "--direct-io"],
                 &["--memory-window", "2", "--buffered-io"],
+                &["--memory-window", "2", "--mapped-io"],
                 &["--memory-window", "3"],
                 &["--no-memory-window"],
             ] {
@@ -72,6 +73,12 @@ fn windowed_weights_match_the_oracle_at_world_sizes_1_and_2() {
                 if !mode.contains(&"--direct-io") {
                     assert_eq!(v["direct_io"], false, "{name} N={n} {mode:?}");
                 }
+                // These slices fit in the page cache, so by default a
+                // window maps its blocks; only --buffered-io and
+                // --direct-io read them into slots.
+                let forced = mode.contains(&"--buffered-io") || mode.contains(&"--direct-io");
+                let windowed = !v["memory_window"].is_null();
+                assert_eq!(v["mapped_io"], windowed && !forced, "{name} N={n} {mode:?}");
                 if mode[0] == "--memory-window" {
                     // A window as deep as the model is simply resident.
                     let w: u64 = mode[1].parse().unwrap();
@@ -182,6 +189,9 @@ fn peak_rss(model: &Path, cache: &Path, window: &str) -> (u64, Value) {
     let memory = ["--memory-window", window];
     deep_run(model, cache, &memory);
     let v = deep_run(model, cache, &memory);
+    // The slice fits in the page cache: blocks are mapped, and the
+    // resident set counts each mapped page.
+    assert_eq!(v["mapped_io"], true);
     (v["peak_rss_bytes"].as_u64().expect("peak rss"), v)
 }
 
@@ -244,6 +254,13 @@ fn windowed_lm_head_is_streamed_not_resident() {
     }
     let peak = d["peak_rss_bytes"].as_u64().expect("peak rss");
     assert!(peak <= bound, "O_DIRECT: peak RSS {peak} > {bound}");
+    // And with pread into the ring's slots.
+    let pread = ["--memory-window", "2", "--buffered-io"];
+    let b = deep_run(&model, &tmp.path().join("cache"), &pread);
+    assert_eq!(b["generated_ids"], v["generated_ids"]);
+    assert_eq!(b["mapped_io"], false);
+    let peak = b["peak_rss_bytes"].as_u64().expect("peak rss");
+    assert!(peak <= bound, "pread: peak RSS {peak} > {bound}");
     let _ = std::fs::remove_dir_all(&model);
 }
 
