@@ -6,6 +6,9 @@
 //! `#[target_feature]` kernels inside `unsafe` blocks whose invariant (the CPU
 //! features are present) is established by the token's existence.
 
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) mod bank;
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_64;
 

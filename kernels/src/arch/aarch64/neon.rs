@@ -9,78 +9,78 @@ use core::arch::asm;
 
 use half::{bf16, f16};
 
-use crate::arch::{tail_dot, Widen};
-use crate::Weights;
+use crate::arch::bank::{backend, Bank, Load};
 
-/// Proof that NEON is usable on this CPU: only [`Neon::new`] builds it,
-/// after `has_neon()` returned true.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Neon(());
+backend!(Neon, "neon", super::has_neon);
 
-impl Neon {
-    pub(crate) fn new() -> Option<Self> {
-        if super::has_neon() {
-            Some(Neon(()))
-        } else {
-            None
-        }
+/// 4 f32 lanes per `float32x4_t`.
+impl Bank for Neon {
+    type V = float32x4_t;
+    const LANES: usize = 4;
+    /// Every row count in 4-row blocks: not yet measured on ARM hardware
+    /// against one-row streaming (which won on x86).
+    const ONE_ROW_MAX_COLS: usize = 0;
+
+    #[inline(always)]
+    unsafe fn zero() -> float32x4_t {
+        // SAFETY: neon per the trait contract.
+        unsafe { vdupq_n_f32(0.0) }
     }
 
-    /// `y = W x`; the caller checked `w.len() == y.len() * x.len()`.
-    pub(crate) fn gemv(self, w: Weights<'_>, x: &[f32], y: &mut [f32]) {
-        // The token exists only if `has_neon()` returned true in `Neon::new`,
-        // so the CPU supports neon, the feature `gemv_k` is compiled for.
-        match w {
-            // SAFETY: CPU feature established by the token, see above.
-            Weights::F32(w) => unsafe { gemv_k(w, x, y) },
-            // SAFETY: CPU feature established by the token, see above.
-            Weights::F16(w) => unsafe { gemv_k(w, x, y) },
-            // SAFETY: CPU feature established by the token, see above.
-            Weights::BF16(w) => unsafe { gemv_k(w, x, y) },
-        }
+    #[inline(always)]
+    unsafe fn splat(a: f32) -> float32x4_t {
+        // SAFETY: neon per the trait contract.
+        unsafe { vdupq_n_f32(a) }
     }
 
-    pub(crate) fn dot(self, a: &[f32], b: &[f32]) -> f32 {
-        // SAFETY: the token proves neon (Neon::new).
-        unsafe { dot_k(a, b) }
-    }
-
-    pub(crate) fn axpy(self, y: &mut [f32], a: f32, x: &[f32]) {
-        // SAFETY: the token proves neon (Neon::new).
-        unsafe { axpy_k(y, a, x) }
-    }
-
-    pub(crate) fn read_sum(self, bytes: &[u8]) -> u64 {
-        // SAFETY: the token proves neon (Neon::new).
-        unsafe { read_sum_k(bytes) }
-    }
-}
-
-/// A stored weight type that widens 4 consecutive values to one `float32x4_t`.
-trait Elem: Widen {
-    /// # Safety
-    /// `p..p + 4` must be readable elements, and the CPU must support neon.
-    unsafe fn load4(p: *const Self) -> float32x4_t;
-}
-
-impl Elem for f32 {
-    #[inline]
-    #[target_feature(enable = "neon")]
-    unsafe fn load4(p: *const f32) -> float32x4_t {
-        // SAFETY: 4 readable f32 at `p` (trait contract); ld1 needs no alignment.
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> float32x4_t {
+        // SAFETY: 4 readable f32 at `p` and neon (trait contract); ld1 needs
+        // no alignment.
         unsafe { vld1q_f32(p) }
     }
+
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: float32x4_t) {
+        // SAFETY: 4 writable f32 at `p` and neon (trait contract).
+        unsafe { vst1q_f32(p, v) }
+    }
+
+    #[inline(always)]
+    unsafe fn fma(a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
+        // SAFETY: neon per the trait contract. vfmaq_f32(c, a, b) = c + a * b.
+        unsafe { vfmaq_f32(c, a, b) }
+    }
+
+    #[inline(always)]
+    unsafe fn add(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        // SAFETY: neon per the trait contract.
+        unsafe { vaddq_f32(a, b) }
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: float32x4_t) -> f32 {
+        // SAFETY: neon per the trait contract.
+        unsafe { vaddvq_f32(v) }
+    }
 }
 
-impl Elem for f16 {
-    #[inline]
-    #[target_feature(enable = "neon")]
-    unsafe fn load4(p: *const f16) -> float32x4_t {
-        // SAFETY: 4 readable f16 = 8 bytes at `p` (trait contract).
+impl Load<f32> for Neon {
+    #[inline(always)]
+    unsafe fn load_w(p: *const f32) -> float32x4_t {
+        // SAFETY: as `Bank::load` (trait contract).
+        unsafe { Self::load(p) }
+    }
+}
+
+impl Load<f16> for Neon {
+    #[inline(always)]
+    unsafe fn load_w(p: *const f16) -> float32x4_t {
+        // SAFETY: 4 readable f16 = 8 bytes at `p`, and neon (trait contract).
         let h = unsafe { vld1_u16(p.cast()) };
         let out: float32x4_t;
-        // SAFETY: FCVTL Vd.4S, Vn.4H is base ARMv8-A AdvSIMD (covered by
-        // `neon`, this fn's feature); it reads only `h`'s register, writes only
+        // SAFETY: FCVTL Vd.4S, Vn.4H is base ARMv8-A AdvSIMD (neon, per the
+        // trait contract); it reads only `h`'s register, writes only
         // `out`'s, touches no memory, stack or flags. Widening is exact.
         unsafe {
             asm!(
@@ -94,153 +94,13 @@ impl Elem for f16 {
     }
 }
 
-impl Elem for bf16 {
-    #[inline]
-    #[target_feature(enable = "neon")]
-    unsafe fn load4(p: *const bf16) -> float32x4_t {
-        // SAFETY: 4 readable bf16 = 8 bytes at `p` (trait contract).
-        let h = unsafe { vld1_u16(p.cast()) };
-        // bf16 is the top half of an f32: widen u16 -> u32 shifted left by 16.
-        vreinterpretq_f32_u32(vshll_n_u16::<16>(h))
-    }
-}
-
-/// `y = W x`, W row-major `[y.len()][x.len()]`.
-///
-/// ```text
-/// for each block of R = 4 rows (then R = 1 for the rows % 4 leftovers):
-///     rows_block::<R>(W[r..r+R], x) -> y[r..r+R]
-/// ```
-#[target_feature(enable = "neon")]
-fn gemv_k<E: Elem>(w: &[E], x: &[f32], y: &mut [f32]) {
-    let n = x.len();
-    assert_eq!(w.len(), n * y.len(), "gemv: weight shape");
-    let mut blocks = y.chunks_exact_mut(4);
-    let mut r = 0;
-    for yb in &mut blocks {
-        yb.copy_from_slice(&rows_block::<4, E>(&w[r * n..(r + 4) * n], x));
-        r += 4;
-    }
-    for yr in blocks.into_remainder() {
-        *yr = rows_block::<1, E>(&w[r * n..(r + 1) * n], x)[0];
-        r += 1;
-    }
-}
-
-/// R rows of `W x` sharing every load of `x`.
-///
-/// ```text
-/// acc[i][j] = 0                  (i < R rows, j < 2 column halves: 2R q-regs)
-/// for c in 0.. step 8 while c + 8 <= n:
-///     xa = x[c..c+4]; xb = x[c+4..c+8]          loaded once for all R rows
-///     acc[i][0] += W[i][c..c+4] * xa;  acc[i][1] += W[i][c+4..c+8] * xb
-/// if c + 4 <= n: acc[i][0] += W[i][c..c+4] * x[c..c+4]; c += 4
-/// out[i] = addv(acc[i][0] + acc[i][1]) + scalar dot of the last n % 4 columns
-/// ```
-#[inline]
-#[target_feature(enable = "neon")]
-fn rows_block<const R: usize, E: Elem>(w: &[E], x: &[f32]) -> [f32; R] {
-    let n = x.len();
-    assert_eq!(w.len(), R * n);
-    let (wp, xp) = (w.as_ptr(), x.as_ptr());
-    let mut acc = [[vdupq_n_f32(0.0); 2]; R];
-    let mut c = 0;
-    // SAFETY: every load reads x[c..c+8] or W[i][c..c+8] (i < R) with
-    // c + 8 <= n (resp. c + 4 <= n for the 4-wide step), inside `x` (len n)
-    // and `w` (len R * n, asserted above). The CPU feature is this fn's
-    // target feature, which its callers have.
-    unsafe {
-        while c + 8 <= n {
-            let xa = vld1q_f32(xp.add(c));
-            let xb = vld1q_f32(xp.add(c + 4));
-            for (i, a) in acc.iter_mut().enumerate() {
-                let p = wp.add(i * n + c);
-                a[0] = vfmaq_f32(a[0], E::load4(p), xa);
-                a[1] = vfmaq_f32(a[1], E::load4(p.add(4)), xb);
-            }
-            c += 8;
-        }
-        if c + 4 <= n {
-            let xa = vld1q_f32(xp.add(c));
-            for (i, a) in acc.iter_mut().enumerate() {
-                a[0] = vfmaq_f32(a[0], E::load4(wp.add(i * n + c)), xa);
-            }
-            c += 4;
-        }
-    }
-    let mut out = [0.0; R];
-    for (i, (o, a)) in out.iter_mut().zip(&acc).enumerate() {
-        *o = vaddvq_f32(vaddq_f32(a[0], a[1])) + tail_dot(&w[i * n + c..(i + 1) * n], &x[c..]);
-    }
-    out
-}
-
-/// Dot product.
-///
-/// ```text
-/// acc[0..4] = 0 (4 q-regs); for c step 16: acc[j] += a[c+4j..+4] * b[c+4j..+4]
-/// then 4-wide steps into acc[0]; result = addv(sum acc) + scalar tail (n % 4)
-/// ```
-#[target_feature(enable = "neon")]
-fn dot_k(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len();
-    assert_eq!(b.len(), n);
-    let (ap, bp) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [vdupq_n_f32(0.0); 4];
-    let mut c = 0;
-    // SAFETY: loads read a[c..c+16] / b[c..c+16] with c + 16 <= n, then
-    // a[c..c+4] / b[c..c+4] with c + 4 <= n; both slices have length n.
-    // CPU feature: this fn's target feature, guaranteed by the caller.
-    unsafe {
-        while c + 16 <= n {
-            for (j, s) in acc.iter_mut().enumerate() {
-                let o = c + 4 * j;
-                *s = vfmaq_f32(*s, vld1q_f32(ap.add(o)), vld1q_f32(bp.add(o)));
-            }
-            c += 16;
-        }
-        while c + 4 <= n {
-            acc[0] = vfmaq_f32(acc[0], vld1q_f32(ap.add(c)), vld1q_f32(bp.add(c)));
-            c += 4;
-        }
-    }
-    let s = vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3]));
-    vaddvq_f32(s) + tail_dot(&a[c..], &b[c..])
-}
-
-/// `y += a * x`.
-///
-/// ```text
-/// for c step 8: y[c..c+4] = fma(y[c..c+4], x[c..c+4], a); same for c+4..c+8
-/// then one 4-wide step if 4 <= n - c; scalar tail (n % 4)
-/// ```
-#[target_feature(enable = "neon")]
-fn axpy_k(y: &mut [f32], a: f32, x: &[f32]) {
-    let n = y.len();
-    assert_eq!(x.len(), n);
-    let (yp, xp) = (y.as_mut_ptr(), x.as_ptr());
-    let mut c = 0;
-    // SAFETY: reads x[c..c+8] and reads/writes y[c..c+8] with c + 8 <= n
-    // (then c + 4 <= n); both have length n, `y` is exclusively borrowed and
-    // cannot alias the shared `x`. CPU feature: this fn's target feature.
-    unsafe {
-        while c + 8 <= n {
-            let y0 = vfmaq_n_f32(vld1q_f32(yp.add(c)), vld1q_f32(xp.add(c)), a);
-            let y1 = vfmaq_n_f32(vld1q_f32(yp.add(c + 4)), vld1q_f32(xp.add(c + 4)), a);
-            vst1q_f32(yp.add(c), y0);
-            vst1q_f32(yp.add(c + 4), y1);
-            c += 8;
-        }
-        if c + 4 <= n {
-            vst1q_f32(
-                yp.add(c),
-                vfmaq_n_f32(vld1q_f32(yp.add(c)), vld1q_f32(xp.add(c)), a),
-            );
-            c += 4;
-        }
-    }
-    for (y, x) in y[c..].iter_mut().zip(&x[c..]) {
-        *y += a * x;
+impl Load<bf16> for Neon {
+    #[inline(always)]
+    unsafe fn load_w(p: *const bf16) -> float32x4_t {
+        // SAFETY: 4 readable bf16 = 8 bytes at `p`, and neon (trait
+        // contract). bf16 is the top half of an f32: widen u16 -> u32
+        // shifted left by 16.
+        unsafe { vreinterpretq_f32_u32(vshll_n_u16::<16>(vld1_u16(p.cast()))) }
     }
 }
 

@@ -4,257 +4,90 @@ use core::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use crate::arch::{tail_dot, Widen};
-use crate::Weights;
+use crate::arch::bank::{backend, Bank, Load};
 
-/// Proof that AVX2, FMA and F16C are usable on this CPU: only [`Avx2::new`]
-/// builds it, after `has_avx2()` returned true.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Avx2(());
+backend!(Avx2, "avx2,fma,f16c", super::has_avx2);
 
-impl Avx2 {
-    pub(crate) fn new() -> Option<Self> {
-        if super::has_avx2() {
-            Some(Avx2(()))
-        } else {
-            None
-        }
+/// 8 f32 lanes per `__m256`; AVX2 for the integer widening, FMA, F16C.
+impl Bank for Avx2 {
+    type V = __m256;
+    const LANES: usize = 8;
+    const ONE_ROW_MAX_COLS: usize = super::ONE_ROW_MAX_COLS;
+
+    #[inline(always)]
+    unsafe fn zero() -> __m256 {
+        // SAFETY: avx per the trait contract.
+        unsafe { _mm256_setzero_ps() }
     }
 
-    /// `y = W x`; the caller checked `w.len() == y.len() * x.len()`.
-    pub(crate) fn gemv(self, w: Weights<'_>, x: &[f32], y: &mut [f32]) {
-        // SAFETY (all three arms): `self` exists only if `has_avx2()` returned
-        // true in `Avx2::new`, so the CPU supports avx2, fma and f16c, the
-        // features `gemv_k` is compiled for.
-        match w {
-            // SAFETY: CPU features established by the token, see above.
-            Weights::F32(w) => unsafe { gemv_k(w, x, y) },
-            // SAFETY: CPU features established by the token, see above.
-            Weights::F16(w) => unsafe { gemv_k(w, x, y) },
-            // SAFETY: CPU features established by the token, see above.
-            Weights::BF16(w) => unsafe { gemv_k(w, x, y) },
-        }
+    #[inline(always)]
+    unsafe fn splat(a: f32) -> __m256 {
+        // SAFETY: avx per the trait contract.
+        unsafe { _mm256_set1_ps(a) }
     }
 
-    pub(crate) fn dot(self, a: &[f32], b: &[f32]) -> f32 {
-        // SAFETY: the token proves avx2+fma+f16c (Avx2::new).
-        unsafe { dot_k(a, b) }
-    }
-
-    pub(crate) fn axpy(self, y: &mut [f32], a: f32, x: &[f32]) {
-        // SAFETY: the token proves avx2+fma+f16c (Avx2::new).
-        unsafe { axpy_k(y, a, x) }
-    }
-
-    pub(crate) fn read_sum(self, bytes: &[u8]) -> u64 {
-        // SAFETY: the token proves avx2+fma+f16c (Avx2::new).
-        unsafe { read_sum_k(bytes) }
-    }
-}
-
-/// A stored weight type that widens 8 consecutive values to one `__m256`.
-trait Elem: Widen {
-    /// # Safety
-    /// `p..p + 8` must be readable elements, and the CPU must support
-    /// avx2, fma and f16c.
-    unsafe fn load8(p: *const Self) -> __m256;
-}
-
-impl Elem for f32 {
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load8(p: *const f32) -> __m256 {
-        // SAFETY: 8 readable f32 at `p` (trait contract); loadu needs no alignment.
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m256 {
+        // SAFETY: 8 readable f32 at `p` and avx (trait contract); unaligned.
         unsafe { _mm256_loadu_ps(p) }
     }
-}
 
-impl Elem for f16 {
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load8(p: *const f16) -> __m256 {
-        // SAFETY: 8 readable f16 = 16 bytes at `p` (trait contract); unaligned load.
-        let h = unsafe { _mm_loadu_si128(p.cast()) };
-        _mm256_cvtph_ps(h)
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m256) {
+        // SAFETY: 8 writable f32 at `p` and avx (trait contract); unaligned.
+        unsafe { _mm256_storeu_ps(p, v) }
     }
-}
 
-impl Elem for bf16 {
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load8(p: *const bf16) -> __m256 {
-        // SAFETY: 8 readable bf16 = 16 bytes at `p` (trait contract); unaligned load.
-        let h = unsafe { _mm_loadu_si128(p.cast()) };
-        // bf16 is the top half of an f32: zero-extend u16 -> u32, shift left 16.
-        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    #[inline(always)]
+    unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+        // SAFETY: fma per the trait contract.
+        unsafe { _mm256_fmadd_ps(a, b, c) }
     }
-}
 
-use super::avx512::ONE_ROW_MAX_COLS;
+    #[inline(always)]
+    unsafe fn add(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: avx per the trait contract.
+        unsafe { _mm256_add_ps(a, b) }
+    }
 
-/// `y = W x`, W row-major `[y.len()][x.len()]`.
-///
-/// ```text
-/// if n <= ONE_ROW_MAX_COLS: for r in rows: y[r] = row_dot(W[r], x)
-/// else: 4-row blocks rows_block::<4> (x loads shared), leftover rows row_dot
-/// ```
-/// The same choice as the AVX-512 kernel (see there for the measurements):
-/// one sequential stream for short rows, `x` loads shared by 4 rows once
-/// `x` no longer fits in L1 beside the streamed row.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn gemv_k<E: Elem>(w: &[E], x: &[f32], y: &mut [f32]) {
-    let n = x.len();
-    assert_eq!(w.len(), n * y.len(), "gemv: weight shape");
-    let mut r = 0;
-    if n > ONE_ROW_MAX_COLS {
-        for yb in y.chunks_exact_mut(4) {
-            yb.copy_from_slice(&rows_block::<4, E>(&w[r * n..(r + 4) * n], x));
-            r += 4;
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        // SAFETY: avx and sse3 (implied by avx2) per the trait contract.
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            _mm_cvtss_f32(s)
         }
     }
-    for yr in &mut y[r..] {
-        *yr = row_dot(&w[r * n..(r + 1) * n], x);
-        r += 1;
+}
+
+impl Load<f32> for Avx2 {
+    #[inline(always)]
+    unsafe fn load_w(p: *const f32) -> __m256 {
+        // SAFETY: as `Bank::load` (trait contract).
+        unsafe { Self::load(p) }
     }
 }
 
-/// R rows of `W x` sharing every load of `x` (long rows: R = 4).
-///
-/// ```text
-/// acc[i][j] = 0                  (i < R rows, j < 2 column halves: 2R ymm)
-/// for c in 0.. step 16 while c + 16 <= n:
-///     xa = x[c..c+8]; xb = x[c+8..c+16]        loaded once for all R rows
-///     acc[i][0] += W[i][c..c+8] * xa;  acc[i][1] += W[i][c+8..c+16] * xb
-/// if c + 8 <= n: acc[i][0] += W[i][c..c+8] * x[c..c+8]; c += 8
-/// out[i] = hsum(acc[i][0] + acc[i][1]) + scalar dot of the last n % 8 columns
-/// ```
-/// With R = 4 there are 8 independent FMA chains, enough to cover the FMA
-/// latency (4 cycles x 2 ports) while the loop waits on memory anyway.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn rows_block<const R: usize, E: Elem>(w: &[E], x: &[f32]) -> [f32; R] {
-    let n = x.len();
-    assert_eq!(w.len(), R * n);
-    let (wp, xp) = (w.as_ptr(), x.as_ptr());
-    let mut acc = [[_mm256_setzero_ps(); 2]; R];
-    let mut c = 0;
-    // SAFETY: every load reads x[c..c+16] or W[i][c..c+16] (i < R) with
-    // c + 16 <= n (resp. c + 8 <= n for the 8-wide step), inside `x` (len n)
-    // and `w` (len R * n, asserted above). The CPU features are this fn's
-    // target features, which its callers have.
-    unsafe {
-        while c + 16 <= n {
-            let xa = _mm256_loadu_ps(xp.add(c));
-            let xb = _mm256_loadu_ps(xp.add(c + 8));
-            for (i, a) in acc.iter_mut().enumerate() {
-                let p = wp.add(i * n + c);
-                a[0] = _mm256_fmadd_ps(E::load8(p), xa, a[0]);
-                a[1] = _mm256_fmadd_ps(E::load8(p.add(8)), xb, a[1]);
-            }
-            c += 16;
-        }
-        if c + 8 <= n {
-            let xa = _mm256_loadu_ps(xp.add(c));
-            for (i, a) in acc.iter_mut().enumerate() {
-                a[0] = _mm256_fmadd_ps(E::load8(wp.add(i * n + c)), xa, a[0]);
-            }
-            c += 8;
-        }
+impl Load<f16> for Avx2 {
+    #[inline(always)]
+    unsafe fn load_w(p: *const f16) -> __m256 {
+        // SAFETY: 8 readable f16 = 16 bytes at `p`, and f16c (trait contract).
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
     }
-    let mut out = [0.0; R];
-    for (i, (o, a)) in out.iter_mut().zip(&acc).enumerate() {
-        *o = hsum(_mm256_add_ps(a[0], a[1])) + tail_dot(&w[i * n + c..(i + 1) * n], &x[c..]);
-    }
-    out
 }
 
-/// Dot product of one stored row with `x`, f32 accumulation.
-///
-/// ```text
-/// acc[0..4] = 0 (4 ymm); for c step 32: acc[j] += W[c+8j..+8] * x[c+8j..+8]
-/// then 8-wide steps into acc[0]; result = hsum(sum acc) + scalar tail (n % 8)
-/// ```
-/// Four independent FMA chains cover the FMA latency while the loop waits
-/// on memory anyway.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn row_dot<E: Elem>(w: &[E], x: &[f32]) -> f32 {
-    let n = x.len();
-    assert_eq!(w.len(), n, "row_dot: length");
-    let (wp, xp) = (w.as_ptr(), x.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut c = 0;
-    // SAFETY: loads read W[c..c+32] / x[c..c+32] with c + 32 <= n, then
-    // W[c..c+8] / x[c..c+8] with c + 8 <= n; both slices have length n
-    // (asserted). CPU features: this fn's target features, which callers have.
-    unsafe {
-        while c + 32 <= n {
-            for (j, a) in acc.iter_mut().enumerate() {
-                let o = c + 8 * j;
-                *a = _mm256_fmadd_ps(E::load8(wp.add(o)), _mm256_loadu_ps(xp.add(o)), *a);
-            }
-            c += 32;
+impl Load<bf16> for Avx2 {
+    #[inline(always)]
+    unsafe fn load_w(p: *const bf16) -> __m256 {
+        // SAFETY: 8 readable bf16 = 16 bytes at `p`, and avx2 (trait
+        // contract). bf16 is the top half of an f32: zero-extend u16 -> u32,
+        // shift left 16.
+        unsafe {
+            let h = _mm_loadu_si128(p.cast());
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
         }
-        while c + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(E::load8(wp.add(c)), _mm256_loadu_ps(xp.add(c)), acc[0]);
-            c += 8;
-        }
-    }
-    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    hsum(s) + tail_dot(&w[c..], &x[c..])
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
-}
-
-/// Dot product of two f32 vectors (attention scores): [`row_dot`] on f32.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_k(a: &[f32], b: &[f32]) -> f32 {
-    row_dot(a, b)
-}
-
-/// `y += a * x`.
-///
-/// ```text
-/// for c step 16: y[c..c+8] = fma(a, x[c..c+8], y[c..c+8]); same for c+8..c+16
-/// then one 8-wide step if 8 <= n - c; scalar tail (n % 8)
-/// ```
-#[target_feature(enable = "avx2,fma,f16c")]
-fn axpy_k(y: &mut [f32], a: f32, x: &[f32]) {
-    let n = y.len();
-    assert_eq!(x.len(), n);
-    let (yp, xp) = (y.as_mut_ptr(), x.as_ptr());
-    let av = _mm256_set1_ps(a);
-    let mut c = 0;
-    // SAFETY: reads x[c..c+16] and reads/writes y[c..c+16] with c + 16 <= n
-    // (then c + 8 <= n); both have length n, `y` is exclusively borrowed and
-    // cannot alias the shared `x`. CPU features: this fn's target features.
-    unsafe {
-        while c + 16 <= n {
-            let y0 = _mm256_fmadd_ps(av, _mm256_loadu_ps(xp.add(c)), _mm256_loadu_ps(yp.add(c)));
-            let y1 = _mm256_fmadd_ps(
-                av,
-                _mm256_loadu_ps(xp.add(c + 8)),
-                _mm256_loadu_ps(yp.add(c + 8)),
-            );
-            _mm256_storeu_ps(yp.add(c), y0);
-            _mm256_storeu_ps(yp.add(c + 8), y1);
-            c += 16;
-        }
-        if c + 8 <= n {
-            let y0 = _mm256_fmadd_ps(av, _mm256_loadu_ps(xp.add(c)), _mm256_loadu_ps(yp.add(c)));
-            _mm256_storeu_ps(yp.add(c), y0);
-            c += 8;
-        }
-    }
-    for (y, x) in y[c..].iter_mut().zip(&x[c..]) {
-        *y += a * x;
     }
 }
 

@@ -3,6 +3,10 @@
 pub(crate) mod avx2;
 pub(crate) mod avx512;
 
+/// Rows up to this many columns (`x` up to 16 KiB, half of L1d beside the
+/// streamed row) are read one at a time (see `bank::gemv`).
+pub(crate) const ONE_ROW_MAX_COLS: usize = 4096;
+
 /// AVX2 + FMA + F16C: enabled at compile time, or detected at run time (std).
 pub(crate) fn has_avx2() -> bool {
     cfg!(all(
