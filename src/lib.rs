@@ -19,6 +19,7 @@ pub mod model;
 pub mod net;
 pub mod par;
 pub mod plan;
+pub mod progress;
 pub mod safetensors;
 pub mod sampler;
 pub mod slice;
