@@ -144,7 +144,10 @@ fn run(a: &Args) -> Result<(), String> {
     let mut io = Window::start(file, blocks.clone(), W, opts).map_err(|e| e.to_string())?;
     let par = Par::new(a.threads, Backend::detect());
     let seq = (a.rounds + 1) * a.tokens * 2 + 1;
-    let (mut s_win, mut s_res) = (State::new(&res.dims, seq), State::new(&res.dims, seq));
+    let (mut s_win, mut s_res) = (
+        State::new(&res.dims, seq).map_err(|e| e.to_string())?,
+        State::new(&res.dims, seq).map_err(|e| e.to_string())?,
+    );
     let (mut pos_win, mut pos_res) = (0usize, 0usize);
     println!(
         "{}: {} blocks ({} lm_head parts), {:.2} GB per token, {} threads, {}, {} tokens per measurement",

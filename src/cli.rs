@@ -2,7 +2,7 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::cluster::{NetOpts, Secret};
-use crate::engine::{generate, peak_rss_bytes, GenOptions, Rank};
+use crate::engine::{check_context, generate, peak_rss_bytes, GenOptions, OnText, Rank};
 use crate::error::{Error, Result};
 use crate::load::{layer_matrix_shapes, layer_name, lm_head_name, resident, InPlace};
 use crate::model::{Part, Solo};
@@ -15,7 +15,7 @@ use crate::tp::{
 };
 use clap::Parser;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tpi_kernels::Backend;
 
@@ -36,7 +36,8 @@ pub struct Args {
     /// Prompt as comma-separated token ids, e.g. 1,403,407.
     #[arg(long)]
     pub prompt_ids: Option<String>,
-    /// Tokens to generate.
+    /// Tokens to generate (the prompt plus these must fit the model's
+    /// context, max_position_embeddings).
     #[arg(long, default_value_t = 20)]
     pub length: usize,
     /// Sampling temperature; 0 = greedy.
@@ -51,7 +52,7 @@ pub struct Args {
     /// Sampling seed.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Compute threads (default: all cores).
+    /// Compute threads (default: all cores; at most 1024).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Keep generating past end-of-sequence tokens.
@@ -63,8 +64,8 @@ pub struct Args {
     /// Write the logits at the last prompt position to FILE as a JSON array.
     #[arg(long, value_name = "FILE")]
     pub logits_out: Option<PathBuf>,
-    /// Ranks in the session. Without --rank: local mode (ranks 1..N-1 are
-    /// spawned on this machine over loopback).
+    /// Ranks in the session (at most 1024). Without --rank: local mode
+    /// (ranks 1..N-1 are spawned on this machine over loopback).
     #[arg(long, default_value_t = 1)]
     pub world_size: usize,
     /// This process's rank (0 = the hub, which needs --model or the bundled model).
@@ -79,7 +80,7 @@ pub struct Args {
     /// Relative speeds of the ranks for an uneven split, e.g. 2,1,1.
     #[arg(long)]
     pub split_weights: Option<String>,
-    /// Print the split plan and exit.
+    /// Print the split plan and exit (as one JSON object with --json).
     #[arg(long)]
     pub dry_run: bool,
     /// Seconds to wait for all ranks to join.
@@ -124,6 +125,12 @@ pub struct Args {
     pub quiet: bool,
 }
 
+/// Most compute threads per rank: more than any board has cores, few
+/// enough that a typo cannot exhaust the process's threads.
+pub const MAX_THREADS: usize = 1024;
+/// Most ranks in a session (the plan also needs one query head per rank).
+pub const MAX_WORLD: usize = 1024;
+
 /// `tpi-run --version`: version, target triple, kernel backend.
 pub fn version_line() -> String {
     format!(
@@ -158,8 +165,11 @@ fn check_args(a: &Args) -> Result<()> {
             a.top_p
         )));
     }
-    if a.world_size == 0 {
-        return Err(Error::Usage("--world-size must be at least 1".into()));
+    if !(1..=MAX_WORLD).contains(&a.world_size) {
+        return Err(Error::Usage(format!(
+            "--world-size must be in 1..={MAX_WORLD}, got {}",
+            a.world_size
+        )));
     }
     if let Some(r) = a.rank {
         if r >= a.world_size {
@@ -187,8 +197,10 @@ fn check_args(a: &Args) -> Result<()> {
             "--memory-window needs at least 2 blocks".into(),
         ));
     }
-    if a.threads == Some(0) {
-        return Err(Error::Usage("--threads must be at least 1".into()));
+    if let Some(t) = a.threads.filter(|t| !(1..=MAX_THREADS).contains(t)) {
+        return Err(Error::Usage(format!(
+            "--threads must be in 1..={MAX_THREADS}, got {t}"
+        )));
     }
     Ok(())
 }
@@ -288,7 +300,7 @@ fn run_single_slice(
     quiet: bool,
     prompt_ids: &[u32],
     opts: &GenOptions,
-    on_text: &mut dyn FnMut(&str),
+    on_text: &mut OnText<'_>,
 ) -> Result<HubReport> {
     let paths = ensure_slices(ckpt, plan, cache_dir, |bytes| {
         memory.io.direct_for(bytes, crate::tp::available_memory())
@@ -329,8 +341,8 @@ fn run_single_slice(
 /// Runs `tpi-run` with parsed arguments.
 pub fn run(args: &Args) -> Result<()> {
     if args.version {
-        println!("tpi-run {}", version_line());
-        return Ok(());
+        let mut out = std::io::stdout().lock();
+        return writeln!(out, "tpi-run {}", version_line()).map_err(stdout_err);
     }
     check_args(args)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -368,20 +380,7 @@ pub fn run(args: &Args) -> Result<()> {
         .transpose()?;
     let plan = plan_for(cfg, args.world_size, weights.as_deref())?;
     if args.dry_run {
-        let dtype = ckpt.weights.tensor("model.embed_tokens.weight")?.dtype;
-        println!(
-            "model {} ({} layers, dim {}, {} heads / {} KV heads, {} MLP, vocab {}, {})",
-            ckpt.origin,
-            cfg.n_layers,
-            cfg.dim,
-            cfg.n_heads,
-            cfg.n_kv_heads,
-            cfg.hidden_dim,
-            cfg.vocab_size,
-            dtype.name()
-        );
-        println!("{}", plan.display_with_bytes(dtype.size()));
-        return Ok(());
+        return print_dry_run(&ckpt, &plan, args.json);
     }
     let prompt_ids = match (&args.prompt, &args.prompt_ids) {
         (Some(text), _) => {
@@ -400,6 +399,19 @@ pub fn run(args: &Args) -> Result<()> {
             ))
         }
     };
+    // Everything the user asked for is checked before a slice is cut or a
+    // worker joins.
+    check_context(prompt_ids.len(), args.length, cfg.max_seq_len)?;
+    let logits_file = args
+        .logits_out
+        .as_deref()
+        .map(|path| {
+            std::fs::File::create(path).map_err(|source| Error::Io {
+                path: format!("--logits-out {}", path.display()),
+                source,
+            })
+        })
+        .transpose()?;
     let n = args.world_size;
     let local = args.rank.is_none();
     // Local mode shares the cores among the ranks.
@@ -421,12 +433,16 @@ pub fn run(args: &Args) -> Result<()> {
     };
     let stdout = std::io::stdout();
     let json = args.json;
-    let mut on_text = |piece: &str| {
+    // A closed or full stdout ends the generation with an error (exit 1),
+    // in a cluster too: rank 0 then tells the workers.
+    let mut on_text = |piece: &str| -> Result<()> {
         if !json {
             let mut out = stdout.lock();
-            let _ = out.write_all(piece.as_bytes());
-            let _ = out.flush();
+            out.write_all(piece.as_bytes())
+                .and_then(|()| out.flush())
+                .map_err(stdout_err)?;
         }
+        Ok(())
     };
     let memory = memory_opts(args);
     let report = if n == 1 && single_from_slice(&ckpt, memory.mode)? {
@@ -484,18 +500,85 @@ pub fn run(args: &Args) -> Result<()> {
         };
         run_hub(&setup, &prompt_ids, &opts, &mut on_text)?
     };
-    if let Some(path) = &args.logits_out {
-        write_logits(path, &report.out.last_logits)?;
+    if let (Some(file), Some(path)) = (logits_file, &args.logits_out) {
+        write_logits(file, path, &report.out.last_logits)?;
     }
     print_report(&report, backend, threads, n, json)
 }
 
-fn write_logits(path: &std::path::Path, logits: &[f32]) -> Result<()> {
-    let text = serde_json::to_string(logits).map_err(|e| Error::Model(format!("logits: {e}")))?;
-    std::fs::write(path, text).map_err(|source| Error::Io {
-        path: path.display().to_string(),
+fn stdout_err(source: std::io::Error) -> Error {
+    Error::Io {
+        path: "stdout".into(),
         source,
-    })
+    }
+}
+
+fn write_logits(file: std::fs::File, path: &Path, logits: &[f32]) -> Result<()> {
+    let io = |source| Error::Io {
+        path: format!("--logits-out {}", path.display()),
+        source,
+    };
+    let mut w = std::io::BufWriter::new(file);
+    serde_json::to_writer(&mut w, logits).map_err(|e| io(e.into()))?;
+    w.flush().map_err(io)
+}
+
+/// `--dry-run`: the model and its split plan, as a table or one JSON object.
+fn print_dry_run(ckpt: &Checkpoint, plan: &crate::plan::Plan, json: bool) -> Result<()> {
+    let cfg = &ckpt.config;
+    let dtype = ckpt.weights.tensor("model.embed_tokens.weight")?.dtype;
+    let mut out = std::io::stdout().lock();
+    let text = if json {
+        let bytes = plan.bytes_per_rank(dtype.size());
+        let range = |r: &std::ops::Range<usize>| serde_json::json!([r.start, r.end]);
+        let ranks: Vec<_> = plan
+            .ranks
+            .iter()
+            .zip(&bytes)
+            .map(|(r, b)| {
+                serde_json::json!({
+                    "rank": r.rank,
+                    "weight": plan.weights.get(r.rank).copied().unwrap_or(1),
+                    "heads": range(&r.heads),
+                    "kv_heads": range(&r.kv_heads),
+                    "hidden": range(&r.hidden),
+                    "vocab": range(&r.vocab),
+                    "weight_bytes": b,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "model": ckpt.origin,
+            "n_layers": cfg.n_layers,
+            "dim": cfg.dim,
+            "n_heads": cfg.n_heads,
+            "n_kv_heads": cfg.n_kv_heads,
+            "hidden_dim": cfg.hidden_dim,
+            "vocab_size": cfg.vocab_size,
+            "max_position_embeddings": cfg.max_seq_len,
+            "dtype": dtype.name(),
+            "world_size": plan.world_size,
+            "plan_hash": format!("{:016x}", plan.hash()),
+            "ranks": ranks,
+        });
+        format!("{v}\n")
+    } else {
+        format!(
+            "model {} ({} layers, dim {}, {} heads / {} KV heads, {} MLP, vocab {}, {})\n{}\n",
+            ckpt.origin,
+            cfg.n_layers,
+            cfg.dim,
+            cfg.n_heads,
+            cfg.n_kv_heads,
+            cfg.hidden_dim,
+            cfg.vocab_size,
+            dtype.name(),
+            plan.display_with_bytes(dtype.size())
+        )
+    };
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(stdout_err)
 }
 
 fn print_report(
@@ -538,10 +621,18 @@ fn print_report(
             "direct_io": r.window.as_ref().is_some_and(|w| w.direct),
             "mapped_io": r.window.as_ref().is_some_and(|w| w.mapped),
         });
-        println!("{v}");
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{v}")
+            .and_then(|()| stdout.flush())
+            .map_err(stdout_err)?;
     } else {
-        println!();
-        eprintln!(
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout)
+            .and_then(|()| stdout.flush())
+            .map_err(stdout_err)?;
+        // The summary is a courtesy: a closed stderr does not fail the run.
+        let _ = writeln!(
+            std::io::stderr(),
             "[tpi] {} tokens, TTFT {:.1} ms, {:.2} ms/token ({:.2} waiting on other ranks), {:.1} tokens/s, peak RSS {:.1} MiB, kernel {}, {} threads x {} ranks",
             out.generated_ids.len(),
             ms(out.ttft),

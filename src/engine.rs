@@ -59,6 +59,24 @@ impl GenOutput {
     }
 }
 
+/// Receives each newly decoded piece of text; an error (stdout closed or
+/// full) stops the generation and is returned by [`generate`].
+pub type OnText<'a> = dyn FnMut(&str) -> Result<()> + 'a;
+
+/// Errs when `prompt` tokens plus `length` to generate run past a context
+/// of `limit` positions: the same answer at every world size, before any
+/// weight is read (rank 0 checks; workers follow rank 0's steps).
+pub fn check_context(prompt: usize, length: usize, limit: usize) -> Result<()> {
+    if prompt.saturating_add(length) > limit {
+        return Err(Error::Context {
+            prompt,
+            length,
+            limit,
+        });
+    }
+    Ok(())
+}
+
 /// The parts of a rank that a generation runs on.
 pub struct Rank<'a> {
     pub res: &'a Resident,
@@ -73,7 +91,7 @@ pub fn generate(
     tokenizer: Option<&Tokenizer>,
     prompt_ids: &[u32],
     opts: &GenOptions,
-    on_text: &mut dyn FnMut(&str),
+    on_text: &mut OnText<'_>,
 ) -> Result<GenOutput> {
     if prompt_ids.is_empty() {
         return Err(Error::Usage("the prompt has no tokens".into()));
@@ -84,8 +102,11 @@ pub fn generate(
             "prompt token id {bad} is outside the vocabulary of {vocab}"
         )));
     }
-    let seq_len = prompt_ids.len() + opts.length;
-    let mut state = State::new(&rank.res.dims, seq_len);
+    let dims = &rank.res.dims;
+    check_context(prompt_ids.len(), opts.length, dims.max_seq_len)?;
+    // The last generated token is not fed back: prompt + length - 1 positions.
+    let seq_len = (prompt_ids.len() + opts.length).min(dims.max_seq_len);
+    let mut state = State::new(dims, seq_len)?;
     let mut sampler = Sampler::new(opts.sampler);
     let mut stream = tokenizer.map(|t| t.stream(prompt_ids));
     let mut out = GenOutput {
@@ -131,7 +152,7 @@ pub fn generate(
         if let Some(s) = stream.as_mut() {
             let piece = s.push(next)?;
             if !piece.is_empty() {
-                on_text(&piece);
+                on_text(&piece)?;
             }
         }
         if i + 1 == opts.length {
@@ -148,7 +169,7 @@ pub fn generate(
     if let Some(mut s) = stream {
         let tail = s.flush()?;
         if !tail.is_empty() {
-            on_text(&tail);
+            on_text(&tail)?;
         }
         out.text = s.text().to_string();
     }

@@ -269,9 +269,10 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(d: &Dims, seq_len: usize) -> State {
+    pub fn new(d: &Dims, seq_len: usize) -> Result<State> {
         let kv = d.kv_dim();
-        State {
+        let cache = |_| zeroed(seq_len.saturating_mul(kv), "the KV cache");
+        Ok(State {
             x: vec![0.0; d.dim],
             xb: vec![0.0; d.dim],
             xb2: vec![0.0; d.dim],
@@ -286,11 +287,11 @@ impl State {
             sin: vec![0.0; d.head_dim / 2],
             my_logits: vec![0.0; d.vocab],
             logits: vec![0.0; d.vocab_total],
-            key_cache: (0..d.n_layers).map(|_| vec![0.0; seq_len * kv]).collect(),
-            value_cache: (0..d.n_layers).map(|_| vec![0.0; seq_len * kv]).collect(),
+            key_cache: (0..d.n_layers).map(cache).collect::<Result<_>>()?,
+            value_cache: (0..d.n_layers).map(cache).collect::<Result<_>>()?,
             seq_len,
             batch: 1,
-        }
+        })
     }
 
     /// Makes the per-token buffers hold `t` tokens.
@@ -331,7 +332,13 @@ impl State {
         let kv_dim = self.k.len();
         let new_len = (pos + 1).max(self.seq_len * 2).min(max);
         for c in self.key_cache.iter_mut().chain(self.value_cache.iter_mut()) {
-            c.resize(new_len * kv_dim, 0.0);
+            let want = new_len.saturating_mul(kv_dim);
+            c.try_reserve_exact(want.saturating_sub(c.len()))
+                .map_err(|_| Error::Memory {
+                    what: format!("the KV cache for {new_len} positions"),
+                    bytes: (want as u64).saturating_mul(4),
+                })?;
+            c.resize(want, 0.0);
         }
         self.att.resize(new_len, 0.0);
         self.seq_len = new_len;
@@ -346,6 +353,18 @@ impl State {
             .map(|c| c.len() * 4)
             .sum()
     }
+}
+
+/// `n` zeroed floats, or an error naming `what` when they cannot be had
+/// (a `vec!` would abort the process).
+fn zeroed(n: usize, what: &str) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| Error::Memory {
+        what: what.to_string(),
+        bytes: (n as u64).saturating_mul(4),
+    })?;
+    v.resize(n, 0.0);
+    Ok(v)
 }
 
 /// Source of embedding rows and lm_head rows (rank 0 holds no full table).
@@ -504,6 +523,12 @@ pub fn forward(
         comm.allreduce_sum(&mut s.xb2[..t * dim], l, Op::Mlp)?;
         timing.comm += t0.elapsed();
         add_into(&mut s.x[..t * dim], &s.xb2[..t * dim]);
+        check_finite(
+            &s.x[..t * dim],
+            dim,
+            || format!("the output of layer {l}"),
+            pos0,
+        )?;
     }
 
     // logits of the last token from this rank's lm_head rows; a streamed
@@ -533,7 +558,28 @@ pub fn forward(
     let t0 = std::time::Instant::now();
     let full = comm.gather_logits(&s.my_logits, &mut s.logits)?;
     timing.comm += t0.elapsed();
+    if full {
+        check_finite(&s.logits, s.logits.len(), || "the logits".into(), last)?;
+    }
     Ok(full)
+}
+
+/// Errs, naming `stage` and the position, when a `width`-wide row of `x`
+/// (row `i` at position `pos0 + i`) holds NaN or infinity: a NaN in the
+/// weights must not become a junk token.
+fn check_finite(
+    x: &[f32],
+    width: usize,
+    stage: impl FnOnce() -> String,
+    pos0: usize,
+) -> Result<()> {
+    match x.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::NonFinite {
+            stage: stage(),
+            pos: pos0 + i / width.max(1),
+        }),
+    }
 }
 
 /// rmsnorm of each `dim`-wide row of `x` into `out`.

@@ -1,5 +1,14 @@
 //! Next-token choice: greedy, or temperature / top-k / top-p sampling with a
 //! seeded generator (same seed, same text).
+//!
+//! Total for every input: any temperature, top-k, top-p (negative, zero,
+//! huge, NaN, infinite) and any logits (empty, NaN, infinite) give an id
+//! below `logits.len()` (0 for no logits) without panicking. Settings
+//! outside the meaningful range act as their nearest meaningful value
+//! (`temperature <= 0` or not finite is greedy, `top_p` outside (0, 1] is
+//! clamped, NaN `top_p` is off); the command line rejects such values
+//! before they get here. Non-finite logits are the engine's error to
+//! report (it names the step); here they are never picked.
 
 /// Sampling settings. `temperature == 0` means greedy.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -17,6 +26,19 @@ pub struct Sampler {
     rng: u64,
     /// (probability, id) candidates, reused across steps.
     cand: Vec<(f32, u32)>,
+}
+
+/// Index of the largest finite value (the first on ties); 0 when there is none.
+pub fn argmax_finite(logits: &[f32]) -> usize {
+    let mut best = 0;
+    let mut best_v = f32::NEG_INFINITY;
+    let mut found = false;
+    for (i, &v) in logits.iter().enumerate() {
+        if v.is_finite() && (!found || v > best_v) {
+            (best, best_v, found) = (i, v, true);
+        }
+    }
+    best
 }
 
 impl Sampler {
@@ -42,25 +64,43 @@ impl Sampler {
 
     /// Picks the next token id from `logits`.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.cfg.temperature <= 0.0 || logits.len() <= 1 {
-            return tpi_kernels::argmax(logits) as u32;
+        let greedy = argmax_finite(logits);
+        let t = self.cfg.temperature;
+        if !(t > 0.0 && t.is_finite()) || logits.len() <= 1 {
+            return greedy as u32;
         }
-        let inv_t = 1.0 / self.cfg.temperature;
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let Some(&max) = logits.get(greedy).filter(|m| m.is_finite()) else {
+            return greedy as u32;
+        };
+        // p_i = exp((l_i - max) / T) in [0, 1], exactly 1 at the argmax;
+        // dividing (not multiplying by 1/T) keeps a tiny T from making
+        // 0 * inf = NaN at the maximum. Non-finite logits get p = 0.
         self.cand.clear();
         let mut sum = 0.0f64;
         for (i, &l) in logits.iter().enumerate() {
-            let p = ((l - max) * inv_t).exp();
+            let z = (l - max) / t;
+            let p = if l.is_finite() && z <= 0.0 {
+                z.exp()
+            } else {
+                0.0
+            };
             sum += p as f64;
             self.cand.push((p, i as u32));
         }
         let sum = sum as f32;
+        let k = self.cfg.top_k;
+        let top_p = if self.cfg.top_p.is_nan() {
+            1.0
+        } else {
+            self.cfg.top_p.clamp(0.0, 1.0)
+        };
         // Cut candidates that cannot be in the top-p set before sorting
-        // (llama2.c's trick): p < (1 - top_p) / (n - 1) of the mass.
-        let (k, top_p) = (self.cfg.top_k, self.cfg.top_p);
+        // (llama2.c's trick): p < (1 - top_p) / (n - 1) of the mass. The
+        // argmax always stays, so the set is never empty.
         if top_p < 1.0 && k == 0 {
             let cutoff = (1.0 - top_p) / (logits.len() - 1) as f32 * sum;
-            self.cand.retain(|c| c.0 >= cutoff);
+            self.cand
+                .retain(|c| c.0 >= cutoff || c.1 as usize == greedy);
         }
         self.cand
             .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -79,16 +119,23 @@ impl Sampler {
                 }
             }
         }
-        let total: f32 = self.cand[..n].iter().map(|c| c.0).sum();
-        let r = self.uniform() * total;
+        let u = self.uniform();
+        let Some(nucleus) = self.cand.get(..n).filter(|s| !s.is_empty()) else {
+            return greedy as u32;
+        };
+        let total: f32 = nucleus.iter().map(|c| c.0).sum();
+        if !(total > 0.0 && total.is_finite()) {
+            return nucleus[0].1;
+        }
+        let r = u * total;
         let mut acc = 0.0;
-        for c in &self.cand[..n] {
+        for c in nucleus {
             acc += c.0;
             if r < acc {
                 return c.1;
             }
         }
-        self.cand[n - 1].1
+        nucleus[nucleus.len() - 1].1
     }
 }
 
@@ -141,5 +188,74 @@ mod tests {
             seen[s.sample(&logits) as usize] += 1;
         }
         assert!(seen[0] > 1000 && seen[1] > 300 && seen[2] == 0, "{seen:?}");
+    }
+
+    #[test]
+    fn tiny_temperature_is_greedy_not_a_panic() {
+        // 1/T overflows to inf; every probability but the argmax's underflows.
+        let logits: Vec<f32> = (0..512).map(|i| ((i * 7919) % 512) as f32 * 0.01).collect();
+        let want = tpi_kernels::argmax(&logits) as u32;
+        for t in [f32::MIN_POSITIVE, 1e-45, 1e-30, 1e-10] {
+            for (k, p) in [(0, 0.9), (0, 1e-9), (40, 0.9), (1, 1.0)] {
+                let mut s = Sampler::new(cfg(t, k, p, 5));
+                assert_eq!(s.sample(&logits), want, "T={t} k={k} p={p}");
+            }
+        }
+    }
+
+    #[test]
+    fn uniform_logits_with_tiny_top_p_keep_a_candidate() {
+        // The pre-sort cutoff used to drop every candidate here.
+        let mut s = Sampler::new(cfg(1.0, 0, 1e-6, 3));
+        assert!(s.sample(&[0.5; 1000]) < 1000);
+    }
+
+    #[test]
+    fn non_finite_logits_are_never_picked() {
+        let logits = [f32::NAN, 1.0, f32::INFINITY, 2.0, f32::NEG_INFINITY];
+        assert_eq!(argmax_finite(&logits), 3);
+        let mut s = Sampler::new(cfg(5.0, 0, 1.0, 11));
+        for _ in 0..500 {
+            let id = s.sample(&logits);
+            assert!(id == 1 || id == 3, "{id}");
+        }
+        assert_eq!(Sampler::new(cfg(1.0, 0, 0.9, 1)).sample(&[]), 0);
+        assert_eq!(Sampler::new(cfg(1.0, 0, 0.9, 1)).sample(&[f32::NAN; 4]), 0);
+    }
+
+    fn any_f32() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            any::<u32>().prop_map(f32::from_bits),
+            Just(0.0f32),
+            Just(-0.0f32),
+            Just(f32::MIN_POSITIVE),
+            Just(f32::NAN),
+            Just(f32::INFINITY),
+            Just(f32::NEG_INFINITY),
+            Just(f32::MAX),
+            -2.0f32..2.0,
+        ]
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_settings_and_logits_give_an_id_in_range(
+            t in any_f32(),
+            k in prop_oneof![Just(0usize), 1usize..8, Just(usize::MAX)],
+            p in any_f32(),
+            seed in any::<u64>(),
+            logits in proptest::collection::vec(any_f32(), 0..64),
+        ) {
+            let mut s = Sampler::new(cfg(t, k, p, seed));
+            for _ in 0..3 {
+                let id = s.sample(&logits) as usize;
+                prop_assert!(id < logits.len().max(1));
+                if logits.iter().any(|l| l.is_finite()) {
+                    prop_assert!(logits[id].is_finite(), "picked {} at {id}", logits[id]);
+                }
+            }
+        }
     }
 }

@@ -2339,8 +2339,8 @@ mod tests {
             let res_w = load::resident(cfg, &ckpt.weights, &Part::whole(cfg)).unwrap();
             let mut whole = InPlace::new(cfg, &ckpt.weights).unwrap();
             let par = Par::new(1, tpi_kernels::Backend::Scalar);
-            let mut s1 = State::new(&res_s.dims, 8);
-            let mut s2 = State::new(&res_w.dims, 8);
+            let mut s1 = State::new(&res_s.dims, 8).expect("state");
+            let mut s2 = State::new(&res_w.dims, 8).expect("state");
             let mut t = Timing::default();
             for (pos, tok) in [1u32, 5, 9, 3].into_iter().enumerate() {
                 let (r1, r2) = (&res_s, &res_w);

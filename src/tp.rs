@@ -234,7 +234,7 @@ pub fn run_hub(
     setup: &HubSetup<'_>,
     prompt_ids: &[u32],
     opts: &GenOptions,
-    on_text: &mut dyn FnMut(&str),
+    on_text: &mut crate::engine::OnText<'_>,
 ) -> Result<HubReport> {
     let (ckpt, plan) = (setup.ckpt, setup.plan);
     let n = plan.world_size;
@@ -541,7 +541,7 @@ pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
     let mut weights = open_weights(slice, w.memory, w.quiet)?;
     let mut comm = WorkerComm::new(link, w.net.peer_timeout, w.net.spin)?;
     let par = Par::new(w.threads, tpi_kernels::Backend::detect());
-    let mut state = State::new(&res.dims, 64);
+    let mut state = State::new(&res.dims, 64)?;
     let mut timing = Timing::default();
     loop {
         let step = match comm.next_command()? {

@@ -22,13 +22,22 @@ fn json_of(out: &Output) -> Value {
     })
 }
 
-/// An error exit: non-zero, not a panic (101) or abort (signal), message on stderr.
+/// A failure exit (1): not a panic (101) or abort (signal), message on stderr.
 fn assert_clean_error(out: &Output, needle: &str) {
+    assert_exit(out, 1, needle);
+}
+
+/// A usage error (exit 2, as clap's own), message on stderr.
+fn assert_usage_error(out: &Output, needle: &str) {
+    assert_exit(out, 2, needle);
+}
+
+fn assert_exit(out: &Output, code: i32, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.code(),
-        Some(1),
-        "expected exit 1, got {:?}; stderr: {stderr}",
+        Some(code),
+        "expected exit {code}, got {:?}; stderr: {stderr}",
         out.status
     );
     assert!(
@@ -179,9 +188,157 @@ fn truncated_safetensors_is_a_clean_error_naming_the_file() {
 
 #[test]
 fn bad_flags_are_usage_errors() {
-    assert_clean_error(&run(&["--prompt", "x", "--top-p", "1.5"]), "--top-p");
-    assert_clean_error(&run(&["--prompt-ids", "1,x"]), "--prompt-ids");
-    assert_clean_error(&run(&["--prompt-ids", "1,999999"]), "999999");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--top-p", "1.5"], "--top-p"),
+        (&["--top-p", "NaN"], "--top-p"),
+        (&["--top-p=-1"], "--top-p"),
+        (&["--temperature=-1"], "--temperature"),
+        (&["--temperature", "inf"], "--temperature"),
+        (&["--temperature", "NaN"], "--temperature"),
+        (&["--threads", "0"], "--threads"),
+        (&["--threads", "100000000"], "--threads"),
+        (&["--world-size", "0"], "--world-size"),
+        (&["--world-size", "4000000000"], "--world-size"),
+        (&["--memory-window", "1"], "--memory-window"),
+        (&["--join-timeout", "1e300"], "--join-timeout"),
+        (&["--length", "99999999999"], "context of 512"),
+        (&["--length", "18446744073709551615"], "context of 512"),
+        (&["--length=-1"], "--length"),
+        (&["--top-k=-3"], "--top-k"),
+        (&["--split-weights", "1,0"], "--split-weights"),
+        (&["--bogus"], "--bogus"),
+    ];
+    for (args, needle) in cases {
+        let out = run(&[&["--prompt", "x"], *args].concat());
+        assert_usage_error(&out, needle);
+    }
+    assert_usage_error(&run(&["--prompt-ids", "1,x"]), "--prompt-ids");
+    assert_usage_error(&run(&["--prompt-ids", "1,999999"]), "999999");
+}
+
+#[test]
+fn extreme_sampling_settings_run_to_the_end() {
+    // A temperature so small that every probability but the argmax's
+    // underflows is greedy; top-p and top-k at their edges still pick.
+    let greedy = json_of(&run(&[
+        "--prompt",
+        "Once upon a time",
+        "--length",
+        "16",
+        "--temperature",
+        "0",
+        "--json",
+    ]));
+    for extra in [
+        &["--temperature", "1e-45"][..],
+        &["--temperature", "1e-30", "--top-k", "1"],
+        &["--temperature", "1e-38", "--top-p", "1e-9"],
+    ] {
+        let args = [
+            &["--prompt", "Once upon a time", "--length", "16", "--json"],
+            extra,
+        ]
+        .concat();
+        let v = json_of(&run(&args));
+        assert_eq!(v["generated_ids"], greedy["generated_ids"], "{extra:?}");
+    }
+    for extra in [
+        &["--temperature", "1e30"][..],
+        &["--temperature", "3.4e38", "--top-k", "100000000"],
+        &["--temperature", "2", "--top-p", "1e-30"],
+    ] {
+        let args = [
+            &["--prompt", "Once upon a time", "--length", "16", "--json"],
+            extra,
+        ]
+        .concat();
+        let v = json_of(&run(&args));
+        assert_eq!(ids(&v["generated_ids"]).len(), 16, "{extra:?}");
+    }
+}
+
+#[test]
+fn closed_or_full_stdout_is_an_error_not_an_abort() {
+    use std::process::Stdio;
+    // Closed: the reader goes away before the first token is written.
+    let mut child = tpi_run()
+        .args([
+            "--prompt",
+            "Once upon a time",
+            "--length",
+            "200",
+            "--temperature",
+            "0",
+        ])
+        .args(["--ignore-eos"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    assert_clean_error(&out, "stdout");
+    // Full: every write fails with ENOSPC.
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full");
+    if let Ok(full) = full {
+        for json in [false, true] {
+            let mut c = tpi_run();
+            c.args([
+                "--prompt",
+                "Once upon a time",
+                "--length",
+                "8",
+                "--temperature",
+                "0",
+            ]);
+            if json {
+                c.arg("--json");
+            }
+            let out = c
+                .stdout(full.try_clone().expect("dup"))
+                .output()
+                .expect("spawn");
+            assert_clean_error(&out, "stdout: No space left on device");
+        }
+    }
+}
+
+#[test]
+fn logits_out_is_checked_before_generation() {
+    let out = run(&[
+        "--prompt",
+        "Once upon a time",
+        "--length",
+        "64",
+        "--logits-out",
+        "/nonexistent-dir/logits.json",
+    ]);
+    assert_clean_error(&out, "--logits-out /nonexistent-dir/logits.json");
+    assert!(out.stdout.is_empty(), "generated before failing");
+}
+
+#[test]
+fn dry_run_json_is_one_object_covering_the_model() {
+    let dir = fixture_dir("llama-gqa-bf16");
+    let v = json_of(&run(&[
+        "--model",
+        dir.to_str().unwrap(),
+        "--world-size",
+        "3",
+        "--dry-run",
+        "--json",
+    ]));
+    assert_eq!(v["world_size"], 3);
+    let ranks = v["ranks"].as_array().expect("ranks");
+    assert_eq!(ranks.len(), 3);
+    // The vocab ranges tile the vocabulary.
+    let mut next = 0;
+    for r in ranks {
+        assert_eq!(r["vocab"][0].as_u64(), Some(next));
+        next = r["vocab"][1].as_u64().unwrap();
+        assert!(r["weight_bytes"].as_u64().unwrap() > 0);
+    }
+    assert_eq!(Some(next), v["vocab_size"].as_u64());
 }
 
 #[test]

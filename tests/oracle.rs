@@ -62,7 +62,7 @@ fn generate_greedy(
         ckpt.tokenizer.as_ref(),
         prompt,
         &opts,
-        &mut |_| {},
+        &mut |_| Ok(()),
     )
     .expect("generate")
 }
