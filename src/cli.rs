@@ -402,6 +402,7 @@ pub fn run(args: &Args) -> Result<()> {
     // Everything the user asked for is checked before a slice is cut or a
     // worker joins.
     check_context(prompt_ids.len(), args.length, cfg.max_seq_len)?;
+    check_kv_memory(&plan, prompt_ids.len() + args.length, available_memory())?;
     let logits_file = args
         .logits_out
         .as_deref()
@@ -504,6 +505,31 @@ pub fn run(args: &Args) -> Result<()> {
         write_logits(file, path, &report.out.last_logits)?;
     }
     print_report(&report, backend, threads, n, json)
+}
+
+/// Errs when rank 0's KV cache for `positions` (f32 keys and values of its
+/// KV heads in every layer) would not fit in `available` memory: a clear
+/// error now rather than the kernel's OOM killer halfway through.
+fn check_kv_memory(
+    plan: &crate::plan::Plan,
+    positions: usize,
+    available: Option<u64>,
+) -> Result<()> {
+    let s = &plan.shape;
+    let kv_heads = plan.ranks.first().map_or(0, |r| r.kv_heads.len());
+    let bytes = [2, s.n_layers, kv_heads, s.head_dim, 4, positions]
+        .iter()
+        .fold(1u64, |a, &b| a.saturating_mul(b as u64));
+    match available {
+        Some(avail) if bytes > avail => Err(Error::Memory {
+            what: format!(
+                "the KV cache for {positions} positions on rank 0 ({} available)",
+                crate::progress::human_bytes(avail as f64)
+            ),
+            bytes,
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn stdout_err(source: std::io::Error) -> Error {
@@ -646,4 +672,36 @@ fn print_report(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{split, Shape};
+
+    #[test]
+    fn kv_cache_beyond_available_memory_is_refused_up_front() {
+        // Llama-3-8B shape: 32 layers, 8 KV heads of 128, two ranks.
+        let shape = Shape {
+            dim: 4096,
+            hidden_dim: 14336,
+            n_heads: 32,
+            n_kv_heads: 8,
+            head_dim: 128,
+            vocab_size: 128256,
+            n_layers: 32,
+        };
+        let plan = split(&shape, 2, None).expect("plan");
+        // Rank 0 holds 4 KV heads: 2 x 32 x 4 x 128 x 4 bytes = 128 KiB per position.
+        let per_position = 128 << 10;
+        assert!(check_kv_memory(&plan, 1000, Some(1000 * per_position)).is_ok());
+        let e = check_kv_memory(&plan, 1001, Some(1000 * per_position)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("KV cache for 1001 positions on rank 0"),
+            "{e}"
+        );
+        assert!(check_kv_memory(&plan, usize::MAX, None).is_ok());
+        assert!(check_kv_memory(&plan, usize::MAX, Some(u64::MAX - 1)).is_err());
+    }
 }

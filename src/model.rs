@@ -264,12 +264,19 @@ pub struct State {
     key_cache: Vec<Vec<f32>>,
     value_cache: Vec<Vec<f32>>,
     pub seq_len: usize,
+    /// Width of a KV cache row (this rank's KV heads x head_dim).
+    kv_dim: usize,
     /// Tokens the per-token buffers hold.
     batch: usize,
 }
 
 impl State {
+    /// Buffers for one token and a KV cache of `seq_len` positions, at most
+    /// [`INITIAL_POSITIONS`] at first: the cache grows by doubling
+    /// ([`State::grow_to`]), so memory follows the positions used, and
+    /// every allocation that depends on the run is fallible.
     pub fn new(d: &Dims, seq_len: usize) -> Result<State> {
+        let seq_len = seq_len.clamp(1, INITIAL_POSITIONS);
         let kv = d.kv_dim();
         let cache = |_| zeroed(seq_len.saturating_mul(kv), "the KV cache");
         Ok(State {
@@ -280,7 +287,7 @@ impl State {
             k: vec![0.0; kv],
             v: vec![0.0; kv],
             att_out: vec![0.0; d.q_dim()],
-            att: vec![0.0; seq_len],
+            att: zeroed(seq_len, "attention scores")?,
             hb: vec![0.0; d.hidden],
             hb2: vec![0.0; d.hidden],
             cos: vec![0.0; d.head_dim / 2],
@@ -290,6 +297,7 @@ impl State {
             key_cache: (0..d.n_layers).map(cache).collect::<Result<_>>()?,
             value_cache: (0..d.n_layers).map(cache).collect::<Result<_>>()?,
             seq_len,
+            kv_dim: kv,
             batch: 1,
         })
     }
@@ -329,7 +337,8 @@ impl State {
                 "position {pos} beyond the model's context of {max} tokens"
             )));
         }
-        let kv_dim = self.k.len();
+        // Not k.len(): k holds a whole prefill batch.
+        let kv_dim = self.kv_dim;
         let new_len = (pos + 1).max(self.seq_len * 2).min(max);
         for c in self.key_cache.iter_mut().chain(self.value_cache.iter_mut()) {
             let want = new_len.saturating_mul(kv_dim);
@@ -340,6 +349,12 @@ impl State {
                 })?;
             c.resize(want, 0.0);
         }
+        self.att
+            .try_reserve_exact(new_len.saturating_sub(self.att.len()))
+            .map_err(|_| Error::Memory {
+                what: format!("attention scores for {new_len} positions"),
+                bytes: (new_len as u64).saturating_mul(4),
+            })?;
         self.att.resize(new_len, 0.0);
         self.seq_len = new_len;
         Ok(())
@@ -354,6 +369,9 @@ impl State {
             .sum()
     }
 }
+
+/// KV cache positions allocated up front; more come by doubling.
+pub const INITIAL_POSITIONS: usize = 256;
 
 /// `n` zeroed floats, or an error naming `what` when they cannot be had
 /// (a `vec!` would abort the process).
@@ -605,4 +623,47 @@ fn add_into(x: &mut [f32], y: &[f32]) {
 /// The kernel backend's name, for reports.
 pub fn kernel_name(b: Backend) -> &'static str {
     b.name()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dims() -> Dims {
+        Dims {
+            dim: 64,
+            head_dim: 16,
+            n_layers: 3,
+            n_heads: 4,
+            n_kv_heads: 2,
+            kv_group: 2,
+            first_head: 0,
+            first_kv_head: 0,
+            hidden: 128,
+            vocab: 100,
+            vocab_total: 100,
+            norm_eps: 1e-5,
+            max_seq_len: 4096,
+        }
+    }
+
+    #[test]
+    fn kv_cache_grows_with_positions_not_with_the_batch() {
+        let d = dims();
+        let kv_dim = d.n_kv_heads * d.head_dim;
+        let bytes = |positions: usize| 2 * d.n_layers * positions * kv_dim * 4;
+        // A long run starts with INITIAL_POSITIONS, not its whole length.
+        let mut s = State::new(&d, 4000).expect("state");
+        assert_eq!(s.kv_cache_bytes(), bytes(INITIAL_POSITIONS));
+        // After a prefill batch the per-token buffers are 64 tokens wide;
+        // the cache still grows by rows of kv_dim.
+        s.ensure_batch(&d, 64);
+        s.grow_to(300, d.max_seq_len).expect("grow");
+        assert_eq!(s.seq_len, 2 * INITIAL_POSITIONS);
+        assert_eq!(s.kv_cache_bytes(), bytes(2 * INITIAL_POSITIONS));
+        // Never past the context.
+        s.grow_to(4095, d.max_seq_len).expect("grow");
+        assert_eq!(s.seq_len, 4096);
+        assert!(s.grow_to(4096, d.max_seq_len).is_err());
+    }
 }
