@@ -152,7 +152,8 @@ fn parse_ids(s: &str) -> Result<Vec<u32>> {
         .collect()
 }
 
-fn check_args(a: &Args) -> Result<()> {
+/// Checks every range and combination clap cannot express.
+pub fn check_args(a: &Args) -> Result<()> {
     if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
         return Err(Error::Usage(format!(
             "--temperature must be >= 0, got {}",

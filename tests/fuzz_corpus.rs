@@ -169,7 +169,115 @@ mod seeds {
         safetensors_header(&mut v);
         config_json(&mut v);
         slice_manifest(&mut v);
+        cli_args(&mut v);
+        sampler(&mut v);
         v
+    }
+
+    fn cli_args(v: &mut Vec<Seed>) {
+        const T: &str = "cli_args";
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "ok-prompt",
+                &["--prompt", "Once upon a time", "--length", "64"],
+            ),
+            (
+                "ok-sampling",
+                &[
+                    "--prompt",
+                    "x",
+                    "--temperature",
+                    "0.8",
+                    "--top-k",
+                    "40",
+                    "--top-p",
+                    "0.95",
+                    "--seed",
+                    "7",
+                ],
+            ),
+            (
+                "ok-worker",
+                &[
+                    "--rank",
+                    "2",
+                    "--world-size",
+                    "3",
+                    "--master",
+                    "127.0.0.1:7070",
+                ],
+            ),
+            (
+                "ok-window",
+                &[
+                    "--prompt",
+                    "x",
+                    "--memory-window",
+                    "2",
+                    "--direct-io",
+                    "--threads",
+                    "2",
+                ],
+            ),
+            ("err-threads-0", &["--prompt", "x", "--threads", "0"]),
+            (
+                "err-threads-huge",
+                &["--prompt", "x", "--threads", "99999999"],
+            ),
+            (
+                "err-world-huge",
+                &["--prompt", "x", "--world-size", "4294967296"],
+            ),
+            (
+                "err-rank-beyond",
+                &["--rank", "3", "--world-size", "3", "--master", "h:1"],
+            ),
+            ("err-top-p-nan", &["--prompt", "x", "--top-p", "NaN"]),
+            (
+                "err-temperature-inf",
+                &["--prompt", "x", "--temperature", "inf"],
+            ),
+            ("err-window-1", &["--prompt", "x", "--memory-window", "1"]),
+            ("err-timeout", &["--prompt", "x", "--peer-timeout", "1e308"]),
+        ];
+        for (name, args) in cases {
+            v.push((T, name.to_string(), args.join("\0").into_bytes()));
+        }
+    }
+
+    fn sampler(v: &mut Vec<Seed>) {
+        const T: &str = "sampler";
+        let seed = |t: f32, p: f32, k: u32, logits: &[f32]| {
+            let mut b = Vec::new();
+            for w in [t.to_bits(), p.to_bits(), k, 42] {
+                b.extend_from_slice(&w.to_le_bytes());
+            }
+            for l in logits {
+                b.extend_from_slice(&l.to_le_bytes());
+            }
+            b
+        };
+        let l = [0.5, 2.0, -1.0, 1.9, 0.0];
+        v.push((T, "ok-greedy".into(), seed(0.0, 0.9, 0, &l)));
+        v.push((T, "ok-top-k".into(), seed(0.8, 1.0, 2, &l)));
+        v.push((T, "ok-tiny-temperature".into(), seed(1e-45, 0.9, 0, &l)));
+        v.push((T, "ok-tiny-top-p".into(), seed(1.0, 1e-30, 0, &[1.0; 8])));
+        v.push((
+            T,
+            "ok-non-finite".into(),
+            seed(
+                1.0,
+                0.5,
+                0,
+                &[f32::NAN, 1.0, f32::INFINITY, f32::NEG_INFINITY],
+            ),
+        ));
+        v.push((
+            T,
+            "ok-nan-settings".into(),
+            seed(f32::NAN, f32::NAN, u32::MAX, &l),
+        ));
+        v.push((T, "err-no-logits".into(), seed(1.0, 0.9, 0, &[])));
     }
 
     fn hello() -> Hello {

@@ -33,6 +33,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("safetensors_header", safetensors_header),
     ("config_json", config_json),
     ("slice_manifest", slice_manifest),
+    ("cli_args", cli_args),
+    ("sampler", sampler),
 ];
 
 /// Origin names used in error messages.
@@ -430,4 +432,56 @@ pub fn slice_manifest(data: &[u8]) -> bool {
             false
         }
     }
+}
+
+/// The command line: NUL-separated arguments through clap and tpi's own
+/// checks (ranges, flag combinations, id lists). Ok = accepted.
+pub fn cli_args(data: &[u8]) -> bool {
+    use clap::Parser;
+    let args = std::iter::once("tpi-run".to_string()).chain(
+        data.split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned()),
+    );
+    let Ok(a) = tpi::cli::Args::try_parse_from(args) else {
+        return false;
+    };
+    let ok = tpi::cli::check_args(&a).is_ok();
+    if ok {
+        assert!(a.world_size >= 1 && a.world_size <= tpi::cli::MAX_WORLD);
+        assert!(a.threads.is_none_or(|t| (1..=tpi::cli::MAX_THREADS).contains(&t)));
+        assert!(a.temperature >= 0.0 && a.temperature.is_finite());
+        assert!(a.top_p > 0.0 && a.top_p <= 1.0);
+    }
+    ok
+}
+
+/// The sampler on any settings and logits: temperature, top-p (f32 bits),
+/// top-k, seed, then the logits (f32 bits). It must pick an id below the
+/// vocabulary, and a finite logit whenever there is one.
+pub fn sampler(data: &[u8]) -> bool {
+    use tpi::sampler::{Sampler, SamplerConfig};
+    let word = |i: usize| -> [u8; 4] {
+        std::array::from_fn(|j| data.get(i * 4 + j).copied().unwrap_or(0))
+    };
+    let cfg = SamplerConfig {
+        temperature: f32::from_le_bytes(word(0)),
+        top_p: f32::from_le_bytes(word(1)),
+        top_k: u32::from_le_bytes(word(2)) as usize,
+        seed: u32::from_le_bytes(word(3)) as u64,
+    };
+    let logits: Vec<f32> = data
+        .get(16..)
+        .unwrap_or(&[])
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let mut s = Sampler::new(cfg);
+    for _ in 0..2 {
+        let id = s.sample(&logits) as usize;
+        assert!(id < logits.len().max(1), "id {id} of {}", logits.len());
+        if logits.iter().any(|l| l.is_finite()) {
+            assert!(logits[id].is_finite(), "picked {} at {id}", logits[id]);
+        }
+    }
+    !logits.is_empty()
 }
