@@ -140,7 +140,10 @@ mod tests {
         m.start -= Duration::from_secs(1);
         m.update(250);
         let l = m.line();
-        assert!(l.starts_with("[tpi] rank 0: slicing: 250 B of 1000 B"), "{l}");
+        assert!(
+            l.starts_with("[tpi] rank 0: slicing: 250 B of 1000 B"),
+            "{l}"
+        );
         assert!(l.contains("ETA"), "{l}");
     }
 }
