@@ -1994,4 +1994,122 @@ mod tests {
             );
         }
     }
+
+    /// Records what a download reports.
+    #[derive(Default)]
+    struct Recorded {
+        total: u64,
+        last: u64,
+        ended: bool,
+    }
+
+    impl Progress for Recorded {
+        fn begin(&mut self, _: &str, total: u64) {
+            self.total = total;
+        }
+        fn update(&mut self, done: u64) {
+            assert!(done >= self.last, "progress went back");
+            self.last = done;
+        }
+        fn end(&mut self) {
+            self.ended = true;
+        }
+    }
+
+    /// Rank 1's slice of the bundled test model, written into `dir`.
+    fn a_slice(dir: &Path) -> PathBuf {
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stories260K");
+        let ckpt = crate::checkpoint::Checkpoint::open_dir(&model).expect("model");
+        let plan = crate::tp::plan_for(&ckpt.config, 2, None).expect("plan");
+        let path = dir.join("served.slice");
+        crate::slice::write_slice(&ckpt, &plan, 1, &path).expect("slice");
+        path
+    }
+
+    /// A hub link and a worker's raw link over loopback.
+    fn raw_pair() -> (Link, Link) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        let t = Duration::from_secs(5);
+        let hub = Link::new(server, 1, 0, t).expect("hub link");
+        let worker = Link::new(client, 0, 1, t).expect("worker link");
+        (hub, worker)
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tpi-cluster-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("temp dir");
+        d
+    }
+
+    #[test]
+    fn fetched_slice_is_the_manifest_size_and_reports_progress() {
+        let dir = temp_dir("fetch");
+        let served = a_slice(&dir);
+        let (mut hub, mut worker) = raw_pair();
+        let src = served.clone();
+        let t = std::thread::spawn(move || serve_files(&mut hub, &src));
+        let got = dir.join("fetched.slice");
+        let mut progress = Recorded::default();
+        fetch_slice(&mut worker, &got, &mut progress).expect("fetch");
+        worker_ready(&mut worker, Duration::from_secs(5)).expect("ready");
+        t.join().expect("hub").expect("served");
+        let (a, b) = (
+            std::fs::read(&served).expect("served"),
+            std::fs::read(&got).expect("got"),
+        );
+        assert!(a == b, "fetched bytes differ from the served slice");
+        assert_eq!(
+            (progress.total, progress.last),
+            (a.len() as u64, a.len() as u64)
+        );
+        assert!(progress.ended);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn worker_refuses_more_slice_bytes_than_asked_for() {
+        let dir = temp_dir("oversized");
+        let served = a_slice(&dir);
+        let bytes = std::fs::read(&served).expect("served");
+        let size = bytes.len() as u64;
+        let (mut hub, mut worker) = raw_pair();
+        // A rank 0 that answers the head honestly, then offers 1 MiB more
+        // than each request.
+        let t = std::thread::spawn(move || {
+            let head_len = crate::slice::PREAMBLE_LEN as u64;
+            loop {
+                let Ok((_, p)) = hub.recv(0, "request") else {
+                    return;
+                };
+                let req = FileRequest::decode(&p).expect("request");
+                let extra = if req.offset <= head_len { 0 } else { 1 << 20 };
+                let start = req.offset as usize;
+                let end = (req.offset + req.len) as usize;
+                let mut data = bytes.get(start..end).expect("in file").to_vec();
+                data.resize(data.len() + extra, 0);
+                if send_bytes(&mut hub, Kind::FileChunk, &data).is_err() {
+                    return;
+                }
+            }
+        });
+        let err = fetch_slice(
+            &mut worker,
+            &dir.join("fetched.slice"),
+            &mut Recorded::default(),
+        )
+        .expect_err("refused")
+        .to_string();
+        drop(worker);
+        let _ = t.join();
+        assert!(
+            err.contains("rank 0 at 127.0.0.1")
+                && err.contains(&format!("the slice its manifest announces is {size} bytes"))
+                && err.contains("offered"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
