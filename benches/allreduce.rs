@@ -1,7 +1,7 @@
 //! Allreduce benchmark (`cargo bench --bench allreduce`, std::time only).
 //!
 //! 1. The star allreduce of the library (`HubComm` / `WorkerComm` through the
-//!    real `hub_join` / `worker_join` handshake, one thread per rank, loopback
+//!    real `HubListener::join` / `worker_join` handshake, one thread per rank, loopback
 //!    TCP) for 2, 4, 8 ranks, next to a ping-pong round trip of the same
 //!    payload over loopback TCP (TCP_NODELAY) with the same frame codec,
 //!    measured in the same run, each with blocking reads and with the default
@@ -29,7 +29,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tpi::cluster::{
-    hub_join, worker_join, worker_ready, Command, HubComm, NetOpts, SessionId, WorkerComm,
+    worker_join, worker_ready, Command, HubComm, HubListener, NetOpts, SessionId, WorkerComm,
 };
 use tpi::model::{Collective, Op};
 use tpi::net::frame::{recv_f32s_into, send_f32s, Header, Kind, FLAG_STOP, MAX_PAYLOAD};
@@ -152,8 +152,9 @@ impl LibStar {
             spin,
             ..NetOpts::default()
         };
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
+        let listener =
+            HubListener::open("listen", "127.0.0.1:0", n, None, opts, true).expect("listen");
+        let addr = listener.local_addr().to_string();
         let workers = (1..n)
             .map(|r| {
                 let addr = addr.clone();
@@ -174,16 +175,10 @@ impl LibStar {
             fingerprint: 0,
             plan_hash: 0,
         };
-        // hub_join opens every slice file before serving; never requested here.
-        let links = hub_join(
-            &listener,
-            id,
-            vec![empty_slice.to_path_buf(); n],
-            None,
-            opts,
-            true,
-        )
-        .expect("hub_join");
+        // join opens every slice file before serving; never requested here.
+        let links = listener
+            .join(id, vec![empty_slice.to_path_buf(); n])
+            .expect("join");
         let hub = HubComm::new(links, vec![0..0; n], opts.spin).expect("hub comm");
         LibStar { hub, workers, n }
     }
@@ -272,7 +267,7 @@ fn part1() {
     std::fs::write(&empty, b"").unwrap();
     let spin = NetOpts::default().spin;
     println!(
-        "1. Star allreduce (HubComm/WorkerComm via hub_join/worker_join, one thread per rank) vs"
+        "1. Star allreduce (HubComm/WorkerComm via HubListener/worker_join, one thread per rank) vs"
     );
     println!(
         "   ping-pong RTT (2 threads, same codec), loopback TCP_NODELAY; cycle time per op, µs;"

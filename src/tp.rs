@@ -9,8 +9,8 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::cluster::{
-    fetch_slice, hub_join, slice_path, worker_join, worker_ready, Command, HubComm, NetOpts,
-    Secret, SessionId, WorkerComm,
+    fetch_slice, resolve, slice_path, worker_join, worker_ready, Command, HubComm, HubListener,
+    Link, NetOpts, Secret, SessionId, WorkerComm,
 };
 use crate::config::Config;
 use crate::engine::{generate, GenOptions, GenOutput, Rank};
@@ -18,9 +18,9 @@ use crate::error::{Error, Result};
 use crate::model::{forward, State, Timing};
 use crate::par::Par;
 use crate::plan::{split, Plan, Shape};
+use crate::progress::{Meter, Progress, Silent};
 use crate::slice::{ensure_slices, fingerprint, write_slice, Expect, SliceFile, SliceResident};
 use crate::window::{Reads, WindowOpts};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -238,34 +238,25 @@ pub fn run_hub(
 ) -> Result<HubReport> {
     let (ckpt, plan) = (setup.ckpt, setup.plan);
     let n = plan.world_size;
-    let t0 = Instant::now();
-    let io = setup.memory.io;
-    let paths = ensure_slices(ckpt, plan, setup.cache_dir, |bytes| {
-        io.direct_for(bytes, available_memory())
-    })?;
-    if !setup.quiet {
-        eprintln!(
-            "[tpi] rank 0: {n} slices ready in {} ({:.0} ms)",
-            setup.cache_dir.display(),
-            t0.elapsed().as_secs_f64() * 1e3
-        );
-    }
-    let listener = TcpListener::bind(setup.listen).map_err(|source| Error::Io {
-        path: format!("listen on {}", setup.listen),
-        source,
-    })?;
-    let addr = listener.local_addr().map_err(|source| Error::Io {
-        path: "listener".into(),
-        source,
-    })?;
+    // The port opens first (spec J1): a bad --master fails before any
+    // slicing, and workers started early join while the slices are cut.
+    let flag = if setup.spawn_local.is_some() {
+        "local listen address"
+    } else {
+        "--master"
+    };
+    let hub = HubListener::open(
+        flag,
+        setup.listen,
+        n,
+        setup.secret.clone(),
+        setup.net,
+        setup.quiet,
+    )?;
+    let addr = hub.local_addr();
     if !addr.ip().is_loopback() && setup.secret.is_none() {
         eprintln!("[tpi] WARNING: listening on {addr} without authentication: any machine that can reach this port can join.");
     }
-    let id = SessionId {
-        world_size: n,
-        fingerprint: fingerprint(ckpt),
-        plan_hash: plan.hash(),
-    };
     let mut children = Children(Vec::new());
     if let Some(threads) = setup.spawn_local {
         for r in 1..n {
@@ -274,15 +265,27 @@ pub fn run_hub(
                 .push(spawn_worker(r, n, &addr.to_string(), setup, threads)?);
         }
     }
-    let links = hub_join(
-        &listener,
-        id,
-        paths.clone(),
-        setup.secret.clone(),
-        setup.net,
-        setup.quiet,
-    )?;
-    drop(listener);
+    let t0 = Instant::now();
+    let io = setup.memory.io;
+    let paths = ensure_slices(ckpt, plan, setup.cache_dir, |bytes| {
+        io.direct_for(bytes, available_memory())
+    })?;
+    test_slicing_delay();
+    if !setup.quiet {
+        eprintln!(
+            "[tpi] rank 0: {n} slices ready in {} ({:.0} ms)",
+            setup.cache_dir.display(),
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    // The session id is known once the slices are (the fingerprint may be
+    // computed while slicing); joined workers get it only now (spec J4).
+    let id = SessionId {
+        world_size: n,
+        fingerprint: fingerprint(ckpt),
+        plan_hash: plan.hash(),
+    };
+    let links = hub.join(id, paths.clone())?;
     let vocab = plan.ranks.iter().map(|r| r.vocab.clone()).collect();
     let mut comm = HubComm::new(links, vocab, setup.net.spin)?;
 
@@ -327,6 +330,18 @@ pub fn run_hub(
             comm.abort(&format!("rank 0 failed: {e}"));
             Err(e)
         }
+    }
+}
+
+/// Test hook: `TPI_TEST_SLICING_DELAY_MS` makes rank 0's slicing that much
+/// longer (at most a minute), so tests can start workers before a slow
+/// rank 0 without a model of gigabytes.
+fn test_slicing_delay() {
+    let ms = std::env::var("TPI_TEST_SLICING_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(ms) = ms {
+        std::thread::sleep(Duration::from_millis(ms.min(60_000)));
     }
 }
 
@@ -460,8 +475,11 @@ pub struct WorkerSetup<'a> {
     pub secret: Option<Secret>,
 }
 
-/// Runs worker `rank` until rank 0 ends the session.
+/// Runs worker `rank` until rank 0 ends the session. Whatever stops it
+/// after joining is told to rank 0 too (spec J6).
 pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
+    // A typo in --master fails here, before any model is opened.
+    resolve("--master", w.master)?;
     // With its own copy of the model, a worker states fingerprint and plan
     // (rank 0 refuses a mismatch) and cuts its slice locally.
     let local = match w.model {
@@ -481,64 +499,26 @@ pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
         claim,
         w.net,
     )?;
-    let path = slice_path(w.cache_dir, &id, w.rank);
-    let log = |m: String| {
-        if !w.quiet {
-            eprintln!("[tpi] rank {}: {m}", w.rank);
-        }
-    };
-    if w.force_download {
-        let _ = std::fs::remove_file(&path);
-        let _ = std::fs::remove_file(path.with_extension("partial"));
-    }
-    let slice = match open_verified(&path, &id, w.rank, w.memory.io) {
-        Ok(s) => {
-            log(format!("using cached slice {}", path.display()));
-            s
-        }
-        Err(_) if local.is_some() => {
-            let (_, plan, ckpt) = local
-                .as_ref()
-                .ok_or_else(|| Error::Model("local model vanished".into()))?;
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-                    path: dir.display().to_string(),
-                    source,
-                })?;
-            }
-            write_slice(ckpt, plan, w.rank, &path)?;
-            log(format!("cut slice locally from {}", ckpt.origin));
-            open_verified(&path, &id, w.rank, w.memory.io)?
-        }
-        Err(why) => {
-            if path.exists() {
-                log(format!("cached slice rejected ({why}); fetching again"));
-                let _ = std::fs::remove_file(&path);
-            }
-            let t0 = Instant::now();
-            let mut got = fetch_slice(&mut link, &path)?;
-            let s = match open_verified(&path, &id, w.rank, w.memory.io) {
-                Ok(s) => s,
-                Err(e) => {
-                    // A stale partial from another session: start over once.
-                    log(format!(
-                        "fetched slice failed verification ({e}); fetching from scratch"
-                    ));
-                    let _ = std::fs::remove_file(&path);
-                    got = fetch_slice(&mut link, &path)?;
-                    open_verified(&path, &id, w.rank, w.memory.io)?
-                }
-            };
-            log(format!(
-                "fetched {got} bytes of slice in {:.0} ms",
-                t0.elapsed().as_secs_f64() * 1e3
-            ));
-            s
+    let local = local.as_ref().map(|(_, plan, ckpt)| (plan, ckpt));
+    let slice = match local_or_fetched_slice(w, &mut link, &id, local) {
+        Ok(s) => s,
+        Err(e) => {
+            link.fail(0, &e.to_string());
+            return Err(e);
         }
     };
     worker_ready(&mut link, w.net.peer_timeout)?;
-    let res = slice.resident()?;
-    let mut weights = open_weights(slice, w.memory, w.quiet)?;
+    let opened = slice
+        .resident()
+        .map_err(Error::from)
+        .and_then(|res| Ok((res, open_weights(slice, w.memory, w.quiet)?)));
+    let (res, mut weights) = match opened {
+        Ok(o) => o,
+        Err(e) => {
+            link.fail(0, &e.to_string());
+            return Err(e);
+        }
+    };
     let mut comm = WorkerComm::new(link, w.net.peer_timeout, w.net.spin)?;
     let par = Par::new(w.threads, tpi_kernels::Backend::detect());
     let mut state = State::new(&res.dims, 64)?;
@@ -563,10 +543,74 @@ pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
             ),
         };
         if let Err(e) = step {
-            comm.fail(&format!("rank {} failed: {e}", w.rank));
+            comm.fail(&e.to_string());
             return Err(e);
         }
     }
+}
+
+/// The worker's verified slice: cached, cut from its own model, or fetched
+/// from rank 0 (with progress on stderr unless quiet).
+fn local_or_fetched_slice(
+    w: &WorkerSetup<'_>,
+    link: &mut Link,
+    id: &SessionId,
+    local: Option<(&Plan, &Checkpoint)>,
+) -> Result<SliceFile> {
+    let path = slice_path(w.cache_dir, id, w.rank);
+    let log = |m: String| {
+        if !w.quiet {
+            eprintln!("[tpi] rank {}: {m}", w.rank);
+        }
+    };
+    if w.force_download {
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(path.with_extension("partial"));
+    }
+    let why = match open_verified(&path, id, w.rank, w.memory.io) {
+        Ok(s) => {
+            log(format!("using cached slice {}", path.display()));
+            return Ok(s);
+        }
+        Err(why) => why,
+    };
+    if let Some((plan, ckpt)) = local {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        write_slice(ckpt, plan, w.rank, &path)?;
+        log(format!("cut slice locally from {}", ckpt.origin));
+        return open_verified(&path, id, w.rank, w.memory.io);
+    }
+    if path.exists() {
+        log(format!("cached slice rejected ({why}); fetching again"));
+        let _ = std::fs::remove_file(&path);
+    }
+    let mut meter = Meter::stderr(&format!("[tpi] rank {}", w.rank));
+    let mut silent = Silent;
+    let progress: &mut dyn Progress = if w.quiet { &mut silent } else { &mut meter };
+    let t0 = Instant::now();
+    let mut got = fetch_slice(link, &path, progress)?;
+    let s = match open_verified(&path, id, w.rank, w.memory.io) {
+        Ok(s) => s,
+        Err(e) => {
+            // A stale partial from another session: start over once.
+            log(format!(
+                "fetched slice failed verification ({e}); fetching from scratch"
+            ));
+            let _ = std::fs::remove_file(&path);
+            got = fetch_slice(link, &path, progress)?;
+            open_verified(&path, id, w.rank, w.memory.io)?
+        }
+    };
+    log(format!(
+        "fetched {got} bytes of slice in {:.0} ms",
+        t0.elapsed().as_secs_f64() * 1e3
+    ));
+    Ok(s)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ mod cli;
 mod common;
 mod faults;
 mod fuzz_corpus;
+mod join;
 mod limits;
 mod oracle;
 mod tp;

@@ -275,6 +275,11 @@ pub enum FrameError {
         expected: Kind,
         got: Kind,
     },
+    /// The peer sent an Error frame (spec M2) where a message was expected:
+    /// it stopped, for this reason.
+    PeerError {
+        reason: String,
+    },
     UnexpectedStep {
         expected: u32,
         got: u32,
@@ -329,6 +334,7 @@ impl fmt::Display for FrameError {
             HeaderChecksum { expected, got } => write!(f, "frame: header checksum {got:#010x}, header says {expected:#010x}"),
             PayloadChecksum { expected, got } => write!(f, "frame: payload checksum {got:#010x}, header says {expected:#010x}"),
             UnexpectedKind { expected, got } => write!(f, "frame: kind {got:?}, expected {expected:?}"),
+            PeerError { reason } => write!(f, "the peer stopped: {reason}"),
             UnexpectedStep { expected, got } => write!(f, "frame: step {got}, expected {expected}"),
             UnexpectedChunk { expected_index, got_index, expected_count, got_count } => write!(
                 f,
@@ -515,6 +521,13 @@ pub fn recv_f32s_into(
     let mut idx: u64 = 0;
     loop {
         let (h, payload) = read_frame(r, buf)?;
+        if h.kind == Kind::Error && expected_kind != Kind::Error {
+            // spec M2: the sender's reason, so the receiver can name it.
+            let reason = super::msg::Reject::decode(payload)
+                .map(|r| r.reason)
+                .unwrap_or_else(|e| format!("(unreadable reason: {e})"));
+            return Err(FrameError::PeerError { reason });
+        }
         if h.kind != expected_kind {
             return Err(FrameError::UnexpectedKind {
                 expected: expected_kind,

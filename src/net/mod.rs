@@ -84,7 +84,8 @@
 //!
 //! ```text
 //! worker                                   hub
-//! Connect --- Hello{ver, N, rank, fp, plan_hash, nonce} --->  check ver, N, rank unused,
+//! Connect --- Hello{ver, N, rank, fp, plan_hash, nonce} --->  check ver, N, rank unused
+//!         <--- Heartbeat (every 1 s) ------------------------  while slicing (J4)
 //!                                                             fp and plan_hash equal to hub's
 //!         <--- HelloAck{hub's values, same nonce} ---------  ok
 //!         <--- Reject{reason}, close ------------------------  mismatch
@@ -101,6 +102,38 @@
 //!   failure:  either side sends Error{reason} and closes; any FrameError
 //!             or MsgError closes the connection (no resync inside a stream).
 //! ```
+//!
+//! ## Joining (limits and order)
+//!
+//! - J1. Rank 0 opens its port before it prepares the session (cuts the
+//!   slices, computes the fingerprint) and accepts workers meanwhile.
+//! - J2. At most [`MAX_PENDING`] (64) connections are pending: accepted,
+//!   their Hello (and key proof) not yet checked. Each has its own thread;
+//!   a connection beyond the bound is closed at once, unread, and one whose
+//!   thread cannot be created is closed the same way. A worker that has
+//!   joined (valid Hello, key proved, rank claimed) no longer counts, so
+//!   rank 0 runs at most `MAX_PENDING + N - 1` join threads.
+//! - J3. A pending connection completes its Hello (and Auth proof) within
+//!   one total deadline (`hello_timeout`, 2 s), however its bytes trickle in.
+//! - J4. A worker that has joined before the session is ready gets a
+//!   Heartbeat at least every second (`HEARTBEAT`) instead of its HelloAck;
+//!   the HelloAck (fingerprint, plan hash) and rank 0's Auth proof follow
+//!   once the slices are ready. Meanwhile the worker reads each frame with
+//!   its peer deadline; anything it sends is an Error{reason}, and ends its
+//!   join.
+//! - J5. A worker's join deadline bounds connecting and rank 0's first
+//!   answer. A connection closed before that answer (rank 0 was full, J2)
+//!   is tried again within the deadline.
+//! - J6. An Error frame carries the reason of the side that stops; the
+//!   receiver reports it naming the sender's rank (a key held on one side
+//!   only, a full disk, a failed forward).
+//! - J7. A worker fetches its slice head first (the 32-byte preamble, then
+//!   the manifest of at most `slice::MAX_MANIFEST` bytes, checksum checked);
+//!   the slice's size is the end of its last block. It never requests past
+//!   that size, and refuses a FileChunk message longer than it asked for.
+
+/// Most connections rank 0 holds that have not joined yet (spec J2).
+pub const MAX_PENDING: usize = 64;
 
 pub mod checksum;
 pub mod frame;
