@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use tpi::cluster::{
     worker_join, worker_ready, Command, HubComm, HubListener, NetOpts, SessionId, WorkerComm,
 };
-use tpi::model::{Collective, Op};
+use tpi::engine::{Collective, Op};
 use tpi::net::frame::{recv_f32s_into, send_f32s, Header, Kind, FLAG_STOP, MAX_PAYLOAD};
 
 const PAYLOADS_KIB: [usize; 5] = [1, 4, 8, 16, 64];

@@ -29,9 +29,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use tpi::model::{forward, RankWeights, Resident, Solo, State, Timing};
-use tpi::par::Par;
+use tpi::engine::{forward, Par, Solo, State, Timing};
 use tpi::slice::{Expect, SliceFile, SliceResident};
+use tpi::weights::{RankWeights, Resident};
 use tpi::window::{Reads, Window, WindowOpts};
 use tpi_kernels::Backend;
 

@@ -3,16 +3,15 @@
 use crate::checkpoint::Checkpoint;
 use crate::cluster::{NetOpts, Secret};
 use crate::engine::{check_context, generate, peak_rss_bytes, GenOptions, OnText, Rank};
+use crate::engine::{Par, SamplerConfig, Solo};
 use crate::error::{Error, Result};
 use crate::load::{layer_matrix_shapes, layer_name, lm_head_name, resident, InPlace};
-use crate::model::{Part, Solo};
-use crate::par::Par;
-use crate::sampler::SamplerConfig;
 use crate::slice::{ensure_slices, Expect, SliceFile};
 use crate::tp::{
     available_memory, choose_window, default_cache_dir, open_weights, plan_for, run_hub,
     run_worker, HubReport, HubSetup, IoMode, MemoryMode, MemoryOpts, WorkerSetup,
 };
+use crate::weights::Part;
 use clap::Parser;
 use std::io::Write;
 use std::path::{Path, PathBuf};

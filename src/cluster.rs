@@ -8,7 +8,7 @@
 //! [`Collective`] implementations of both roles.
 
 use crate::engine::PREFILL_BATCH;
-use crate::model::{Collective, Op};
+use crate::engine::{Collective, Op};
 use crate::net::frame::PROTOCOL_VERSION;
 use crate::net::frame::{
     read_frame, recv_f32s_into, send_f32s, write_frame, FrameError, Header, Kind, MAX_PAYLOAD,

@@ -15,16 +15,14 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod load;
-pub mod model;
 pub mod net;
-pub mod par;
 pub mod plan;
 pub mod progress;
 pub mod safetensors;
-pub mod sampler;
 pub mod slice;
 pub mod tokenizer;
 pub mod tp;
+pub mod weights;
 pub mod window;
 
 pub use error::{Error, Result};

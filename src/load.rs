@@ -2,8 +2,8 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::model::{Dims, Head, LayerMats, LayerSource, LayerVecs, Mat, Part, Resident};
 use crate::safetensors::{Dtype, SafeTensors, TensorInfo};
+use crate::weights::{Dims, Head, LayerMats, LayerSource, LayerVecs, Mat, Part, Resident};
 
 /// HF tensor names of layer `l`.
 pub fn layer_name(l: usize, leaf: &str) -> String {

@@ -54,11 +54,11 @@ use crate::bundled;
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::load::{layer_name, lm_head_name, vector_f32, widen};
-use crate::model::{Dims, Head, LayerMats, LayerSource, LayerVecs, Mat, Part, Resident};
 use crate::net::checksum::{checksum64, le64, Hasher64};
 use crate::net::msg::Cursor;
 use crate::plan::{Plan, PlanError, Shape};
 use crate::safetensors::{Dtype, SafeTensors};
+use crate::weights::{Dims, Head, LayerMats, LayerSource, LayerVecs, Mat, Part, Resident};
 use crate::window::{Window, WindowOpts, WindowStats};
 
 /// File magic.
@@ -2324,8 +2324,7 @@ mod tests {
     /// One rank's forward from a slice file equals the in-place forward.
     #[test]
     fn single_rank_forward_from_slice_equals_in_place() {
-        use crate::model::{forward, Solo, State, Timing};
-        use crate::par::Par;
+        use crate::engine::{forward, Par, Solo, State, Timing};
         let tmp = TempDir::new("fwd");
         for name in FIXTURES {
             let ckpt = fixture(name);

@@ -13,10 +13,9 @@ use crate::cluster::{
     Link, NetOpts, Secret, SessionId, WorkerComm,
 };
 use crate::config::Config;
+use crate::engine::{forward, Par, State, Timing};
 use crate::engine::{generate, GenOptions, GenOutput, Rank};
 use crate::error::{Error, Result};
-use crate::model::{forward, State, Timing};
-use crate::par::Par;
 use crate::plan::{split, Plan, Shape};
 use crate::progress::{Meter, Progress, Silent};
 use crate::slice::{ensure_slices, fingerprint, write_slice, Expect, SliceFile, SliceResident};

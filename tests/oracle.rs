@@ -4,10 +4,9 @@
 use crate::common::*;
 use tpi::checkpoint::Checkpoint;
 use tpi::engine::{generate, GenOptions, GenOutput, Rank};
+use tpi::engine::{Par, SamplerConfig, Solo};
 use tpi::load::{resident, InPlace};
-use tpi::model::{Part, Solo};
-use tpi::par::Par;
-use tpi::sampler::SamplerConfig;
+use tpi::weights::Part;
 use tpi_kernels::Backend;
 
 /// Max-abs tolerance on last-position logits (the two oracles agree to 1e-5).

@@ -459,7 +459,7 @@ pub fn cli_args(data: &[u8]) -> bool {
 /// top-k, seed, then the logits (f32 bits). It must pick an id below the
 /// vocabulary, and a finite logit whenever there is one.
 pub fn sampler(data: &[u8]) -> bool {
-    use tpi::sampler::{Sampler, SamplerConfig};
+    use tpi::engine::sampler::{Sampler, SamplerConfig};
     let word = |i: usize| -> [u8; 4] {
         std::array::from_fn(|j| data.get(i * 4 + j).copied().unwrap_or(0))
     };

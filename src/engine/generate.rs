@@ -1,10 +1,12 @@
 //! Generation: prefill the prompt, then sample token by token with a KV cache.
 
+use super::collective::Collective;
+use super::forward::{forward, State, Timing};
+use super::par::Par;
+use super::sampler::{Sampler, SamplerConfig};
 use crate::error::{Error, Result};
-use crate::model::{forward, Collective, RankWeights, Resident, State, Timing};
-use crate::par::Par;
-use crate::sampler::{Sampler, SamplerConfig};
 use crate::tokenizer::Tokenizer;
+use crate::weights::{RankWeights, Resident};
 use std::time::{Duration, Instant};
 
 /// Prompt tokens per prefill forward: each weight chunk is read from DRAM

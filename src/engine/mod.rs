@@ -1,0 +1,22 @@
+//! One rank's computation, the same on every rank: the forward pass over
+//! its slice ([`forward`]), the exchanges with the other ranks behind the
+//! [`Collective`] trait ([`collective`]), multi-threaded GEMV ([`par`]),
+//! and, on rank 0, generation ([`generate`]: prefill, sampling, the KV
+//! cache's context) with the [`sampler`].
+//!
+//! The engine reads weights through `crate::weights` and knows nothing of
+//! sockets: the network implements [`Collective`] above it.
+
+pub mod collective;
+pub mod forward;
+pub mod generate;
+pub mod par;
+pub mod sampler;
+
+pub use collective::{Collective, Op, Solo};
+pub use forward::{forward, State, Timing};
+pub use generate::{
+    check_context, generate, peak_rss_bytes, GenOptions, GenOutput, OnText, Rank, PREFILL_BATCH,
+};
+pub use par::Par;
+pub use sampler::{Sampler, SamplerConfig};
