@@ -26,6 +26,15 @@ impl Progress for Silent {
     fn end(&mut self) {}
 }
 
+/// A [`Meter`] on stderr with `prefix`, or [`Silent`] when `quiet`.
+pub fn meter_unless(quiet: bool, prefix: &str) -> Box<dyn Progress> {
+    if quiet {
+        Box::new(Silent)
+    } else {
+        Box::new(Meter::stderr(prefix))
+    }
+}
+
 /// Least time between two redraws on a terminal.
 const REDRAW: Duration = Duration::from_millis(250);
 
@@ -140,7 +149,10 @@ mod tests {
         m.start -= Duration::from_secs(1);
         m.update(250);
         let l = m.line();
-        assert!(l.starts_with("[tpi] rank 0: slicing: 250 B of 1000 B"), "{l}");
+        assert!(
+            l.starts_with("[tpi] rank 0: slicing: 250 B of 1000 B"),
+            "{l}"
+        );
         assert!(l.contains("ETA"), "{l}");
     }
 }

@@ -240,9 +240,14 @@ pub fn run_hub(
     let n = plan.world_size;
     let t0 = Instant::now();
     let io = setup.memory.io;
-    let paths = ensure_slices(ckpt, plan, setup.cache_dir, |bytes| {
-        io.direct_for(bytes, available_memory())
-    })?;
+    let mut progress = crate::progress::meter_unless(setup.quiet, "[tpi] rank 0");
+    let paths = ensure_slices(
+        ckpt,
+        plan,
+        setup.cache_dir,
+        |bytes| io.direct_for(bytes, available_memory()),
+        &mut *progress,
+    )?;
     if !setup.quiet {
         eprintln!(
             "[tpi] rank 0: {n} slices ready in {} ({:.0} ms)",
@@ -263,7 +268,7 @@ pub fn run_hub(
     }
     let id = SessionId {
         world_size: n,
-        fingerprint: fingerprint(ckpt),
+        fingerprint: fingerprint(ckpt, setup.cache_dir, &mut *progress)?,
         plan_hash: plan.hash(),
     };
     let mut children = Children(Vec::new());
@@ -464,11 +469,12 @@ pub struct WorkerSetup<'a> {
 pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
     // With its own copy of the model, a worker states fingerprint and plan
     // (rank 0 refuses a mismatch) and cuts its slice locally.
+    let mut progress = crate::progress::meter_unless(w.quiet, &format!("[tpi] rank {}", w.rank));
     let local = match w.model {
         Some(dir) => {
             let ckpt = Checkpoint::open_dir(dir)?;
             let plan = plan_for(&ckpt.config, w.world_size, w.split_weights)?;
-            Some((fingerprint(&ckpt), plan, ckpt))
+            Some((fingerprint(&ckpt, w.cache_dir, &mut *progress)?, plan, ckpt))
         }
         None => None,
     };
@@ -506,7 +512,7 @@ pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
                     source,
                 })?;
             }
-            write_slice(ckpt, plan, w.rank, &path)?;
+            write_slice(ckpt, plan, w.rank, &path, &mut *progress)?;
             log(format!("cut slice locally from {}", ckpt.origin));
             open_verified(&path, &id, w.rank, w.memory.io)?
         }
