@@ -630,3 +630,276 @@ pub fn prune(cache_dir: &Path, policy: &PrunePolicy) -> Result<Vec<CacheEntry>, 
     }
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A unique temp directory, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "tpi-cache-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn ago(secs: u64) -> SystemTime {
+        SystemTime::now() - Duration::from_secs(secs)
+    }
+
+    fn write_aged(path: &Path, bytes: &[u8], when: SystemTime) {
+        std::fs::write(path, bytes).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.set_modified(when).unwrap();
+    }
+
+    fn id_of(path: &Path) -> (File, FileId) {
+        let f = File::open(path).unwrap();
+        let id = FileId::of(&f, std::fs::canonicalize(path).unwrap()).unwrap();
+        (f, id)
+    }
+
+    #[test]
+    fn hash_file_is_xxh64_of_the_bytes_and_the_digest_is_cached_by_identity() {
+        let tmp = TempDir::new("digest");
+        let cache = tmp.0.join("cache");
+        let model = tmp.0.join("w.safetensors");
+        // Longer than one read chunk, not a multiple of it.
+        let bytes: Vec<u8> = (0..HASH_CHUNK + 12345)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        write_aged(&model, &bytes, ago(60));
+        let (f, id) = id_of(&model);
+        let mut seen = 0u64;
+        let d = hash_file(&f, &id, &mut |n| seen += n).unwrap();
+        assert_eq!(d, checksum64(&bytes));
+        assert_eq!(seen, bytes.len() as u64);
+        assert_eq!(lookup_digest(&cache, &id), None);
+        assert!(store_digest(&cache, &id, d, SystemTime::now()).unwrap());
+        assert_eq!(lookup_digest(&cache, &id), Some(d));
+        // Another mtime, size or inode is another key.
+        for k in [
+            FileId {
+                mtime_ns: id.mtime_ns + 1,
+                ..id.clone()
+            },
+            FileId {
+                size: id.size + 1,
+                ..id.clone()
+            },
+            FileId {
+                ino: id.ino + 1,
+                ..id.clone()
+            },
+        ] {
+            assert_eq!(lookup_digest(&cache, &k), None, "{k:?}");
+        }
+        // A file modified just before its hash began is not stored (rule 3).
+        let fresh = tmp.0.join("fresh.safetensors");
+        std::fs::write(&fresh, b"abc").unwrap();
+        let (_, fid) = id_of(&fresh);
+        assert!(!store_digest(&cache, &fid, 1, SystemTime::now()).unwrap());
+        assert_eq!(lookup_digest(&cache, &fid), None);
+        // A damaged line is ignored, not trusted.
+        let text = std::fs::read_to_string(cache.join(DIGESTS)).unwrap();
+        let bad = text.replacen(&format!("v1 {d:016x}"), &format!("v1 {:016x}", d ^ 1), 1);
+        assert_ne!(bad, text);
+        std::fs::write(cache.join(DIGESTS), bad).unwrap();
+        assert_eq!(lookup_digest(&cache, &id), None);
+    }
+
+    /// `TPI_HASH_FILE=<path> cargo test --release --lib cache::tests::hash_throughput
+    /// -- --ignored --nocapture`: `hash_file` against a plain read of the
+    /// same file in the same run (page cache warm after the first pass).
+    #[test]
+    #[ignore]
+    fn hash_throughput() {
+        let Some(path) = std::env::var_os("TPI_HASH_FILE") else {
+            return;
+        };
+        let (f, id) = id_of(Path::new(&path));
+        let mut buf = vec![0u8; HASH_CHUNK];
+        let mut read = || {
+            let t = std::time::Instant::now();
+            let mut at = 0u64;
+            while at < id.size {
+                at += f.read_at(&mut buf, at).unwrap().max(1) as u64;
+            }
+            t.elapsed().as_secs_f64()
+        };
+        read();
+        let r = read();
+        let t = std::time::Instant::now();
+        hash_file(&f, &id, &mut |_| {}).unwrap();
+        let h = t.elapsed().as_secs_f64();
+        let gib = id.size as f64 / (1u64 << 30) as f64;
+        eprintln!(
+            "{gib:.2} GiB: pread {:.0} MiB/s, pread+XXH64 {:.0} MiB/s ({:.2}x the read time)",
+            gib * 1024.0 / r,
+            gib * 1024.0 / h,
+            h / r
+        );
+    }
+
+    #[test]
+    fn hash_file_refuses_a_file_changed_since_it_was_opened() {
+        let tmp = TempDir::new("changed");
+        let model = tmp.0.join("w.safetensors");
+        write_aged(&model, &[1u8; 1000], ago(60));
+        let (f, id) = id_of(&model);
+        write_aged(&model, &[2u8; 1000], ago(30));
+        let e = hash_file(&f, &id, &mut |_| {}).unwrap_err();
+        assert!(matches!(e, CacheError::Changed { .. }), "{e}");
+        // Shorter than when opened.
+        let (f, id) = id_of(&model);
+        std::fs::write(&model, [3u8; 10]).unwrap();
+        let e = hash_file(&f, &id, &mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("changed while tpi read it"), "{e}");
+    }
+
+    /// An entry with a slice of `slice_len` bytes recorded as cut from
+    /// `model` (whose file stamps are taken now), used at `used`.
+    fn make_entry(
+        cache: &Path,
+        name: &str,
+        slice_len: usize,
+        model: Option<&Path>,
+        used: SystemTime,
+    ) -> PathBuf {
+        let dir = cache.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        write_aged(&dir.join("rank-0-of-1.slice"), &vec![7u8; slice_len], used);
+        if let Some(m) = model {
+            let stamp = FileStamp::of(&m.join("model.safetensors")).unwrap();
+            record_entry(&dir, &m.display().to_string(), &[stamp]).unwrap();
+            File::options()
+                .write(true)
+                .open(dir.join(USED))
+                .unwrap()
+                .set_modified(used)
+                .unwrap();
+        }
+        dir
+    }
+
+    const A: &str = "00000000000000aa-0000000000000001";
+    const B: &str = "00000000000000bb-0000000000000001";
+    const C: &str = "00000000000000cc-0000000000000002";
+
+    #[test]
+    fn list_reports_entries_their_model_and_skips_what_is_not_ours() {
+        let tmp = TempDir::new("list");
+        let cache = tmp.0.join("cache");
+        let (m1, m2) = (tmp.0.join("m1"), tmp.0.join("m2"));
+        for m in [&m1, &m2] {
+            std::fs::create_dir_all(m).unwrap();
+            write_aged(&m.join("model.safetensors"), b"weights", ago(100));
+        }
+        make_entry(&cache, A, 5000, Some(&m1), ago(30));
+        make_entry(&cache, B, 9000, Some(&m2), ago(20));
+        make_entry(&cache, C, 100, None, ago(10));
+        // Not ours: other names, a file, a symlink to a directory.
+        std::fs::create_dir_all(cache.join("notes")).unwrap();
+        std::fs::write(cache.join("0000000000000000-0000000000000000"), b"x").unwrap();
+        std::os::unix::fs::symlink(&m1, cache.join("00000000000000dd-0000000000000001")).unwrap();
+        std::fs::remove_file(m2.join("model.safetensors")).unwrap();
+        let e = list(&cache).unwrap();
+        let names: Vec<_> = e
+            .iter()
+            .map(|e| e.path.file_name().unwrap().to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, [A, B, C], "oldest use first");
+        assert_eq!((e[0].fingerprint, e[0].plan_hash), (0xaa, 1));
+        assert_eq!(e[0].model, ModelStatus::Same);
+        assert_eq!(e[0].origin.as_deref(), Some(m1.to_str().unwrap()));
+        assert_eq!(e[1].model, ModelStatus::Gone);
+        assert_eq!(e[2].model, ModelStatus::Unknown);
+        assert_eq!(e[2].origin, None);
+        assert!(e[1].bytes >= 9000 && e[0].bytes >= 5000, "{e:?}");
+        // Rewriting the model changes its mtime: the entry is unreachable.
+        write_aged(&m1.join("model.safetensors"), b"weightz", ago(5));
+        assert_eq!(list(&cache).unwrap()[0].model, ModelStatus::Changed);
+        assert!(list(&tmp.0.join("absent")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn prune_removes_orphans_then_least_recently_used_and_nothing_foreign() {
+        let tmp = TempDir::new("prune");
+        let cache = tmp.0.join("cache");
+        let (m1, m2) = (tmp.0.join("m1"), tmp.0.join("m2"));
+        for m in [&m1, &m2] {
+            std::fs::create_dir_all(m).unwrap();
+            write_aged(&m.join("model.safetensors"), b"weights", ago(100));
+        }
+        let a = make_entry(&cache, A, 40000, Some(&m1), ago(300));
+        let b = make_entry(&cache, B, 40000, Some(&m2), ago(200));
+        let c = make_entry(&cache, C, 40000, None, ago(100));
+        std::fs::write(cache.join("README"), b"mine").unwrap();
+        std::fs::remove_file(m2.join("model.safetensors")).unwrap();
+        // Orphans only: b goes, with every file in it.
+        let gone = prune(&cache, &PrunePolicy::default()).unwrap();
+        assert_eq!(
+            gone.iter().map(|e| e.path.as_path()).collect::<Vec<_>>(),
+            [b.as_path()]
+        );
+        assert!(!b.exists() && a.exists() && c.exists());
+        // A cap under the two left evicts the older (a), keeps c.
+        let cap = list(&cache).unwrap().iter().map(|e| e.bytes).max().unwrap();
+        // Something foreign inside a stays, and so does a's directory.
+        std::fs::write(a.join("keep.txt"), b"not tpi's").unwrap();
+        let policy = PrunePolicy {
+            remove_orphans: false,
+            max_bytes: Some(cap),
+            ..PrunePolicy::default()
+        };
+        let gone = prune(&cache, &policy).unwrap();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].path, a);
+        assert!(a.join("keep.txt").exists() && !a.join("rank-0-of-1.slice").exists());
+        assert!(c.join("rank-0-of-1.slice").exists());
+        assert_eq!(std::fs::read(cache.join("README")).unwrap(), b"mine");
+        assert!(m1.join("model.safetensors").exists());
+    }
+
+    #[test]
+    fn prune_removes_stale_partials_only() {
+        let tmp = TempDir::new("partial");
+        let cache = tmp.0.join("cache");
+        let a = make_entry(&cache, A, 100, None, ago(10));
+        write_aged(&a.join("rank-1-of-2.partial"), b"old", ago(3600));
+        write_aged(&a.join("rank-2-of-3.partial"), b"live", ago(1));
+        // An entry holding only a stale partial disappears.
+        let b = cache.join(B);
+        std::fs::create_dir_all(&b).unwrap();
+        write_aged(&b.join("rank-0-of-2.partial"), b"old", ago(3600));
+        let policy = PrunePolicy {
+            remove_orphans: false,
+            ..PrunePolicy::default()
+        };
+        let gone = prune(&cache, &policy).unwrap();
+        assert_eq!(
+            gone.iter().map(|e| e.path.as_path()).collect::<Vec<_>>(),
+            [b.as_path()]
+        );
+        assert!(!b.exists());
+        assert!(!a.join("rank-1-of-2.partial").exists());
+        assert!(a.join("rank-2-of-3.partial").exists());
+        assert!(a.join("rank-0-of-1.slice").exists());
+    }
+}

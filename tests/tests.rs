@@ -5,5 +5,6 @@ mod common;
 mod faults;
 mod fuzz_corpus;
 mod oracle;
+mod slice_cache;
 mod tp;
 mod window;
