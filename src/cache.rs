@@ -564,35 +564,50 @@ fn remove_entry(e: &CacheEntry) -> Result<(), CacheError> {
     Ok(())
 }
 
+/// How long ago `m` was modified (zero if in the future or unknown).
+fn age(m: &std::fs::Metadata, now: SystemTime) -> Duration {
+    m.modified()
+        .ok()
+        .and_then(|t| now.duration_since(t).ok())
+        .unwrap_or_default()
+}
+
 /// Applies `policy` to `cache_dir` and returns the entries removed (as
 /// listed before removal): first stale `*.partial` files (an entry left
-/// with nothing but its record and stamp is removed), then orphans, then
-/// least recently used entries over `max_bytes`. Touches only what
+/// with no slice or partial, untouched for `partial_age`, is removed), then
+/// orphans, then least recently used entries over `max_bytes`. An entry
+/// with a live `*.partial` (a slice being written or fetched now) is never
+/// removed, so the cap may stay exceeded while one is. Touches only what
 /// [`list`] recognises.
 pub fn prune(cache_dir: &Path, policy: &PrunePolicy) -> Result<Vec<CacheEntry>, CacheError> {
     let now = SystemTime::now();
     let mut removed = Vec::new();
+    let mut busy = Vec::new();
     for e in list(cache_dir)? {
+        // Before any removal (which moves the directory's mtime).
+        let dir_age = std::fs::symlink_metadata(&e.path).map_or(Duration::ZERO, |m| age(&m, now));
         let mut left = 0usize;
         for (path, kind, m) in members(&e.path)? {
-            let age = m
-                .modified()
-                .ok()
-                .and_then(|t| now.duration_since(t).ok())
-                .unwrap_or_default();
-            if kind == Member::Partial && age >= policy.partial_age {
+            let stale = age(&m, now) >= policy.partial_age;
+            if kind == Member::Partial && stale {
                 std::fs::remove_file(&path).map_err(io_err(&path, "remove"))?;
             } else if matches!(kind, Member::Slice | Member::Partial) {
                 left += 1;
+                if kind == Member::Partial {
+                    busy.push(e.path.clone());
+                }
             }
         }
-        if left == 0 {
+        if left == 0 && dir_age >= policy.partial_age {
             remove_entry(&e)?;
             removed.push(e);
         }
     }
     let mut kept = Vec::new();
     for e in list(cache_dir)? {
+        if busy.contains(&e.path) {
+            continue;
+        }
         if policy.remove_orphans && matches!(e.model, ModelStatus::Gone | ModelStatus::Changed) {
             remove_entry(&e)?;
             removed.push(e);
@@ -888,6 +903,7 @@ mod tests {
         let b = cache.join(B);
         std::fs::create_dir_all(&b).unwrap();
         write_aged(&b.join("rank-0-of-2.partial"), b"old", ago(3600));
+        File::open(&b).unwrap().set_modified(ago(3600)).unwrap();
         let policy = PrunePolicy {
             remove_orphans: false,
             ..PrunePolicy::default()
@@ -900,6 +916,13 @@ mod tests {
         assert!(!b.exists());
         assert!(!a.join("rank-1-of-2.partial").exists());
         assert!(a.join("rank-2-of-3.partial").exists());
+        assert!(a.join("rank-0-of-1.slice").exists());
+        // An entry being written is not evicted, even over the cap.
+        let cap = PrunePolicy {
+            max_bytes: Some(0),
+            ..PrunePolicy::default()
+        };
+        assert!(prune(&cache, &cap).unwrap().is_empty());
         assert!(a.join("rank-0-of-1.slice").exists());
     }
 }

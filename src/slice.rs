@@ -1494,8 +1494,12 @@ pub fn ensure_slices(
         paths.push(path);
     }
     if let Some(entry) = paths.first().and_then(|p| p.parent()) {
-        if wrote || !entry.join(cache::RECORD).exists() {
+        if wrote {
             record(ckpt, entry)?;
+        } else if !entry.join(cache::RECORD).exists() {
+            // Slices cut by an older tpi or copied in: recorded if the
+            // cache is writable; if not, they still serve.
+            let _ = record(ckpt, entry);
         } else {
             // A stamp that cannot be set (read-only cache) only makes the
             // entry look older to `cache::prune`.
