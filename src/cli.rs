@@ -302,9 +302,14 @@ fn run_single_slice(
     opts: &GenOptions,
     on_text: &mut OnText<'_>,
 ) -> Result<HubReport> {
-    let paths = ensure_slices(ckpt, plan, cache_dir, |bytes| {
-        memory.io.direct_for(bytes, crate::tp::available_memory())
-    })?;
+    let mut progress = crate::progress::meter_unless(quiet, "[tpi] rank 0");
+    let paths = ensure_slices(
+        ckpt,
+        plan,
+        cache_dir,
+        |bytes| memory.io.direct_for(bytes, crate::tp::available_memory()),
+        &mut *progress,
+    )?;
     let slice = SliceFile::open(
         &paths[0],
         Expect {

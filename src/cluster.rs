@@ -2022,7 +2022,8 @@ mod tests {
         let ckpt = crate::checkpoint::Checkpoint::open_dir(&model).expect("model");
         let plan = crate::tp::plan_for(&ckpt.config, 2, None).expect("plan");
         let path = dir.join("served.slice");
-        crate::slice::write_slice(&ckpt, &plan, 1, &path).expect("slice");
+        crate::slice::write_slice(&ckpt, &plan, 1, &path, &mut crate::progress::Silent)
+            .expect("slice");
         path
     }
 

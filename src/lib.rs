@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 pub mod bundled;
+pub mod cache;
 pub mod checkpoint;
 pub mod cli;
 pub mod cluster;

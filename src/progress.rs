@@ -26,6 +26,15 @@ impl Progress for Silent {
     fn end(&mut self) {}
 }
 
+/// A [`Meter`] on stderr with `prefix`, or [`Silent`] when `quiet`.
+pub fn meter_unless(quiet: bool, prefix: &str) -> Box<dyn Progress> {
+    if quiet {
+        Box::new(Silent)
+    } else {
+        Box::new(Meter::stderr(prefix))
+    }
+}
+
 /// Least time between two redraws on a terminal.
 const REDRAW: Duration = Duration::from_millis(250);
 

@@ -12,6 +12,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde_json::Value;
 
@@ -498,9 +499,50 @@ pub fn parse_header(file: &[u8], origin: &str) -> Result<Vec<TensorInfo>, SafeTe
     Ok(out)
 }
 
+/// Identity of a shard file as it was opened (`fstat` of the mapped file
+/// descriptor, canonical path): the key under which its digest may be
+/// cached. Any rewrite in place changes `mtime_ns` (and usually `size`); a
+/// replacement by rename changes `ino`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileId {
+    /// Canonical path (symlinks resolved).
+    pub path: PathBuf,
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The identity of an open file whose canonical path is `path`.
+    pub fn of(file: &File, path: PathBuf) -> std::io::Result<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata()?;
+        Ok(FileId {
+            path,
+            size: m.len(),
+            mtime_ns: m
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(m.mtime_nsec()),
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+}
+
+/// A mapped shard file: the mapping, the descriptor it was mapped from (so
+/// digests read the very inode that is mapped) and its identity then.
+struct Mapped {
+    map: memmap2::Mmap,
+    file: File,
+    id: FileId,
+}
+
 /// Where a shard's bytes live.
 enum Backing {
-    Mmap(memmap2::Mmap),
+    Mmap(Box<Mapped>),
     /// 8-byte aligned copy and its length in bytes.
     Owned(Vec<u64>, usize),
 }
@@ -508,7 +550,7 @@ enum Backing {
 impl Backing {
     fn bytes(&self) -> &[u8] {
         match self {
-            Backing::Mmap(m) => m,
+            Backing::Mmap(m) => &m.map,
             Backing::Owned(v, len) => &bytemuck::cast_slice::<u64, u8>(v)[..*len],
         }
     }
@@ -534,10 +576,36 @@ pub(crate) fn map_file(file: &File, range: Option<(u64, usize)>) -> std::io::Res
     unsafe { opts.map(file) }
 }
 
+/// Drops this process's page-table entries for `len` bytes of `map` from
+/// `offset` (widened to whole pages, clipped to the mapping), so pages
+/// already read stop counting in the resident set. The page cache keeps
+/// the data; a later read faults it back in. Part of the audited mapping
+/// above: the only other unsafe call on a [`map_file`] mapping.
+#[allow(unsafe_code)]
+pub(crate) fn release_range(map: &memmap2::Mmap, offset: usize, len: usize) -> std::io::Result<()> {
+    let start = offset;
+    let end = offset.saturating_add(len).min(map.len());
+    if start >= end {
+        return Ok(());
+    }
+    // SAFETY: `map` comes from `map_file`: a read-only, shared file mapping
+    // that no one writes through. MADV_DONTNEED on such a mapping discards
+    // only page-table entries; the next access re-reads the same file pages
+    // from the page cache (it zero-fills only private anonymous or written
+    // copy-on-write pages, and this mapping has neither). So every `&[u8]`
+    // borrowed from `map`, now or later, keeps seeing the file's bytes.
+    // memmap2 widens `start` down to the page size of the host (4 KiB to
+    // 64 KiB); `start..end` is inside the mapping.
+    unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) }
+}
+
 /// All tensors of a model, across its shards.
 pub struct SafeTensors {
     shards: Vec<Backing>,
     shard_names: Vec<String>,
+    /// Each shard's whole-file digest once computed (the mapped bytes are
+    /// immutable while tpi runs, see [`map_file`]).
+    digests: Vec<OnceLock<u64>>,
     tensors: HashMap<String, TensorInfo>,
 }
 
@@ -559,9 +627,11 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SafeTensorsError + '_ {
 
 fn open_shard(path: &Path) -> Result<(Backing, Vec<TensorInfo>), SafeTensorsError> {
     let file = File::open(path).map_err(io_err(path))?;
+    let canonical = std::fs::canonicalize(path).map_err(io_err(path))?;
+    let id = FileId::of(&file, canonical).map_err(io_err(path))?;
     let map = map_file(&file, None).map_err(io_err(path))?;
     let tensors = parse_header(&map, &path.display().to_string())?;
-    Ok((Backing::Mmap(map), tensors))
+    Ok((Backing::Mmap(Box::new(Mapped { map, file, id })), tensors))
 }
 
 impl SafeTensors {
@@ -616,6 +686,7 @@ impl SafeTensors {
         let mut st = SafeTensors {
             shards: Vec::with_capacity(shards.len()),
             shard_names: Vec::with_capacity(shards.len()),
+            digests: Vec::with_capacity(shards.len()),
             tensors: HashMap::new(),
         };
         for (i, (backing, name, infos)) in shards.into_iter().enumerate() {
@@ -632,6 +703,7 @@ impl SafeTensors {
             }
             st.shards.push(backing);
             st.shard_names.push(name);
+            st.digests.push(OnceLock::new());
         }
         Ok(st)
     }
@@ -682,6 +754,32 @@ impl SafeTensors {
 
     pub fn num_shards(&self) -> usize {
         self.shards.len()
+    }
+
+    /// The open file behind a mapped shard and its identity when opened
+    /// (`None` for in-memory bytes or an unknown index).
+    pub fn shard_file(&self, shard: usize) -> Option<(&File, &FileId)> {
+        match self.shards.get(shard)? {
+            Backing::Mmap(m) => Some((&m.file, &m.id)),
+            Backing::Owned(..) => None,
+        }
+    }
+
+    /// The shard's memoised whole-file digest cell (`None` for an unknown
+    /// index).
+    pub(crate) fn digest_cell(&self, shard: usize) -> Option<&OnceLock<u64>> {
+        self.digests.get(shard)
+    }
+
+    /// Releases the resident pages of `t`'s bytes in this process (see
+    /// [`release_range`]); the bytes stay readable. A no-op for in-memory
+    /// shards. Used after a tensor has been copied out (slicing), so the
+    /// source model does not accumulate in the resident set.
+    pub fn release(&self, t: &TensorInfo) -> std::io::Result<()> {
+        match self.shards.get(t.shard) {
+            Some(Backing::Mmap(m)) => release_range(&m.map, t.offset, t.len),
+            _ => Ok(()),
+        }
     }
 
     /// The tensor `name`, checked to have exactly `shape`.

@@ -51,13 +51,15 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::bundled;
+use crate::cache::{self, CacheError, FileStamp};
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::load::{layer_name, lm_head_name, vector_f32, widen};
 use crate::net::checksum::{checksum64, le64, Hasher64};
 use crate::net::msg::Cursor;
 use crate::plan::{Plan, PlanError, Shape};
-use crate::safetensors::{Dtype, SafeTensors};
+use crate::progress::Progress;
+use crate::safetensors::{Dtype, SafeTensors, TensorInfo};
 use crate::weights::{Dims, Head, LayerMats, LayerSource, LayerVecs, Mat, Part, Resident};
 use crate::window::{Window, WindowOpts, WindowStats};
 
@@ -306,6 +308,8 @@ pub enum SliceError {
         msg: String,
     },
     Plan(PlanError),
+    /// Hashing a model file or recording a cache entry failed.
+    Cache(CacheError),
     /// A layer index, token id or buffer outside its range.
     OutOfRange {
         path: String,
@@ -399,6 +403,7 @@ impl fmt::Display for SliceError {
             }
             SliceError::Source { origin, msg } => write!(f, "checkpoint {origin}: {msg}"),
             SliceError::Plan(e) => write!(f, "{e}"),
+            SliceError::Cache(e) => write!(f, "{e}"),
             SliceError::OutOfRange {
                 path,
                 rank,
@@ -418,6 +423,7 @@ impl std::error::Error for SliceError {
         match self {
             SliceError::Io { source, .. } => Some(source),
             SliceError::Plan(e) => Some(e),
+            SliceError::Cache(e) => Some(e),
             _ => None,
         }
     }
@@ -426,6 +432,12 @@ impl std::error::Error for SliceError {
 impl From<SliceError> for crate::error::Error {
     fn from(e: SliceError) -> Self {
         crate::error::Error::Model(e.to_string())
+    }
+}
+
+impl From<CacheError> for SliceError {
+    fn from(e: CacheError) -> Self {
+        SliceError::Cache(e)
     }
 }
 
@@ -854,45 +866,136 @@ fn hash_text(h: &mut Hasher64, tag: &[u8], t: Option<&str>) {
     }
 }
 
-fn fingerprint_with(ckpt: &Checkpoint, cfg: &str, gen: Option<&str>) -> u64 {
+fn fingerprint_with(ckpt: &Checkpoint, cfg: &str, gen: Option<&str>, digests: &[u64]) -> u64 {
     let mut h = Hasher64::new();
-    h.update(b"tpi-fingerprint-v1");
+    h.update(b"tpi-fingerprint-v2");
     hash_text(&mut h, b"config", Some(cfg));
     hash_text(&mut h, b"generation_config", gen);
     let st = &ckpt.weights;
     h.update(&(st.num_shards() as u64).to_le_bytes());
     for i in 0..st.num_shards() {
-        let shard = st.shard_bytes(i);
-        let n = shard
-            .get(..8)
-            .map_or(0, |b| le64(b).saturating_add(8).min(shard.len() as u64))
-            as usize;
-        h.update(&(shard.len() as u64).to_le_bytes());
-        h.update(&(n as u64).to_le_bytes());
-        h.update(&shard[..n]);
+        h.update(&(st.shard_bytes(i).len() as u64).to_le_bytes());
+        h.update(&digests.get(i).copied().unwrap_or(0).to_le_bytes());
     }
     h.finish()
 }
 
+/// Every shard's whole-file XXH64, in index order: remembered by the
+/// `SafeTensors` once computed, else taken from the digest cache in
+/// `cache_dir` under the shard's (canonical path, size, mtime, inode), else
+/// read and hashed (reported to `progress`) and stored there.
+fn shard_digests(
+    st: &SafeTensors,
+    cache_dir: Option<&Path>,
+    progress: &mut dyn Progress,
+) -> Result<Vec<u64>, SliceError> {
+    let n = st.num_shards();
+    let mut out = vec![0u64; n];
+    let mut todo = Vec::new();
+    for (i, slot) in out.iter_mut().enumerate() {
+        let Some(cell) = st.digest_cell(i) else {
+            continue;
+        };
+        if let Some(d) = cell.get() {
+            *slot = *d;
+            continue;
+        }
+        let d = match st.shard_file(i) {
+            // In-memory bytes (the bundled model): cheap to hash.
+            None => checksum64(st.shard_bytes(i)),
+            Some((_, id)) => match cache_dir.and_then(|c| cache::lookup_digest(c, id)) {
+                Some(d) => d,
+                None => {
+                    todo.push(i);
+                    continue;
+                }
+            },
+        };
+        *slot = *cell.get_or_init(|| d);
+    }
+    if todo.is_empty() {
+        return Ok(out);
+    }
+    let total = todo
+        .iter()
+        .filter_map(|&i| st.shard_file(i))
+        .map(|(_, id)| id.size)
+        .sum();
+    progress.begin("hashing model weights", total);
+    let started = std::time::SystemTime::now();
+    let mut done = 0u64;
+    for i in todo {
+        let (Some((file, id)), Some(cell), Some(slot)) =
+            (st.shard_file(i), st.digest_cell(i), out.get_mut(i))
+        else {
+            continue;
+        };
+        let d = cache::hash_file(file, id, &mut |n| {
+            done += n;
+            progress.update(done);
+        })?;
+        if let Some(dir) = cache_dir {
+            // A digest that cannot be stored is only hashed again next time.
+            let _ = cache::store_digest(dir, id, d, started);
+        }
+        *slot = *cell.get_or_init(|| d);
+    }
+    progress.end();
+    Ok(out)
+}
+
 /// Model identity: `checksum64` (XXH64) over a tag, the config.json and
 /// generation_config.json texts, and for every shard (in index order) its
-/// file size and its safetensors header (the 8-byte length and the JSON,
-/// which names every tensor with dtype, shape and byte range).
+/// size and the XXH64 of all its bytes (header and weights). Two models
+/// that differ in a single weight byte have different fingerprints, so a
+/// slice cut from one is never served for the other, and a worker holding
+/// other weights is refused at hello.
 ///
-/// Tensor data is deliberately not hashed: that would read the whole model
-/// (tens of GB on every start). Two checkpoints that differ only in weight
-/// values of identical layout collide; that is an accepted trade-off, since
-/// re-exported / fine-tuned models practically always change the config,
-/// the header (`__metadata__`) or a file size, and each slice block carries
-/// its own data checksum against corruption.
-///
-/// Falls back to hashing only the weights when the config text cannot be
-/// re-read (the value is then still stable for one checkpoint).
-pub fn fingerprint(ckpt: &Checkpoint) -> u64 {
-    match config_texts(ckpt) {
-        Ok((c, g)) => fingerprint_with(ckpt, &c, g.as_deref()),
-        Err(_) => fingerprint_with(ckpt, "", None),
+/// Hashing reads the whole model once per process; the digest is kept in
+/// the digest cache in `cache_dir` (see `cache.rs`) keyed by the file's
+/// canonical path, size, mtime and inode, so later runs only `stat` it.
+/// `progress` hears of the hashing when it happens.
+pub fn fingerprint(
+    ckpt: &Checkpoint,
+    cache_dir: &Path,
+    progress: &mut dyn Progress,
+) -> Result<u64, SliceError> {
+    let (c, g) = config_texts(ckpt)?;
+    let digests = shard_digests(&ckpt.weights, Some(cache_dir), progress)?;
+    Ok(fingerprint_with(ckpt, &c, g.as_deref(), &digests))
+}
+
+/// The files the fingerprint covers, as they are now (for the entry record).
+fn model_stamps(ckpt: &Checkpoint) -> Vec<FileStamp> {
+    let mut v = Vec::new();
+    if ckpt.origin != bundled::NAME {
+        let dir = Path::new(&ckpt.origin);
+        for name in ["config.json", "generation_config.json"] {
+            if let Ok(s) = FileStamp::of(&dir.join(name)) {
+                v.push(s);
+            }
+        }
     }
+    let st = &ckpt.weights;
+    for i in 0..st.num_shards() {
+        if let Some((_, id)) = st.shard_file(i) {
+            v.push(FileStamp {
+                path: id.path.clone(),
+                size: id.size,
+                mtime_ns: id.mtime_ns,
+            });
+        }
+    }
+    v
+}
+
+/// Records in a cache entry directory where its slices came from.
+fn record(ckpt: &Checkpoint, entry: &Path) -> Result<(), SliceError> {
+    let origin = match std::fs::canonicalize(&ckpt.origin) {
+        Ok(p) => p.display().to_string(),
+        Err(_) => ckpt.origin.clone(),
+    };
+    Ok(cache::record_entry(entry, &origin, &model_stamps(ckpt))?)
 }
 
 // ---------------------------------------------------------------------------
@@ -922,13 +1025,15 @@ fn source_err(st: &SafeTensors, e: impl fmt::Display) -> SliceError {
     }
 }
 
-/// The tensors of `kind` with their dtype and source bytes.
+/// The tensors of `kind` with their dtype, source bytes and (for matrices)
+/// the source tensor, whose pages are released once it is written.
+#[allow(clippy::type_complexity)]
 fn block_sources<'a>(
     cfg: &Config,
     st: &'a SafeTensors,
     part: &Part,
     kind: BlockKind,
-) -> Result<Vec<(TensorEntry, Src<'a>)>, SliceError> {
+) -> Result<Vec<(TensorEntry, Src<'a>, Option<&'a TensorInfo>)>, SliceError> {
     let hd = cfg.head_dim;
     let mut out = Vec::new();
     for (role, layer, rows, cols) in expected_tensors(cfg, part, kind) {
@@ -946,15 +1051,19 @@ fn block_sources<'a>(
             if bytes.len() != t.len {
                 return Err(source_err(st, format!("tensor {name} is outside its file")));
             }
-            Ok((t.dtype, bytes))
+            Ok((t.dtype, bytes, t))
         };
         let row_slice = |leaf: &str, shape: [usize; 2], r: Range<usize>| {
-            let (dtype, bytes) = matrix(leaf, shape)?;
+            let (dtype, bytes, t) = matrix(leaf, shape)?;
             let row = shape[1] * dtype.size();
-            Ok::<_, SliceError>((dtype, Src::Bytes(&bytes[r.start * row..r.end * row])))
+            Ok::<_, SliceError>((
+                dtype,
+                Src::Bytes(&bytes[r.start * row..r.end * row]),
+                Some(t),
+            ))
         };
         let col_slice = |leaf: &str, shape: [usize; 2], c: Range<usize>| {
-            let (dtype, bytes) = matrix(leaf, shape)?;
+            let (dtype, bytes, t) = matrix(leaf, shape)?;
             let s = dtype.size();
             Ok::<_, SliceError>((
                 dtype,
@@ -965,6 +1074,7 @@ fn block_sources<'a>(
                     start: c.start * s,
                     end: c.end * s,
                 },
+                Some(t),
             ))
         };
         let vector = |leaf: &str, len: usize, r: Range<usize>| {
@@ -974,7 +1084,7 @@ fn block_sources<'a>(
                 layer_name(l, leaf)
             };
             let v = vector_f32(st, &name, len).map_err(|e| source_err(st, e))?;
-            Ok::<_, SliceError>((Dtype::F32, Src::F32(v[r].to_vec())))
+            Ok::<_, SliceError>((Dtype::F32, Src::F32(v[r].to_vec()), None))
         };
         let (d, nh, nkv, nhid) = (
             cfg.dim,
@@ -984,7 +1094,7 @@ fn block_sources<'a>(
         );
         let qr = part.heads.start * hd..part.heads.end * hd;
         let kvr = part.kv_heads.start * hd..part.kv_heads.end * hd;
-        let (dtype, src) = match role {
+        let (dtype, src, source) = match role {
             Role::Q => row_slice("self_attn.q_proj.weight", [nh, d], qr)?,
             Role::K => row_slice("self_attn.k_proj.weight", [nkv, d], kvr)?,
             Role::V => row_slice("self_attn.v_proj.weight", [nkv, d], kvr)?,
@@ -1011,11 +1121,12 @@ fn block_sources<'a>(
                 offset: 0,
             },
             src,
+            source,
         ));
     }
     // Offsets within the block.
     let mut at = 0u64;
-    for (t, _) in &mut out {
+    for (t, _, _) in &mut out {
         t.offset = align_up(at, TENSOR_ALIGN);
         at = t.offset + t.byte_len();
     }
@@ -1032,20 +1143,30 @@ fn padded_len(tensors: &[TensorEntry]) -> u64 {
     align_up(end.max(1), BLOCK_ALIGN)
 }
 
-/// Sequential output that hashes what it writes.
-struct Out {
+/// Sequential output that hashes what it writes and reports its progress.
+struct Out<'p> {
     w: LargeWriter,
     pos: u64,
     hash: Hasher64,
+    progress: &'p mut dyn Progress,
+    /// `pos` when `progress` last heard.
+    reported: u64,
 }
+
+/// Bytes written between two progress reports.
+const REPORT_EVERY: u64 = 4 << 20;
 
 static ZEROS: [u8; 4096] = [0; 4096];
 
-impl Out {
+impl Out<'_> {
     fn put(&mut self, b: &[u8]) -> std::io::Result<()> {
         self.w.write_all(b)?;
         self.hash.update(b);
         self.pos += b.len() as u64;
+        if self.pos - self.reported >= REPORT_EVERY {
+            self.reported = self.pos;
+            self.progress.update(self.pos);
+        }
         Ok(())
     }
     fn pad_to(&mut self, pos: u64) -> std::io::Result<()> {
@@ -1143,19 +1264,29 @@ impl Write for LargeWriter {
 
 /// Writes rank `rank`'s slice of `ckpt` under `plan` to `path`: streamed one
 /// tensor slice at a time from the mmapped safetensors (RAM O(write buffer +
-/// small vectors), never O(model)), into `path.with_extension("partial")`,
-/// fsynced, then renamed over `path`.
+/// small vectors), never O(model): each source tensor's pages leave the
+/// resident set once it is written), into `path.with_extension("partial")`,
+/// fsynced, then renamed over `path`; `model.json` beside it records the
+/// model (see `cache.rs`). `progress` hears the bytes written (and the
+/// hashing of the model, unless [`fingerprint`] already did it for `ckpt`).
 pub fn write_slice(
     ckpt: &Checkpoint,
     plan: &Plan,
     rank: usize,
     path: &Path,
+    progress: &mut dyn Progress,
 ) -> Result<(), SliceError> {
     let (cfg_text, gen_text) = config_texts(ckpt)?;
-    let fp = fingerprint_with(ckpt, &cfg_text, gen_text.as_deref());
-    write_slice_with(ckpt, plan, rank, path, fp, cfg_text, gen_text)
+    let digests = shard_digests(&ckpt.weights, None, progress)?;
+    let fp = fingerprint_with(ckpt, &cfg_text, gen_text.as_deref(), &digests);
+    write_slice_with(ckpt, plan, rank, path, fp, cfg_text, gen_text, progress)?;
+    if let Some(dir) = path.parent().filter(|d| cache::is_entry_dir(d)) {
+        record(ckpt, dir)?;
+    }
+    Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_slice_with(
     ckpt: &Checkpoint,
     plan: &Plan,
@@ -1164,6 +1295,7 @@ fn write_slice_with(
     fingerprint: u64,
     config_json: String,
     generation_config_json: Option<String>,
+    progress: &mut dyn Progress,
 ) -> Result<(), SliceError> {
     let cfg = &ckpt.config;
     let st = &ckpt.weights;
@@ -1175,7 +1307,7 @@ fn write_slice_with(
     for &kind in &kinds {
         let tensors: Vec<TensorEntry> = block_sources(cfg, st, &part, kind)?
             .into_iter()
-            .map(|(t, _)| t)
+            .map(|(t, _, _)| t)
             .collect();
         blocks.push(BlockEntry {
             kind,
@@ -1213,10 +1345,13 @@ fn write_slice_with(
     // Pass 2: data.
     let partial = path.with_extension("partial");
     let file = File::create(&partial).map_err(io_err(&partial, "create"))?;
+    progress.begin(&format!("slicing rank {rank} of {}", plan.world_size), at);
     let mut out = Out {
         w: LargeWriter::new(file, 0),
         pos: 0,
         hash: Hasher64::new(),
+        progress,
+        reported: 0,
     };
     let werr = io_err(&partial, "write");
     let first = manifest.blocks.first().map_or(at, |b| b.offset);
@@ -1226,7 +1361,7 @@ fn write_slice_with(
             debug_assert_eq!(out.pos, b.offset);
             out.hash = Hasher64::new();
             let srcs = block_sources(cfg, st, &part, b.kind).map_err(std::io::Error::other)?;
-            for (t, src) in srcs {
+            for (t, src, source) in srcs {
                 out.pad_to(b.offset + t.offset)?;
                 match src {
                     Src::Bytes(bytes) => out.put(bytes)?,
@@ -1247,6 +1382,12 @@ fn write_slice_with(
                         }
                     }
                 }
+                if let Some(t) = source {
+                    // Copied out: its pages leave this process's resident
+                    // set (the page cache keeps them). Failing to advise
+                    // costs memory, not correctness.
+                    let _ = st.release(t);
+                }
             }
             out.pad_to(b.offset + b.len)?;
             b.checksum = out.hash.finish();
@@ -1265,6 +1406,10 @@ fn write_slice_with(
         f.write_all(&head)?;
         f.sync_all()
     })();
+    if result.is_ok() {
+        out.progress.update(out.pos);
+        out.progress.end();
+    }
     drop(out);
     if let Err(e) = result {
         let _ = std::fs::remove_file(&partial);
@@ -1294,14 +1439,20 @@ pub fn slice_path(cache_dir: &Path, fingerprint: u64, plan: &Plan, rank: usize) 
 ///
 /// With `direct(bytes)` true for the cached slices' total size, the
 /// verification reads bypass the page cache ([`SliceFile::verify_with`]).
+/// The fingerprint covers every weight byte ([`fingerprint`]), so a model
+/// whose weights were replaced gets new slices. `progress` hears the
+/// hashing (when the digest cache misses) and each slice written. The
+/// entry directory gets its `model.json` record and `used` stamp.
 pub fn ensure_slices(
     ckpt: &Checkpoint,
     plan: &Plan,
     cache_dir: &Path,
     direct: impl Fn(u64) -> bool,
+    progress: &mut dyn Progress,
 ) -> Result<Vec<PathBuf>, SliceError> {
     let (cfg_text, gen_text) = config_texts(ckpt)?;
-    let fp = fingerprint_with(ckpt, &cfg_text, gen_text.as_deref());
+    let digests = shard_digests(&ckpt.weights, Some(cache_dir), progress)?;
+    let fp = fingerprint_with(ckpt, &cfg_text, gen_text.as_deref(), &digests);
     let all: Vec<PathBuf> = (0..plan.world_size)
         .map(|rank| slice_path(cache_dir, fp, plan, rank))
         .collect();
@@ -1312,6 +1463,7 @@ pub fn ensure_slices(
         .sum();
     let direct = direct(cached);
     let mut paths = Vec::with_capacity(plan.world_size);
+    let mut wrote = false;
     for (rank, path) in all.into_iter().enumerate() {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io_err(dir, "create cache directory"))?;
@@ -1335,9 +1487,24 @@ pub fn ensure_slices(
                 fp,
                 cfg_text.clone(),
                 gen_text.clone(),
+                progress,
             )?;
+            wrote = true;
         }
         paths.push(path);
+    }
+    if let Some(entry) = paths.first().and_then(|p| p.parent()) {
+        if wrote {
+            record(ckpt, entry)?;
+        } else if !entry.join(cache::RECORD).exists() {
+            // Slices cut by an older tpi or copied in: recorded if the
+            // cache is writable; if not, they still serve.
+            let _ = record(ckpt, entry);
+        } else {
+            // A stamp that cannot be set (read-only cache) only makes the
+            // entry look older to `cache::prune`.
+            let _ = cache::touch_used(entry);
+        }
     }
     Ok(paths)
 }
@@ -2099,6 +2266,7 @@ mod tests {
     use super::*;
     use crate::load::{self, InPlace};
     use crate::plan::{split, Shape};
+    use crate::progress::Silent;
     use proptest::prelude::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -2160,6 +2328,12 @@ mod tests {
         assert!(got == want, "file contents differ");
     }
 
+    /// The fingerprint, with a throw-away digest cache.
+    fn fp_of(ckpt: &Checkpoint) -> u64 {
+        let tmp = TempDir::new("fp");
+        fingerprint(ckpt, &tmp.0, &mut Silent).unwrap()
+    }
+
     fn fixture(name: &str) -> Checkpoint {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures")
@@ -2212,7 +2386,7 @@ mod tests {
             let cfg = &ckpt.config;
             let st = &ckpt.weights;
             let hd = cfg.head_dim;
-            let fp = fingerprint(&ckpt);
+            let fp = fp_of(&ckpt);
             let whole = load::resident(cfg, st, &Part::whole(cfg)).unwrap();
             let mut inplace = InPlace::new(cfg, st).unwrap();
             for ws in 1..=cfg.n_heads {
@@ -2223,7 +2397,7 @@ mod tests {
                 let mut vocab = vec![0usize; cfg.vocab_size];
                 for rank in 0..ws {
                     let path = tmp.0.join(format!("{name}-{ws}-{rank}.slice"));
-                    write_slice(&ckpt, &plan, rank, &path).unwrap();
+                    write_slice(&ckpt, &plan, rank, &path, &mut Silent).unwrap();
                     assert!(!path.with_extension("partial").exists());
                     let sf = SliceFile::open(&path, expect_for(fp, &plan, rank)).unwrap();
                     sf.verify().unwrap();
@@ -2331,7 +2505,7 @@ mod tests {
             let cfg = &ckpt.config;
             let plan = split(&Shape::of(cfg), 1, None).unwrap();
             let path = tmp.0.join(format!("{name}.slice"));
-            write_slice(&ckpt, &plan, 0, &path).unwrap();
+            write_slice(&ckpt, &plan, 0, &path, &mut Silent).unwrap();
             let sf = SliceFile::open(&path, Expect::default()).unwrap();
             let res_s = sf.resident().unwrap();
             let mut mine = SliceResident::load(sf).unwrap();
@@ -2376,7 +2550,7 @@ mod tests {
         let ckpt = fixture("stories260K");
         let plan = split(&Shape::of(&ckpt.config), ws, None).unwrap();
         let path = tmp.0.join(format!("s-{ws}-{rank}.slice"));
-        write_slice(&ckpt, &plan, rank, &path).unwrap();
+        write_slice(&ckpt, &plan, rank, &path, &mut Silent).unwrap();
         (ckpt, plan, path)
     }
 
@@ -2390,7 +2564,7 @@ mod tests {
     fn damaged_or_foreign_files_give_named_errors() {
         let tmp = TempDir::new("errors");
         let (ckpt, plan, path) = stories_slice(&tmp, 2, 1);
-        let fp = fingerprint(&ckpt);
+        let fp = fp_of(&ckpt);
         let good = SliceFile::open(&path, expect_for(fp, &plan, 1)).unwrap();
         good.verify().unwrap();
         let bad = tmp.0.join("bad.slice");
@@ -2507,8 +2681,8 @@ mod tests {
         let tmp = TempDir::new("ensure");
         let ckpt = fixture("stories260K");
         let plan = split(&Shape::of(&ckpt.config), 3, None).unwrap();
-        let fp = fingerprint(&ckpt);
-        let paths = ensure_slices(&ckpt, &plan, &tmp.0, |_| false).unwrap();
+        let fp = fp_of(&ckpt);
+        let paths = ensure_slices(&ckpt, &plan, &tmp.0, |_| false, &mut Silent).unwrap();
         assert_eq!(paths.len(), 3);
         for (r, p) in paths.iter().enumerate() {
             assert_eq!(p, &slice_path(&tmp.0, fp, &plan, r));
@@ -2531,7 +2705,7 @@ mod tests {
         paths.iter().for_each(|p| set_old(p));
         // Valid cache: nothing rewritten.
         assert_eq!(
-            ensure_slices(&ckpt, &plan, &tmp.0, |_| true).unwrap(),
+            ensure_slices(&ckpt, &plan, &tmp.0, |_| true, &mut Silent).unwrap(),
             paths
         );
         assert!(paths.iter().all(|p| mtime(p) == old));
@@ -2549,7 +2723,7 @@ mod tests {
         f.set_modified(old).unwrap();
         drop(f);
         // (verified with O_DIRECT reads where the file system allows them)
-        ensure_slices(&ckpt, &plan, &tmp.0, |_| true).unwrap();
+        ensure_slices(&ckpt, &plan, &tmp.0, |_| true, &mut Silent).unwrap();
         assert_eq!(mtime(&paths[0]), old);
         assert_ne!(mtime(&paths[1]), old);
         assert_eq!(mtime(&paths[2]), old);
@@ -2563,7 +2737,7 @@ mod tests {
             .unwrap()
             .set_len(5000)
             .unwrap();
-        ensure_slices(&ckpt, &plan, &tmp.0, |_| false).unwrap();
+        ensure_slices(&ckpt, &plan, &tmp.0, |_| false, &mut Silent).unwrap();
         for (r, p) in paths.iter().enumerate() {
             SliceFile::open(p, expect_for(fp, &plan, r))
                 .unwrap()
@@ -2575,14 +2749,83 @@ mod tests {
     #[test]
     fn fingerprint_is_stable_and_tracks_headers() {
         let a = fixture("stories260K");
-        assert_eq!(fingerprint(&a), fingerprint(&a));
-        assert_eq!(fingerprint(&a), fingerprint(&fixture("stories260K")));
-        assert_ne!(fingerprint(&a), fingerprint(&fixture("llama-mha-f32")));
+        assert_eq!(fp_of(&a), fp_of(&a));
+        assert_eq!(fp_of(&a), fp_of(&fixture("stories260K")));
+        assert_ne!(fp_of(&a), fp_of(&fixture("llama-mha-f32")));
         // The bundled model is the same files as the stories260K fixture.
-        assert_eq!(
-            fingerprint(&Checkpoint::bundled().unwrap()),
-            fingerprint(&a)
-        );
+        assert_eq!(fp_of(&Checkpoint::bundled().unwrap()), fp_of(&a));
+    }
+
+    /// Counts the hashing jobs it hears of.
+    #[derive(Default)]
+    struct Jobs(Vec<(String, u64)>);
+
+    impl Progress for Jobs {
+        fn begin(&mut self, what: &str, total: u64) {
+            self.0.push((what.to_string(), total));
+        }
+        fn update(&mut self, _: u64) {}
+        fn end(&mut self) {}
+    }
+
+    /// A copy of a fixture whose files' mtimes are `age` in the past.
+    fn aged_copy(name: &str, dst: &Path, age: std::time::Duration) {
+        std::fs::create_dir_all(dst).unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        for f in ["config.json", "generation_config.json", "model.safetensors"] {
+            std::fs::copy(src.join(f), dst.join(f)).unwrap();
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(dst.join(f))
+                .unwrap();
+            file.set_modified(std::time::SystemTime::now() - age)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn fingerprint_covers_weight_bytes_and_caches_their_digest() {
+        let tmp = TempDir::new("fpbytes");
+        let (model, cache) = (tmp.0.join("m"), tmp.0.join("cache"));
+        aged_copy("stories260K", &model, std::time::Duration::from_secs(60));
+        let fp = |p: &mut Jobs| {
+            let ckpt = Checkpoint::open_dir(&model).unwrap();
+            fingerprint(&ckpt, &cache, p).unwrap()
+        };
+        let size = std::fs::metadata(model.join("model.safetensors"))
+            .unwrap()
+            .len();
+        let mut first = Jobs::default();
+        let a = fp(&mut first);
+        assert_eq!(first.0, vec![("hashing model weights".to_string(), size)]);
+        assert_eq!(a, fp_of(&fixture("stories260K")));
+        // Cached: the second open only stats the file.
+        let mut second = Jobs::default();
+        assert_eq!(fp(&mut second), a);
+        assert!(second.0.is_empty(), "hashed again: {:?}", second.0);
+        // One weight value changed in place, same layout: another model.
+        let ckpt = Checkpoint::open_dir(&model).unwrap();
+        let t = ckpt
+            .weights
+            .tensor("model.layers.0.mlp.up_proj.weight")
+            .unwrap();
+        let at = (t.offset + t.len / 2) as u64;
+        drop(ckpt);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(model.join("model.safetensors"))
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+        drop(f);
+        let mut third = Jobs::default();
+        let c = fp(&mut third);
+        assert_eq!(third.0.len(), 1, "the changed file was not hashed again");
+        assert_ne!(c, a, "a changed weight kept the fingerprint");
     }
 
     fn real_manifest() -> Vec<u8> {
@@ -2704,7 +2947,8 @@ mod tests {
         let cfg = &ckpt.config;
         for ws in [1, 3, 8] {
             let plan = split(&Shape::of(cfg), ws, None).unwrap();
-            let paths = ensure_slices(&ckpt, &plan, &tmp.0.join("cache"), |_| false).unwrap();
+            let paths =
+                ensure_slices(&ckpt, &plan, &tmp.0.join("cache"), |_| false, &mut Silent).unwrap();
             for (rank, path) in paths.iter().enumerate() {
                 let sf = SliceFile::open(path, Expect::default()).unwrap();
                 sf.verify().unwrap();

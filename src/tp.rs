@@ -17,7 +17,6 @@ use crate::engine::{forward, Par, State, Timing};
 use crate::engine::{generate, GenOptions, GenOutput, Rank};
 use crate::error::{Error, Result};
 use crate::plan::{split, Plan, Shape};
-use crate::progress::{Meter, Progress, Silent};
 use crate::slice::{ensure_slices, fingerprint, write_slice, Expect, SliceFile, SliceResident};
 use crate::window::{Reads, WindowOpts};
 use std::path::{Path, PathBuf};
@@ -266,9 +265,14 @@ pub fn run_hub(
     }
     let t0 = Instant::now();
     let io = setup.memory.io;
-    let paths = ensure_slices(ckpt, plan, setup.cache_dir, |bytes| {
-        io.direct_for(bytes, available_memory())
-    })?;
+    let mut progress = crate::progress::meter_unless(setup.quiet, "[tpi] rank 0");
+    let paths = ensure_slices(
+        ckpt,
+        plan,
+        setup.cache_dir,
+        |bytes| io.direct_for(bytes, available_memory()),
+        &mut *progress,
+    )?;
     test_slicing_delay();
     if !setup.quiet {
         eprintln!(
@@ -281,7 +285,7 @@ pub fn run_hub(
     // computed while slicing); joined workers get it only now (spec J4).
     let id = SessionId {
         world_size: n,
-        fingerprint: fingerprint(ckpt),
+        fingerprint: fingerprint(ckpt, setup.cache_dir, &mut *progress)?,
         plan_hash: plan.hash(),
     };
     let links = hub.join(id, paths.clone())?;
@@ -481,11 +485,12 @@ pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
     resolve("--master", w.master)?;
     // With its own copy of the model, a worker states fingerprint and plan
     // (rank 0 refuses a mismatch) and cuts its slice locally.
+    let mut progress = crate::progress::meter_unless(w.quiet, &format!("[tpi] rank {}", w.rank));
     let local = match w.model {
         Some(dir) => {
             let ckpt = Checkpoint::open_dir(dir)?;
             let plan = plan_for(&ckpt.config, w.world_size, w.split_weights)?;
-            Some((fingerprint(&ckpt), plan, ckpt))
+            Some((fingerprint(&ckpt, w.cache_dir, &mut *progress)?, plan, ckpt))
         }
         None => None,
     };
@@ -580,7 +585,9 @@ fn local_or_fetched_slice(
                 source,
             })?;
         }
-        write_slice(ckpt, plan, w.rank, &path)?;
+        let mut progress =
+            crate::progress::meter_unless(w.quiet, &format!("[tpi] rank {}", w.rank));
+        write_slice(ckpt, plan, w.rank, &path, &mut *progress)?;
         log(format!("cut slice locally from {}", ckpt.origin));
         return open_verified(&path, id, w.rank, w.memory.io);
     }
@@ -588,11 +595,9 @@ fn local_or_fetched_slice(
         log(format!("cached slice rejected ({why}); fetching again"));
         let _ = std::fs::remove_file(&path);
     }
-    let mut meter = Meter::stderr(&format!("[tpi] rank {}", w.rank));
-    let mut silent = Silent;
-    let progress: &mut dyn Progress = if w.quiet { &mut silent } else { &mut meter };
+    let mut progress = crate::progress::meter_unless(w.quiet, &format!("[tpi] rank {}", w.rank));
     let t0 = Instant::now();
-    let mut got = fetch_slice(link, &path, progress)?;
+    let mut got = fetch_slice(link, &path, &mut *progress)?;
     let s = match open_verified(&path, id, w.rank, w.memory.io) {
         Ok(s) => s,
         Err(e) => {
@@ -601,7 +606,7 @@ fn local_or_fetched_slice(
                 "fetched slice failed verification ({e}); fetching from scratch"
             ));
             let _ = std::fs::remove_file(&path);
-            got = fetch_slice(link, &path, progress)?;
+            got = fetch_slice(link, &path, &mut *progress)?;
             open_verified(&path, id, w.rank, w.memory.io)?
         }
     };

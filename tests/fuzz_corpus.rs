@@ -749,7 +749,7 @@ mod seeds {
                 "tpi-fuzz-seed-{}-{fx}-{world}-{rank}.slice",
                 std::process::id()
             ));
-            write_slice(&ckpt, &plan, rank, &path).unwrap();
+            write_slice(&ckpt, &plan, rank, &path, &mut tpi::progress::Silent).unwrap();
             let file = std::fs::read(&path).unwrap();
             std::fs::remove_file(&path).unwrap();
             let n = u64::from_le_bytes(file[16..24].try_into().unwrap()) as usize;

@@ -7,5 +7,6 @@ mod fuzz_corpus;
 mod join;
 mod limits;
 mod oracle;
+mod slice_cache;
 mod tp;
 mod window;

@@ -109,7 +109,7 @@ fn windowed_weights_match_the_oracle_at_world_sizes_1_and_2() {
 
 /// Writes a random f32 Llama of `layers` layers (dim 512, MLP 2048) and
 /// `vocab` tokens: 16.8 MB per layer, 2 KiB per vocab row.
-fn deep_model(dir: &Path, layers: usize, vocab: usize) {
+pub fn deep_model(dir: &Path, layers: usize, vocab: usize) {
     let (dim, hidden) = (512usize, 2048usize);
     std::fs::create_dir_all(dir).unwrap();
     let config = serde_json::json!({
