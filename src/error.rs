@@ -31,6 +31,11 @@ pub enum Error {
         what: String,
         bytes: u64,
     },
+    /// Listing or pruning the slice cache in `dir`.
+    Cache {
+        dir: String,
+        source: crate::cache::CacheError,
+    },
     /// An I/O error on a named file.
     Io {
         path: String,
@@ -67,6 +72,7 @@ impl fmt::Display for Error {
                 crate::progress::human_bytes(*bytes as f64)
             ),
             Error::Io { path, source } => write!(f, "{path}: {source}"),
+            Error::Cache { dir, source } => write!(f, "slice cache {dir}: {source}"),
         }
     }
 }
@@ -86,6 +92,7 @@ impl std::error::Error for Error {
             Error::SafeTensors(e) => Some(e),
             Error::Tokenizer(e) => Some(e),
             Error::Io { source, .. } => Some(source),
+            Error::Cache { source, .. } => Some(source),
             Error::Net(e) => Some(e),
             _ => None,
         }

@@ -511,6 +511,11 @@ pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
             return Err(e);
         }
     };
+    if let Some(entry) = slice.path().parent() {
+        // For `tpi-run cache prune`: this entry is in use (a read-only
+        // cache is no reason to stop).
+        let _ = crate::cache::touch_used(entry);
+    }
     worker_ready(&mut link, w.net.peer_timeout)?;
     let opened = slice
         .resident()

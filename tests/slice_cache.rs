@@ -232,3 +232,79 @@ fn first_run_peak_memory_stays_near_the_cached_run() {
          (the {model_bytes}-byte model stayed resident?)"
     );
 }
+
+/// `tpi-run cache list|prune ARGS --cache-dir DIR --json`: one object per line.
+fn cache_cmd(cache: &Path, args: &[&str]) -> Vec<Value> {
+    let out = tpi_run()
+        .arg("cache")
+        .args(args)
+        .arg("--cache-dir")
+        .arg(cache)
+        .arg("--json")
+        .output()
+        .expect("spawn tpi-run cache");
+    assert!(
+        out.status.success(),
+        "tpi-run cache {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+#[test]
+fn cache_command_lists_entries_and_prunes_those_of_gone_models() {
+    let tmp = TempDir::new("cache-cmd");
+    let (keep, gone, cache) = (
+        tmp.path().join("keep"),
+        tmp.path().join("gone"),
+        tmp.path().join("cache"),
+    );
+    aged_copy(MODEL, &keep);
+    aged_copy(MODEL, &gone);
+    reverse_rows(&gone, "model.layers.0.mlp.up_proj.weight");
+    for m in [&keep, &gone] {
+        run(m, &cache, &["--memory-window", "2"]);
+    }
+    let listed = cache_cmd(&cache, &["list"]);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed
+        .iter()
+        .all(|e| e["model_status"] == "same" && e["bytes"].as_u64() > Some(0)));
+    std::fs::remove_dir_all(&gone).expect("remove model");
+    let status = |v: &[Value], m: &Path| {
+        v.iter()
+            .find(|e| e["model"].as_str() == Some(&m.display().to_string()))
+            .map(|e| e["model_status"].as_str().unwrap_or("").to_string())
+    };
+    let listed = cache_cmd(&cache, &["list"]);
+    assert_eq!(
+        status(&listed, &gone).as_deref(),
+        Some("gone"),
+        "{listed:?}"
+    );
+    assert_eq!(
+        status(&listed, &keep).as_deref(),
+        Some("same"),
+        "{listed:?}"
+    );
+    // Prune removes exactly the gone model's entry; a size cap of 0 then
+    // evicts the rest.
+    let removed = cache_cmd(&cache, &["prune"]);
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert_eq!(status(&removed, &gone).as_deref(), Some("gone"));
+    assert_eq!(entries(&cache).len(), 1);
+    let removed = cache_cmd(&cache, &["prune", "--max-size", "0"]);
+    assert_eq!(
+        status(&removed, &keep).as_deref(),
+        Some("same"),
+        "{removed:?}"
+    );
+    assert!(entries(&cache).is_empty());
+    // Foreign files in the cache directory are never touched.
+    std::fs::write(cache.join("notes.txt"), "mine").expect("write");
+    assert!(cache_cmd(&cache, &["prune", "--max-size", "0"]).is_empty());
+    assert!(cache.join("notes.txt").exists());
+}
