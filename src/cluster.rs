@@ -639,7 +639,7 @@ const AUTH_HUB: &str = "tpi-auth-hub";
 pub use crate::net::MAX_PENDING;
 
 /// Rank 0 sends a Heartbeat to a waiting worker at least this often (spec J4).
-const HEARTBEAT: Duration = Duration::from_secs(1);
+use crate::net::HEARTBEAT;
 /// How often a waiting join thread looks at the session and its socket.
 const SESSION_POLL: Duration = Duration::from_millis(50);
 /// How often the accepting thread looks for a new connection.

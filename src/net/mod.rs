@@ -132,8 +132,26 @@
 //!   the slice's size is the end of its last block. It never requests past
 //!   that size, and refuses a FileChunk message longer than it asked for.
 
+use std::time::Duration;
+
+// Limits of the spec, each with its rule. `frame` and `msg` both read them
+// from here, so neither imports the other for a number (`msg` is a leaf,
+// `frame` uses its error and `Reject`); they re-export the ones they
+// enforce under their old paths.
+
+/// Largest payload of one frame (spec F6): 64 KiB, a multiple of 4 so f32
+/// chunks never split an element.
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+/// Largest message, the sum of all chunks' payloads (spec F8).
+pub const MAX_MESSAGE: u64 = u16::MAX as u64 * MAX_PAYLOAD as u64;
+/// Largest `Reject`/`Error` reason in bytes (spec M2).
+pub const MAX_REASON: usize = 1024;
+/// Most token ids in one `Step` (spec M3).
+pub const MAX_STEP_IDS: usize = 4096;
 /// Most connections rank 0 holds that have not joined yet (spec J2).
 pub const MAX_PENDING: usize = 64;
+/// Rank 0 sends a Heartbeat to a waiting worker at least this often (spec J4).
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 pub mod checksum;
 pub mod frame;
