@@ -1,11 +1,11 @@
 //! The `tpi-run` command line.
 
 use crate::checkpoint::Checkpoint;
-use crate::cluster::{NetOpts, Secret};
 use crate::engine::{check_context, generate, peak_rss_bytes, GenOptions, OnText, Rank};
 use crate::error::{Error, Result};
 use crate::load::{layer_matrix_shapes, layer_name, lm_head_name, resident, InPlace};
 use crate::model::{Part, Solo};
+use crate::net::{NetOpts, Secret};
 use crate::par::Par;
 use crate::sampler::SamplerConfig;
 use crate::slice::{ensure_slices, Expect, SliceFile};

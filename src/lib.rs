@@ -10,7 +10,6 @@
 pub mod bundled;
 pub mod checkpoint;
 pub mod cli;
-pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -8,14 +8,14 @@
 //! binary on loopback, sharing its cache directory.
 
 use crate::checkpoint::Checkpoint;
-use crate::cluster::{
-    fetch_slice, resolve, slice_path, worker_join, worker_ready, Command, HubComm, HubListener,
-    Link, NetOpts, Secret, SessionId, WorkerComm,
-};
 use crate::config::Config;
 use crate::engine::{generate, GenOptions, GenOutput, Rank};
 use crate::error::{Error, Result};
 use crate::model::{forward, State, Timing};
+use crate::net::{
+    fetch_slice, resolve, slice_path, worker_join, worker_ready, Command, HubComm, HubListener,
+    Link, NetOpts, Secret, SessionId, WorkerComm,
+};
 use crate::par::Par;
 use crate::plan::{split, Plan, Shape};
 use crate::progress::{Meter, Progress, Silent};
