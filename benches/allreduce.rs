@@ -28,11 +28,11 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tpi::cluster::{
-    worker_join, worker_ready, Command, HubComm, HubListener, NetOpts, SessionId, WorkerComm,
-};
 use tpi::engine::{Collective, Op};
 use tpi::net::frame::{recv_f32s_into, send_f32s, Header, Kind, FLAG_STOP, MAX_PAYLOAD};
+use tpi::net::{
+    worker_join, worker_ready, Command, HubComm, HubListener, NetOpts, SessionId, WorkerComm,
+};
 
 const PAYLOADS_KIB: [usize; 5] = [1, 4, 8, 16, 64];
 const RANKS: [usize; 3] = [2, 4, 8];

@@ -1,11 +1,11 @@
 //! The `tpi-run` command line.
 
 use crate::checkpoint::Checkpoint;
-use crate::cluster::{NetOpts, Secret};
 use crate::engine::{check_context, generate, peak_rss_bytes, GenOptions, OnText, Rank};
 use crate::engine::{Par, SamplerConfig, Solo};
 use crate::error::{Error, Result};
 use crate::load::{layer_matrix_shapes, layer_name, lm_head_name, resident, InPlace};
+use crate::net::{NetOpts, Secret};
 use crate::slice::{ensure_slices, Expect, SliceFile};
 use crate::tp::{
     available_memory, choose_window, default_cache_dir, open_weights, plan_for, run_hub,

@@ -9,7 +9,7 @@ pub enum Error {
     Config(crate::config::ConfigError),
     SafeTensors(crate::safetensors::SafeTensorsError),
     Tokenizer(crate::tokenizer::TokenizerError),
-    Net(crate::cluster::NetError),
+    Net(crate::net::NetError),
     /// A model whose tensors do not fit its config, or a step out of range.
     Model(String),
     /// Bad command-line usage.
@@ -117,8 +117,8 @@ impl From<crate::tokenizer::TokenizerError> for Error {
     }
 }
 
-impl From<crate::cluster::NetError> for Error {
-    fn from(e: crate::cluster::NetError) -> Self {
+impl From<crate::net::NetError> for Error {
+    fn from(e: crate::net::NetError) -> Self {
         Error::Net(e)
     }
 }

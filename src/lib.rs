@@ -11,7 +11,6 @@ pub mod bundled;
 pub mod cache;
 pub mod checkpoint;
 pub mod cli;
-pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod error;

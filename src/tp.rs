@@ -8,14 +8,14 @@
 //! binary on loopback, sharing its cache directory.
 
 use crate::checkpoint::Checkpoint;
-use crate::cluster::{
-    fetch_slice, resolve, slice_path, worker_join, worker_ready, Command, HubComm, HubListener,
-    Link, NetOpts, Secret, SessionId, WorkerComm,
-};
 use crate::config::Config;
 use crate::engine::{forward, Par, State, Timing};
 use crate::engine::{generate, GenOptions, GenOutput, Rank};
 use crate::error::{Error, Result};
+use crate::net::{
+    fetch_slice, resolve, slice_path, worker_join, worker_ready, Command, HubComm, HubListener,
+    Link, NetOpts, Secret, SessionId, WorkerComm,
+};
 use crate::plan::{split, Plan, Shape};
 use crate::slice::{ensure_slices, fingerprint, write_slice, Expect, SliceFile, SliceResident};
 use crate::window::{Reads, WindowOpts};

@@ -359,8 +359,8 @@ const FAKE_REASON: &str = "forward: layer 3 block checksum mismatch (fake worker
 
 /// Rank 1 of a world of 2 on `port`, as [`Fake`] says, on a thread.
 fn fake_worker(port: u16, fake: Fake) -> std::thread::JoinHandle<()> {
-    use tpi::cluster::{worker_join, worker_ready, Command, NetOpts, WorkerComm};
     use tpi::engine::{Collective, Op};
+    use tpi::net::{worker_join, worker_ready, Command, NetOpts, WorkerComm};
     let cfg: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixture_dir("stories260K").join("config.json")).expect("config"),
     )

@@ -35,7 +35,7 @@ impl std::fmt::Display for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Op::Attention => "attention",
-            Op::Mlp => "MLP",
+            Op::Mlp => "mlp",
         })
     }
 }

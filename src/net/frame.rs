@@ -14,11 +14,8 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"TPI1");
 pub const PROTOCOL_VERSION: u16 = 1;
 /// Header size in bytes.
 pub const HEADER_LEN: usize = 40;
-/// Largest payload of one frame (64 KiB; a multiple of 4 so f32 chunks never
-/// split an element).
-pub const MAX_PAYLOAD: usize = 64 * 1024;
-/// Largest message (sum of all chunks' payloads).
-pub const MAX_MESSAGE: u64 = u16::MAX as u64 * MAX_PAYLOAD as u64;
+/// The frame limits (spec F6, F8), defined with the spec.
+pub use super::{MAX_MESSAGE, MAX_PAYLOAD};
 /// Flag bit 0: the sender stops after this step.
 pub const FLAG_STOP: u8 = 1;
 /// All defined flag bits; others must be 0 (spec F4).

@@ -1,6 +1,22 @@
-//! Wire protocol between ranks: frame codec and typed payloads. Socket
-//! agnostic: everything encodes into byte slices / `io::Write` and decodes
-//! from byte slices / `io::Read`.
+//! Ranks over TCP: the wire protocol (the spec below, with every limit it
+//! owns as a constant at the end of this file) and the code that speaks it,
+//! one file per concept, lowest layer first:
+//!
+//! | file | holds |
+//! |---|---|
+//! | [`checksum`] | `checksum32`/`checksum64` (XXH64) |
+//! | [`msg`] | typed payloads (M1-M6), decoded through a bounded cursor; a leaf |
+//! | [`frame`] | the 40-byte header and chunked messages (F1-F10); socket agnostic: byte slices, `io::Read`/`io::Write` |
+//! | `error` | [`NetError`]: what failed, naming the peer, its rank and the step |
+//! | `link` | [`Link`]: one TCP connection (socket options, spinning reads, deadlines, byte counts); [`NetOpts`] |
+//! | `auth` | the pre-shared key ([`Secret`]), nonces, HMAC tags (M6) |
+//! | `join` | both sides of joining (J1-J7): `join/hub.rs` ([`HubListener`]), `join/worker.rs` ([`worker_join`]); [`SessionId`] |
+//! | `transfer` | slice files from rank 0 to a worker (M4, J7): [`fetch_slice`], `serve_files`, [`worker_ready`] |
+//! | `allreduce` | both sides of the star allreduce and logits gather: [`HubComm`], [`WorkerComm`] |
+//!
+//! A session's data flows join -> transfer -> allreduce over one [`Link`]
+//! per worker; every file above `frame` reaches the socket only through
+//! that link. The public API is re-exported here.
 //!
 //! # Spec (protocol version 1)
 //!
@@ -132,12 +148,44 @@
 //!   the slice's size is the end of its last block. It never requests past
 //!   that size, and refuses a FileChunk message longer than it asked for.
 
+use std::time::Duration;
+
+// Limits of the spec, each with its rule. `frame` and `msg` both read them
+// from here, so neither imports the other for a number (`msg` is a leaf,
+// `frame` uses its error and `Reject`); they re-export the ones they
+// enforce under their old paths.
+
+/// Largest payload of one frame (spec F6): 64 KiB, a multiple of 4 so f32
+/// chunks never split an element.
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+/// Largest message, the sum of all chunks' payloads (spec F8).
+pub const MAX_MESSAGE: u64 = u16::MAX as u64 * MAX_PAYLOAD as u64;
+/// Largest `Reject`/`Error` reason in bytes (spec M2).
+pub const MAX_REASON: usize = 1024;
+/// Most token ids in one `Step` (spec M3).
+pub const MAX_STEP_IDS: usize = 4096;
 /// Most connections rank 0 holds that have not joined yet (spec J2).
 pub const MAX_PENDING: usize = 64;
+/// Rank 0 sends a Heartbeat to a waiting worker at least this often (spec J4).
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 pub mod checksum;
 pub mod frame;
 pub mod msg;
+
+mod allreduce;
+mod auth;
+mod error;
+mod join;
+mod link;
+mod transfer;
+
+pub use allreduce::{Command, HubComm, WorkerComm};
+pub use auth::Secret;
+pub use error::NetError;
+pub use join::{resolve, slice_path, worker_join, HubListener, SessionId};
+pub use link::{Link, NetOpts};
+pub use transfer::{fetch_slice, worker_ready};
 
 #[cfg(test)]
 mod tests;

@@ -5,12 +5,10 @@
 
 use std::fmt;
 
-use super::frame::{MAX_MESSAGE, MAX_PAYLOAD};
+use super::{MAX_MESSAGE, MAX_PAYLOAD};
 
-/// Largest `Reject`/`Error` reason in bytes (spec M2).
-pub const MAX_REASON: usize = 1024;
-/// Most token ids in one `Step` (spec M3).
-pub const MAX_STEP_IDS: usize = 4096;
+/// The payload limits (spec M2, M3), defined with the spec.
+pub use super::{MAX_REASON, MAX_STEP_IDS};
 /// Step flag bit 0: the hub wants logits after this step.
 pub const STEP_WANT_LOGITS: u32 = 1;
 /// Step flag bit 1: this step is (part of) the prompt prefill.
