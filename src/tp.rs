@@ -273,7 +273,6 @@ pub fn run_hub(
         |bytes| io.direct_for(bytes, available_memory()),
         &mut *progress,
     )?;
-    test_slicing_delay();
     if !setup.quiet {
         eprintln!(
             "[tpi] rank 0: {n} slices ready in {} ({:.0} ms)",
@@ -333,18 +332,6 @@ pub fn run_hub(
             comm.abort(&format!("rank 0 failed: {e}"));
             Err(e)
         }
-    }
-}
-
-/// Test hook: `TPI_TEST_SLICING_DELAY_MS` makes rank 0's slicing that much
-/// longer (at most a minute), so tests can start workers before a slow
-/// rank 0 without a model of gigabytes.
-fn test_slicing_delay() {
-    let ms = std::env::var("TPI_TEST_SLICING_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(ms) = ms {
-        std::thread::sleep(Duration::from_millis(ms.min(60_000)));
     }
 }
 
