@@ -37,7 +37,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::net::checksum::{checksum64, Hasher64};
+use crate::codec::checksum::{checksum64, Hasher64};
 use crate::safetensors::FileId;
 
 /// The digest cache file, in the cache directory.

@@ -11,6 +11,7 @@ pub mod bundled;
 pub mod cache;
 pub mod checkpoint;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -26,7 +26,7 @@
 use std::fmt;
 use std::ops::Range;
 
-use crate::net::checksum::checksum64;
+use crate::codec::checksum::checksum64;
 
 /// Model dimensions the plan depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -376,7 +376,7 @@ mod seeds {
             let mut b = good;
             b[at] = byte;
             if fix {
-                let hc = tpi::net::checksum::checksum32(&b[..36]);
+                let hc = tpi::codec::checksum::checksum32(&b[..36]);
                 b[36..40].copy_from_slice(&hc.to_le_bytes());
             }
             v.push((T, format!("err-{name}"), b.to_vec()));

@@ -12,7 +12,7 @@
 // does not re-encode byte-identically, or breaks an invariant the decoder
 // promises).
 
-use tpi::net::checksum::checksum32;
+use tpi::codec::checksum::checksum32;
 use tpi::net::frame::{self, Header, Kind, HEADER_LEN, MAX_PAYLOAD};
 use tpi::net::msg::{self, FileRequest, Hello, Reject, Step};
 

@@ -58,7 +58,7 @@ pub(super) fn nonce() -> [u8; 32] {
     );
     let mut out = [0u8; 32];
     for (i, c) in out.chunks_mut(8).enumerate() {
-        let h = crate::net::checksum::checksum64(format!("{seed}-{i}").as_bytes());
+        let h = crate::codec::checksum::checksum64(format!("{seed}-{i}").as_bytes());
         c.copy_from_slice(&h.to_le_bytes());
     }
     out

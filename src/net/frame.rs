@@ -5,7 +5,7 @@
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 
-use super::checksum::checksum32;
+use crate::codec::checksum::checksum32;
 use super::msg::MsgError;
 
 /// `b"TPI1"` read as a little-endian u32.

@@ -4,7 +4,7 @@
 //!
 //! | file | holds |
 //! |---|---|
-//! | [`checksum`] | `checksum32`/`checksum64` (XXH64) |
+//! | [`crate::codec::checksum`] | `checksum32`/`checksum64` (XXH64), shared with slice files |
 //! | [`msg`] | typed payloads (M1-M6), decoded through a bounded cursor; a leaf |
 //! | [`frame`] | the 40-byte header and chunked messages (F1-F10); socket agnostic: byte slices, `io::Read`/`io::Write` |
 //! | `error` | [`NetError`]: what failed, naming the peer, its rank and the step |
@@ -42,7 +42,7 @@
 //! | total_len        |     32 |     4 | sum of payload_len over all chunks of the message              |
 //! | header_checksum  |     36 |     4 | `checksum32(header[0..36])`                                    |
 //!
-//! `checksum32` is XXH64 (seed 0) folded to 32 bits, see [`checksum`].
+//! `checksum32` is XXH64 (seed 0) folded to 32 bits, see [`crate::codec::checksum`].
 //!
 //! ## Validation, in this order (a failure is a [`frame::FrameError`])
 //!
@@ -169,7 +169,6 @@ pub const MAX_PENDING: usize = 64;
 /// Rank 0 sends a Heartbeat to a waiting worker at least this often (spec J4).
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
-pub mod checksum;
 pub mod frame;
 pub mod msg;
 

@@ -3,9 +3,10 @@
 //! little-endian, counts are checked against constant maxima before any
 //! allocation, and trailing bytes are an error.
 
-use std::fmt;
-
 use super::{MAX_MESSAGE, MAX_PAYLOAD};
+/// Payload errors are the codec's (the same bounded reader decodes slice
+/// manifests).
+pub use crate::codec::cursor::{Cursor, DecodeError as MsgError};
 
 /// The payload limits (spec M2, M3), defined with the spec.
 pub use super::{MAX_REASON, MAX_STEP_IDS};
@@ -19,127 +20,6 @@ pub const STEP_KNOWN_FLAGS: u32 = STEP_WANT_LOGITS | STEP_PREFILL;
 pub const HELLO_LEN: usize = 2 + 2 + 2 + 8 + 8 + 32;
 /// Encoded size of [`FileRequest`] (spec M4).
 pub const FILE_REQUEST_LEN: usize = 16;
-
-/// Payload decode/encode errors, naming the field and values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MsgError {
-    /// Fewer bytes left than the field needs.
-    Truncated {
-        field: &'static str,
-        need: usize,
-        have: usize,
-    },
-    /// Bytes left after the last field.
-    Trailing { extra: usize },
-    /// A count or length above its constant maximum.
-    TooLong {
-        field: &'static str,
-        len: u64,
-        max: u64,
-    },
-    /// Reason text is not UTF-8.
-    NotUtf8 { field: &'static str },
-    /// Undefined flag bits set.
-    UnknownFlags {
-        field: &'static str,
-        flags: u32,
-        known: u32,
-    },
-    /// A field value outside its allowed range.
-    Invalid {
-        field: &'static str,
-        value: u64,
-        why: &'static str,
-    },
-}
-
-impl fmt::Display for MsgError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MsgError::Truncated { field, need, have } => {
-                write!(f, "message: {field} needs {need} bytes, {have} left")
-            }
-            MsgError::Trailing { extra } => write!(f, "message: {extra} trailing bytes"),
-            MsgError::TooLong { field, len, max } => {
-                write!(f, "message: {field} is {len}, maximum {max}")
-            }
-            MsgError::NotUtf8 { field } => write!(f, "message: {field} is not valid UTF-8"),
-            MsgError::UnknownFlags {
-                field,
-                flags,
-                known,
-            } => {
-                write!(f, "message: {field} {flags:#x} has bits outside {known:#x}")
-            }
-            MsgError::Invalid { field, value, why } => {
-                write!(f, "message: {field} = {value}: {why}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for MsgError {}
-
-/// Bounded little-endian reader over a payload.
-#[derive(Debug)]
-pub struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    pub fn new(buf: &'a [u8]) -> Self {
-        Cursor { buf, pos: 0 }
-    }
-
-    /// Bytes not yet consumed.
-    pub fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
-    }
-
-    /// The next `n` bytes, or `Truncated` naming `field`.
-    pub fn bytes(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], MsgError> {
-        let have = self.remaining();
-        if n > have {
-            return Err(MsgError::Truncated {
-                field,
-                need: n,
-                have,
-            });
-        }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
-    }
-
-    /// The next `N` bytes as an array.
-    pub fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], MsgError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.bytes(N, field)?);
-        Ok(a)
-    }
-
-    pub fn u8(&mut self, field: &'static str) -> Result<u8, MsgError> {
-        Ok(self.array::<1>(field)?[0])
-    }
-    pub fn u16(&mut self, field: &'static str) -> Result<u16, MsgError> {
-        Ok(u16::from_le_bytes(self.array(field)?))
-    }
-    pub fn u32(&mut self, field: &'static str) -> Result<u32, MsgError> {
-        Ok(u32::from_le_bytes(self.array(field)?))
-    }
-    pub fn u64(&mut self, field: &'static str) -> Result<u64, MsgError> {
-        Ok(u64::from_le_bytes(self.array(field)?))
-    }
-
-    /// Succeeds only if every byte was consumed.
-    pub fn finish(self) -> Result<(), MsgError> {
-        match self.remaining() {
-            0 => Ok(()),
-            extra => Err(MsgError::Trailing { extra }),
-        }
-    }
-}
 
 /// Handshake: worker -> hub (`Hello`), hub -> worker (`HelloAck`, same
 /// layout, nonce echoed). Spec M1.

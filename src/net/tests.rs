@@ -4,7 +4,7 @@ use std::io::{self, Read};
 
 use proptest::prelude::*;
 
-use super::checksum::checksum32;
+use crate::codec::checksum::checksum32;
 use super::frame::*;
 use super::msg::*;
 

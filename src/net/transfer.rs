@@ -201,7 +201,7 @@ fn fetch_head(link: &mut Link) -> crate::Result<(Vec<u8>, u64)> {
         at += want;
     }
     let manifest = head.get(PREAMBLE_LEN..).unwrap_or_default();
-    let computed = crate::net::checksum::checksum64(manifest);
+    let computed = crate::codec::checksum::checksum64(manifest);
     if computed != stored {
         let e = SliceError::ManifestChecksum {
             path: what(),
