@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use tpi::safetensors::{Dtype, StreamWriter};
+use tpi::model::safetensors::{Dtype, StreamWriter};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum DtypeArg {

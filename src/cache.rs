@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::codec::checksum::{checksum64, Hasher64};
-use crate::safetensors::FileId;
+use crate::model::safetensors::FileId;
 
 /// The digest cache file, in the cache directory.
 pub const DIGESTS: &str = "digests";

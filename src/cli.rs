@@ -1,10 +1,11 @@
 //! The `tpi-run` command line.
 
-use crate::checkpoint::Checkpoint;
 use crate::engine::{check_context, generate, peak_rss_bytes, GenOptions, OnText, Rank};
 use crate::engine::{Par, SamplerConfig, Solo};
 use crate::error::{Error, Result};
-use crate::load::{layer_matrix_shapes, layer_name, lm_head_name, resident, InPlace};
+use crate::load::{resident, InPlace};
+use crate::model::checkpoint::Checkpoint;
+use crate::model::names::{layer_matrix_shapes, layer_name, lm_head_name, EMBED};
 use crate::net::{NetOpts, Secret};
 use crate::slice::{ensure_slices, Expect, SliceFile};
 use crate::tp::{
@@ -722,7 +723,7 @@ fn write_logits(file: std::fs::File, path: &Path, logits: &[f32]) -> Result<()> 
 /// `--dry-run`: the model and its split plan, as a table or one JSON object.
 fn print_dry_run(ckpt: &Checkpoint, plan: &crate::plan::Plan, json: bool) -> Result<()> {
     let cfg = &ckpt.config;
-    let dtype = ckpt.weights.tensor("model.embed_tokens.weight")?.dtype;
+    let dtype = ckpt.weights.tensor(EMBED)?.dtype;
     let mut out = std::io::stdout().lock();
     let text = if json {
         let bytes = plan.bytes_per_rank(dtype.size());

@@ -6,9 +6,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug)]
 pub enum Error {
-    Config(crate::config::ConfigError),
-    SafeTensors(crate::safetensors::SafeTensorsError),
-    Tokenizer(crate::tokenizer::TokenizerError),
+    Config(crate::model::config::ConfigError),
+    SafeTensors(crate::model::safetensors::SafeTensorsError),
+    Tokenizer(crate::model::tokenizer::TokenizerError),
     Net(crate::net::NetError),
     /// A model whose tensors do not fit its config, or a step out of range.
     Model(String),
@@ -99,20 +99,20 @@ impl std::error::Error for Error {
     }
 }
 
-impl From<crate::config::ConfigError> for Error {
-    fn from(e: crate::config::ConfigError) -> Self {
+impl From<crate::model::config::ConfigError> for Error {
+    fn from(e: crate::model::config::ConfigError) -> Self {
         Error::Config(e)
     }
 }
 
-impl From<crate::safetensors::SafeTensorsError> for Error {
-    fn from(e: crate::safetensors::SafeTensorsError) -> Self {
+impl From<crate::model::safetensors::SafeTensorsError> for Error {
+    fn from(e: crate::model::safetensors::SafeTensorsError) -> Self {
         Error::SafeTensors(e)
     }
 }
 
-impl From<crate::tokenizer::TokenizerError> for Error {
-    fn from(e: crate::tokenizer::TokenizerError) -> Self {
+impl From<crate::model::tokenizer::TokenizerError> for Error {
+    fn from(e: crate::model::tokenizer::TokenizerError) -> Self {
         Error::Tokenizer(e)
     }
 }

@@ -7,21 +7,17 @@
 //! between ranks.
 #![deny(unsafe_code)]
 
-pub mod bundled;
 pub mod cache;
-pub mod checkpoint;
 pub mod cli;
 pub mod codec;
-pub mod config;
 pub mod engine;
 pub mod error;
 pub mod load;
+pub mod model;
 pub mod net;
 pub mod plan;
 pub mod progress;
-pub mod safetensors;
 pub mod slice;
-pub mod tokenizer;
 pub mod tp;
 pub mod weights;
 pub mod window;

@@ -1,37 +1,10 @@
 //! A whole model read in place from safetensors (one rank, all resident).
 
-use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::safetensors::{Dtype, SafeTensors, TensorInfo};
+use crate::model::config::Config;
+use crate::model::names::{self, layer_matrix_shapes, layer_name, lm_head_name};
+use crate::model::safetensors::{Dtype, SafeTensors, TensorInfo};
 use crate::weights::{Dims, Head, LayerMats, LayerSource, LayerVecs, Mat, Part, Resident};
-
-/// HF tensor names of layer `l`.
-pub fn layer_name(l: usize, leaf: &str) -> String {
-    format!("model.layers.{l}.{leaf}")
-}
-
-/// The matrices of a layer: (leaf name, rows, cols).
-pub fn layer_matrix_shapes(cfg: &Config) -> [(&'static str, usize, usize); 7] {
-    let (d, hd) = (cfg.dim, cfg.head_dim);
-    [
-        ("self_attn.q_proj.weight", cfg.n_heads * hd, d),
-        ("self_attn.k_proj.weight", cfg.n_kv_heads * hd, d),
-        ("self_attn.v_proj.weight", cfg.n_kv_heads * hd, d),
-        ("self_attn.o_proj.weight", d, cfg.n_heads * hd),
-        ("mlp.gate_proj.weight", cfg.hidden_dim, d),
-        ("mlp.up_proj.weight", cfg.hidden_dim, d),
-        ("mlp.down_proj.weight", d, cfg.hidden_dim),
-    ]
-}
-
-/// Name of the output projection: `lm_head.weight`, or the embedding when tied.
-pub fn lm_head_name(cfg: &Config, st: &SafeTensors) -> &'static str {
-    if cfg.tie_embeddings || st.get("lm_head.weight").is_none() {
-        "model.embed_tokens.weight"
-    } else {
-        "lm_head.weight"
-    }
-}
 
 /// A 1-D tensor of `len` values widened to f32.
 pub fn vector_f32(st: &SafeTensors, name: &str, len: usize) -> Result<Vec<f32>> {
@@ -70,21 +43,17 @@ pub fn resident(cfg: &Config, st: &SafeTensors, part: &Part) -> Result<Resident>
             Ok(Some(all[r.start * hd..r.end * hd].to_vec()))
         };
         layers.push(LayerVecs {
-            attn_norm: vector_f32(st, &layer_name(l, "input_layernorm.weight"), cfg.dim)?,
-            ffn_norm: vector_f32(
-                st,
-                &layer_name(l, "post_attention_layernorm.weight"),
-                cfg.dim,
-            )?,
-            q_bias: bias("self_attn.q_proj.bias", cfg.n_heads, &part.heads)?,
-            k_bias: bias("self_attn.k_proj.bias", cfg.n_kv_heads, &part.kv_heads)?,
-            v_bias: bias("self_attn.v_proj.bias", cfg.n_kv_heads, &part.kv_heads)?,
+            attn_norm: vector_f32(st, &layer_name(l, names::ATTN_NORM), cfg.dim)?,
+            ffn_norm: vector_f32(st, &layer_name(l, names::FFN_NORM), cfg.dim)?,
+            q_bias: bias(names::Q_BIAS, cfg.n_heads, &part.heads)?,
+            k_bias: bias(names::K_BIAS, cfg.n_kv_heads, &part.kv_heads)?,
+            v_bias: bias(names::V_BIAS, cfg.n_kv_heads, &part.kv_heads)?,
         });
     }
     Ok(Resident {
         dims: Dims::new(cfg, part),
         layers,
-        final_norm: vector_f32(st, "model.norm.weight", cfg.dim)?,
+        final_norm: vector_f32(st, names::FINAL_NORM, cfg.dim)?,
         inv_freq: cfg.rope_inv_freq(),
     })
 }
@@ -130,7 +99,7 @@ impl<'a> InPlace<'a> {
             layers.push(mats);
         }
         let embed = st
-            .tensor_shaped("model.embed_tokens.weight", &[cfg.vocab_size, cfg.dim])?
+            .tensor_shaped(names::EMBED, &[cfg.vocab_size, cfg.dim])?
             .clone();
         check_aligned(st, &embed)?;
         let lm_head = st

@@ -44,7 +44,7 @@ pub struct Shape {
 
 impl Shape {
     /// The plan's view of a resolved model config.
-    pub fn of(cfg: &crate::config::Config) -> Shape {
+    pub fn of(cfg: &crate::model::config::Config) -> Shape {
         Shape {
             dim: cfg.dim,
             hidden_dim: cfg.hidden_dim,

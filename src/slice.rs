@@ -50,16 +50,17 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::bundled;
 use crate::cache::{self, CacheError, FileStamp};
-use crate::checkpoint::Checkpoint;
-use crate::config::Config;
-use crate::load::{layer_name, lm_head_name, vector_f32, widen};
 use crate::codec::checksum::{checksum64, le64, Hasher64};
 use crate::codec::cursor::Cursor;
+use crate::load::{vector_f32, widen};
+use crate::model::bundled;
+use crate::model::checkpoint::Checkpoint;
+use crate::model::config::Config;
+use crate::model::names::{self, layer_name, lm_head_name};
+use crate::model::safetensors::{Dtype, SafeTensors, TensorInfo};
 use crate::plan::{Plan, PlanError, Shape};
 use crate::progress::Progress;
-use crate::safetensors::{Dtype, SafeTensors, TensorInfo};
 use crate::weights::{Dims, Head, LayerMats, LayerSource, LayerVecs, Mat, Part, Resident};
 use crate::window::{Window, WindowOpts, WindowStats};
 
@@ -1040,7 +1041,7 @@ fn block_sources<'a>(
         let l = layer.unwrap_or(0);
         let matrix = |leaf: &str, shape: [usize; 2]| {
             let name = match leaf {
-                "embed" => "model.embed_tokens.weight".to_string(),
+                "embed" => names::EMBED.to_string(),
                 "lm_head" => lm_head_name(cfg, st).to_string(),
                 _ => layer_name(l, leaf),
             };
@@ -1078,7 +1079,7 @@ fn block_sources<'a>(
             ))
         };
         let vector = |leaf: &str, len: usize, r: Range<usize>| {
-            let name = if leaf == "model.norm.weight" {
+            let name = if leaf == names::FINAL_NORM {
                 leaf.to_string()
             } else {
                 layer_name(l, leaf)
@@ -1102,12 +1103,12 @@ fn block_sources<'a>(
             Role::Gate => row_slice("mlp.gate_proj.weight", [nhid, d], part.hidden.clone())?,
             Role::Up => row_slice("mlp.up_proj.weight", [nhid, d], part.hidden.clone())?,
             Role::Down => col_slice("mlp.down_proj.weight", [d, nhid], part.hidden.clone())?,
-            Role::AttnNorm => vector("input_layernorm.weight", d, 0..d)?,
-            Role::FfnNorm => vector("post_attention_layernorm.weight", d, 0..d)?,
-            Role::QBias => vector("self_attn.q_proj.bias", nh, qr)?,
-            Role::KBias => vector("self_attn.k_proj.bias", nkv, kvr.clone())?,
-            Role::VBias => vector("self_attn.v_proj.bias", nkv, kvr)?,
-            Role::FinalNorm => vector("model.norm.weight", d, 0..d)?,
+            Role::AttnNorm => vector(names::ATTN_NORM, d, 0..d)?,
+            Role::FfnNorm => vector(names::FFN_NORM, d, 0..d)?,
+            Role::QBias => vector(names::Q_BIAS, nh, qr)?,
+            Role::KBias => vector(names::K_BIAS, nkv, kvr.clone())?,
+            Role::VBias => vector(names::V_BIAS, nkv, kvr)?,
+            Role::FinalNorm => vector(names::FINAL_NORM, d, 0..d)?,
             Role::Embedding => row_slice("embed", [cfg.vocab_size, d], 0..cfg.vocab_size)?,
             Role::LmHead => row_slice("lm_head", [cfg.vocab_size, d], part.vocab.clone())?,
         };
@@ -2442,7 +2443,7 @@ mod tests {
                     assert_eq!(blocks.len(), cfg.n_layers);
                     let mut sr = SliceResident::load(sf).unwrap();
                     for (l, &(off, len)) in blocks.iter().enumerate() {
-                        let n = |leaf| load::layer_name(l, leaf);
+                        let n = |leaf| crate::model::names::layer_name(l, leaf);
                         let m = sr.acquire(l).unwrap();
                         let (d, q, k, h) = (cfg.dim, qr.len(), kvr.len(), p.hidden.len());
                         let w = |leaf, r: &Range<usize>| src_rows(st, &n(leaf), r.clone());
@@ -2468,7 +2469,7 @@ mod tests {
                     }
                     // lm_head rows and embedding rows.
                     let (_, lm) = sr.lm_head(0).unwrap();
-                    let lm_name = load::lm_head_name(cfg, st);
+                    let lm_name = crate::model::names::lm_head_name(cfg, st);
                     check_mat(
                         &lm,
                         &src_rows(st, lm_name, p.vocab.clone()),
@@ -2933,7 +2934,8 @@ mod tests {
                 let v: Vec<u8> = (0..n * c.head_dim)
                     .flat_map(|i| (i as f32 * 0.25 + l as f32).to_le_bytes())
                     .collect();
-                let name = load::layer_name(l, &format!("self_attn.{leaf}_proj.bias"));
+                let name =
+                    crate::model::names::layer_name(l, &format!("self_attn.{leaf}_proj.bias"));
                 tensors.push((name, Dtype::F32, vec![n * c.head_dim], v));
             }
         }
@@ -2941,7 +2943,7 @@ mod tests {
             .iter()
             .map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice()))
             .collect();
-        crate::safetensors::write(&dir.join("model.safetensors"), &refs).unwrap();
+        crate::model::safetensors::write(&dir.join("model.safetensors"), &refs).unwrap();
         let ckpt = Checkpoint::open_dir(&dir).unwrap();
         assert!(ckpt.config.attention_bias);
         let cfg = &ckpt.config;
@@ -2967,7 +2969,8 @@ mod tests {
                 let mut sr = SliceResident::load(sf).unwrap();
                 let m = sr.acquire(cfg.n_layers - 1).unwrap();
                 assert_eq!(m.q.dtype, Dtype::F16);
-                let name = load::layer_name(cfg.n_layers - 1, "self_attn.o_proj.weight");
+                let name =
+                    crate::model::names::layer_name(cfg.n_layers - 1, "self_attn.o_proj.weight");
                 let want_o = src_cols(&ckpt.weights, &name, p.heads.start * hd..p.heads.end * hd);
                 assert!(m.o.bytes == want_o.as_slice());
             }

@@ -7,11 +7,11 @@
 //! local mode rank 0 spawns ranks 1..N-1 as child processes of the same
 //! binary on loopback, sharing its cache directory.
 
-use crate::checkpoint::Checkpoint;
-use crate::config::Config;
 use crate::engine::{forward, Par, State, Timing};
 use crate::engine::{generate, GenOptions, GenOutput, Rank};
 use crate::error::{Error, Result};
+use crate::model::checkpoint::Checkpoint;
+use crate::model::config::Config;
 use crate::net::{
     fetch_slice, resolve, slice_path, worker_join, worker_ready, Command, HubComm, HubListener,
     Link, NetOpts, Secret, SessionId, WorkerComm,

@@ -154,9 +154,9 @@ fn write_seeds() {
 /// safetensors headers), plus a few malformed ones.
 mod seeds {
     use crate::common::{fixture_dir, FIXTURES};
+    use tpi::model::safetensors::Dtype;
     use tpi::net::frame::{self, Header, Kind, FLAG_STOP, HEADER_LEN, MAX_PAYLOAD};
     use tpi::net::msg::{FileRequest, Hello, Reject, Step, STEP_PREFILL, STEP_WANT_LOGITS};
-    use tpi::safetensors::Dtype;
 
     type Seed = (&'static str, String, Vec<u8>);
 
@@ -581,7 +581,7 @@ mod seeds {
             "tpi-fuzz-seed-{}-{tag}.safetensors",
             std::process::id()
         ));
-        tpi::safetensors::write(&path, &specs).unwrap();
+        tpi::model::safetensors::write(&path, &specs).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         bytes
@@ -728,7 +728,7 @@ mod seeds {
     /// Real manifests from `slice::write_slice` on the fixtures, one cut
     /// down and re-encoded, and malformed variants.
     fn slice_manifest(v: &mut Vec<Seed>) {
-        use tpi::checkpoint::Checkpoint;
+        use tpi::model::checkpoint::Checkpoint;
         use tpi::plan::{split, Shape};
         use tpi::slice::{decode_manifest, encode_manifest, write_slice, PREAMBLE_LEN};
         const T: &str = "slice_manifest";

@@ -2,10 +2,10 @@
 //! top-5 at every prompt position, greedy continuations.
 
 use crate::common::*;
-use tpi::checkpoint::Checkpoint;
 use tpi::engine::{generate, GenOptions, GenOutput, Rank};
 use tpi::engine::{Par, SamplerConfig, Solo};
 use tpi::load::{resident, InPlace};
+use tpi::model::checkpoint::Checkpoint;
 use tpi::weights::Part;
 use tpi_kernels::Backend;
 

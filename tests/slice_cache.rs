@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
-use tpi::checkpoint::Checkpoint;
+use tpi::model::checkpoint::Checkpoint;
 
 const MODEL: &str = "llama-mha-f32";
 

@@ -4,7 +4,7 @@
 use crate::common::*;
 use serde_json::Value;
 use std::path::Path;
-use tpi::safetensors::{Dtype, StreamWriter};
+use tpi::model::safetensors::{Dtype, StreamWriter};
 
 fn run_json(args: &[&str], cache: &Path) -> Value {
     let out = tpi_run()

@@ -300,7 +300,7 @@ pub fn msg_auth(data: &[u8]) -> bool {
 /// not overlap another; `from_bytes` must agree and hand out exactly `len`
 /// bytes per tensor.
 pub fn safetensors_header(data: &[u8]) -> bool {
-    use tpi::safetensors::{parse_header, SafeTensors, MAX_RANK};
+    use tpi::model::safetensors::{parse_header, SafeTensors, MAX_RANK};
     let ok = match parse_header(data, SAFETENSORS_ORIGIN) {
         Ok(tensors) => {
             let hlen = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
@@ -353,7 +353,7 @@ pub fn safetensors_header(data: &[u8]) -> bool {
 /// `head_dim / 2` finite non-negative numbers (an infinite one turns every
 /// rotated q/k into NaN).
 pub fn config_json(data: &[u8]) -> bool {
-    use tpi::config::Config;
+    use tpi::model::config::Config;
     let (cfg, generation) = match data.iter().position(|&b| b == 0) {
         Some(i) => (&data[..i], Some(&data[i + 1..])),
         None => (data, None),

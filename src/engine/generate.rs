@@ -5,7 +5,7 @@ use super::forward::{forward, State, Timing};
 use super::par::Par;
 use super::sampler::{Sampler, SamplerConfig};
 use crate::error::{Error, Result};
-use crate::tokenizer::Tokenizer;
+use crate::model::tokenizer::Tokenizer;
 use crate::weights::{RankWeights, Resident};
 use std::time::{Duration, Instant};
 

@@ -5,8 +5,8 @@
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 
-use crate::codec::checksum::checksum32;
 use super::msg::MsgError;
+use crate::codec::checksum::checksum32;
 
 /// `b"TPI1"` read as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"TPI1");

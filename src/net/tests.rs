@@ -4,9 +4,9 @@ use std::io::{self, Read};
 
 use proptest::prelude::*;
 
-use crate::codec::checksum::checksum32;
 use super::frame::*;
 use super::msg::*;
+use crate::codec::checksum::checksum32;
 
 fn boxed_buf() -> Box<[u8; MAX_PAYLOAD]> {
     Box::new([0u8; MAX_PAYLOAD])

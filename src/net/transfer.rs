@@ -325,7 +325,7 @@ mod tests {
     /// Rank 1's slice of the bundled test model, written into `dir`.
     fn a_slice(dir: &Path) -> PathBuf {
         let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stories260K");
-        let ckpt = crate::checkpoint::Checkpoint::open_dir(&model).expect("model");
+        let ckpt = crate::model::checkpoint::Checkpoint::open_dir(&model).expect("model");
         let plan = crate::tp::plan_for(&ckpt.config, 2, None).expect("plan");
         let path = dir.join("served.slice");
         crate::slice::write_slice(&ckpt, &plan, 1, &path, &mut crate::progress::Silent)

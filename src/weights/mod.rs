@@ -9,9 +9,9 @@
 //! safetensors (one rank, nothing copied); [`sliced`] reads a rank's slice
 //! file, resident or streamed through the memory window.
 
-use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::safetensors::Dtype;
+use crate::model::config::Config;
+use crate::model::safetensors::Dtype;
 use tpi_kernels::Weights;
 
 /// Which part of the model this rank holds (the whole model for one rank).

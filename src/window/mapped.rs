@@ -195,7 +195,7 @@ impl MapIo {
         }
         // Sizes were checked against usize in `start_inner`.
         let len = len as usize;
-        let m = match crate::safetensors::map_file(&self.file, Some((offset, len))) {
+        let m = match crate::model::safetensors::map_file(&self.file, Some((offset, len))) {
             Ok(m) => m,
             Err(e) => return err(offset, e),
         };

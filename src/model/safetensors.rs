@@ -27,41 +27,7 @@ const MAX_INDEX_BYTES: u64 = 64 << 20;
 /// Largest number of shards.
 const MAX_SHARDS: usize = 4096;
 
-/// Element types tpi computes with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Dtype {
-    F32,
-    F16,
-    BF16,
-}
-
-impl Dtype {
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            Dtype::F32 => 4,
-            Dtype::F16 | Dtype::BF16 => 2,
-        }
-    }
-
-    /// The safetensors spelling ("F32", "F16", "BF16").
-    pub fn name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "F32",
-            Dtype::F16 => "F16",
-            Dtype::BF16 => "BF16",
-        }
-    }
-
-    fn from_name(s: &str) -> Option<Dtype> {
-        match s {
-            "F32" => Some(Dtype::F32),
-            "F16" => Some(Dtype::F16),
-            "BF16" => Some(Dtype::BF16),
-            _ => None,
-        }
-    }
-}
+pub use super::dtype::Dtype;
 
 /// safetensors dtypes that exist but tpi does not compute with.
 const KNOWN_UNSUPPORTED: &[&str] = &[

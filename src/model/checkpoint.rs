@@ -1,10 +1,10 @@
 //! A model directory (or the bundled model) opened: config, weights, tokenizer.
 
-use crate::bundled;
-use crate::config::Config;
+use super::bundled;
+use super::config::Config;
+use super::safetensors::SafeTensors;
+use super::tokenizer::Tokenizer;
 use crate::error::Result;
-use crate::safetensors::SafeTensors;
-use crate::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 
 /// An opened HuggingFace model.

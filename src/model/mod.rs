@@ -1,0 +1,18 @@
+//! A HuggingFace model as tpi reads it: `config.json` resolved to the
+//! dimensions tpi computes with ([`config`]), the safetensors shards mapped
+//! in place ([`safetensors`], element types in [`dtype`], tensor names in
+//! [`names`]), `tokenizer.json` ([`tokenizer`]), all opened together by
+//! [`checkpoint`]; [`bundled`] is the demo model built into the binary.
+//! Everything here only reads: splitting comes next, in `crate::split`.
+
+pub mod bundled;
+pub mod checkpoint;
+pub mod config;
+pub mod dtype;
+pub mod names;
+pub mod safetensors;
+pub mod tokenizer;
+
+pub use checkpoint::Checkpoint;
+pub use config::Config;
+pub use dtype::Dtype;
