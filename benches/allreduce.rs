@@ -152,8 +152,15 @@ impl LibStar {
             spin,
             ..NetOpts::default()
         };
-        let listener =
-            HubListener::open("listen", "127.0.0.1:0", n, None, opts, true).expect("listen");
+        let listener = HubListener::open(
+            "listen",
+            "127.0.0.1:0",
+            n,
+            None,
+            opts,
+            std::sync::Arc::new(tpi::progress::Silent),
+        )
+        .expect("listen");
         let addr = listener.local_addr().to_string();
         let workers = (1..n)
             .map(|r| {

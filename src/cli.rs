@@ -1,21 +1,21 @@
 //! The `tpi-run` command line.
 
-use crate::engine::{check_context, generate, peak_rss_bytes, GenOptions, OnText, Rank};
-use crate::engine::{Par, SamplerConfig, Solo};
+use crate::engine::{check_context, peak_rss_bytes, GenOptions, SamplerConfig};
 use crate::error::{Error, Result};
-use crate::load::{resident, InPlace};
 use crate::model::checkpoint::Checkpoint;
-use crate::model::names::{layer_matrix_shapes, layer_name, lm_head_name, EMBED};
+use crate::model::names::EMBED;
 use crate::net::{NetOpts, Secret};
-use crate::slice::{ensure_slices, Expect, SliceFile};
-use crate::tp::{
-    available_memory, choose_window, default_cache_dir, open_weights, plan_for, run_hub,
-    run_worker, HubReport, HubSetup, IoMode, MemoryMode, MemoryOpts, WorkerSetup,
+use crate::session::single::{run_single, SingleSetup};
+use crate::session::{
+    available_memory, default_cache_dir, plan_for, run_hub, run_worker, HubReport, HubSetup,
+    WorkerSetup,
 };
-use crate::weights::Part;
+use crate::ui::Console;
+use crate::window::policy::{IoMode, MemoryMode, MemoryOpts};
 use clap::Parser;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tpi_kernels::Backend;
 
@@ -316,83 +316,6 @@ fn net_opts(a: &Args) -> NetOpts {
     }
 }
 
-/// Layer matrices from this size on are copied from the slice file into
-/// anonymous, huge-page-advised memory rather than read from the mmapped
-/// safetensors: 4 KiB file pages cost TLB misses on every streamed GEMV
-/// (measured 14% slower decode on the 1.1B model).
-const SLICE_FROM_BYTES: u64 = 256 << 20;
-
-/// Whether a single rank runs from its slice file (windowed, or large)
-/// instead of the mmapped safetensors in place.
-fn single_from_slice(ckpt: &Checkpoint, mode: MemoryMode) -> Result<bool> {
-    let cfg = &ckpt.config;
-    let mut blocks = Vec::with_capacity(cfg.n_layers);
-    for l in 0..cfg.n_layers {
-        let mut b = 0u64;
-        for (leaf, _, _) in layer_matrix_shapes(cfg) {
-            b += ckpt.weights.tensor(&layer_name(l, leaf))?.len as u64;
-        }
-        blocks.push(b);
-    }
-    let lm_head = ckpt.weights.tensor(lm_head_name(cfg, &ckpt.weights))?.len as u64;
-    let windowed = choose_window(mode, &blocks, lm_head, available_memory()).is_some();
-    Ok(windowed || blocks.iter().sum::<u64>() >= SLICE_FROM_BYTES)
-}
-
-/// One rank from its slice file: resident in anonymous memory, or windowed.
-#[allow(clippy::too_many_arguments)]
-fn run_single_slice(
-    ckpt: &Checkpoint,
-    plan: &crate::plan::Plan,
-    cache_dir: &std::path::Path,
-    memory: MemoryOpts,
-    threads: usize,
-    quiet: bool,
-    prompt_ids: &[u32],
-    opts: &GenOptions,
-    on_text: &mut OnText<'_>,
-) -> Result<HubReport> {
-    let mut progress = crate::progress::meter_unless(quiet, "[tpi] rank 0");
-    let paths = ensure_slices(
-        ckpt,
-        plan,
-        cache_dir,
-        |bytes| memory.io.direct_for(bytes, crate::tp::available_memory()),
-        &mut *progress,
-    )?;
-    let slice = SliceFile::open(
-        &paths[0],
-        Expect {
-            rank: Some(0),
-            world_size: Some(1),
-            ..Expect::default()
-        },
-    )?;
-    let res = slice.resident()?;
-    let mut weights = open_weights(slice, memory, quiet)?;
-    let mut solo = Solo;
-    let mut rank = Rank {
-        res: &res,
-        weights: &mut weights,
-        comm: &mut solo,
-        par: Par::new(threads, Backend::detect()),
-    };
-    let out = generate(
-        &mut rank,
-        ckpt.tokenizer.as_ref(),
-        prompt_ids,
-        opts,
-        on_text,
-    )?;
-    let steps = out.forwards;
-    Ok(HubReport {
-        out,
-        steps,
-        window: weights.window_stats(),
-        ..HubReport::default()
-    })
-}
-
 /// Runs `tpi-run` with parsed arguments.
 pub fn run(args: &Args) -> Result<()> {
     if args.version {
@@ -423,7 +346,7 @@ pub fn run(args: &Args) -> Result<()> {
             force_download: args.force_download,
             memory: memory_opts(args),
             net: net_opts(args),
-            quiet: args.quiet,
+            observer: &Console { quiet: args.quiet },
             secret: secret(args)?,
         };
         return run_worker(&setup);
@@ -503,41 +426,17 @@ pub fn run(args: &Args) -> Result<()> {
         }
         Ok(())
     };
-    let memory = memory_opts(args);
-    let report = if n == 1 && single_from_slice(&ckpt, memory.mode)? {
-        run_single_slice(
-            &ckpt,
-            &plan,
-            &cache_dir,
-            memory,
+    let observer = Arc::new(Console { quiet: args.quiet });
+    let report = if n == 1 {
+        let setup = SingleSetup {
+            ckpt: &ckpt,
+            plan: &plan,
+            cache_dir: &cache_dir,
+            memory: memory_opts(args),
             threads,
-            args.quiet,
-            &prompt_ids,
-            &opts,
-            &mut on_text,
-        )?
-    } else if n == 1 {
-        let part = Part::whole(cfg);
-        let res = resident(cfg, &ckpt.weights, &part)?;
-        let mut weights = InPlace::new(cfg, &ckpt.weights)?;
-        let mut solo = Solo;
-        let mut rank = Rank {
-            res: &res,
-            weights: &mut weights,
-            comm: &mut solo,
-            par: Par::new(threads, backend),
+            observer: &*observer,
         };
-        let out = generate(
-            &mut rank,
-            ckpt.tokenizer.as_ref(),
-            &prompt_ids,
-            &opts,
-            &mut on_text,
-        )?;
-        HubReport {
-            out,
-            ..HubReport::default()
-        }
+        run_single(&setup, &prompt_ids, &opts, &mut on_text)?
     } else {
         let listen = if local {
             "127.0.0.1:0".to_string()
@@ -554,6 +453,7 @@ pub fn run(args: &Args) -> Result<()> {
             memory: memory_opts(args),
             net: net_opts(args),
             quiet: args.quiet,
+            observer,
             secret: secret(args)?,
             secret_file: args.secret_file.clone(),
         };

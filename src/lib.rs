@@ -17,8 +17,9 @@ pub mod model;
 pub mod net;
 pub mod plan;
 pub mod progress;
+pub mod session;
 pub mod slice;
-pub mod tp;
+pub mod ui;
 pub mod weights;
 pub mod window;
 

@@ -1,10 +1,7 @@
-//! Progress of long byte-moving jobs (cutting slices, downloading them):
-//! the library reports bytes done through [`Progress`]; the binary decides
-//! how to show them ([`Meter`]: a redrawn line with rate and ETA on a
-//! terminal, one summary line otherwise, nothing with `--quiet`).
-
-use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant};
+//! What the library tells the person running it, without printing: the
+//! bytes done of long jobs (cutting slices, hashing, downloading) through
+//! [`Progress`], and notes and warnings through an [`Observer`]. The binary
+//! decides how to show them (`crate::ui`); tests pass [`Silent`].
 
 /// Receives the progress of one job at a time.
 pub trait Progress: Send {
@@ -14,6 +11,19 @@ pub trait Progress: Send {
     fn update(&mut self, done: u64);
     /// The current job is finished.
     fn end(&mut self);
+}
+
+/// Receives a session's notes (what was cached, chosen, dropped) and
+/// warnings, and hands out a [`Progress`] per long job. Shared between
+/// threads (the hub's accepting threads note dropped connections).
+pub trait Observer: Send + Sync {
+    /// A one-line note from `rank`.
+    fn note(&self, rank: usize, text: &str);
+    /// Something the user should act on (e.g. listening without a key, a
+    /// peer that failed to authenticate).
+    fn warn(&self, text: &str);
+    /// A sink for one long job of `rank`.
+    fn progress(&self, rank: usize) -> Box<dyn Progress>;
 }
 
 /// Reports nothing.
@@ -26,91 +36,11 @@ impl Progress for Silent {
     fn end(&mut self) {}
 }
 
-/// A [`Meter`] on stderr with `prefix`, or [`Silent`] when `quiet`.
-pub fn meter_unless(quiet: bool, prefix: &str) -> Box<dyn Progress> {
-    if quiet {
+impl Observer for Silent {
+    fn note(&self, _: usize, _: &str) {}
+    fn warn(&self, _: &str) {}
+    fn progress(&self, _: usize) -> Box<dyn Progress> {
         Box::new(Silent)
-    } else {
-        Box::new(Meter::stderr(prefix))
-    }
-}
-
-/// Least time between two redraws on a terminal.
-const REDRAW: Duration = Duration::from_millis(250);
-
-/// Shows progress on stderr: redrawn in place on a terminal, one summary
-/// line per job otherwise (logs stay readable).
-pub struct Meter {
-    prefix: String,
-    tty: bool,
-    what: String,
-    total: u64,
-    done: u64,
-    start: Instant,
-    drawn: Option<Instant>,
-}
-
-impl Meter {
-    /// A meter whose lines start with `prefix` (e.g. "[tpi] rank 0").
-    pub fn stderr(prefix: &str) -> Meter {
-        Meter {
-            prefix: prefix.to_string(),
-            tty: std::io::stderr().is_terminal(),
-            what: String::new(),
-            total: 0,
-            done: 0,
-            start: Instant::now(),
-            drawn: None,
-        }
-    }
-
-    fn line(&self) -> String {
-        let secs = self.start.elapsed().as_secs_f64();
-        let rate = if secs > 0.0 {
-            self.done as f64 / secs
-        } else {
-            0.0
-        };
-        let mut s = format!(
-            "{}: {}: {} of {}, {}/s",
-            self.prefix,
-            self.what,
-            human_bytes(self.done as f64),
-            human_bytes(self.total as f64),
-            human_bytes(rate)
-        );
-        if self.done < self.total && rate > 0.0 {
-            let eta = (self.total - self.done) as f64 / rate;
-            s.push_str(&format!(", ETA {eta:.0} s"));
-        } else {
-            s.push_str(&format!(", {secs:.1} s"));
-        }
-        s
-    }
-}
-
-impl Progress for Meter {
-    fn begin(&mut self, what: &str, total: u64) {
-        self.what = what.to_string();
-        self.total = total;
-        self.done = 0;
-        self.start = Instant::now();
-        self.drawn = None;
-    }
-
-    fn update(&mut self, done: u64) {
-        self.done = done;
-        if !self.tty || self.drawn.is_some_and(|t| t.elapsed() < REDRAW) {
-            return;
-        }
-        self.drawn = Some(Instant::now());
-        // Errors writing progress are not worth stopping a job for.
-        let _ = write!(std::io::stderr(), "\r\x1b[2K{}", self.line());
-    }
-
-    fn end(&mut self) {
-        let lead = if self.tty { "\r\x1b[2K" } else { "" };
-        let _ = writeln!(std::io::stderr(), "{lead}{}", self.line());
     }
 }
 
@@ -139,20 +69,5 @@ mod tests {
         assert_eq!(human_bytes(0.0), "0 B");
         assert_eq!(human_bytes(1536.0), "1.5 KiB");
         assert_eq!(human_bytes(4.4e9), "4.1 GiB");
-    }
-
-    #[test]
-    fn meter_line_names_job_bytes_and_eta() {
-        let mut m = Meter::stderr("[tpi] rank 0");
-        m.tty = false;
-        m.begin("slicing", 1000);
-        m.start -= Duration::from_secs(1);
-        m.update(250);
-        let l = m.line();
-        assert!(
-            l.starts_with("[tpi] rank 0: slicing: 250 B of 1000 B"),
-            "{l}"
-        );
-        assert!(l.contains("ETA"), "{l}");
     }
 }

@@ -40,8 +40,21 @@ impl std::fmt::Display for Op {
     }
 }
 
+/// A forward rank 0 asks a worker for: `tokens` at positions `pos..`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub tokens: Vec<u32>,
+    pub pos: usize,
+    pub want_logits: bool,
+}
+
 /// How partial results of this rank meet the other ranks'.
 pub trait Collective {
+    /// A worker's next step from rank 0, or `None` when rank 0 ends the
+    /// session (rank 0 and a single rank drive their own steps: `None`).
+    fn next_step(&mut self) -> Result<Option<Step>> {
+        Ok(None)
+    }
     /// A forward for `tokens` at `pos..` begins (the hub tells the workers).
     fn begin_step(&mut self, _tokens: &[u32], _pos: usize, _want_logits: bool) -> Result<()> {
         Ok(())

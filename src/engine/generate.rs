@@ -178,6 +178,29 @@ pub fn generate(
     Ok(out)
 }
 
+/// A worker's generation: the forward of every step rank 0 sends, until
+/// rank 0 ends the session. Returns the forwards run.
+pub fn follow(rank: &mut Rank<'_>) -> Result<u64> {
+    let mut state = State::new(&rank.res.dims, PREFILL_BATCH)?;
+    let mut timing = Timing::default();
+    let mut forwards = 0;
+    while let Some(s) = rank.comm.next_step()? {
+        forward(
+            rank.res,
+            rank.weights,
+            rank.comm,
+            &rank.par,
+            &mut state,
+            &s.tokens,
+            s.pos,
+            s.want_logits,
+            &mut timing,
+        )?;
+        forwards += 1;
+    }
+    Ok(forwards)
+}
+
 /// One forward for `ids` at positions `pos..pos + ids.len()` (several ids
 /// only when the collective [batches](Collective::batches)).
 fn step(

@@ -13,10 +13,11 @@ pub mod generate;
 pub mod par;
 pub mod sampler;
 
-pub use collective::{Collective, Op, Solo};
+pub use collective::{Collective, Op, Solo, Step};
 pub use forward::{forward, State, Timing};
 pub use generate::{
-    check_context, generate, peak_rss_bytes, GenOptions, GenOutput, OnText, Rank, PREFILL_BATCH,
+    check_context, follow, generate, peak_rss_bytes, GenOptions, GenOutput, OnText, Rank,
+    PREFILL_BATCH,
 };
 pub use par::Par;
 pub use sampler::{Sampler, SamplerConfig};

@@ -214,6 +214,21 @@ impl WorkerComm {
 }
 
 impl Collective for WorkerComm {
+    fn next_step(&mut self) -> crate::Result<Option<crate::engine::Step>> {
+        Ok(match self.next_command()? {
+            Command::Stop => None,
+            Command::Step {
+                tokens,
+                pos,
+                want_logits,
+            } => Some(crate::engine::Step {
+                tokens,
+                pos,
+                want_logits,
+            }),
+        })
+    }
+
     fn allreduce_sum(&mut self, x: &mut [f32], layer: usize, op: Op) -> crate::Result<()> {
         let seq = op.seq(layer);
         self.link.send_f32s(Kind::Partial, self.step, seq, x)?;

@@ -19,6 +19,7 @@
 //! from a warm cache is 3-4.5x faster than the `pread` copy.
 
 mod mapped;
+pub mod policy;
 pub mod ring;
 
 use std::collections::VecDeque;

@@ -19,6 +19,7 @@ use crate::net::link::{Link, NetOpts};
 use crate::net::msg::{Auth, Hello, Reject};
 use crate::net::transfer::serve_files;
 use crate::net::{HEARTBEAT, MAX_PENDING};
+use crate::progress::Observer;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -63,7 +64,7 @@ struct Lobby {
     world_size: usize,
     secret: Option<Secret>,
     opts: NetOpts,
-    quiet: bool,
+    observer: Arc<dyn Observer>,
     prepared: Mutex<Prepared>,
     /// Ranks held by a joined worker.
     claimed: Mutex<Vec<bool>>,
@@ -80,15 +81,16 @@ impl Lobby {
         self.prepared.lock().map_or(Prepared::Closed, |p| p.clone())
     }
 
-    /// A connection that never joined was dropped: said on stderr when it
-    /// failed to authenticate (or always unless quiet), kept for the join
-    /// timeout's message.
+    /// A connection that never joined was dropped: a warning when it
+    /// failed to authenticate, else a note; kept for the join timeout's
+    /// message.
     fn dropped(&self, e: &NetError) {
         let text = e.to_string();
         if text.contains("authentication failed") {
-            eprintln!("[tpi] rank 0: {text}");
-        } else if !self.quiet {
-            eprintln!("[tpi] rank 0: dropped a connection: {text}");
+            self.observer.warn(&format!("rank 0: {text}"));
+        } else {
+            self.observer
+                .note(0, &format!("dropped a connection: {text}"));
         }
         if let Ok(mut f) = self.last_failure.lock() {
             *f = Some(text);
@@ -148,7 +150,7 @@ impl HubListener {
         world_size: usize,
         secret: Option<Secret>,
         opts: NetOpts,
-        quiet: bool,
+        observer: Arc<dyn Observer>,
     ) -> Result<HubListener, NetError> {
         let addrs = resolve(flag, listen)?;
         let err = |what, source| NetError::Address {
@@ -166,7 +168,7 @@ impl HubListener {
             world_size,
             secret,
             opts,
-            quiet,
+            observer,
             prepared: Mutex::new(Prepared::Preparing),
             claimed: Mutex::new(vec![false; world_size]),
             pending: AtomicUsize::new(0),

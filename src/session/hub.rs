@@ -1,0 +1,261 @@
+//! Rank 0 of a cluster: opens its port first (workers join while the
+//! slices are cut, spec J1), cuts or reuses the slices, hands joined
+//! workers the session, then generates with the star allreduce. In local
+//! mode it spawns ranks 1..N-1 as child processes of the same binary on
+//! loopback, sharing its cache directory.
+
+use super::{available_memory, open_weights};
+use crate::engine::{generate, GenOptions, GenOutput, OnText, Par, Rank};
+use crate::error::{Error, Result};
+use crate::model::checkpoint::Checkpoint;
+use crate::net::{HubComm, HubListener, NetOpts, Secret, SessionId};
+use crate::plan::Plan;
+use crate::progress::Observer;
+use crate::slice::{ensure_slices, fingerprint, Expect, SliceFile};
+use crate::window::policy::{IoMode, MemoryMode, MemoryOpts};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Traffic and timing of a hub session.
+#[derive(Clone, Debug, Default)]
+pub struct HubReport {
+    pub out: GenOutput,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Forward passes run (prompt batches + generated tokens but the last).
+    pub steps: u64,
+    /// Rank 0's window, when its weights are windowed.
+    pub window: Option<crate::window::WindowStats>,
+}
+
+/// Everything rank 0 needs besides generation options.
+pub struct HubSetup<'a> {
+    pub ckpt: &'a Checkpoint,
+    pub plan: &'a Plan,
+    pub cache_dir: &'a Path,
+    /// Address to listen on; port 0 picks a free one.
+    pub listen: &'a str,
+    /// Spawn ranks 1..N-1 locally (with this many threads each).
+    pub spawn_local: Option<usize>,
+    pub threads: usize,
+    pub memory: MemoryOpts,
+    pub net: NetOpts,
+    /// `--quiet`, handed to local workers.
+    pub quiet: bool,
+    pub observer: Arc<dyn Observer>,
+    /// Pre-shared key workers must prove.
+    pub secret: Option<Secret>,
+    /// `--secret-file` to hand to local workers (else they inherit TPI_SECRET).
+    pub secret_file: Option<PathBuf>,
+}
+
+/// Runs rank 0 of a tensor-parallel session.
+pub fn run_hub(
+    setup: &HubSetup<'_>,
+    prompt_ids: &[u32],
+    opts: &GenOptions,
+    on_text: &mut OnText<'_>,
+) -> Result<HubReport> {
+    let (ckpt, plan) = (setup.ckpt, setup.plan);
+    let n = plan.world_size;
+    // The port opens first (spec J1): a bad --master fails before any
+    // slicing, and workers started early join while the slices are cut.
+    let flag = if setup.spawn_local.is_some() {
+        "local listen address"
+    } else {
+        "--master"
+    };
+    let hub = HubListener::open(
+        flag,
+        setup.listen,
+        n,
+        setup.secret.clone(),
+        setup.net,
+        setup.observer.clone(),
+    )?;
+    let addr = hub.local_addr();
+    if !addr.ip().is_loopback() && setup.secret.is_none() {
+        setup.observer.warn(&format!("listening on {addr} without authentication: any machine that can reach this port can join."));
+    }
+    let mut children = Children(Vec::new());
+    if let Some(threads) = setup.spawn_local {
+        for r in 1..n {
+            children
+                .0
+                .push(spawn_worker(r, n, &addr.to_string(), setup, threads)?);
+        }
+    }
+    let t0 = Instant::now();
+    let io = setup.memory.io;
+    let mut progress = setup.observer.progress(0);
+    let paths = ensure_slices(
+        ckpt,
+        plan,
+        setup.cache_dir,
+        |bytes| io.direct_for(bytes, available_memory()),
+        &mut *progress,
+    )?;
+    setup.observer.note(
+        0,
+        &format!(
+            "{n} slices ready in {} ({:.0} ms)",
+            setup.cache_dir.display(),
+            t0.elapsed().as_secs_f64() * 1e3
+        ),
+    );
+    // The session id is known once the slices are (the fingerprint may be
+    // computed while slicing); joined workers get it only now (spec J4).
+    let id = SessionId {
+        world_size: n,
+        fingerprint: fingerprint(ckpt, setup.cache_dir, &mut *progress)?,
+        plan_hash: plan.hash(),
+    };
+    let links = hub.join(id, paths.clone())?;
+    let vocab = plan.ranks.iter().map(|r| r.vocab.clone()).collect();
+    let mut comm = HubComm::new(links, vocab, setup.net.spin)?;
+
+    let slice = SliceFile::open(
+        &paths[0],
+        Expect {
+            rank: Some(0),
+            world_size: Some(n),
+            ..Expect::default()
+        },
+    )?;
+    let res = slice.resident()?;
+    let mut weights = open_weights(slice, setup.memory, &*setup.observer)?;
+    let mut rank = Rank {
+        res: &res,
+        weights: &mut weights,
+        comm: &mut comm,
+        par: Par::new(setup.threads, tpi_kernels::Backend::detect()),
+    };
+    let result = generate(
+        &mut rank,
+        ckpt.tokenizer.as_ref(),
+        prompt_ids,
+        opts,
+        on_text,
+    );
+    match result {
+        Ok(out) => {
+            comm.stop();
+            children.wait(Duration::from_secs(5));
+            let (bytes_sent, bytes_received) = comm.bytes();
+            let steps = out.forwards;
+            Ok(HubReport {
+                out,
+                bytes_sent,
+                bytes_received,
+                steps,
+                window: weights.window_stats(),
+            })
+        }
+        Err(e) => {
+            comm.abort(&format!("rank 0 failed: {e}"));
+            Err(e)
+        }
+    }
+}
+
+/// Local worker processes; killed if still running when dropped.
+struct Children(Vec<Child>);
+
+impl Children {
+    fn wait(&mut self, limit: Duration) {
+        let start = Instant::now();
+        for c in &mut self.0 {
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if start.elapsed() > limit => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }
+        self.0.clear();
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn_worker(
+    rank: usize,
+    n: usize,
+    master: &str,
+    setup: &HubSetup<'_>,
+    threads: usize,
+) -> Result<Child> {
+    let exe = std::env::current_exe().map_err(|source| Error::Io {
+        path: "current executable".into(),
+        source,
+    })?;
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args([
+        "--rank",
+        &rank.to_string(),
+        "--world-size",
+        &n.to_string(),
+        "--master",
+        master,
+    ])
+    .arg("--cache-dir")
+    .arg(setup.cache_dir)
+    .args(["--threads", &threads.to_string()])
+    .args([
+        "--join-timeout",
+        &setup.net.join_timeout.as_secs_f64().to_string(),
+    ])
+    .args([
+        "--peer-timeout",
+        &setup.net.peer_timeout.as_secs_f64().to_string(),
+    ])
+    .args(["--net-spin-us", &setup.net.spin.as_micros().to_string()])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit());
+    match setup.memory.mode {
+        MemoryMode::Auto => {}
+        MemoryMode::Resident => {
+            cmd.arg("--no-memory-window");
+        }
+        MemoryMode::Window(w) => {
+            cmd.args(["--memory-window", &w.to_string()]);
+        }
+    }
+    match setup.memory.io {
+        IoMode::Auto => {}
+        IoMode::Buffered => {
+            cmd.arg("--buffered-io");
+        }
+        IoMode::Direct => {
+            cmd.arg("--direct-io");
+        }
+        IoMode::Mapped => {
+            cmd.arg("--mapped-io");
+        }
+    }
+    if setup.quiet {
+        cmd.arg("--quiet");
+    }
+    if let Some(f) = &setup.secret_file {
+        cmd.arg("--secret-file").arg(f);
+    }
+    cmd.spawn().map_err(|source| Error::Io {
+        path: exe.display().to_string(),
+        source,
+    })
+}

@@ -1,0 +1,105 @@
+//! Sessions: what one `tpi-run` process does, as short conductors over
+//! the layers below. [`single`] runs one rank alone (the model read in
+//! place, or from its slice); [`hub`] is rank 0 of a cluster (port, slices,
+//! joins, generation); [`worker`] is any other rank (join, obtain its
+//! slice, follow rank 0's steps). Each reports through a
+//! [`crate::progress::Observer`] and returns what it measured; only the
+//! binary prints.
+
+pub mod hub;
+pub mod single;
+pub mod worker;
+
+use crate::error::{Error, Result};
+use crate::model::config::Config;
+use crate::plan::{split, Plan, Shape};
+use crate::progress::Observer;
+use crate::slice::{SliceFile, SliceResident};
+use crate::window::policy::{choose_window, MemoryOpts};
+use crate::window::{Reads, WindowOpts};
+use std::path::PathBuf;
+
+pub use hub::{run_hub, HubReport, HubSetup};
+pub use worker::{run_worker, WorkerSetup};
+
+/// The split plan for `cfg` over `world_size` ranks.
+pub fn plan_for(cfg: &Config, world_size: usize, weights: Option<&[u32]>) -> Result<Plan> {
+    split(&Shape::of(cfg), world_size, weights)
+        .map_err(|e| Error::Usage(format!("split plan: {e}")))
+}
+
+/// The default slice cache: `$TPI_CACHE_DIR`, else `$XDG_CACHE_HOME/tpi`,
+/// else `$HOME/.cache/tpi`, else `<temp>/tpi-cache`.
+pub fn default_cache_dir() -> PathBuf {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("TPI_CACHE_DIR")
+        .or_else(|| env("XDG_CACHE_HOME").map(|p| p.join("tpi")))
+        .or_else(|| env("HOME").map(|p| p.join(".cache/tpi")))
+        .unwrap_or_else(|| std::env::temp_dir().join("tpi-cache"))
+}
+
+/// MemAvailable from /proc/meminfo, in bytes.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Opens a rank's weights from its slice, resident or windowed, and notes
+/// which and the expected peak.
+pub fn open_weights(
+    slice: SliceFile,
+    mem: MemoryOpts,
+    observer: &dyn Observer,
+) -> Result<SliceResident> {
+    let blocks: Vec<u64> = slice.layer_blocks().iter().map(|b| b.1).collect();
+    let lm_head: u64 = slice
+        .manifest()
+        .blocks
+        .iter()
+        .filter(|b| b.kind == crate::slice::BlockKind::LmHead)
+        .map(|b| b.len)
+        .sum();
+    let rank = slice.rank();
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    match choose_window(mem.mode, &blocks, lm_head, available_memory()) {
+        None => {
+            observer.note(
+                rank,
+                &format!(
+                    "weights resident: {:.1} MiB of layers + {:.1} MiB lm_head",
+                    mib(blocks.iter().sum()),
+                    mib(lm_head)
+                ),
+            );
+            Ok(SliceResident::load(slice)?)
+        }
+        Some(w) => {
+            let largest = blocks.iter().copied().max().unwrap_or(0);
+            let reads = mem.io.reads_for(slice.file_len(), available_memory());
+            observer.note(
+                rank,
+                &format!(
+                    "memory window of {w} x {:.1} MiB blocks ({} layers and {:.1} MiB of lm_head streamed, {:.1} MiB on disk); expected weight peak {:.1} MiB{}",
+                    mib(largest),
+                    blocks.len(),
+                    mib(lm_head),
+                    mib(blocks.iter().sum::<u64>() + lm_head),
+                    mib(w as u64 * largest),
+                    match reads {
+                        Reads::Buffered => ", pread",
+                        Reads::Direct => ", O_DIRECT",
+                        Reads::Mapped => ", mapped",
+                    }
+                ),
+            );
+            let opts = WindowOpts { reads };
+            Ok(SliceResident::windowed(slice, w, opts)?)
+        }
+    }
+}
