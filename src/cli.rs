@@ -1,6 +1,6 @@
 //! The `tpi-run` command line.
 
-use crate::engine::{check_context, peak_rss_bytes, GenOptions, SamplerConfig};
+use crate::engine::{check_context, peak_rss_bytes, EngineError, GenOptions, SamplerConfig};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::names::EMBED;
@@ -417,12 +417,12 @@ pub fn run(args: &Args) -> Result<()> {
     let json = args.json;
     // A closed or full stdout ends the generation with an error (exit 1),
     // in a cluster too: rank 0 then tells the workers.
-    let mut on_text = |piece: &str| -> Result<()> {
+    let mut on_text = |piece: &str| -> std::result::Result<(), crate::engine::error::Cause> {
         if !json {
             let mut out = stdout.lock();
             out.write_all(piece.as_bytes())
                 .and_then(|()| out.flush())
-                .map_err(stdout_err)?;
+                .map_err(|e| Box::new(stdout_err(e)))?;
         }
         Ok(())
     };
@@ -592,13 +592,14 @@ fn check_kv_memory(
         .iter()
         .fold(1u64, |a, &b| a.saturating_mul(b as u64));
     match available {
-        Some(avail) if bytes > avail => Err(Error::Memory {
+        Some(avail) if bytes > avail => Err(EngineError::Memory {
             what: format!(
                 "the KV cache for {positions} positions on rank 0 ({} available)",
                 crate::progress::human_bytes(avail as f64)
             ),
             bytes,
-        }),
+        }
+        .into()),
         _ => Ok(()),
     }
 }

@@ -14,23 +14,8 @@ pub enum Error {
     Model(String),
     /// Bad command-line usage.
     Usage(String),
-    /// A prompt plus the tokens to generate run past the model's context.
-    Context {
-        prompt: usize,
-        length: usize,
-        limit: usize,
-    },
-    /// NaN or infinity in the activations (`stage`: a layer's output, the
-    /// logits) at a prompt or generated position.
-    NonFinite {
-        stage: String,
-        pos: usize,
-    },
-    /// A buffer sized by the run (the KV cache) that cannot be had.
-    Memory {
-        what: String,
-        bytes: u64,
-    },
+    /// Generation (prompt, context, weights, exchanges, values).
+    Engine(crate::engine::EngineError),
     /// Listing or pruning the slice cache in `dir`.
     Cache {
         dir: String,
@@ -52,25 +37,7 @@ impl fmt::Display for Error {
             Error::Net(e) => write!(f, "network: {e}"),
             Error::Model(m) => write!(f, "model: {m}"),
             Error::Usage(m) => write!(f, "usage: {m}"),
-            Error::Context {
-                prompt,
-                length,
-                limit,
-            } => write!(
-                f,
-                "the prompt ({prompt} tokens) plus {length} tokens to generate is {} positions, beyond the model's context of {limit} (max_position_embeddings); generate at most {} tokens",
-                prompt.saturating_add(*length),
-                limit.saturating_sub(*prompt)
-            ),
-            Error::NonFinite { stage, pos } => write!(
-                f,
-                "non-finite values (NaN or infinity) in {stage} at position {pos}: the weights hold NaN/inf or the activations overflowed"
-            ),
-            Error::Memory { what, bytes } => write!(
-                f,
-                "{what} needs {} and cannot be allocated",
-                crate::progress::human_bytes(*bytes as f64)
-            ),
+            Error::Engine(e) => write!(f, "{e}"),
             Error::Io { path, source } => write!(f, "{path}: {source}"),
             Error::Cache { dir, source } => write!(f, "slice cache {dir}: {source}"),
         }
@@ -81,7 +48,11 @@ impl Error {
     /// Whether the user asked for something impossible (exit status 2),
     /// rather than something failing on the way (1).
     pub fn is_usage(&self) -> bool {
-        matches!(self, Error::Usage(_) | Error::Context { .. })
+        match self {
+            Error::Usage(_) => true,
+            Error::Engine(e) => e.is_usage(),
+            _ => false,
+        }
     }
 }
 
@@ -93,6 +64,7 @@ impl std::error::Error for Error {
             Error::Tokenizer(e) => Some(e),
             Error::Io { source, .. } => Some(source),
             Error::Cache { source, .. } => Some(source),
+            Error::Engine(e) => e.source(),
             Error::Net(e) => Some(e),
             _ => None,
         }
@@ -120,5 +92,11 @@ impl From<crate::model::tokenizer::TokenizerError> for Error {
 impl From<crate::net::NetError> for Error {
     fn from(e: crate::net::NetError) -> Self {
         Error::Net(e)
+    }
+}
+
+impl From<crate::engine::EngineError> for Error {
+    fn from(e: crate::engine::EngineError) -> Self {
+        Error::Engine(e)
     }
 }

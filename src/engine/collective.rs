@@ -4,7 +4,9 @@
 //! (nothing to exchange); the network's hub and worker sides implement it
 //! in `net::allreduce`.
 
-use crate::error::Result;
+/// Why an exchange failed: the collective's own error (the network's
+/// names the peer, its rank, the step and the message), kept whole.
+pub type CommError = super::error::Cause;
 
 /// The two allreduces of a layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,18 +54,23 @@ pub struct Step {
 pub trait Collective {
     /// A worker's next step from rank 0, or `None` when rank 0 ends the
     /// session (rank 0 and a single rank drive their own steps: `None`).
-    fn next_step(&mut self) -> Result<Option<Step>> {
+    fn next_step(&mut self) -> Result<Option<Step>, CommError> {
         Ok(None)
     }
     /// A forward for `tokens` at `pos..` begins (the hub tells the workers).
-    fn begin_step(&mut self, _tokens: &[u32], _pos: usize, _want_logits: bool) -> Result<()> {
+    fn begin_step(
+        &mut self,
+        _tokens: &[u32],
+        _pos: usize,
+        _want_logits: bool,
+    ) -> Result<(), CommError> {
         Ok(())
     }
     /// Sum `x` over all ranks, in place (every rank ends with the same sum).
-    fn allreduce_sum(&mut self, x: &mut [f32], layer: usize, op: Op) -> Result<()>;
+    fn allreduce_sum(&mut self, x: &mut [f32], layer: usize, op: Op) -> Result<(), CommError>;
     /// Gather each rank's logits rows into `full` on rank 0. Returns whether
     /// `full` holds the complete logits on this rank.
-    fn gather_logits(&mut self, mine: &[f32], full: &mut [f32]) -> Result<bool>;
+    fn gather_logits(&mut self, mine: &[f32], full: &mut [f32]) -> Result<bool, CommError>;
     /// Whether a forward may carry several tokens (prompt prefill).
     fn batches(&self) -> bool {
         false
@@ -74,10 +81,10 @@ pub trait Collective {
 pub struct Solo;
 
 impl Collective for Solo {
-    fn allreduce_sum(&mut self, _x: &mut [f32], _layer: usize, _op: Op) -> Result<()> {
+    fn allreduce_sum(&mut self, _x: &mut [f32], _layer: usize, _op: Op) -> Result<(), CommError> {
         Ok(())
     }
-    fn gather_logits(&mut self, mine: &[f32], full: &mut [f32]) -> Result<bool> {
+    fn gather_logits(&mut self, mine: &[f32], full: &mut [f32]) -> Result<bool, CommError> {
         full.copy_from_slice(mine);
         Ok(true)
     }

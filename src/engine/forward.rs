@@ -11,8 +11,8 @@
 //! load: O(layers x dim), a few MB even for 70B models.
 
 use super::collective::{Collective, Op};
+use super::error::EngineError;
 use super::par::Par;
-use crate::error::{Error, Result};
 use crate::weights::{Dims, RankWeights, Resident};
 
 /// Activations and KV cache, allocated once before generation. The
@@ -57,7 +57,7 @@ impl State {
     /// [`INITIAL_POSITIONS`] at first: the cache grows by doubling
     /// ([`State::grow_to`]), so memory follows the positions used, and
     /// every allocation that depends on the run is fallible.
-    pub fn new(d: &Dims, seq_len: usize) -> Result<State> {
+    pub fn new(d: &Dims, seq_len: usize) -> Result<State, EngineError> {
         let seq_len = seq_len.clamp(1, INITIAL_POSITIONS);
         let kv = d.kv_dim();
         let cache = |_| zeroed(seq_len.saturating_mul(kv), "the KV cache");
@@ -76,8 +76,8 @@ impl State {
             sin: vec![0.0; d.head_dim / 2],
             my_logits: vec![0.0; d.vocab],
             logits: vec![0.0; d.vocab_total],
-            key_cache: (0..d.n_layers).map(cache).collect::<Result<_>>()?,
-            value_cache: (0..d.n_layers).map(cache).collect::<Result<_>>()?,
+            key_cache: (0..d.n_layers).map(cache).collect::<Result<_, _>>()?,
+            value_cache: (0..d.n_layers).map(cache).collect::<Result<_, _>>()?,
             seq_len,
             kv_dim: kv,
             batch: 1,
@@ -110,14 +110,12 @@ impl State {
 
     /// Makes room in the KV cache for position `pos` (doubling, at most
     /// `max` positions).
-    pub fn grow_to(&mut self, pos: usize, max: usize) -> Result<()> {
+    pub fn grow_to(&mut self, pos: usize, max: usize) -> Result<(), EngineError> {
         if pos < self.seq_len {
             return Ok(());
         }
         if pos >= max {
-            return Err(Error::Model(format!(
-                "position {pos} beyond the model's context of {max} tokens"
-            )));
+            return Err(EngineError::BeyondContext { pos, max });
         }
         // Not k.len(): k holds a whole prefill batch.
         let kv_dim = self.kv_dim;
@@ -125,7 +123,7 @@ impl State {
         for c in self.key_cache.iter_mut().chain(self.value_cache.iter_mut()) {
             let want = new_len.saturating_mul(kv_dim);
             c.try_reserve_exact(want.saturating_sub(c.len()))
-                .map_err(|_| Error::Memory {
+                .map_err(|_| EngineError::Memory {
                     what: format!("the KV cache for {new_len} positions"),
                     bytes: (want as u64).saturating_mul(4),
                 })?;
@@ -133,7 +131,7 @@ impl State {
         }
         self.att
             .try_reserve_exact(new_len.saturating_sub(self.att.len()))
-            .map_err(|_| Error::Memory {
+            .map_err(|_| EngineError::Memory {
                 what: format!("attention scores for {new_len} positions"),
                 bytes: (new_len as u64).saturating_mul(4),
             })?;
@@ -157,9 +155,9 @@ pub const INITIAL_POSITIONS: usize = 256;
 
 /// `n` zeroed floats, or an error naming `what` when they cannot be had
 /// (a `vec!` would abort the process).
-fn zeroed(n: usize, what: &str) -> Result<Vec<f32>> {
+fn zeroed(n: usize, what: &str) -> Result<Vec<f32>, EngineError> {
     let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| Error::Memory {
+    v.try_reserve_exact(n).map_err(|_| EngineError::Memory {
         what: what.to_string(),
         bytes: (n as u64).saturating_mul(4),
     })?;
@@ -188,11 +186,11 @@ pub fn forward(
     pos0: usize,
     want_logits: bool,
     timing: &mut Timing,
-) -> Result<bool> {
+) -> Result<bool, EngineError> {
     let d = &res.dims;
     let t = tokens.len();
     if t == 0 {
-        return Err(Error::Model("forward of no tokens".into()));
+        return Err(EngineError::NoTokens);
     }
     let last = pos0 + t - 1;
     s.grow_to(last, d.max_seq_len.max(s.seq_len))?;
@@ -200,7 +198,8 @@ pub fn forward(
     let (dim, hd, kv_dim, q_dim) = (d.dim, d.head_dim, d.kv_dim(), d.q_dim());
     let half = hd / 2;
     for (i, &token) in tokens.iter().enumerate() {
-        w.embed(token, &mut s.x[i * dim..(i + 1) * dim])?;
+        w.embed(token, &mut s.x[i * dim..(i + 1) * dim])
+            .map_err(weights)?;
         let angles = res.inv_freq.iter().map(|f| (pos0 + i) as f32 * f);
         for (j, angle) in angles.enumerate() {
             s.cos[i * half + j] = angle.cos();
@@ -212,7 +211,7 @@ pub fn forward(
 
     for l in 0..d.n_layers {
         let vecs = &res.layers[l];
-        let m = w.acquire(l)?;
+        let m = w.acquire(l).map_err(weights)?;
 
         // attention: q,k,v = my heads of rmsnorm(x)
         rmsnorm_rows(
@@ -224,9 +223,9 @@ pub fn forward(
         let xb = &s.xb[..t * dim];
         par.gemv3(
             t,
-            (m.q.weights()?, xb, &mut s.q[..t * q_dim]),
-            (m.k.weights()?, xb, &mut s.k[..t * kv_dim]),
-            (m.v.weights()?, xb, &mut s.v[..t * kv_dim]),
+            (m.q.weights().map_err(weights)?, xb, &mut s.q[..t * q_dim]),
+            (m.k.weights().map_err(weights)?, xb, &mut s.k[..t * kv_dim]),
+            (m.v.weights().map_err(weights)?, xb, &mut s.v[..t * kv_dim]),
         );
         let (kc, vc) = (&mut s.key_cache[l], &mut s.value_cache[l]);
         for i in 0..t {
@@ -275,15 +274,20 @@ pub fn forward(
         }
         par.gemv_t(
             t,
-            m.o.weights()?,
+            m.o.weights().map_err(weights)?,
             &s.att_out[..t * q_dim],
             &mut s.xb2[..t * dim],
         );
 
         // MLP: silu(gate x) * (up x), then down; partial sums of my columns
-        let (gate, up, down) = (m.gate.weights()?, m.up.weights()?, m.down.weights()?);
+        let (gate, up, down) = (
+            m.gate.weights().map_err(weights)?,
+            m.up.weights().map_err(weights)?,
+            m.down.weights().map_err(weights)?,
+        );
         let t0 = std::time::Instant::now();
-        comm.allreduce_sum(&mut s.xb2[..t * dim], l, Op::Attention)?;
+        comm.allreduce_sum(&mut s.xb2[..t * dim], l, Op::Attention)
+            .map_err(EngineError::Comm)?;
         timing.comm += t0.elapsed();
         add_into(&mut s.x[..t * dim], &s.xb2[..t * dim]);
         rmsnorm_rows(
@@ -296,9 +300,10 @@ pub fn forward(
         par.gemv2(t, (gate, xb, &mut s.hb[..hn]), (up, xb, &mut s.hb2[..hn]));
         tpi_kernels::silu_mul(&mut s.hb[..hn], &s.hb2[..hn]);
         par.gemv_t(t, down, &s.hb[..hn], &mut s.xb2[..t * dim]);
-        w.release(l)?;
+        w.release(l).map_err(weights)?;
         let t0 = std::time::Instant::now();
-        comm.allreduce_sum(&mut s.xb2[..t * dim], l, Op::Mlp)?;
+        comm.allreduce_sum(&mut s.xb2[..t * dim], l, Op::Mlp)
+            .map_err(EngineError::Comm)?;
         timing.comm += t0.elapsed();
         add_into(&mut s.x[..t * dim], &s.xb2[..t * dim]);
         check_finite(
@@ -317,24 +322,28 @@ pub fn forward(
         tpi_kernels::rmsnorm(&mut s.xb[..dim], x_last, &res.final_norm, d.norm_eps);
     }
     for part in 0..w.lm_head_parts() {
-        let (row0, lm) = w.lm_head(part)?;
+        let (row0, lm) = w.lm_head(part).map_err(weights)?;
         if want_logits {
-            let out = s.my_logits.get_mut(row0..row0 + lm.rows).ok_or_else(|| {
-                Error::Model(format!(
-                    "lm_head part {part}: rows {row0}..{} beyond this rank's {} vocab rows",
-                    row0 + lm.rows,
-                    d.vocab
-                ))
-            })?;
-            par.gemv(lm.weights()?, &s.xb[..dim], out);
+            let rows = row0..row0.saturating_add(lm.rows);
+            let out = s
+                .my_logits
+                .get_mut(rows.clone())
+                .ok_or(EngineError::LmHeadRows {
+                    part,
+                    rows,
+                    vocab: d.vocab,
+                })?;
+            par.gemv(lm.weights().map_err(weights)?, &s.xb[..dim], out);
         }
-        w.release_lm_head(part)?;
+        w.release_lm_head(part).map_err(weights)?;
     }
     if !want_logits {
         return Ok(false);
     }
     let t0 = std::time::Instant::now();
-    let full = comm.gather_logits(&s.my_logits, &mut s.logits)?;
+    let full = comm
+        .gather_logits(&s.my_logits, &mut s.logits)
+        .map_err(EngineError::Comm)?;
     timing.comm += t0.elapsed();
     if full {
         check_finite(&s.logits, s.logits.len(), || "the logits".into(), last)?;
@@ -350,14 +359,19 @@ fn check_finite(
     width: usize,
     stage: impl FnOnce() -> String,
     pos0: usize,
-) -> Result<()> {
+) -> Result<(), EngineError> {
     match x.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
-        Some(i) => Err(Error::NonFinite {
+        Some(i) => Err(EngineError::NonFinite {
             stage: stage(),
             pos: pos0 + i / width.max(1),
         }),
     }
+}
+
+/// A weights source's error as the engine's.
+fn weights(e: impl Into<super::error::Cause>) -> EngineError {
+    EngineError::Weights(e.into())
 }
 
 /// rmsnorm of each `dim`-wide row of `x` into `out`.

@@ -1,10 +1,10 @@
 //! Generation: prefill the prompt, then sample token by token with a KV cache.
 
 use super::collective::Collective;
+use super::error::{Cause, EngineError};
 use super::forward::{forward, State, Timing};
 use super::par::Par;
 use super::sampler::{Sampler, SamplerConfig};
-use crate::error::{Error, Result};
 use crate::model::tokenizer::Tokenizer;
 use crate::weights::{RankWeights, Resident};
 use std::time::{Duration, Instant};
@@ -63,14 +63,14 @@ impl GenOutput {
 
 /// Receives each newly decoded piece of text; an error (stdout closed or
 /// full) stops the generation and is returned by [`generate`].
-pub type OnText<'a> = dyn FnMut(&str) -> Result<()> + 'a;
+pub type OnText<'a> = dyn FnMut(&str) -> Result<(), Cause> + 'a;
 
 /// Errs when `prompt` tokens plus `length` to generate run past a context
 /// of `limit` positions: the same answer at every world size, before any
 /// weight is read (rank 0 checks; workers follow rank 0's steps).
-pub fn check_context(prompt: usize, length: usize, limit: usize) -> Result<()> {
+pub fn check_context(prompt: usize, length: usize, limit: usize) -> Result<(), EngineError> {
     if prompt.saturating_add(length) > limit {
-        return Err(Error::Context {
+        return Err(EngineError::Context {
             prompt,
             length,
             limit,
@@ -94,15 +94,13 @@ pub fn generate(
     prompt_ids: &[u32],
     opts: &GenOptions,
     on_text: &mut OnText<'_>,
-) -> Result<GenOutput> {
+) -> Result<GenOutput, EngineError> {
     if prompt_ids.is_empty() {
-        return Err(Error::Usage("the prompt has no tokens".into()));
+        return Err(EngineError::EmptyPrompt);
     }
     let vocab = rank.res.dims.vocab_total;
-    if let Some(bad) = prompt_ids.iter().find(|&&id| id as usize >= vocab) {
-        return Err(Error::Usage(format!(
-            "prompt token id {bad} is outside the vocabulary of {vocab}"
-        )));
+    if let Some(&id) = prompt_ids.iter().find(|&&id| id as usize >= vocab) {
+        return Err(EngineError::TokenOutOfVocab { id, vocab });
     }
     let dims = &rank.res.dims;
     check_context(prompt_ids.len(), opts.length, dims.max_seq_len)?;
@@ -154,7 +152,7 @@ pub fn generate(
         if let Some(s) = stream.as_mut() {
             let piece = s.push(next)?;
             if !piece.is_empty() {
-                on_text(&piece)?;
+                on_text(&piece).map_err(EngineError::Output)?;
             }
         }
         if i + 1 == opts.length {
@@ -171,7 +169,7 @@ pub fn generate(
     if let Some(mut s) = stream {
         let tail = s.flush()?;
         if !tail.is_empty() {
-            on_text(&tail)?;
+            on_text(&tail).map_err(EngineError::Output)?;
         }
         out.text = s.text().to_string();
     }
@@ -180,11 +178,11 @@ pub fn generate(
 
 /// A worker's generation: the forward of every step rank 0 sends, until
 /// rank 0 ends the session. Returns the forwards run.
-pub fn follow(rank: &mut Rank<'_>) -> Result<u64> {
+pub fn follow(rank: &mut Rank<'_>) -> Result<u64, EngineError> {
     let mut state = State::new(&rank.res.dims, PREFILL_BATCH)?;
     let mut timing = Timing::default();
     let mut forwards = 0;
-    while let Some(s) = rank.comm.next_step()? {
+    while let Some(s) = rank.comm.next_step().map_err(EngineError::Comm)? {
         forward(
             rank.res,
             rank.weights,
@@ -210,8 +208,10 @@ fn step(
     pos: usize,
     want: bool,
     timing: &mut Timing,
-) -> Result<()> {
-    rank.comm.begin_step(ids, pos, want)?;
+) -> Result<(), EngineError> {
+    rank.comm
+        .begin_step(ids, pos, want)
+        .map_err(EngineError::Comm)?;
     forward(
         rank.res,
         rank.weights,

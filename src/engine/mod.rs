@@ -8,12 +8,14 @@
 //! sockets: the network implements [`Collective`] above it.
 
 pub mod collective;
+pub mod error;
 pub mod forward;
 pub mod generate;
 pub mod par;
 pub mod sampler;
 
-pub use collective::{Collective, Op, Solo, Step};
+pub use collective::{Collective, CommError, Op, Solo, Step};
+pub use error::EngineError;
 pub use forward::{forward, State, Timing};
 pub use generate::{
     check_context, follow, generate, peak_rss_bytes, GenOptions, GenOutput, OnText, Rank,

@@ -16,7 +16,7 @@ use super::frame::Kind;
 use super::link::Link;
 use super::msg::{Reject, Step, STEP_PREFILL, STEP_WANT_LOGITS};
 use crate::engine::PREFILL_BATCH;
-use crate::engine::{Collective, Op};
+use crate::engine::{Collective, CommError, Op};
 use std::ops::Range;
 use std::time::Duration;
 
@@ -75,7 +75,12 @@ impl HubComm {
 }
 
 impl Collective for HubComm {
-    fn begin_step(&mut self, tokens: &[u32], pos: usize, want_logits: bool) -> crate::Result<()> {
+    fn begin_step(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        want_logits: bool,
+    ) -> Result<(), CommError> {
         self.step = self.step.wrapping_add(1);
         let mut flags = if want_logits { STEP_WANT_LOGITS } else { 0 };
         if tokens.len() > 1 {
@@ -86,16 +91,17 @@ impl Collective for HubComm {
             ids: tokens.to_vec(),
             flags,
         };
-        let payload = step
-            .encode()
-            .map_err(|e| crate::Error::Model(format!("step message: {e}")))?;
+        let payload = step.encode().map_err(|e| NetError::Message {
+            what: "step",
+            source: e,
+        })?;
         for l in &mut self.links {
             l.send(Kind::Step, self.step, 0, &payload)?;
         }
         Ok(())
     }
 
-    fn allreduce_sum(&mut self, x: &mut [f32], layer: usize, op: Op) -> crate::Result<()> {
+    fn allreduce_sum(&mut self, x: &mut [f32], layer: usize, op: Op) -> Result<(), CommError> {
         let seq = op.seq(layer);
         self.scratch.resize(x.len(), 0.0);
         // Sum in rank order, so every run (and every rank) gets the same bits.
@@ -111,7 +117,7 @@ impl Collective for HubComm {
         Ok(())
     }
 
-    fn gather_logits(&mut self, mine: &[f32], full: &mut [f32]) -> crate::Result<bool> {
+    fn gather_logits(&mut self, mine: &[f32], full: &mut [f32]) -> Result<bool, CommError> {
         full[self.my_vocab.clone()].copy_from_slice(mine);
         for (l, v) in self.links.iter_mut().zip(&self.vocab) {
             l.recv_f32s(Kind::Logits, self.step, 0, &mut full[v.clone()])?;
@@ -214,7 +220,7 @@ impl WorkerComm {
 }
 
 impl Collective for WorkerComm {
-    fn next_step(&mut self) -> crate::Result<Option<crate::engine::Step>> {
+    fn next_step(&mut self) -> Result<Option<crate::engine::Step>, CommError> {
         Ok(match self.next_command()? {
             Command::Stop => None,
             Command::Step {
@@ -229,14 +235,14 @@ impl Collective for WorkerComm {
         })
     }
 
-    fn allreduce_sum(&mut self, x: &mut [f32], layer: usize, op: Op) -> crate::Result<()> {
+    fn allreduce_sum(&mut self, x: &mut [f32], layer: usize, op: Op) -> Result<(), CommError> {
         let seq = op.seq(layer);
         self.link.send_f32s(Kind::Partial, self.step, seq, x)?;
         self.link.recv_f32s(Kind::Reduced, self.step, seq, x)?;
         Ok(())
     }
 
-    fn gather_logits(&mut self, mine: &[f32], _full: &mut [f32]) -> crate::Result<bool> {
+    fn gather_logits(&mut self, mine: &[f32], _full: &mut [f32]) -> Result<bool, CommError> {
         self.link.send_f32s(Kind::Logits, self.step, 0, mine)?;
         Ok(false)
     }

@@ -71,6 +71,11 @@ pub enum NetError {
         peer: String,
         source: Box<crate::slice::SliceError>,
     },
+    /// A message this side cannot encode (more ids than a Step carries).
+    Message {
+        what: &'static str,
+        source: crate::codec::cursor::DecodeError,
+    },
 }
 
 fn rank_str(rank: &Option<usize>) -> String {
@@ -117,6 +122,7 @@ impl fmt::Display for NetError {
             NetError::Protocol { peer, rank, what } => {
                 write!(f, "{} at {peer}: {what}", rank_str(rank))
             }
+            NetError::Message { what, source } => write!(f, "{what} message: {source}"),
             NetError::Address {
                 flag,
                 value,
@@ -157,6 +163,7 @@ impl std::error::Error for NetError {
             NetError::Io { source, .. } | NetError::Address { source, .. } => Some(source),
             NetError::Frame { source, .. } => Some(source),
             NetError::SliceHead { source, .. } => Some(source.as_ref()),
+            NetError::Message { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -155,7 +155,7 @@ pub fn run_hub(
         }
         Err(e) => {
             comm.abort(&format!("rank 0 failed: {e}"));
-            Err(e)
+            Err(e.into())
         }
     }
 }

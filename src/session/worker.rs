@@ -110,7 +110,7 @@ pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
     };
     if let Err(e) = follow(&mut rank) {
         comm.fail(&e.to_string());
-        return Err(e);
+        return Err(e.into());
     }
     Ok(())
 }
