@@ -100,3 +100,14 @@ impl From<crate::engine::EngineError> for Error {
         Error::Engine(e)
     }
 }
+
+impl From<crate::model::ModelError> for Error {
+    fn from(e: crate::model::ModelError) -> Self {
+        use crate::model::ModelError as M;
+        match e {
+            M::Config(e) => Error::Config(e),
+            M::SafeTensors(e) => Error::SafeTensors(e),
+            M::Tokenizer(e) => Error::Tokenizer(e),
+        }
+    }
+}

@@ -2,9 +2,9 @@
 
 use super::bundled;
 use super::config::Config;
+use super::error::ModelError;
 use super::safetensors::SafeTensors;
 use super::tokenizer::Tokenizer;
-use crate::error::Result;
 use std::path::{Path, PathBuf};
 
 /// An opened HuggingFace model.
@@ -19,14 +19,14 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// Opens `dir`, or the bundled demo model when `dir` is `None`.
-    pub fn open(dir: Option<&Path>) -> Result<Checkpoint> {
+    pub fn open(dir: Option<&Path>) -> Result<Checkpoint, ModelError> {
         match dir {
             Some(dir) => Checkpoint::open_dir(dir),
             None => Checkpoint::bundled(),
         }
     }
 
-    pub fn open_dir(dir: &Path) -> Result<Checkpoint> {
+    pub fn open_dir(dir: &Path) -> Result<Checkpoint, ModelError> {
         let config = Config::from_dir(dir)?;
         let weights = SafeTensors::open_dir(dir)?;
         let tok_path: PathBuf = dir.join("tokenizer.json");
@@ -43,7 +43,7 @@ impl Checkpoint {
         })
     }
 
-    pub fn bundled() -> Result<Checkpoint> {
+    pub fn bundled() -> Result<Checkpoint, ModelError> {
         let config = Config::from_json(
             bundled::CONFIG,
             Some(bundled::GENERATION_CONFIG),

@@ -1,0 +1,52 @@
+//! Why a model could not be opened: its config, its weights or its
+//! tokenizer, each error naming the file.
+
+use super::config::ConfigError;
+use super::safetensors::SafeTensorsError;
+use super::tokenizer::TokenizerError;
+use std::fmt;
+
+#[derive(Debug)]
+pub enum ModelError {
+    Config(ConfigError),
+    SafeTensors(SafeTensorsError),
+    Tokenizer(TokenizerError),
+}
+
+impl fmt::Display for ModelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelError::Config(e) => write!(f, "config: {e}"),
+            ModelError::SafeTensors(e) => write!(f, "weights: {e}"),
+            ModelError::Tokenizer(e) => write!(f, "tokenizer: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ModelError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ModelError::Config(e) => Some(e),
+            ModelError::SafeTensors(e) => Some(e),
+            ModelError::Tokenizer(e) => Some(e),
+        }
+    }
+}
+
+impl From<ConfigError> for ModelError {
+    fn from(e: ConfigError) -> Self {
+        ModelError::Config(e)
+    }
+}
+
+impl From<SafeTensorsError> for ModelError {
+    fn from(e: SafeTensorsError) -> Self {
+        ModelError::SafeTensors(e)
+    }
+}
+
+impl From<TokenizerError> for ModelError {
+    fn from(e: TokenizerError) -> Self {
+        ModelError::Tokenizer(e)
+    }
+}
