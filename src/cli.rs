@@ -1,7 +1,7 @@
 //! The `tpi-run` command line.
 
 use crate::engine::{check_context, peak_rss_bytes, EngineError, GenOptions, SamplerConfig};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, UsageError};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::names::EMBED;
 use crate::net::{NetOpts, Secret};
@@ -180,6 +180,14 @@ pub const MAX_THREADS: usize = 1024;
 /// Most ranks in a session (the plan also needs one query head per rank).
 pub const MAX_WORLD: usize = 1024;
 
+/// A usage error naming `flag`.
+fn usage(flag: &'static str, problem: impl Into<String>) -> Error {
+    Error::Usage(UsageError {
+        flag,
+        problem: problem.into(),
+    })
+}
+
 /// `tpi-run --version`: version, target triple, kernel backend.
 pub fn version_line() -> String {
     format!(
@@ -196,7 +204,7 @@ fn parse_ids(s: &str) -> Result<Vec<u32>> {
         .filter(|t| !t.is_empty())
         .map(|t| {
             t.parse::<u32>()
-                .map_err(|_| Error::Usage(format!("--prompt-ids: '{t}' is not a token id")))
+                .map_err(|_| usage("--prompt-ids", format!("'{t}' is not a token id")))
         })
         .collect()
 }
@@ -204,32 +212,32 @@ fn parse_ids(s: &str) -> Result<Vec<u32>> {
 /// Checks every range and combination clap cannot express.
 pub fn check_args(a: &Args) -> Result<()> {
     if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
-        return Err(Error::Usage(format!(
-            "--temperature must be >= 0, got {}",
-            a.temperature
-        )));
+        return Err(usage(
+            "--temperature",
+            format!("must be a finite number >= 0, got {}", a.temperature),
+        ));
     }
     if !(a.top_p > 0.0 && a.top_p <= 1.0) {
-        return Err(Error::Usage(format!(
-            "--top-p must be in (0, 1], got {}",
-            a.top_p
-        )));
+        return Err(usage(
+            "--top-p",
+            format!("must be in (0, 1], got {}", a.top_p),
+        ));
     }
     if !(1..=MAX_WORLD).contains(&a.world_size) {
-        return Err(Error::Usage(format!(
-            "--world-size must be in 1..={MAX_WORLD}, got {}",
-            a.world_size
-        )));
+        return Err(usage(
+            "--world-size",
+            format!("must be in 1..={MAX_WORLD}, got {}", a.world_size),
+        ));
     }
     if let Some(r) = a.rank {
         if r >= a.world_size {
-            return Err(Error::Usage(format!(
-                "--rank {r} is not below --world-size {}",
-                a.world_size
-            )));
+            return Err(usage(
+                "--rank",
+                format!("{r} is not below --world-size {}", a.world_size),
+            ));
         }
         if a.master.is_none() {
-            return Err(Error::Usage("--rank needs --master HOST:PORT".into()));
+            return Err(usage("--rank", "needs --master HOST:PORT"));
         }
     }
     for (name, v) in [
@@ -237,20 +245,20 @@ pub fn check_args(a: &Args) -> Result<()> {
         ("--peer-timeout", a.peer_timeout),
     ] {
         if !(v > 0.0 && v.is_finite() && v < 1e6) {
-            return Err(Error::Usage(format!(
-                "{name} must be a positive number of seconds, got {v}"
-            )));
+            return Err(usage(
+                name,
+                format!("must be a positive number of seconds, got {v}"),
+            ));
         }
     }
     if a.memory_window.is_some_and(|w| w < 2) {
-        return Err(Error::Usage(
-            "--memory-window needs at least 2 blocks".into(),
-        ));
+        return Err(usage("--memory-window", "needs at least 2 blocks"));
     }
     if let Some(t) = a.threads.filter(|t| !(1..=MAX_THREADS).contains(t)) {
-        return Err(Error::Usage(format!(
-            "--threads must be in 1..={MAX_THREADS}, got {t}"
-        )));
+        return Err(usage(
+            "--threads",
+            format!("must be in 1..={MAX_THREADS}, got {t}"),
+        ));
     }
     Ok(())
 }
@@ -260,14 +268,18 @@ fn parse_weights(s: &str, n: usize) -> Result<Vec<u32>> {
         .split(',')
         .map(|t| {
             t.trim().parse::<u32>().map_err(|_| {
-                Error::Usage(format!("--split-weights: '{t}' is not a positive integer"))
+                usage(
+                    "--split-weights",
+                    format!("'{t}' is not a positive integer"),
+                )
             })
         })
         .collect::<Result<_>>()?;
     if w.len() != n || w.contains(&0) {
-        return Err(Error::Usage(format!(
-            "--split-weights needs {n} positive integers, got '{s}'"
-        )));
+        return Err(usage(
+            "--split-weights",
+            format!("needs {n} positive integers, got '{s}'"),
+        ));
     }
     Ok(w)
 }
@@ -287,7 +299,10 @@ fn secret(a: &Args) -> Result<Option<Secret>> {
     // A trailing newline from `echo key > file` is not part of the key.
     let key = key.trim_ascii_end();
     if key.is_empty() {
-        return Err(Error::Usage("the pre-shared key is empty".into()));
+        return Err(usage(
+            "--secret-file / TPI_SECRET",
+            "the pre-shared key is empty",
+        ));
     }
     Ok(Some(Secret::from(key)))
 }
@@ -366,17 +381,18 @@ pub fn run(args: &Args) -> Result<()> {
     let prompt_ids = match (&args.prompt, &args.prompt_ids) {
         (Some(text), _) => {
             let tok = ckpt.tokenizer.as_ref().ok_or_else(|| {
-                Error::Usage(format!(
-                    "--prompt needs {}/tokenizer.json; use --prompt-ids",
-                    ckpt.origin
-                ))
+                usage(
+                    "--prompt",
+                    format!("needs {}/tokenizer.json; use --prompt-ids", ckpt.origin),
+                )
             })?;
             tok.encode(text)?
         }
         (None, Some(ids)) => parse_ids(ids)?,
         (None, None) => {
-            return Err(Error::Usage(
-                "give --prompt TEXT or --prompt-ids 1,2,3".into(),
+            return Err(usage(
+                "--prompt",
+                "give --prompt TEXT or --prompt-ids 1,2,3",
             ))
         }
     };
@@ -466,7 +482,7 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 /// `"20G"` -> 20 GiB in bytes; plain numbers are bytes.
-fn parse_size(flag: &str, s: &str) -> Result<u64> {
+fn parse_size(flag: &'static str, s: &str) -> Result<u64> {
     let t = s.trim();
     let (num, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
         Some(i) => (&t[..i], &t[i..]),
@@ -478,15 +494,15 @@ fn parse_size(flag: &str, s: &str) -> Result<u64> {
         "M" | "MB" | "MIB" => 20,
         "G" | "GB" | "GIB" => 30,
         "T" | "TB" | "TIB" => 40,
-        _ => return Err(Error::Usage(format!("{flag}: unknown unit in '{s}'"))),
+        _ => return Err(usage(flag, format!("unknown unit in '{s}'"))),
     };
     let v: f64 = num
         .trim()
         .parse()
-        .map_err(|_| Error::Usage(format!("{flag}: '{s}' is not a size")))?;
+        .map_err(|_| usage(flag, format!("'{s}' is not a size")))?;
     let bytes = v * (1u64 << shift) as f64;
     if !(bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64) {
-        return Err(Error::Usage(format!("{flag}: '{s}' is out of range")));
+        return Err(usage(flag, format!("'{s}' is out of range")));
     }
     Ok(bytes as u64)
 }

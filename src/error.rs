@@ -4,6 +4,13 @@ use std::fmt;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A flag (or flag combination) that cannot be run as given.
+#[derive(Debug)]
+pub struct UsageError {
+    pub flag: &'static str,
+    pub problem: String,
+}
+
 #[derive(Debug)]
 pub enum Error {
     Config(crate::model::config::ConfigError),
@@ -13,7 +20,9 @@ pub enum Error {
     /// A model whose tensors do not fit its config, or a step out of range.
     Model(String),
     /// Bad command-line usage.
-    Usage(String),
+    Usage(UsageError),
+    /// No split plan for this model and world size (or weights).
+    Plan(crate::plan::PlanError),
     /// Generation (prompt, context, weights, exchanges, values).
     Engine(crate::engine::EngineError),
     /// Listing or pruning the slice cache in `dir`.
@@ -36,7 +45,8 @@ impl fmt::Display for Error {
             Error::Tokenizer(e) => write!(f, "tokenizer: {e}"),
             Error::Net(e) => write!(f, "network: {e}"),
             Error::Model(m) => write!(f, "model: {m}"),
-            Error::Usage(m) => write!(f, "usage: {m}"),
+            Error::Usage(u) => write!(f, "usage: {}: {}", u.flag, u.problem),
+            Error::Plan(e) => write!(f, "split plan: {e}"),
             Error::Engine(e) => write!(f, "{e}"),
             Error::Io { path, source } => write!(f, "{path}: {source}"),
             Error::Cache { dir, source } => write!(f, "slice cache {dir}: {source}"),
@@ -49,7 +59,7 @@ impl Error {
     /// rather than something failing on the way (1).
     pub fn is_usage(&self) -> bool {
         match self {
-            Error::Usage(_) => true,
+            Error::Usage(_) | Error::Plan(_) => true,
             Error::Engine(e) => e.is_usage(),
             _ => false,
         }
@@ -64,6 +74,7 @@ impl std::error::Error for Error {
             Error::Tokenizer(e) => Some(e),
             Error::Io { source, .. } => Some(source),
             Error::Cache { source, .. } => Some(source),
+            Error::Plan(e) => Some(e),
             Error::Engine(e) => e.source(),
             Error::Net(e) => Some(e),
             _ => None,

@@ -24,8 +24,7 @@ pub use worker::{run_worker, WorkerSetup};
 
 /// The split plan for `cfg` over `world_size` ranks.
 pub fn plan_for(cfg: &Config, world_size: usize, weights: Option<&[u32]>) -> Result<Plan> {
-    split(&Shape::of(cfg), world_size, weights)
-        .map_err(|e| Error::Usage(format!("split plan: {e}")))
+    split(&Shape::of(cfg), world_size, weights).map_err(Error::Plan)
 }
 
 /// The default slice cache: `$TPI_CACHE_DIR`, else `$XDG_CACHE_HOME/tpi`,
