@@ -10,6 +10,10 @@ pub enum Error {
     SafeTensors(crate::model::safetensors::SafeTensorsError),
     Tokenizer(crate::model::tokenizer::TokenizerError),
     Net(crate::net::NetError),
+    /// Writing, opening or reading a slice file.
+    Slice(crate::split::SliceError),
+    /// A split plan that cannot be made.
+    Plan(crate::split::plan::PlanError),
     /// A model whose tensors do not fit its config, or a step out of range.
     Model(String),
     /// Bad command-line usage.
@@ -34,7 +38,7 @@ pub enum Error {
     /// Listing or pruning the slice cache in `dir`.
     Cache {
         dir: String,
-        source: crate::cache::CacheError,
+        source: crate::split::cache::CacheError,
     },
     /// An I/O error on a named file.
     Io {
@@ -50,6 +54,8 @@ impl fmt::Display for Error {
             Error::SafeTensors(e) => write!(f, "weights: {e}"),
             Error::Tokenizer(e) => write!(f, "tokenizer: {e}"),
             Error::Net(e) => write!(f, "network: {e}"),
+            Error::Slice(e) => write!(f, "model: {e}"),
+            Error::Plan(e) => write!(f, "plan: {e}"),
             Error::Model(m) => write!(f, "model: {m}"),
             Error::Usage(m) => write!(f, "usage: {m}"),
             Error::Context {
@@ -81,7 +87,10 @@ impl Error {
     /// Whether the user asked for something impossible (exit status 2),
     /// rather than something failing on the way (1).
     pub fn is_usage(&self) -> bool {
-        matches!(self, Error::Usage(_) | Error::Context { .. })
+        matches!(
+            self,
+            Error::Usage(_) | Error::Context { .. } | Error::Plan(_)
+        )
     }
 }
 
@@ -94,6 +103,8 @@ impl std::error::Error for Error {
             Error::Io { source, .. } => Some(source),
             Error::Cache { source, .. } => Some(source),
             Error::Net(e) => Some(e),
+            Error::Slice(e) => Some(e),
+            Error::Plan(e) => Some(e),
             _ => None,
         }
     }
@@ -120,5 +131,17 @@ impl From<crate::model::tokenizer::TokenizerError> for Error {
 impl From<crate::net::NetError> for Error {
     fn from(e: crate::net::NetError) -> Self {
         Error::Net(e)
+    }
+}
+
+impl From<crate::split::SliceError> for Error {
+    fn from(e: crate::split::SliceError) -> Self {
+        Error::Slice(e)
+    }
+}
+
+impl From<crate::split::plan::PlanError> for Error {
+    fn from(e: crate::split::plan::PlanError) -> Self {
+        Error::Plan(e)
     }
 }
