@@ -420,7 +420,7 @@ mod tests {
         assert_eq!(lookup_digest(&cache, &id), None);
     }
 
-    /// `TPI_HASH_FILE=<path> cargo test --release --lib cache::tests::hash_throughput
+    /// `TPI_HASH_FILE=<path> cargo test --release --lib split::digest::tests::hash_throughput
     /// -- --ignored --nocapture`: `hash_file` against a plain read of the
     /// same file in the same run (page cache warm after the first pass).
     #[test]
