@@ -30,7 +30,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use tpi::engine::{forward, Par, Solo, State, Timing};
-use tpi::slice::{Expect, SliceFile, SliceResident};
+use tpi::split::reader::{Expect, SliceFile};
+use tpi::weights::sliced::SliceResident;
 use tpi::weights::{RankWeights, Resident};
 use tpi::window::{Reads, Window, WindowOpts};
 use tpi_kernels::Backend;

@@ -17,18 +17,20 @@ pub enum Error {
     SafeTensors(crate::model::safetensors::SafeTensorsError),
     Tokenizer(crate::model::tokenizer::TokenizerError),
     Net(crate::net::NetError),
+    /// Writing, opening or reading a slice file.
+    Slice(crate::split::SliceError),
+    /// No split plan for this model and world size (or weights).
+    Plan(crate::split::plan::PlanError),
     /// A model whose tensors do not fit its config, or a step out of range.
     Model(String),
     /// Bad command-line usage.
     Usage(UsageError),
-    /// No split plan for this model and world size (or weights).
-    Plan(crate::plan::PlanError),
     /// Generation (prompt, context, weights, exchanges, values).
     Engine(crate::engine::EngineError),
     /// Listing or pruning the slice cache in `dir`.
     Cache {
         dir: String,
-        source: crate::cache::CacheError,
+        source: crate::split::cache::CacheError,
     },
     /// An I/O error on a named file.
     Io {
@@ -44,6 +46,7 @@ impl fmt::Display for Error {
             Error::SafeTensors(e) => write!(f, "weights: {e}"),
             Error::Tokenizer(e) => write!(f, "tokenizer: {e}"),
             Error::Net(e) => write!(f, "network: {e}"),
+            Error::Slice(e) => write!(f, "model: {e}"),
             Error::Model(m) => write!(f, "model: {m}"),
             Error::Usage(u) => write!(f, "usage: {}: {}", u.flag, u.problem),
             Error::Plan(e) => write!(f, "split plan: {e}"),
@@ -77,6 +80,7 @@ impl std::error::Error for Error {
             Error::Plan(e) => Some(e),
             Error::Engine(e) => e.source(),
             Error::Net(e) => Some(e),
+            Error::Slice(e) => Some(e),
             _ => None,
         }
     }
@@ -120,5 +124,17 @@ impl From<crate::model::ModelError> for Error {
             M::SafeTensors(e) => Error::SafeTensors(e),
             M::Tokenizer(e) => Error::Tokenizer(e),
         }
+    }
+}
+
+impl From<crate::split::SliceError> for Error {
+    fn from(e: crate::split::SliceError) -> Self {
+        Error::Slice(e)
+    }
+}
+
+impl From<crate::split::plan::PlanError> for Error {
+    fn from(e: crate::split::plan::PlanError) -> Self {
+        Error::Plan(e)
     }
 }

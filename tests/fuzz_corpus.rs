@@ -725,12 +725,13 @@ mod seeds {
         v.push((T, "err-not-utf8".into(), vec![b'{', 0xff, b'}']));
     }
 
-    /// Real manifests from `slice::write_slice` on the fixtures, one cut
+    /// Real manifests from `split::writer::write_slice` on the fixtures, one cut
     /// down and re-encoded, and malformed variants.
     fn slice_manifest(v: &mut Vec<Seed>) {
         use tpi::model::checkpoint::Checkpoint;
-        use tpi::plan::{split, Shape};
-        use tpi::slice::{decode_manifest, encode_manifest, write_slice, PREAMBLE_LEN};
+        use tpi::split::manifest::{decode_manifest, encode_manifest, PREAMBLE_LEN};
+        use tpi::split::plan::{split, Shape};
+        use tpi::split::writer::write_slice;
         const T: &str = "slice_manifest";
         let manifest = |fx: &str, world: usize, rank: usize| {
             let ckpt = Checkpoint::open_dir(&fixture_dir(fx)).unwrap();

@@ -4,9 +4,9 @@
 use crate::common::*;
 use tpi::engine::{generate, GenOptions, GenOutput, Rank};
 use tpi::engine::{Par, SamplerConfig, Solo};
-use tpi::load::{resident, InPlace};
 use tpi::model::checkpoint::Checkpoint;
-use tpi::weights::Part;
+use tpi::split::plan::RankSlice;
+use tpi::weights::in_place::{resident, InPlace};
 use tpi_kernels::Backend;
 
 /// Max-abs tolerance on last-position logits (the two oracles agree to 1e-5).
@@ -34,7 +34,7 @@ fn generate_greedy(
     per_position: bool,
 ) -> GenOutput {
     let cfg = &ckpt.config;
-    let part = Part::whole(cfg);
+    let part = RankSlice::whole(cfg);
     let res = resident(cfg, &ckpt.weights, &part).expect("resident");
     let mut weights = InPlace::new(cfg, &ckpt.weights).expect("layers");
     let mut solo = Solo;

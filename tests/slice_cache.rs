@@ -97,7 +97,7 @@ fn replaced_weights_are_sliced_again_at_world_sizes_1_and_2() {
             "{mode:?}: the unchanged copy follows the oracle"
         );
         assert!(
-            cache.join(tpi::cache::DIGESTS).is_file(),
+            cache.join(tpi::split::digest::DIGESTS).is_file(),
             "{mode:?}: the aged model's digest was not cached"
         );
         let first = entries(&cache);
@@ -117,22 +117,23 @@ fn replaced_weights_are_sliced_again_at_world_sizes_1_and_2() {
         let second = entries(&cache);
         assert_eq!(second.len(), 2, "{mode:?}: no new fingerprint: {second:?}");
         // The old entry's model changed under it; prune drops it alone.
-        let gone = tpi::cache::prune(&cache, &tpi::cache::PrunePolicy::default()).expect("prune");
+        let gone = tpi::split::cache::prune(&cache, &tpi::split::cache::PrunePolicy::default())
+            .expect("prune");
         assert_eq!(
             gone.iter().map(|e| e.path.clone()).collect::<Vec<_>>(),
             first,
             "{mode:?}"
         );
         assert_eq!(
-            tpi::cache::list(&cache).expect("list")[0].model,
-            tpi::cache::ModelStatus::Same
+            tpi::split::cache::list(&cache).expect("list")[0].model,
+            tpi::split::cache::ModelStatus::Same
         );
     }
 }
 
 fn fingerprint_of(model: &Path, cache: &Path) -> u64 {
     let ckpt = Checkpoint::open_dir(model).expect("open model");
-    tpi::slice::fingerprint(&ckpt, cache, &mut tpi::progress::Silent).expect("fingerprint")
+    tpi::split::digest::fingerprint(&ckpt, cache, &mut tpi::progress::Silent).expect("fingerprint")
 }
 
 #[test]

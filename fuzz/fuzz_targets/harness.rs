@@ -397,12 +397,12 @@ pub fn config_json(data: &[u8]) -> bool {
 
 // ----------------------------------------------------------------- slice --
 
-/// `slice::decode_manifest`; an Ok manifest must re-encode
+/// `split::manifest::decode_manifest`; an Ok manifest must re-encode
 /// (`encode_manifest`) byte-identically and keep the structure the decoder
 /// promises: aligned, ordered, non-overlapping blocks, tensors inside their
 /// block.
 pub fn slice_manifest(data: &[u8]) -> bool {
-    use tpi::slice::{decode_manifest, encode_manifest, BLOCK_ALIGN, TENSOR_ALIGN};
+    use tpi::split::manifest::{decode_manifest, encode_manifest, BLOCK_ALIGN, TENSOR_ALIGN};
     match decode_manifest(data) {
         Ok(m) => {
             assert!(m.world_size >= 1 && m.rank < m.world_size);

@@ -226,10 +226,6 @@ fn step(
     Ok(())
 }
 
-/// Peak resident set size of this process (VmHWM), in bytes, where known.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
+/// Peak resident set size of this process (VmHWM), in bytes, where known
+/// (read by [`crate::sys`]).
+pub use crate::sys::peak_rss_bytes;

@@ -522,55 +522,12 @@ impl Backing {
     }
 }
 
-/// Maps a file read-only: all of it, or `len` bytes from `offset` (the
-/// memory window maps one block at a time). The project's one call into
-/// memmap2's unsafe file mapping.
-#[allow(unsafe_code)]
-pub(crate) fn map_file(file: &File, range: Option<(u64, usize)>) -> std::io::Result<memmap2::Mmap> {
-    let mut opts = memmap2::MmapOptions::new();
-    if let Some((offset, len)) = range {
-        opts.offset(offset).len(len);
-    }
-    // SAFETY: the file was opened read-only and the mapping is read-only; we
-    // never write through it. The remaining risk is another process
-    // truncating or rewriting the file while it is mapped: a truncation makes
-    // later reads of the vanished pages raise SIGBUS, a rewrite changes the
-    // weights under us. Model files and slice files are treated as immutable
-    // while tpi runs (a slice is replaced by renaming a new file over it,
-    // which leaves existing mappings on the old inode), the same contract
-    // every mmap-based model loader relies on.
-    unsafe { opts.map(file) }
-}
-
-/// Drops this process's page-table entries for `len` bytes of `map` from
-/// `offset` (widened to whole pages, clipped to the mapping), so pages
-/// already read stop counting in the resident set. The page cache keeps
-/// the data; a later read faults it back in. Part of the audited mapping
-/// above: the only other unsafe call on a [`map_file`] mapping.
-#[allow(unsafe_code)]
-pub(crate) fn release_range(map: &memmap2::Mmap, offset: usize, len: usize) -> std::io::Result<()> {
-    let start = offset;
-    let end = offset.saturating_add(len).min(map.len());
-    if start >= end {
-        return Ok(());
-    }
-    // SAFETY: `map` comes from `map_file`: a read-only, shared file mapping
-    // that no one writes through. MADV_DONTNEED on such a mapping discards
-    // only page-table entries; the next access re-reads the same file pages
-    // from the page cache (it zero-fills only private anonymous or written
-    // copy-on-write pages, and this mapping has neither). So every `&[u8]`
-    // borrowed from `map`, now or later, keeps seeing the file's bytes.
-    // memmap2 widens `start` down to the page size of the host (4 KiB to
-    // 64 KiB); `start..end` is inside the mapping.
-    unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) }
-}
-
 /// All tensors of a model, across its shards.
 pub struct SafeTensors {
     shards: Vec<Backing>,
     shard_names: Vec<String>,
     /// Each shard's whole-file digest once computed (the mapped bytes are
-    /// immutable while tpi runs, see [`map_file`]).
+    /// immutable while tpi runs, see [`crate::sys::map_file`]).
     digests: Vec<OnceLock<u64>>,
     tensors: HashMap<String, TensorInfo>,
 }
@@ -595,7 +552,7 @@ fn open_shard(path: &Path) -> Result<(Backing, Vec<TensorInfo>), SafeTensorsErro
     let file = File::open(path).map_err(io_err(path))?;
     let canonical = std::fs::canonicalize(path).map_err(io_err(path))?;
     let id = FileId::of(&file, canonical).map_err(io_err(path))?;
-    let map = map_file(&file, None).map_err(io_err(path))?;
+    let map = crate::sys::map_file(&file, None).map_err(io_err(path))?;
     let tensors = parse_header(&map, &path.display().to_string())?;
     Ok((Backing::Mmap(Box::new(Mapped { map, file, id })), tensors))
 }
@@ -738,12 +695,12 @@ impl SafeTensors {
     }
 
     /// Releases the resident pages of `t`'s bytes in this process (see
-    /// [`release_range`]); the bytes stay readable. A no-op for in-memory
+    /// [`crate::sys::release_range`]); the bytes stay readable. A no-op for in-memory
     /// shards. Used after a tensor has been copied out (slicing), so the
     /// source model does not accumulate in the resident set.
     pub fn release(&self, t: &TensorInfo) -> std::io::Result<()> {
         match self.shards.get(t.shard) {
-            Some(Backing::Mmap(m)) => release_range(&m.map, t.offset, t.len),
+            Some(Backing::Mmap(m)) => crate::sys::release_range(&m.map, t.offset, t.len),
             _ => Ok(()),
         }
     }

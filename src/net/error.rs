@@ -69,7 +69,7 @@ pub enum NetError {
     /// not decode, so its size is unknown (spec J7).
     SliceHead {
         peer: String,
-        source: Box<crate::slice::SliceError>,
+        source: Box<crate::split::SliceError>,
     },
     /// A message this side cannot encode (more ids than a Step carries).
     Message {

@@ -144,7 +144,7 @@
 //!   receiver reports it naming the sender's rank (a key held on one side
 //!   only, a full disk, a failed forward).
 //! - J7. A worker fetches its slice head first (the 32-byte preamble, then
-//!   the manifest of at most `slice::MAX_MANIFEST` bytes, checksum checked);
+//!   the manifest of at most `split::manifest::MAX_MANIFEST` bytes, checksum checked);
 //!   the slice's size is the end of its last block. It never requests past
 //!   that size, and refuses a FileChunk message longer than it asked for.
 

@@ -3,7 +3,7 @@
 //!
 //! Data flow, once the worker has its HelloAck: [`fetch_slice`] first calls
 //! `fetch_head`, which asks for the 32-byte preamble, then for the manifest
-//! (its length checked against `slice::MAX_MANIFEST` before any request,
+//! (its length checked against `split::manifest::MAX_MANIFEST` before any request,
 //! its checksum after); the manifest's last block gives the slice's size.
 //! The rest follows in requests of at most `FETCH_CHUNK` bytes into
 //! `path.partial` (resuming from its length), never past that size. Each
@@ -120,7 +120,7 @@ pub fn fetch_slice(
     let resumed_at = offset;
     // Large writes leave the slice in the page cache in large folios,
     // which a mapped memory window maps several times faster.
-    let mut out = crate::slice::LargeWriter::new(file, offset);
+    let mut out = crate::sys::LargeWriter::new(file, offset);
     progress.begin("downloading slice", size);
     if let Some(rest) = head
         .get(offset as usize..)
@@ -149,7 +149,8 @@ pub fn fetch_slice(
 /// Fetches a slice's preamble and manifest; returns those bytes and the
 /// size of the file they describe: the end of its last block (spec J7).
 fn fetch_head(link: &mut Link) -> crate::Result<(Vec<u8>, u64)> {
-    use crate::slice::{decode_manifest, SliceError, MAGIC, MAX_MANIFEST, PREAMBLE_LEN};
+    use crate::split::manifest::{decode_manifest, Preamble, MAGIC, MAX_MANIFEST, PREAMBLE_LEN};
+    use crate::split::SliceError;
     let peer = link.peer.to_string();
     let what = || "rank 0's slice".to_string();
     let bad = |source| NetError::SliceHead {
@@ -171,15 +172,11 @@ fn fetch_head(link: &mut Link) -> crate::Result<(Vec<u8>, u64)> {
         .as_slice()
         .try_into()
         .map_err(|_| bad(SliceError::BadMagic { path: what() }))?;
-    if pre[..8] != MAGIC {
+    let pre = Preamble::decode(&pre);
+    if pre.magic != MAGIC {
         return Err(bad(SliceError::BadMagic { path: what() }).into());
     }
-    let le64 = |b: &[u8]| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        u64::from_le_bytes(a)
-    };
-    let (mlen, stored) = (le64(&pre[16..24]), le64(&pre[24..32]));
+    let (mlen, stored) = (pre.manifest_len, pre.manifest_checksum);
     // The manifest's length is checked against its maximum before any
     // request; its bytes land in `head` only as they arrive.
     if mlen == 0 || mlen > MAX_MANIFEST {
@@ -210,7 +207,12 @@ fn fetch_head(link: &mut Link) -> crate::Result<(Vec<u8>, u64)> {
         };
         return Err(bad(e).into());
     }
-    let m = decode_manifest(manifest).map_err(bad)?;
+    let m = decode_manifest(manifest).map_err(|source| {
+        bad(SliceError::Manifest {
+            path: what(),
+            source,
+        })
+    })?;
     let size = m
         .blocks
         .iter()
@@ -329,7 +331,7 @@ mod tests {
         let plan =
             crate::plan::split(&crate::plan::Shape::of(&ckpt.config), 2, None).expect("plan");
         let path = dir.join("served.slice");
-        crate::slice::write_slice(&ckpt, &plan, 1, &path, &mut crate::progress::Silent)
+        crate::split::writer::write_slice(&ckpt, &plan, 1, &path, &mut crate::progress::Silent)
             .expect("slice");
         path
     }
@@ -376,7 +378,7 @@ mod tests {
         // A rank 0 that answers the head honestly, then offers 1 MiB more
         // than each request.
         let t = std::thread::spawn(move || {
-            let head_len = crate::slice::PREAMBLE_LEN as u64;
+            let head_len = crate::split::manifest::PREAMBLE_LEN as u64;
             loop {
                 let Ok((_, p)) = hub.recv(0, "request") else {
                     return;

@@ -9,35 +9,18 @@
 //! safetensors (one rank, nothing copied); [`sliced`] reads a rank's slice
 //! file, resident or streamed through the memory window.
 
+pub mod in_place;
+pub mod sliced;
+
 use crate::error::{Error, Result};
 use crate::model::config::Config;
 use crate::model::safetensors::Dtype;
+use crate::split::plan::RankSlice;
 use tpi_kernels::Weights;
 
-/// Which part of the model this rank holds (the whole model for one rank).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Part {
-    /// Query heads `[start, end)`.
-    pub heads: std::ops::Range<usize>,
-    /// KV heads `[start, end)`: exactly those the query heads use.
-    pub kv_heads: std::ops::Range<usize>,
-    /// MLP intermediate columns.
-    pub hidden: std::ops::Range<usize>,
-    /// lm_head rows (vocab ids) this rank computes.
-    pub vocab: std::ops::Range<usize>,
-}
-
-impl Part {
-    /// The whole model, for a single rank.
-    pub fn whole(cfg: &Config) -> Part {
-        Part {
-            heads: 0..cfg.n_heads,
-            kv_heads: 0..cfg.n_kv_heads,
-            hidden: 0..cfg.hidden_dim,
-            vocab: 0..cfg.vocab_size,
-        }
-    }
-}
+/// Temporary: the old name of [`RankSlice`] (which part of the model this
+/// rank holds), kept until every caller uses the new one.
+pub type Part = RankSlice;
 
 /// A matrix in its stored dtype: `rows x cols`, row-major, as raw bytes.
 #[derive(Clone, Copy, Debug)]
@@ -156,7 +139,7 @@ pub struct Dims {
 }
 
 impl Dims {
-    pub fn new(cfg: &Config, part: &Part) -> Dims {
+    pub fn new(cfg: &Config, part: &RankSlice) -> Dims {
         Dims {
             dim: cfg.dim,
             head_dim: cfg.head_dim,

@@ -195,7 +195,7 @@ impl MapIo {
         }
         // Sizes were checked against usize in `start_inner`.
         let len = len as usize;
-        let m = match crate::model::safetensors::map_file(&self.file, Some((offset, len))) {
+        let m = match crate::sys::map_file(&self.file, Some((offset, len))) {
             Ok(m) => m,
             Err(e) => return err(offset, e),
         };
@@ -229,7 +229,7 @@ fn populate(m: &Mmap, start: usize, end: usize) -> std::io::Result<()> {
     match m.advise_range(Advice::PopulateRead, start, end - start) {
         Ok(()) => return Ok(()),
         // EINVAL: the kernel does not know the advice.
-        Err(e) if e.raw_os_error() == Some(super::EINVAL) => {}
+        Err(e) if e.raw_os_error() == Some(crate::sys::EINVAL) => {}
         Err(e) => return Err(e),
     }
     let mut acc = 0u8;

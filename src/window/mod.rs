@@ -35,26 +35,7 @@ use std::time::{Duration, Instant};
 
 use ring::{Consumer, Producer, RingError, SlotMut, SLOT_ALIGN};
 
-/// `O_DIRECT` without the `libc` crate. The value differs per architecture:
-/// `0o40000` on `x86`/`x86_64` (on `aarch64`/`arm` that value is `O_DIRECTORY`!),
-/// `0o200000` on `aarch64`/`arm`. Values from libc 0.2 `linux/gnu/b64/*`.
-#[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "x86")))]
-const O_DIRECT: Option<i32> = Some(0o40000);
-#[cfg(all(target_os = "linux", any(target_arch = "aarch64", target_arch = "arm")))]
-const O_DIRECT: Option<i32> = Some(0o200000);
-#[cfg(not(all(
-    target_os = "linux",
-    any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm"
-    )
-)))]
-const O_DIRECT: Option<i32> = None;
-
-/// `EINVAL` (same value on every Linux architecture).
-const EINVAL: i32 = 22;
+use crate::sys::{EINVAL, O_DIRECT};
 
 /// Largest single `pread` (or populate of a mapping); the I/O thread checks
 /// for shutdown between chunks so dropping the window is prompt even for big

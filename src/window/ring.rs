@@ -29,7 +29,6 @@
 #![allow(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
 use std::fmt;
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -38,6 +37,8 @@ use std::time::Instant;
 
 use crossbeam::sync::{Parker, Unparker};
 use crossbeam::utils::CachePadded;
+
+use crate::sys::AlignedBuf;
 
 /// Alignment (and size granularity) of every slot buffer.
 pub const SLOT_ALIGN: usize = 4096;
@@ -105,17 +106,19 @@ struct Shared {
     consumer_unparker: Unparker,
     producer_unparker: Unparker,
     meta: Box<[Meta]>,
-    /// `n_slots * slot_bytes` zeroed bytes, aligned to `SLOT_ALIGN`.
+    /// `n_slots * slot_bytes` zeroed bytes, aligned to `SLOT_ALIGN`: the
+    /// first byte of `mem`, taken once before any slot is handed out.
     buf: NonNull<u8>,
-    layout: Layout,
-    /// What owns `buf`'s memory.
-    backing: Backing,
+    /// Owns `buf`'s memory (heap or huge-page mapping), freed when the last
+    /// `Arc<Shared>` drops; never accessed through this handle otherwise.
+    #[cfg_attr(not(test), allow(dead_code))]
+    mem: AlignedBuf,
     n_slots: usize,
     slot_bytes: usize,
 }
 
-// SAFETY: `buf` is a uniquely owned heap allocation (freed only in `Drop for
-// Shared`); all access to its bytes is partitioned between the single
+// SAFETY: `buf` points into `mem`, a uniquely owned allocation freed only
+// when `Shared` drops; all access to its bytes is partitioned between the single
 // producer and single consumer by the head/tail protocol described in the
 // module docs, so sharing `Shared` across threads is sound. All other fields
 // are `Send + Sync` atomics / `Unparker`s.
@@ -131,55 +134,9 @@ impl Shared {
     fn slot_ptr(&self, seq: usize) -> *mut u8 {
         let idx = seq % self.n_slots;
         // `wrapping_add` keeps this a safe pointer computation; `idx *
-        // slot_bytes < layout.size()` so the result is in bounds.
+        // slot_bytes < mem.len()` so the result is in bounds.
         self.buf.as_ptr().wrapping_add(idx * self.slot_bytes)
     }
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        // A mapping is unmapped when `backing` drops, after this body.
-        if let Backing::Heap = self.backing {
-            // SAFETY: `buf` was returned by `alloc_zeroed(self.layout)` in
-            // `ring` and is freed exactly once, here, when the last
-            // `Arc<Shared>` (i.e. both Producer and Consumer, hence every
-            // borrowed slot) is gone.
-            unsafe { dealloc(self.buf.as_ptr(), self.layout) }
-        }
-    }
-}
-
-/// Owner of the slot memory.
-enum Backing {
-    /// `alloc_zeroed(layout)`, freed in `Drop for Shared`.
-    Heap,
-    /// An anonymous mapping, unmapped when dropped. `buf` points into it;
-    /// it is never accessed through this handle (only kept alive).
-    Map(#[allow(dead_code)] memmap2::MmapMut),
-}
-
-/// Rings from this size on are anonymous mappings advised to use huge pages.
-const HUGE_FROM: usize = 2 << 20;
-
-/// An anonymous, zeroed, page-aligned mapping of `len` bytes advised to use
-/// transparent huge pages, or `None` (small ring, miri, or the mapping
-/// failed: the heap is used instead).
-///
-/// Why: a slot is the destination of `O_DIRECT` reads, whose requests the
-/// block layer splits at every break in physical contiguity. On 4 KiB pages
-/// that is a segment per page, and the read speed then depends on how
-/// fragmented memory was when the ring was allocated (on a virtio disk,
-/// measured 0.7x between two rings of one process). 2 MiB pages make each
-/// request a few large segments, whatever the allocation order; the GEMV
-/// reading the slot also takes fewer TLB misses.
-fn huge_page_map(len: usize) -> Option<memmap2::MmapMut> {
-    if cfg!(miri) || len < HUGE_FROM || std::env::var_os("TPI_NO_HUGEPAGES").is_some() {
-        return None;
-    }
-    let map = memmap2::MmapMut::map_anon(len).ok()?;
-    #[cfg(target_os = "linux")]
-    let _ = map.advise(memmap2::Advice::HugePage);
-    Some(map)
 }
 
 /// Creates a ring of `n_slots` buffers of `slot_bytes` each (rounded up to a
@@ -192,27 +149,18 @@ pub fn ring(n_slots: usize, slot_bytes: usize) -> Result<(Producer, Consumer), R
         n_slots,
         slot_bytes,
     };
-    let layout = slot_bytes
+    // Rings of `sys::HUGE_FROM` bytes and more live in a huge-page mapping
+    // (why: `AlignedBuf`).
+    let mem = slot_bytes
         .max(1)
         .checked_next_multiple_of(SLOT_ALIGN)
         .filter(|_| n_slots > 0)
         .and_then(|slot| Some((slot, n_slots.checked_mul(slot)?)))
-        .and_then(|(slot, total)| Some((slot, Layout::from_size_align(total, SLOT_ALIGN).ok()?)));
-    let Some((slot_bytes, layout)) = layout else {
+        .and_then(|(slot, total)| Some((slot, AlignedBuf::zeroed(total, SLOT_ALIGN)?)));
+    let Some((slot_bytes, mut mem)) = mem else {
         return Err(too_large);
     };
-    let (buf, backing) = match huge_page_map(layout.size()) {
-        Some(mut map) => (NonNull::from(&mut map[..]).cast::<u8>(), Backing::Map(map)),
-        None => {
-            // SAFETY: `layout` has non-zero size (`total >= SLOT_ALIGN`) as
-            // `alloc_zeroed` requires; null is handled below.
-            let raw = unsafe { alloc_zeroed(layout) };
-            let Some(buf) = NonNull::new(raw) else {
-                handle_alloc_error(layout)
-            };
-            (buf, Backing::Heap)
-        }
-    };
+    let buf = mem.as_ptr();
     let producer_parker = Parker::new();
     let consumer_parker = Parker::new();
     let shared = Arc::new(Shared {
@@ -231,8 +179,7 @@ pub fn ring(n_slots: usize, slot_bytes: usize) -> Result<(Producer, Consumer), R
             })
             .collect(),
         buf,
-        layout,
-        backing,
+        mem,
         n_slots,
         slot_bytes,
     });
@@ -773,7 +720,7 @@ mod tests {
     fn large_ring_is_a_zeroed_mapping_and_hands_off() {
         let slot = (1 << 20) + 1;
         let (mut p, mut c) = ring(3, slot).unwrap();
-        let mapped = matches!(p.shared.backing, Backing::Map(_));
+        let mapped = p.shared.mem.is_mapped();
         assert_eq!(mapped, std::env::var_os("TPI_NO_HUGEPAGES").is_none());
         assert_eq!(p.slot_bytes(), (1 << 20) + 4096);
         let n = 24u64;

@@ -16,8 +16,8 @@
 //!   deadline, J5), says Hello, proves its key, waits through the heartbeats
 //!   and returns its link and the session rank 0 runs.
 //!
-//! [`slice_path`] names a rank's slice in the cache from the session id; it
-//! sits here next to [`SessionId`] until the cache has a room of its own.
+//! [`slice_path`] names a rank's slice in the cache from the session id
+//! (through the cache's own [`crate::split::cache::slice_path`]).
 
 mod hub;
 mod worker;
@@ -38,11 +38,10 @@ pub struct SessionId {
     pub plan_hash: u64,
 }
 
-/// Where a worker keeps (and rank 0 writes) the slice of `rank`.
+/// Where a worker keeps (and rank 0 writes) the slice of `rank`: the
+/// cache's [`crate::split::cache::slice_path`] for this session.
 pub fn slice_path(cache_dir: &Path, id: &SessionId, rank: usize) -> PathBuf {
-    cache_dir
-        .join(format!("{:016x}-{:016x}", id.fingerprint, id.plan_hash))
-        .join(format!("rank-{rank}-of-{}.slice", id.world_size))
+    crate::split::cache::slice_path(cache_dir, id.fingerprint, id.plan_hash, id.world_size, rank)
 }
 
 /// Resolves an address flag (`--master HOST:PORT`); fails at once, naming

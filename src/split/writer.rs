@@ -1,0 +1,603 @@
+//! Cutting a rank's slice file from a checkpoint: [`write_slice`] streams
+//! one tensor slice at a time from the mmapped safetensors (RAM O(write
+//! buffer + small vectors), never O(model)), block by block in the order and
+//! layout [`super::manifest`] fixes, hashing each block as it goes, into a
+//! `.partial` file that is fsynced and renamed into place. The plan is
+//! checked against the model first ([`check_plan`]).
+
+use std::fmt;
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::Path;
+
+use super::cache::{is_entry_dir, record};
+use super::digest::{config_texts, fingerprint_with, shard_digests};
+use super::error::{io_err, SliceError};
+use super::manifest::{
+    align_up, block_kinds, check_part, encode_manifest, expected_tensors, BlockEntry, BlockKind,
+    Manifest, Preamble, Role, TensorEntry, BLOCK_ALIGN, FORMAT_VERSION, MAX_MANIFEST, PREAMBLE_LEN,
+    TENSOR_ALIGN,
+};
+use super::plan::{Plan, RankSlice, Shape};
+use crate::codec::checksum::Hasher64;
+use crate::model::checkpoint::Checkpoint;
+use crate::model::config::Config;
+use crate::model::names::{self, layer_name, lm_head_name};
+use crate::model::safetensors::{Dtype, SafeTensors, TensorInfo};
+use crate::progress::Progress;
+use crate::sys::LargeWriter;
+use crate::weights::in_place::vector_f32;
+
+// Writer
+
+/// Where a tensor's bytes come from.
+enum Src<'a> {
+    /// Contiguous bytes (whole tensor or a row range).
+    Bytes(&'a [u8]),
+    /// A column range of a row-major matrix: `bytes[r*row + start .. r*row + end]`
+    /// for every row.
+    Cols {
+        bytes: &'a [u8],
+        rows: usize,
+        row: usize,
+        start: usize,
+        end: usize,
+    },
+    /// Small f32 vector (norms, biases).
+    F32(Vec<f32>),
+}
+
+fn source_err(st: &SafeTensors, e: impl fmt::Display) -> SliceError {
+    SliceError::Source {
+        origin: st.shard_name(0).to_string(),
+        msg: e.to_string(),
+    }
+}
+
+/// The tensors of `kind` with their dtype, source bytes and (for matrices)
+/// the source tensor, whose pages are released once it is written.
+#[allow(clippy::type_complexity)]
+fn block_sources<'a>(
+    cfg: &Config,
+    st: &'a SafeTensors,
+    part: &RankSlice,
+    kind: BlockKind,
+) -> Result<Vec<(TensorEntry, Src<'a>, Option<&'a TensorInfo>)>, SliceError> {
+    let hd = cfg.head_dim;
+    let mut out = Vec::new();
+    for (role, layer, rows, cols) in expected_tensors(cfg, part, kind) {
+        let l = layer.unwrap_or(0);
+        let matrix = |leaf: &str, shape: [usize; 2]| {
+            let name = match leaf {
+                "embed" => names::EMBED.to_string(),
+                "lm_head" => lm_head_name(cfg, st).to_string(),
+                _ => layer_name(l, leaf),
+            };
+            let t = st
+                .tensor_shaped(&name, &shape)
+                .map_err(|e| source_err(st, e))?;
+            let bytes = st.bytes(t);
+            if bytes.len() != t.len {
+                return Err(source_err(st, format!("tensor {name} is outside its file")));
+            }
+            Ok((t.dtype, bytes, t))
+        };
+        let row_slice = |leaf: &str, shape: [usize; 2], r: Range<usize>| {
+            let (dtype, bytes, t) = matrix(leaf, shape)?;
+            let row = shape[1] * dtype.size();
+            Ok::<_, SliceError>((
+                dtype,
+                Src::Bytes(&bytes[r.start * row..r.end * row]),
+                Some(t),
+            ))
+        };
+        let col_slice = |leaf: &str, shape: [usize; 2], c: Range<usize>| {
+            let (dtype, bytes, t) = matrix(leaf, shape)?;
+            let s = dtype.size();
+            Ok::<_, SliceError>((
+                dtype,
+                Src::Cols {
+                    bytes,
+                    rows: shape[0],
+                    row: shape[1] * s,
+                    start: c.start * s,
+                    end: c.end * s,
+                },
+                Some(t),
+            ))
+        };
+        let vector = |leaf: &str, len: usize, r: Range<usize>| {
+            let name = if leaf == names::FINAL_NORM {
+                leaf.to_string()
+            } else {
+                layer_name(l, leaf)
+            };
+            let v = vector_f32(st, &name, len).map_err(|e| source_err(st, e))?;
+            Ok::<_, SliceError>((Dtype::F32, Src::F32(v[r].to_vec()), None))
+        };
+        let (d, nh, nkv, nhid) = (
+            cfg.dim,
+            cfg.n_heads * hd,
+            cfg.n_kv_heads * hd,
+            cfg.hidden_dim,
+        );
+        let qr = part.heads.start * hd..part.heads.end * hd;
+        let kvr = part.kv_heads.start * hd..part.kv_heads.end * hd;
+        let (dtype, src, source) = match role {
+            Role::Q => row_slice("self_attn.q_proj.weight", [nh, d], qr)?,
+            Role::K => row_slice("self_attn.k_proj.weight", [nkv, d], kvr)?,
+            Role::V => row_slice("self_attn.v_proj.weight", [nkv, d], kvr)?,
+            Role::O => col_slice("self_attn.o_proj.weight", [d, nh], qr)?,
+            Role::Gate => row_slice("mlp.gate_proj.weight", [nhid, d], part.hidden.clone())?,
+            Role::Up => row_slice("mlp.up_proj.weight", [nhid, d], part.hidden.clone())?,
+            Role::Down => col_slice("mlp.down_proj.weight", [d, nhid], part.hidden.clone())?,
+            Role::AttnNorm => vector(names::ATTN_NORM, d, 0..d)?,
+            Role::FfnNorm => vector(names::FFN_NORM, d, 0..d)?,
+            Role::QBias => vector(names::Q_BIAS, nh, qr)?,
+            Role::KBias => vector(names::K_BIAS, nkv, kvr.clone())?,
+            Role::VBias => vector(names::V_BIAS, nkv, kvr)?,
+            Role::FinalNorm => vector(names::FINAL_NORM, d, 0..d)?,
+            Role::Embedding => row_slice("embed", [cfg.vocab_size, d], 0..cfg.vocab_size)?,
+            Role::LmHead => row_slice("lm_head", [cfg.vocab_size, d], part.vocab.clone())?,
+        };
+        out.push((
+            TensorEntry {
+                role,
+                layer,
+                dtype,
+                rows,
+                cols,
+                offset: 0,
+            },
+            src,
+            source,
+        ));
+    }
+    // Offsets within the block.
+    let mut at = 0u64;
+    for (t, _, _) in &mut out {
+        t.offset = align_up(at, TENSOR_ALIGN);
+        at = t.offset + t.byte_len();
+    }
+    Ok(out)
+}
+
+/// Content length of a block's tensors, padded to [`BLOCK_ALIGN`].
+fn padded_len(tensors: &[TensorEntry]) -> u64 {
+    let end = tensors
+        .iter()
+        .map(|t| t.offset + t.byte_len())
+        .max()
+        .unwrap_or(0);
+    align_up(end.max(1), BLOCK_ALIGN)
+}
+
+/// Sequential output that hashes what it writes and reports its progress.
+struct Out<'p> {
+    w: LargeWriter,
+    pos: u64,
+    hash: Hasher64,
+    progress: &'p mut dyn Progress,
+    /// `pos` when `progress` last heard.
+    reported: u64,
+}
+
+/// Bytes written between two progress reports.
+const REPORT_EVERY: u64 = 4 << 20;
+
+static ZEROS: [u8; 4096] = [0; 4096];
+
+impl Out<'_> {
+    fn put(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.w.write_all(b)?;
+        self.hash.update(b);
+        self.pos += b.len() as u64;
+        if self.pos - self.reported >= REPORT_EVERY {
+            self.reported = self.pos;
+            self.progress.update(self.pos);
+        }
+        Ok(())
+    }
+    fn pad_to(&mut self, pos: u64) -> std::io::Result<()> {
+        while self.pos < pos {
+            let n = (pos - self.pos).min(ZEROS.len() as u64) as usize;
+            self.put(&ZEROS[..n])?;
+        }
+        Ok(())
+    }
+}
+
+/// Rank `rank`'s slice of `plan`, checked against `ckpt`'s config (shape,
+/// ranges inside the model, KV heads those the query heads use).
+pub(crate) fn check_plan(
+    ckpt: &Checkpoint,
+    plan: &Plan,
+    rank: usize,
+) -> Result<RankSlice, SliceError> {
+    let cfg = &ckpt.config;
+    let s = &plan.shape;
+    if Shape::of(cfg) != *s {
+        return Err(SliceError::Source {
+            origin: ckpt.origin.clone(),
+            msg: format!("plan shape {s:?} does not match the model config"),
+        });
+    }
+    let part = plan.try_rank(rank)?.clone();
+    check_part(cfg, &part).map_err(|msg| SliceError::Source {
+        origin: ckpt.origin.clone(),
+        msg: format!("plan rank {rank}: {msg}"),
+    })?;
+    Ok(part)
+}
+
+/// Writes rank `rank`'s slice of `ckpt` under `plan` to `path`: streamed one
+/// tensor slice at a time from the mmapped safetensors (RAM O(write buffer +
+/// small vectors), never O(model): each source tensor's pages leave the
+/// resident set once it is written), into `path.with_extension("partial")`,
+/// fsynced, then renamed over `path`; `model.json` beside it records the
+/// model (see [`super::cache`]). `progress` hears the bytes written (and the
+/// hashing of the model, unless [`super::digest::fingerprint`] already
+/// did it for `ckpt`).
+pub fn write_slice(
+    ckpt: &Checkpoint,
+    plan: &Plan,
+    rank: usize,
+    path: &Path,
+    progress: &mut dyn Progress,
+) -> Result<(), SliceError> {
+    let (cfg_text, gen_text) = config_texts(ckpt)?;
+    let digests = shard_digests(&ckpt.weights, None, progress)?;
+    let fp = fingerprint_with(ckpt, &cfg_text, gen_text.as_deref(), &digests);
+    write_slice_with(ckpt, plan, rank, path, fp, cfg_text, gen_text, progress)?;
+    if let Some(dir) = path.parent().filter(|d| is_entry_dir(d)) {
+        record(ckpt, dir)?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_slice_with(
+    ckpt: &Checkpoint,
+    plan: &Plan,
+    rank: usize,
+    path: &Path,
+    fingerprint: u64,
+    config_json: String,
+    generation_config_json: Option<String>,
+    progress: &mut dyn Progress,
+) -> Result<(), SliceError> {
+    let cfg = &ckpt.config;
+    let st = &ckpt.weights;
+    let part = check_plan(ckpt, plan, rank)?;
+
+    // Pass 1: layout (no data touched beyond headers and small vectors).
+    let kinds = block_kinds(cfg);
+    let mut blocks = Vec::with_capacity(kinds.len());
+    for &kind in &kinds {
+        let tensors: Vec<TensorEntry> = block_sources(cfg, st, &part, kind)?
+            .into_iter()
+            .map(|(t, _, _)| t)
+            .collect();
+        blocks.push(BlockEntry {
+            kind,
+            offset: 0,
+            len: padded_len(&tensors),
+            checksum: 0,
+            tensors,
+        });
+    }
+    let mut manifest = Manifest {
+        version: FORMAT_VERSION,
+        fingerprint,
+        plan_hash: plan.hash(),
+        rank,
+        world_size: plan.world_size,
+        config_json,
+        generation_config_json,
+        part: part.clone(),
+        blocks,
+    };
+    let manifest_len = encode_manifest(&manifest).len() as u64;
+    if manifest_len > MAX_MANIFEST {
+        return Err(SliceError::ManifestTooLarge {
+            path: path.display().to_string(),
+            len: manifest_len,
+            max: MAX_MANIFEST,
+        });
+    }
+    let mut at = align_up(PREAMBLE_LEN as u64 + manifest_len, BLOCK_ALIGN);
+    for b in &mut manifest.blocks {
+        b.offset = at;
+        at += b.len;
+    }
+
+    // Pass 2: data.
+    let partial = path.with_extension("partial");
+    let file = File::create(&partial).map_err(io_err(&partial, "create"))?;
+    progress.begin(&format!("slicing rank {rank} of {}", plan.world_size), at);
+    let mut out = Out {
+        w: LargeWriter::new(file, 0),
+        pos: 0,
+        hash: Hasher64::new(),
+        progress,
+        reported: 0,
+    };
+    let werr = io_err(&partial, "write");
+    let first = manifest.blocks.first().map_or(at, |b| b.offset);
+    let result = (|| -> std::io::Result<()> {
+        out.pad_to(first)?;
+        for b in &mut manifest.blocks {
+            debug_assert_eq!(out.pos, b.offset);
+            out.hash = Hasher64::new();
+            let srcs = block_sources(cfg, st, &part, b.kind).map_err(std::io::Error::other)?;
+            for (t, src, source) in srcs {
+                out.pad_to(b.offset + t.offset)?;
+                match src {
+                    Src::Bytes(bytes) => out.put(bytes)?,
+                    Src::Cols {
+                        bytes,
+                        rows,
+                        row,
+                        start,
+                        end,
+                    } => {
+                        for r in 0..rows {
+                            out.put(&bytes[r * row + start..r * row + end])?;
+                        }
+                    }
+                    Src::F32(v) => {
+                        for x in v {
+                            out.put(&x.to_le_bytes())?;
+                        }
+                    }
+                }
+                if let Some(t) = source {
+                    // Copied out: its pages leave this process's resident
+                    // set (the page cache keeps them). Failing to advise
+                    // costs memory, not correctness.
+                    let _ = st.release(t);
+                }
+            }
+            out.pad_to(b.offset + b.len)?;
+            b.checksum = out.hash.finish();
+        }
+        out.w.flush()?;
+        let mut head = Vec::with_capacity(PREAMBLE_LEN + manifest_len as usize);
+        let m = encode_manifest(&manifest);
+        head.extend_from_slice(&Preamble::of(&m).encode());
+        head.extend_from_slice(&m);
+        let f = out.w.file_mut();
+        f.seek(SeekFrom::Start(0))?;
+        f.write_all(&head)?;
+        f.sync_all()
+    })();
+    if result.is_ok() {
+        out.progress.update(out.pos);
+        out.progress.end();
+    }
+    drop(out);
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&partial);
+        return Err(werr(e));
+    }
+    std::fs::rename(&partial, path).map_err(io_err(path, "rename the .partial file"))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir, "fsync directory"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::safetensors::Dtype;
+    use crate::progress::Silent;
+    use crate::split::cache::ensure_slices;
+    use crate::split::plan::split;
+    use crate::split::reader::{Expect, SliceFile};
+    use crate::split::testutil::*;
+    use crate::sys::AlignedBuf;
+    use crate::weights::in_place::{self, InPlace};
+    use crate::weights::sliced::SliceResident;
+    use crate::weights::{Head, LayerSource};
+    use std::os::unix::fs::FileExt;
+
+    /// The decisive test: every rank of every world size, byte-exact against
+    /// the source tensors, norms equal, union over ranks covers the model.
+    #[test]
+    fn slices_match_source_for_every_world_size_and_rank() {
+        let tmp = TempDir::new("exact");
+        for name in FIXTURES {
+            let ckpt = fixture(name);
+            let cfg = &ckpt.config;
+            let st = &ckpt.weights;
+            let hd = cfg.head_dim;
+            let fp = fp_of(&ckpt);
+            let whole = in_place::resident(cfg, st, &RankSlice::whole(cfg)).unwrap();
+            let mut inplace = InPlace::new(cfg, st).unwrap();
+            for ws in 1..=cfg.n_heads {
+                let plan = split(&Shape::of(cfg), ws, None).unwrap();
+                let mut heads = vec![0usize; cfg.n_heads];
+                let mut kv = vec![0usize; cfg.n_kv_heads];
+                let mut hidden = vec![0usize; cfg.hidden_dim];
+                let mut vocab = vec![0usize; cfg.vocab_size];
+                for rank in 0..ws {
+                    let path = tmp.0.join(format!("{name}-{ws}-{rank}.slice"));
+                    write_slice(&ckpt, &plan, rank, &path, &mut Silent).unwrap();
+                    assert!(!path.with_extension("partial").exists());
+                    let sf = SliceFile::open(&path, expect_for(fp, &plan, rank)).unwrap();
+                    sf.verify().unwrap();
+                    assert_eq!(sf.config(), cfg);
+                    let p = sf.part().clone();
+                    let r = plan.rank(rank);
+                    assert_eq!(
+                        (&p.heads, &p.kv_heads, &p.hidden, &p.vocab),
+                        (&r.heads, &r.kv_heads, &r.hidden, &r.vocab)
+                    );
+                    for (cov, range) in [
+                        (&mut heads, &p.heads),
+                        (&mut kv, &p.kv_heads),
+                        (&mut hidden, &p.hidden),
+                        (&mut vocab, &p.vocab),
+                    ] {
+                        range.clone().for_each(|i| cov[i] += 1);
+                    }
+                    // Blocks aligned, in the file.
+                    for b in &sf.manifest().blocks {
+                        assert_eq!(b.offset % BLOCK_ALIGN, 0);
+                        assert_eq!(b.len % BLOCK_ALIGN, 0);
+                        assert!(b.offset + b.len <= sf.file_len());
+                        for t in &b.tensors {
+                            assert_eq!(t.offset % TENSOR_ALIGN, 0);
+                        }
+                    }
+                    // Norms.
+                    let res = sf.resident().unwrap();
+                    assert_eq!(res.final_norm, whole.final_norm);
+                    assert_eq!(res.inv_freq, whole.inv_freq);
+                    assert_eq!(res.dims.n_heads, p.heads.len());
+                    for (a, b) in res.layers.iter().zip(&whole.layers) {
+                        assert_eq!(a.attn_norm, b.attn_norm);
+                        assert_eq!(a.ffn_norm, b.ffn_norm);
+                        assert_eq!(a.q_bias, None);
+                    }
+                    // Layer matrices, via the resident source and via raw block bytes.
+                    let qr = p.heads.start * hd..p.heads.end * hd;
+                    let kvr = p.kv_heads.start * hd..p.kv_heads.end * hd;
+                    let blocks = sf.layer_blocks();
+                    assert_eq!(blocks.len(), cfg.n_layers);
+                    let mut sr = SliceResident::load(sf).unwrap();
+                    for (l, &(off, len)) in blocks.iter().enumerate() {
+                        let n = |leaf| crate::model::names::layer_name(l, leaf);
+                        let m = sr.acquire(l).unwrap();
+                        let (d, q, k, h) = (cfg.dim, qr.len(), kvr.len(), p.hidden.len());
+                        let w = |leaf, r: &Range<usize>| src_rows(st, &n(leaf), r.clone());
+                        let c = |leaf, r: &Range<usize>| src_cols(st, &n(leaf), r.clone());
+                        check_mat(&m.q, &w("self_attn.q_proj.weight", &qr), q, d, "q");
+                        check_mat(&m.k, &w("self_attn.k_proj.weight", &kvr), k, d, "k");
+                        check_mat(&m.v, &w("self_attn.v_proj.weight", &kvr), k, d, "v");
+                        check_mat(&m.o, &c("self_attn.o_proj.weight", &qr), d, q, "o");
+                        check_mat(&m.gate, &w("mlp.gate_proj.weight", &p.hidden), h, d, "gate");
+                        check_mat(&m.up, &w("mlp.up_proj.weight", &p.hidden), h, d, "up");
+                        check_mat(&m.down, &c("mlp.down_proj.weight", &p.hidden), d, h, "down");
+                        // Dtype never changes.
+                        let src_dt = st.tensor(&n("self_attn.q_proj.weight")).unwrap().dtype;
+                        assert_eq!(m.q.dtype, src_dt);
+                        // layer_mats_in over a block read independently.
+                        let mut slot = AlignedBuf::zeroed(len as usize, 64).unwrap();
+                        sr.slice()
+                            .file()
+                            .read_exact_at(slot.bytes_mut(), off)
+                            .unwrap();
+                        let m2 = sr.slice().layer_mats_in(l, slot.bytes()).unwrap();
+                        assert!(m2.down.bytes == sr.acquire(l).unwrap().down.bytes);
+                    }
+                    // lm_head rows and embedding rows.
+                    let (_, lm) = sr.lm_head(0).unwrap();
+                    let lm_name = crate::model::names::lm_head_name(cfg, st);
+                    check_mat(
+                        &lm,
+                        &src_rows(st, lm_name, p.vocab.clone()),
+                        p.vocab.len(),
+                        cfg.dim,
+                        "lm_head",
+                    );
+                    let mut a = vec![0.0; cfg.dim];
+                    let mut b = vec![0.0; cfg.dim];
+                    for tok in [0, 1, cfg.vocab_size as u32 / 2, cfg.vocab_size as u32 - 1] {
+                        sr.embed(tok, &mut a).unwrap();
+                        inplace.embed(tok, &mut b).unwrap();
+                        assert_eq!(a, b, "{name} embedding row {tok}");
+                    }
+                    assert!(sr.embed(cfg.vocab_size as u32, &mut a).is_err());
+                    std::fs::remove_file(&path).unwrap();
+                }
+                // Union over ranks covers the model (and only KV heads repeat).
+                assert!(heads.iter().all(|&c| c == 1), "{name} ws {ws} heads");
+                assert!(hidden.iter().all(|&c| c == 1), "{name} ws {ws} hidden");
+                assert!(vocab.iter().all(|&c| c == 1), "{name} ws {ws} vocab");
+                assert!(kv.iter().all(|&c| c >= 1), "{name} ws {ws} kv heads");
+            }
+        }
+    }
+
+    /// A model with q/k/v biases and f16 matrices (no fixture has either):
+    /// the llama-mha-f32 fixture converted, biases made up.
+    #[test]
+    fn biases_and_f16_are_sliced() {
+        let tmp = TempDir::new("bias");
+        let src = fixture("llama-mha-f32");
+        let dir = tmp.0.join("model");
+        std::fs::create_dir_all(&dir).unwrap();
+        let fixture_dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama-mha-f32");
+        let mut cfg_json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture_dir.join("config.json")).unwrap())
+                .unwrap();
+        cfg_json["attention_bias"] = serde_json::Value::Bool(true);
+        std::fs::write(dir.join("config.json"), cfg_json.to_string()).unwrap();
+        let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        for t in src.weights.tensors() {
+            let bytes = src.weights.bytes(t);
+            if t.shape.len() == 2 {
+                let f16: Vec<u8> = in_place::widen(t.dtype, bytes)
+                    .into_iter()
+                    .flat_map(|x| half::f16::from_f32(x).to_le_bytes())
+                    .collect();
+                tensors.push((t.name.clone(), Dtype::F16, t.shape.clone(), f16));
+            } else {
+                tensors.push((t.name.clone(), t.dtype, t.shape.clone(), bytes.to_vec()));
+            }
+        }
+        let c = &src.config;
+        for l in 0..c.n_layers {
+            for (leaf, n) in [("q", c.n_heads), ("k", c.n_kv_heads), ("v", c.n_kv_heads)] {
+                let v: Vec<u8> = (0..n * c.head_dim)
+                    .flat_map(|i| (i as f32 * 0.25 + l as f32).to_le_bytes())
+                    .collect();
+                let name =
+                    crate::model::names::layer_name(l, &format!("self_attn.{leaf}_proj.bias"));
+                tensors.push((name, Dtype::F32, vec![n * c.head_dim], v));
+            }
+        }
+        let refs: Vec<(&str, Dtype, &[usize], &[u8])> = tensors
+            .iter()
+            .map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice()))
+            .collect();
+        crate::model::safetensors::write(&dir.join("model.safetensors"), &refs).unwrap();
+        let ckpt = Checkpoint::open_dir(&dir).unwrap();
+        assert!(ckpt.config.attention_bias);
+        let cfg = &ckpt.config;
+        for ws in [1, 3, 8] {
+            let plan = split(&Shape::of(cfg), ws, None).unwrap();
+            let paths =
+                ensure_slices(&ckpt, &plan, &tmp.0.join("cache"), |_| false, &mut Silent).unwrap();
+            for (rank, path) in paths.iter().enumerate() {
+                let sf = SliceFile::open(path, Expect::default()).unwrap();
+                sf.verify().unwrap();
+                let want = in_place::resident(cfg, &ckpt.weights, sf.part()).unwrap();
+                let got = sf.resident().unwrap();
+                for (a, b) in got.layers.iter().zip(&want.layers) {
+                    assert!(a.q_bias.is_some() && a.k_bias.is_some() && a.v_bias.is_some());
+                    assert_eq!(
+                        (&a.q_bias, &a.k_bias, &a.v_bias),
+                        (&b.q_bias, &b.k_bias, &b.v_bias),
+                        "ws {ws} rank {rank}"
+                    );
+                }
+                let hd = cfg.head_dim;
+                let p = sf.part().clone();
+                let mut sr = SliceResident::load(sf).unwrap();
+                let m = sr.acquire(cfg.n_layers - 1).unwrap();
+                assert_eq!(m.q.dtype, Dtype::F16);
+                let name =
+                    crate::model::names::layer_name(cfg.n_layers - 1, "self_attn.o_proj.weight");
+                let want_o = src_cols(&ckpt.weights, &name, p.heads.start * hd..p.heads.end * hd);
+                assert!(m.o.bytes == want_o.as_slice());
+            }
+        }
+    }
+}
