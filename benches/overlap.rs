@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use tpi::engine::{forward, Par, Solo, State, Timing};
 use tpi::split::reader::{Expect, SliceFile};
 use tpi::weights::sliced::SliceResident;
+use tpi::weights::sliced::SliceWeights;
 use tpi::weights::{RankWeights, Resident};
 use tpi::window::{Reads, Window, WindowOpts};
 use tpi_kernels::Backend;

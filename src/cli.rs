@@ -7,9 +7,9 @@ use crate::model::names::EMBED;
 use crate::net::{NetOpts, Secret};
 use crate::session::single::{run_single, SingleSetup};
 use crate::session::{
-    available_memory, default_cache_dir, plan_for, run_hub, run_worker, HubReport, HubSetup,
-    WorkerSetup,
+    default_cache_dir, plan_for, run_hub, run_worker, HubReport, HubSetup, WorkerSetup,
 };
+use crate::sys::available_memory;
 use crate::ui::Console;
 use crate::window::policy::{IoMode, MemoryMode, MemoryOpts};
 use clap::Parser;
@@ -509,7 +509,7 @@ fn parse_size(flag: &'static str, s: &str) -> Result<u64> {
 
 /// `tpi-run cache list|prune`.
 fn run_cache(c: &CacheCommand) -> Result<()> {
-    use crate::cache::{list, prune, CacheEntry, PrunePolicy};
+    use crate::split::cache::{list, prune, CacheEntry, PrunePolicy};
     let (dir, removed) = match c {
         CacheCommand::List(d) => (d, None),
         CacheCommand::Prune {
@@ -587,7 +587,7 @@ fn run_cache(c: &CacheCommand) -> Result<()> {
         .map_err(stdout_err)
 }
 
-fn cache_err(dir: &Path) -> impl Fn(crate::cache::CacheError) -> Error + '_ {
+fn cache_err(dir: &Path) -> impl Fn(crate::split::cache::CacheError) -> Error + '_ {
     move |e| Error::Cache {
         dir: dir.display().to_string(),
         source: e,
@@ -598,7 +598,7 @@ fn cache_err(dir: &Path) -> impl Fn(crate::cache::CacheError) -> Error + '_ {
 /// KV heads in every layer) would not fit in `available` memory: a clear
 /// error now rather than the kernel's OOM killer halfway through.
 fn check_kv_memory(
-    plan: &crate::plan::Plan,
+    plan: &crate::split::plan::Plan,
     positions: usize,
     available: Option<u64>,
 ) -> Result<()> {
@@ -638,7 +638,7 @@ fn write_logits(file: std::fs::File, path: &Path, logits: &[f32]) -> Result<()> 
 }
 
 /// `--dry-run`: the model and its split plan, as a table or one JSON object.
-fn print_dry_run(ckpt: &Checkpoint, plan: &crate::plan::Plan, json: bool) -> Result<()> {
+fn print_dry_run(ckpt: &Checkpoint, plan: &crate::split::plan::Plan, json: bool) -> Result<()> {
     let cfg = &ckpt.config;
     let dtype = ckpt.weights.tensor(EMBED)?.dtype;
     let mut out = std::io::stdout().lock();
@@ -765,7 +765,7 @@ fn print_report(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{split, Shape};
+    use crate::split::plan::{split, Shape};
 
     #[test]
     fn sizes_take_binary_suffixes_and_refuse_junk() {

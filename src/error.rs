@@ -21,10 +21,10 @@ pub enum Error {
     Slice(crate::split::SliceError),
     /// No split plan for this model and world size (or weights).
     Plan(crate::split::plan::PlanError),
-    /// A model whose tensors do not fit its config, or a step out of range.
-    Model(String),
     /// Bad command-line usage.
     Usage(UsageError),
+    /// Opening a rank's weights.
+    Weights(crate::weights::WeightsError),
     /// Generation (prompt, context, weights, exchanges, values).
     Engine(crate::engine::EngineError),
     /// Listing or pruning the slice cache in `dir`.
@@ -47,10 +47,10 @@ impl fmt::Display for Error {
             Error::Tokenizer(e) => write!(f, "tokenizer: {e}"),
             Error::Net(e) => write!(f, "network: {e}"),
             Error::Slice(e) => write!(f, "model: {e}"),
-            Error::Model(m) => write!(f, "model: {m}"),
             Error::Usage(u) => write!(f, "usage: {}: {}", u.flag, u.problem),
             Error::Plan(e) => write!(f, "split plan: {e}"),
             Error::Engine(e) => write!(f, "{e}"),
+            Error::Weights(e) => write!(f, "weights: {e}"),
             Error::Io { path, source } => write!(f, "{path}: {source}"),
             Error::Cache { dir, source } => write!(f, "slice cache {dir}: {source}"),
         }
@@ -79,6 +79,7 @@ impl std::error::Error for Error {
             Error::Cache { source, .. } => Some(source),
             Error::Plan(e) => Some(e),
             Error::Engine(e) => e.source(),
+            Error::Weights(e) => e.source(),
             Error::Net(e) => Some(e),
             Error::Slice(e) => Some(e),
             _ => None,
@@ -136,5 +137,11 @@ impl From<crate::split::SliceError> for Error {
 impl From<crate::split::plan::PlanError> for Error {
     fn from(e: crate::split::plan::PlanError) -> Self {
         Error::Plan(e)
+    }
+}
+
+impl From<crate::weights::WeightsError> for Error {
+    fn from(e: crate::weights::WeightsError) -> Self {
+        Error::Weights(e)
     }
 }

@@ -10,18 +10,14 @@
 //! `cache`, `load`, `plan` and `slice` are temporary re-exports of old paths.
 #![deny(unsafe_code)]
 
-pub mod cache;
 pub mod cli;
 pub mod codec;
 pub mod engine;
 pub mod error;
-pub mod load;
 pub mod model;
 pub mod net;
-pub mod plan;
 pub mod progress;
 pub mod session;
-pub mod slice;
 pub mod split;
 pub mod sys;
 pub mod ui;

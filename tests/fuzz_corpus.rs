@@ -725,13 +725,13 @@ mod seeds {
         v.push((T, "err-not-utf8".into(), vec![b'{', 0xff, b'}']));
     }
 
-    /// Real manifests from `split::writer::write_slice` on the fixtures, one cut
+    /// Real manifests from `split::cache::write_slice` on the fixtures, one cut
     /// down and re-encoded, and malformed variants.
     fn slice_manifest(v: &mut Vec<Seed>) {
         use tpi::model::checkpoint::Checkpoint;
+        use tpi::split::cache::write_slice;
         use tpi::split::manifest::{decode_manifest, encode_manifest, PREAMBLE_LEN};
         use tpi::split::plan::{split, Shape};
-        use tpi::split::writer::write_slice;
         const T: &str = "slice_manifest";
         let manifest = |fx: &str, world: usize, rank: usize| {
             let ckpt = Checkpoint::open_dir(&fixture_dir(fx)).unwrap();

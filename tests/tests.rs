@@ -5,6 +5,7 @@ mod common;
 mod faults;
 mod fuzz_corpus;
 mod join;
+mod layers;
 mod limits;
 mod oracle;
 mod slice_cache;

@@ -705,6 +705,12 @@ impl SafeTensors {
         }
     }
 
+    /// A 1-D tensor of `len` values widened to f32 (norms, biases).
+    pub fn vector_f32(&self, name: &str, len: usize) -> Result<Vec<f32>, SafeTensorsError> {
+        let t = self.tensor_shaped(name, &[len])?;
+        Ok(super::dtype::widen(t.dtype, self.bytes(t)))
+    }
+
     /// The tensor `name`, checked to have exactly `shape`.
     pub fn tensor_shaped(
         &self,

@@ -328,10 +328,10 @@ mod tests {
     fn a_slice(dir: &Path) -> PathBuf {
         let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stories260K");
         let ckpt = crate::model::checkpoint::Checkpoint::open_dir(&model).expect("model");
-        let plan =
-            crate::plan::split(&crate::plan::Shape::of(&ckpt.config), 2, None).expect("plan");
+        let plan = crate::split::plan::split(&crate::split::plan::Shape::of(&ckpt.config), 2, None)
+            .expect("plan");
         let path = dir.join("served.slice");
-        crate::split::writer::write_slice(&ckpt, &plan, 1, &path, &mut crate::progress::Silent)
+        crate::split::cache::write_slice(&ckpt, &plan, 1, &path, &mut crate::progress::Silent)
             .expect("slice");
         path
     }

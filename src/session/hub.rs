@@ -4,14 +4,18 @@
 //! mode it spawns ranks 1..N-1 as child processes of the same binary on
 //! loopback, sharing its cache directory.
 
-use super::{available_memory, open_weights};
+use super::open_weights;
 use crate::engine::{generate, GenOptions, GenOutput, OnText, Par, Rank};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::Checkpoint;
 use crate::net::{HubComm, HubListener, NetOpts, Secret, SessionId};
-use crate::plan::Plan;
 use crate::progress::Observer;
-use crate::slice::{ensure_slices, fingerprint, Expect, SliceFile};
+use crate::split::cache::ensure_slices;
+use crate::split::digest::fingerprint;
+use crate::split::plan::Plan;
+use crate::split::reader::{Expect, SliceFile};
+use crate::sys::available_memory;
+use crate::weights::sliced::SliceWeights;
 use crate::window::policy::{IoMode, MemoryMode, MemoryOpts};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};

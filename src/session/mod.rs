@@ -12,9 +12,11 @@ pub mod worker;
 
 use crate::error::{Error, Result};
 use crate::model::config::Config;
-use crate::plan::{split, Plan, Shape};
 use crate::progress::Observer;
-use crate::slice::{SliceFile, SliceResident};
+use crate::split::plan::{split, Plan, Shape};
+use crate::split::reader::SliceFile;
+use crate::sys::available_memory;
+use crate::weights::sliced::SliceResident;
 use crate::window::policy::{choose_window, MemoryOpts};
 use crate::window::{Reads, WindowOpts};
 use std::path::PathBuf;
@@ -41,14 +43,6 @@ pub fn default_cache_dir() -> PathBuf {
         .unwrap_or_else(|| std::env::temp_dir().join("tpi-cache"))
 }
 
-/// MemAvailable from /proc/meminfo, in bytes.
-pub fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// Opens a rank's weights from its slice, resident or windowed, and notes
 /// which and the expected peak.
 pub fn open_weights(
@@ -61,7 +55,7 @@ pub fn open_weights(
         .manifest()
         .blocks
         .iter()
-        .filter(|b| b.kind == crate::slice::BlockKind::LmHead)
+        .filter(|b| b.kind == crate::split::manifest::BlockKind::LmHead)
         .map(|b| b.len)
         .sum();
     let rank = slice.rank();

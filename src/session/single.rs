@@ -2,16 +2,19 @@
 //! or, when the weights are windowed or large, from its slice file (cut
 //! once, cached). No network; the collective is [`Solo`].
 
-use super::{available_memory, open_weights, HubReport};
+use super::{open_weights, HubReport};
 use crate::engine::{generate, GenOptions, OnText, Par, Rank, Solo};
 use crate::error::Result;
-use crate::load::{resident, InPlace};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::names::{layer_matrix_shapes, layer_name, lm_head_name};
-use crate::plan::Plan;
 use crate::progress::Observer;
-use crate::slice::{ensure_slices, Expect, SliceFile};
-use crate::weights::Part;
+use crate::split::cache::ensure_slices;
+use crate::split::plan::Plan;
+use crate::split::plan::RankSlice;
+use crate::split::reader::{Expect, SliceFile};
+use crate::sys::available_memory;
+use crate::weights::in_place::{resident, InPlace};
+use crate::weights::sliced::SliceWeights;
 use crate::window::policy::{choose_window, MemoryMode, MemoryOpts};
 use std::path::Path;
 use tpi_kernels::Backend;
@@ -45,7 +48,7 @@ pub fn run_single(
         return run_from_slice(setup, prompt_ids, opts, on_text);
     }
     let (ckpt, cfg) = (setup.ckpt, &setup.ckpt.config);
-    let res = resident(cfg, &ckpt.weights, &Part::whole(cfg))?;
+    let res = resident(cfg, &ckpt.weights, &RankSlice::whole(cfg))?;
     let mut weights = InPlace::new(cfg, &ckpt.weights)?;
     let mut rank = Rank {
         res: &res,

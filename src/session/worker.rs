@@ -4,7 +4,7 @@
 //! the engine until rank 0 ends the session. Whatever stops it after
 //! joining is told to rank 0 (spec J6).
 
-use super::{available_memory, open_weights, plan_for};
+use super::{open_weights, plan_for};
 use crate::engine::{follow, Par, Rank};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::Checkpoint;
@@ -12,9 +12,13 @@ use crate::net::{
     fetch_slice, resolve, slice_path, worker_join, worker_ready, Link, NetOpts, Secret, SessionId,
     WorkerComm,
 };
-use crate::plan::Plan;
 use crate::progress::Observer;
-use crate::slice::{fingerprint, write_slice, Expect, SliceFile};
+use crate::split::cache::write_slice;
+use crate::split::digest::fingerprint;
+use crate::split::plan::Plan;
+use crate::split::reader::{Expect, SliceFile};
+use crate::sys::available_memory;
+use crate::weights::sliced::SliceWeights;
 use crate::window::policy::{IoMode, MemoryOpts};
 use std::path::Path;
 use std::time::Instant;
@@ -87,7 +91,7 @@ pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
     if let Some(entry) = slice.path().parent() {
         // For `tpi-run cache prune`: this entry is in use (a read-only
         // cache is no reason to stop).
-        let _ = crate::cache::touch_used(entry);
+        let _ = crate::split::cache::touch_used(entry);
     }
     worker_ready(&mut link, w.net.peer_timeout)?;
     let opened = slice

@@ -33,7 +33,6 @@
 //!    clock tick as the hash could otherwise keep its old key (git's "racily
 //!    clean" problem).
 
-use std::fmt;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -43,7 +42,8 @@ use std::time::{Duration, SystemTime};
 use super::digest::{
     config_texts, digest_line, fingerprint_with, read_digests, shard_digests, write_digests,
 };
-use super::error::{io_err as slice_io, SliceError};
+pub use super::error::CacheError;
+use super::error::{cache_io_err as io_err, io_err as slice_io, SliceError};
 use super::plan::Plan;
 use super::reader::{Expect, SliceFile};
 use super::writer::{check_plan, write_slice_with};
@@ -60,55 +60,6 @@ pub const USED: &str = "used";
 const MAX_RECORD_BYTES: u64 = 1 << 20;
 /// Most files a `model.json` lists.
 const MAX_RECORD_FILES: usize = 4096 + 2;
-
-/// Errors reading or changing the cache directory.
-#[derive(Debug)]
-pub enum CacheError {
-    Io {
-        path: PathBuf,
-        what: &'static str,
-        source: std::io::Error,
-    },
-    /// A model file changed (size, mtime or inode) while it was hashed, or
-    /// is shorter than when it was opened.
-    Changed { path: PathBuf, what: String },
-}
-
-impl fmt::Display for CacheError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CacheError::Io { path, what, source } => {
-                write!(f, "cache {}: {what}: {source}", path.display())
-            }
-            CacheError::Changed { path, what } => write!(
-                f,
-                "model file {} changed while tpi read it ({what}); \
-                 model files must not change while tpi runs",
-                path.display()
-            ),
-        }
-    }
-}
-
-impl std::error::Error for CacheError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            CacheError::Io { source, .. } => Some(source),
-            CacheError::Changed { .. } => None,
-        }
-    }
-}
-
-pub(crate) fn io_err<'a>(
-    path: &'a Path,
-    what: &'static str,
-) -> impl FnOnce(std::io::Error) -> CacheError + 'a {
-    move |source| CacheError::Io {
-        path: path.to_path_buf(),
-        what,
-        source,
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Entries
@@ -510,6 +461,31 @@ fn model_stamps(ckpt: &Checkpoint) -> Vec<FileStamp> {
         }
     }
     v
+}
+
+/// Writes rank `rank`'s slice of `ckpt` under `plan` to `path`: streamed one
+/// tensor slice at a time from the mmapped safetensors (RAM O(write buffer +
+/// small vectors), never O(model): each source tensor's pages leave the
+/// resident set once it is written), into `path.with_extension("partial")`,
+/// fsynced, then renamed over `path`; `model.json` beside it records the
+/// model (see [`super::cache`]). `progress` hears the bytes written (and the
+/// hashing of the model, unless [`super::digest::fingerprint`] already
+/// did it for `ckpt`).
+pub fn write_slice(
+    ckpt: &Checkpoint,
+    plan: &Plan,
+    rank: usize,
+    path: &Path,
+    progress: &mut dyn Progress,
+) -> Result<(), SliceError> {
+    let (cfg_text, gen_text) = config_texts(ckpt)?;
+    let digests = shard_digests(&ckpt.weights, None, progress)?;
+    let fp = fingerprint_with(ckpt, &cfg_text, gen_text.as_deref(), &digests);
+    write_slice_with(ckpt, plan, rank, path, fp, cfg_text, gen_text, progress)?;
+    if let Some(dir) = path.parent().filter(|d| is_entry_dir(d)) {
+        record(ckpt, dir)?;
+    }
+    Ok(())
 }
 
 /// Records in a cache entry directory where its slices came from.

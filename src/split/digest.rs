@@ -14,7 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::cache::{io_err as cache_io, CacheError};
+use super::error::{cache_io_err as cache_io, CacheError};
 use super::error::{io_err, SliceError};
 use crate::codec::checksum::{checksum64, Hasher64};
 use crate::model::bundled;

@@ -4,9 +4,8 @@
 //! through `source()`.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::cache::CacheError;
 use super::manifest::{BlockKind, ManifestError};
 use super::plan::PlanError;
 use crate::window::WindowError;
@@ -252,3 +251,52 @@ pub(crate) fn io_err<'a>(
 }
 
 // ---------------------------------------------------------------------------
+
+/// Errors reading or changing the cache directory.
+#[derive(Debug)]
+pub enum CacheError {
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    /// A model file changed (size, mtime or inode) while it was hashed, or
+    /// is shorter than when it was opened.
+    Changed { path: PathBuf, what: String },
+}
+
+impl fmt::Display for CacheError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CacheError::Io { path, what, source } => {
+                write!(f, "cache {}: {what}: {source}", path.display())
+            }
+            CacheError::Changed { path, what } => write!(
+                f,
+                "model file {} changed while tpi read it ({what}); \
+                 model files must not change while tpi runs",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for CacheError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CacheError::Io { source, .. } => Some(source),
+            CacheError::Changed { .. } => None,
+        }
+    }
+}
+
+pub(crate) fn cache_io_err<'a>(
+    path: &'a Path,
+    what: &'static str,
+) -> impl FnOnce(std::io::Error) -> CacheError + 'a {
+    move |source| CacheError::Io {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
+}

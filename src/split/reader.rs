@@ -3,7 +3,7 @@
 //! blocks and tensors as the embedded config requires), [`SliceFile::verify`]
 //! checks every block's checksum, and the block readers hand out the vecs
 //! block's norms ([`SliceFile::resident`]) and a layer's matrices from its
-//! block bytes ([`SliceFile::layer_mats_in`]). The weights the forward reads
+//! block bytes ([`SliceFile::tensor_bytes`]). The weights the forward reads
 //! from a slice, resident or streamed, are [`crate::weights::sliced`].
 
 use std::fs::File;
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use super::error::{io_err, SliceError};
 use super::manifest::{
     align_up, block_kinds, check_part, decode_manifest, expected_tensors, BlockEntry, BlockKind,
-    Manifest, ManifestError, Preamble, Role, TensorEntry, BLOCK_ALIGN, FORMAT_VERSION, MAGIC,
+    Manifest, ManifestError, Preamble, TensorEntry, BLOCK_ALIGN, FORMAT_VERSION, MAGIC,
     MAX_MANIFEST, PREAMBLE_LEN, TENSOR_ALIGN,
 };
 use super::plan::RankSlice;
@@ -21,8 +21,6 @@ use crate::codec::checksum::{checksum64, Hasher64};
 use crate::model::config::Config;
 use crate::model::safetensors::Dtype;
 use crate::sys::AlignedBuf;
-use crate::weights::in_place::widen;
-use crate::weights::{Dims, LayerMats, LayerVecs, Mat, Resident};
 use crate::window::{Window, WindowOpts};
 
 /// Chunk size when hashing a block from the file.
@@ -265,84 +263,25 @@ impl SliceFile {
         Ok(buf)
     }
 
-    pub(crate) fn mat<'a>(
+    /// The bytes of tensor `t` of block `b` within `bytes` (the block's
+    /// bytes from its start), range-checked.
+    pub fn tensor_bytes<'a>(
         &self,
         b: &BlockEntry,
         t: &TensorEntry,
         bytes: &'a [u8],
-    ) -> Result<Mat<'a>, SliceError> {
+    ) -> Result<&'a [u8], SliceError> {
         let start = t.offset as usize;
-        let end = start + t.byte_len() as usize;
-        let data = bytes
+        let end = start.saturating_add(t.byte_len() as usize);
+        bytes
             .get(start..end)
-            .ok_or_else(|| self.out_of_range("block buffer length", end as u64, b.len))?;
-        Ok(Mat {
-            dtype: t.dtype,
-            rows: t.rows,
-            cols: t.cols,
-            bytes: data,
-        })
+            .ok_or_else(|| self.out_of_range("block buffer length", end as u64, b.len))
     }
 
-    /// The seven matrices of layer `l` from its block's bytes (e.g. a window
-    /// slot holding the block read from [`SliceFile::layer_blocks`]).
-    /// `block_bytes` must start at the block start, be at least 4-byte
-    /// aligned and cover every tensor (a longer slot is fine). Checksums are
-    /// the caller's business (the bytes may not have been read by us).
-    pub fn layer_mats_in<'a>(
-        &self,
-        l: usize,
-        block_bytes: &'a [u8],
-    ) -> Result<LayerMats<'a>, SliceError> {
-        let b = self.layer_block(l)?;
-        if !(block_bytes.as_ptr() as usize).is_multiple_of(4) {
-            return Err(SliceError::Layout {
-                path: self.path.display().to_string(),
-                rank: self.manifest.rank,
-                block: Some(b.kind),
-                msg: "block buffer is not 4-byte aligned".into(),
-            });
-        }
-        let t = &b.tensors;
-        Ok(LayerMats {
-            q: self.mat(b, &t[0], block_bytes)?,
-            k: self.mat(b, &t[1], block_bytes)?,
-            v: self.mat(b, &t[2], block_bytes)?,
-            o: self.mat(b, &t[3], block_bytes)?,
-            gate: self.mat(b, &t[4], block_bytes)?,
-            up: self.mat(b, &t[5], block_bytes)?,
-            down: self.mat(b, &t[6], block_bytes)?,
-        })
-    }
-
-    /// Norms, biases and RoPE frequencies from the vecs block (read and
-    /// checksummed here).
-    pub fn resident(&self) -> Result<Resident, SliceError> {
+    /// The vecs block (norms, biases, final norm), read and checksummed.
+    pub fn read_vecs(&self) -> Result<(AlignedBuf, &BlockEntry), SliceError> {
         let buf = self.read_block(self.vecs)?;
-        let b = &self.manifest.blocks[self.vecs];
-        let cfg = &self.config;
-        let mut layers: Vec<LayerVecs> = (0..cfg.n_layers).map(|_| LayerVecs::default()).collect();
-        let mut final_norm = Vec::new();
-        for t in &b.tensors {
-            let m = self.mat(b, t, buf.bytes())?;
-            let v = widen(Dtype::F32, m.bytes);
-            let l = t.layer.unwrap_or(0);
-            match t.role {
-                Role::AttnNorm => layers[l].attn_norm = v,
-                Role::FfnNorm => layers[l].ffn_norm = v,
-                Role::QBias => layers[l].q_bias = Some(v),
-                Role::KBias => layers[l].k_bias = Some(v),
-                Role::VBias => layers[l].v_bias = Some(v),
-                Role::FinalNorm => final_norm = v,
-                _ => {}
-            }
-        }
-        Ok(Resident {
-            dims: Dims::new(cfg, self.part()),
-            layers,
-            final_norm,
-            inv_freq: cfg.rope_inv_freq(),
-        })
+        Ok((buf, &self.manifest.blocks[self.vecs]))
     }
 }
 
@@ -547,6 +486,7 @@ mod tests {
     use super::*;
     use crate::split::testutil::*;
     use crate::weights::sliced::SliceResident;
+    use crate::weights::sliced::SliceWeights;
 
     #[test]
     fn damaged_or_foreign_files_give_named_errors() {

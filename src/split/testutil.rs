@@ -1,14 +1,15 @@
 //! Helpers shared by the split tests: temp directories, fixtures, slices
 //! cut from them, and source bytes to compare slices against.
+#![cfg(test)]
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::cache::write_slice;
 use super::digest::fingerprint;
 use super::plan::{split, Plan, Shape};
 use super::reader::Expect;
-use super::writer::write_slice;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::safetensors::SafeTensors;
 use crate::progress::Silent;

@@ -11,8 +11,6 @@ use std::io::{Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::Path;
 
-use super::cache::{is_entry_dir, record};
-use super::digest::{config_texts, fingerprint_with, shard_digests};
 use super::error::{io_err, SliceError};
 use super::manifest::{
     align_up, block_kinds, check_part, encode_manifest, expected_tensors, BlockEntry, BlockKind,
@@ -27,7 +25,6 @@ use crate::model::names::{self, layer_name, lm_head_name};
 use crate::model::safetensors::{Dtype, SafeTensors, TensorInfo};
 use crate::progress::Progress;
 use crate::sys::LargeWriter;
-use crate::weights::in_place::vector_f32;
 
 // Writer
 
@@ -113,7 +110,7 @@ fn block_sources<'a>(
             } else {
                 layer_name(l, leaf)
             };
-            let v = vector_f32(st, &name, len).map_err(|e| source_err(st, e))?;
+            let v = st.vector_f32(&name, len).map_err(|e| source_err(st, e))?;
             Ok::<_, SliceError>((Dtype::F32, Src::F32(v[r].to_vec()), None))
         };
         let (d, nh, nkv, nhid) = (
@@ -229,31 +226,6 @@ pub(crate) fn check_plan(
         msg: format!("plan rank {rank}: {msg}"),
     })?;
     Ok(part)
-}
-
-/// Writes rank `rank`'s slice of `ckpt` under `plan` to `path`: streamed one
-/// tensor slice at a time from the mmapped safetensors (RAM O(write buffer +
-/// small vectors), never O(model): each source tensor's pages leave the
-/// resident set once it is written), into `path.with_extension("partial")`,
-/// fsynced, then renamed over `path`; `model.json` beside it records the
-/// model (see [`super::cache`]). `progress` hears the bytes written (and the
-/// hashing of the model, unless [`super::digest::fingerprint`] already
-/// did it for `ckpt`).
-pub fn write_slice(
-    ckpt: &Checkpoint,
-    plan: &Plan,
-    rank: usize,
-    path: &Path,
-    progress: &mut dyn Progress,
-) -> Result<(), SliceError> {
-    let (cfg_text, gen_text) = config_texts(ckpt)?;
-    let digests = shard_digests(&ckpt.weights, None, progress)?;
-    let fp = fingerprint_with(ckpt, &cfg_text, gen_text.as_deref(), &digests);
-    write_slice_with(ckpt, plan, rank, path, fp, cfg_text, gen_text, progress)?;
-    if let Some(dir) = path.parent().filter(|d| is_entry_dir(d)) {
-        record(ckpt, dir)?;
-    }
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -396,12 +368,14 @@ mod tests {
     use crate::model::safetensors::Dtype;
     use crate::progress::Silent;
     use crate::split::cache::ensure_slices;
+    use crate::split::cache::write_slice;
     use crate::split::plan::split;
     use crate::split::reader::{Expect, SliceFile};
     use crate::split::testutil::*;
     use crate::sys::AlignedBuf;
     use crate::weights::in_place::{self, InPlace};
     use crate::weights::sliced::SliceResident;
+    use crate::weights::sliced::SliceWeights;
     use crate::weights::{Head, LayerSource};
     use std::os::unix::fs::FileExt;
 
@@ -543,7 +517,7 @@ mod tests {
         for t in src.weights.tensors() {
             let bytes = src.weights.bytes(t);
             if t.shape.len() == 2 {
-                let f16: Vec<u8> = in_place::widen(t.dtype, bytes)
+                let f16: Vec<u8> = crate::model::dtype::widen(t.dtype, bytes)
                     .into_iter()
                     .flat_map(|x| half::f16::from_f32(x).to_le_bytes())
                     .collect();

@@ -1,35 +1,11 @@
 //! A whole model read in place from safetensors (one rank, all resident).
 
-use crate::error::{Error, Result};
+use super::{Result, WeightsError};
 use crate::model::config::Config;
 use crate::model::names::{self, layer_matrix_shapes, layer_name, lm_head_name};
-use crate::model::safetensors::{Dtype, SafeTensors, TensorInfo};
+use crate::model::safetensors::{SafeTensors, TensorInfo};
 use crate::split::plan::RankSlice;
 use crate::weights::{Dims, Head, LayerMats, LayerSource, LayerVecs, Mat, Resident};
-
-/// A 1-D tensor of `len` values widened to f32.
-pub fn vector_f32(st: &SafeTensors, name: &str, len: usize) -> Result<Vec<f32>> {
-    let t = st.tensor_shaped(name, &[len])?;
-    Ok(widen(t.dtype, st.bytes(t)))
-}
-
-/// Widen little-endian f32/f16/bf16 bytes to f32 (small tensors only).
-pub fn widen(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
-    match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-    }
-}
 
 /// Resident vectors (norms, biases, rope) for `part` of the model.
 pub fn resident(cfg: &Config, st: &SafeTensors, part: &RankSlice) -> Result<Resident> {
@@ -40,12 +16,12 @@ pub fn resident(cfg: &Config, st: &SafeTensors, part: &RankSlice) -> Result<Resi
             if !cfg.attention_bias {
                 return Ok(None);
             }
-            let all = vector_f32(st, &layer_name(l, leaf), n * hd)?;
+            let all = st.vector_f32(&layer_name(l, leaf), n * hd)?;
             Ok(Some(all[r.start * hd..r.end * hd].to_vec()))
         };
         layers.push(LayerVecs {
-            attn_norm: vector_f32(st, &layer_name(l, names::ATTN_NORM), cfg.dim)?,
-            ffn_norm: vector_f32(st, &layer_name(l, names::FFN_NORM), cfg.dim)?,
+            attn_norm: st.vector_f32(&layer_name(l, names::ATTN_NORM), cfg.dim)?,
+            ffn_norm: st.vector_f32(&layer_name(l, names::FFN_NORM), cfg.dim)?,
             q_bias: bias(names::Q_BIAS, cfg.n_heads, &part.heads)?,
             k_bias: bias(names::K_BIAS, cfg.n_kv_heads, &part.kv_heads)?,
             v_bias: bias(names::V_BIAS, cfg.n_kv_heads, &part.kv_heads)?,
@@ -54,7 +30,7 @@ pub fn resident(cfg: &Config, st: &SafeTensors, part: &RankSlice) -> Result<Resi
     Ok(Resident {
         dims: Dims::new(cfg, part),
         layers,
-        final_norm: vector_f32(st, names::FINAL_NORM, cfg.dim)?,
+        final_norm: st.vector_f32(names::FINAL_NORM, cfg.dim)?,
         inv_freq: cfg.rope_inv_freq(),
     })
 }
@@ -63,13 +39,12 @@ pub fn resident(cfg: &Config, st: &SafeTensors, part: &RankSlice) -> Result<Resi
 pub fn check_aligned(st: &SafeTensors, t: &TensorInfo) -> Result<()> {
     let addr = st.bytes(t).as_ptr() as usize;
     if !addr.is_multiple_of(t.dtype.size()) {
-        return Err(Error::Model(format!(
-            "tensor {} in {} at offset {} is not aligned to its {}-byte dtype",
-            t.name,
-            st.shard_name(t.shard),
-            t.offset,
-            t.dtype.size()
-        )));
+        return Err(WeightsError::Misaligned {
+            tensor: t.name.clone(),
+            file: st.shard_name(t.shard).to_string(),
+            offset: t.offset,
+            align: t.dtype.size(),
+        });
     }
     Ok(())
 }
@@ -94,9 +69,13 @@ impl<'a> InPlace<'a> {
                 check_aligned(st, t)?;
                 mats.push(t.clone());
             }
-            let mats: [TensorInfo; 7] = mats
-                .try_into()
-                .map_err(|_| Error::Model("layer tensor count".into()))?;
+            let mats: [TensorInfo; 7] =
+                mats.try_into()
+                    .map_err(|m: Vec<_>| WeightsError::OutOfRange {
+                        what: "layer matrices",
+                        index: m.len(),
+                        len: 7,
+                    })?;
             layers.push(mats);
         }
         let embed = st
@@ -127,10 +106,11 @@ impl<'a> InPlace<'a> {
 
 impl LayerSource for InPlace<'_> {
     fn acquire(&mut self, l: usize) -> Result<LayerMats<'_>> {
-        let t = self
-            .layers
-            .get(l)
-            .ok_or_else(|| Error::Model(format!("layer {l} out of range")))?;
+        let t = self.layers.get(l).ok_or(WeightsError::OutOfRange {
+            what: "layer",
+            index: l,
+            len: self.layers.len(),
+        })?;
         Ok(LayerMats {
             q: self.mat(&t[0]),
             k: self.mat(&t[1]),
@@ -147,9 +127,11 @@ impl Head for InPlace<'_> {
     fn embed(&mut self, token: u32, out: &mut [f32]) -> Result<()> {
         let rows = self.embed.shape[0];
         if token as usize >= rows {
-            return Err(Error::Model(format!(
-                "token id {token} outside the vocabulary of {rows}"
-            )));
+            return Err(WeightsError::OutOfRange {
+                what: "token id",
+                index: token as usize,
+                len: rows,
+            });
         }
         self.mat(&self.embed).row_into(token as usize, out)
     }

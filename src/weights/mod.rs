@@ -9,18 +9,18 @@
 //! safetensors (one rank, nothing copied); [`sliced`] reads a rank's slice
 //! file, resident or streamed through the memory window.
 
+pub mod error;
 pub mod in_place;
 pub mod sliced;
 
-use crate::error::{Error, Result};
+pub use error::WeightsError;
+
+/// What reading weights returns.
+pub type Result<T, E = WeightsError> = std::result::Result<T, E>;
 use crate::model::config::Config;
 use crate::model::safetensors::Dtype;
 use crate::split::plan::RankSlice;
 use tpi_kernels::Weights;
-
-/// Temporary: the old name of [`RankSlice`] (which part of the model this
-/// rank holds), kept until every caller uses the new one.
-pub type Part = RankSlice;
 
 /// A matrix in its stored dtype: `rows x cols`, row-major, as raw bytes.
 #[derive(Clone, Copy, Debug)]
@@ -35,11 +35,10 @@ impl<'a> Mat<'a> {
     /// Typed view for the kernels. Fails only when the bytes are misaligned
     /// or of the wrong length, which loaders rule out before building a `Mat`.
     pub fn weights(&self) -> Result<Weights<'a>> {
-        let bad = || {
-            Error::Model(format!(
-                "matrix bytes misaligned or of wrong length ({} bytes)",
-                self.bytes.len()
-            ))
+        let bad = || WeightsError::Matrix {
+            bytes: self.bytes.len(),
+            rows: self.rows,
+            cols: self.cols,
         };
         let w = match self.dtype {
             Dtype::F32 => Weights::F32(bytemuck::try_cast_slice(self.bytes).map_err(|_| bad())?),
@@ -56,10 +55,11 @@ impl<'a> Mat<'a> {
     pub fn row_into(&self, r: usize, out: &mut [f32]) -> Result<()> {
         let w = self.weights()?;
         if r >= self.rows || out.len() != self.cols {
-            return Err(Error::Model(format!(
-                "row {r} out of range (rows {})",
-                self.rows
-            )));
+            return Err(WeightsError::OutOfRange {
+                what: "row",
+                index: r,
+                len: self.rows,
+            });
         }
         let row = w.slice(r * self.cols, (r + 1) * self.cols);
         match row {

@@ -5,8 +5,10 @@
 
 use std::os::unix::fs::FileExt;
 
-use crate::error::Result;
+use super::{Dims, LayerVecs, Resident, Result, WeightsError};
+use crate::model::dtype::{widen, Dtype};
 use crate::split::error::{io_err, SliceError};
+use crate::split::manifest::{BlockEntry, Role, TensorEntry};
 use crate::split::reader::{aligned, SliceFile};
 use crate::sys::AlignedBuf;
 use crate::weights::{Head, LayerMats, LayerSource, Mat};
@@ -216,9 +218,7 @@ impl Head for SliceResident {
                 };
                 Ok((row0, m))
             }
-            (LmHead::Streamed { .. }, Layers::Resident(_)) => Err(crate::error::Error::Model(
-                "lm_head streamed without a window".into(),
-            )),
+            (LmHead::Streamed { .. }, Layers::Resident(_)) => Err(WeightsError::NoWindow),
         }
     }
 
@@ -230,6 +230,103 @@ impl Head for SliceResident {
                 .map_err(|e| window_err(&self.slice, format!("lm_head part {part}"), e))?;
         }
         Ok(())
+    }
+}
+
+/// Weights views of a slice file's bytes: the layer matrices of a block
+/// (e.g. a window slot) and the resident vectors. A trait so the split's
+/// reader stays a file format, below the weights it feeds.
+pub trait SliceWeights {
+    fn mat<'a>(
+        &self,
+        b: &BlockEntry,
+        t: &TensorEntry,
+        bytes: &'a [u8],
+    ) -> std::result::Result<Mat<'a>, SliceError>;
+    /// The seven matrices of layer `l` from its block's bytes.
+    fn layer_mats_in<'a>(
+        &self,
+        l: usize,
+        block_bytes: &'a [u8],
+    ) -> std::result::Result<LayerMats<'a>, SliceError>;
+    /// Norms, biases and RoPE frequencies from the vecs block.
+    fn resident(&self) -> std::result::Result<Resident, SliceError>;
+}
+
+impl SliceWeights for SliceFile {
+    fn mat<'a>(
+        &self,
+        b: &BlockEntry,
+        t: &TensorEntry,
+        bytes: &'a [u8],
+    ) -> std::result::Result<Mat<'a>, SliceError> {
+        let data = self.tensor_bytes(b, t, bytes)?;
+        Ok(Mat {
+            dtype: t.dtype,
+            rows: t.rows,
+            cols: t.cols,
+            bytes: data,
+        })
+    }
+
+    /// The seven matrices of layer `l` from its block's bytes (e.g. a window
+    /// slot holding the block read from [`SliceFile::layer_blocks`]).
+    /// `block_bytes` must start at the block start, be at least 4-byte
+    /// aligned and cover every tensor (a longer slot is fine). Checksums are
+    /// the caller's business (the bytes may not have been read by us).
+    fn layer_mats_in<'a>(
+        &self,
+        l: usize,
+        block_bytes: &'a [u8],
+    ) -> std::result::Result<LayerMats<'a>, SliceError> {
+        let b = self.layer_block(l)?;
+        if !(block_bytes.as_ptr() as usize).is_multiple_of(4) {
+            return Err(SliceError::Layout {
+                path: self.path().display().to_string(),
+                rank: self.rank(),
+                block: Some(b.kind),
+                msg: "block buffer is not 4-byte aligned".into(),
+            });
+        }
+        let t = &b.tensors;
+        Ok(LayerMats {
+            q: self.mat(b, &t[0], block_bytes)?,
+            k: self.mat(b, &t[1], block_bytes)?,
+            v: self.mat(b, &t[2], block_bytes)?,
+            o: self.mat(b, &t[3], block_bytes)?,
+            gate: self.mat(b, &t[4], block_bytes)?,
+            up: self.mat(b, &t[5], block_bytes)?,
+            down: self.mat(b, &t[6], block_bytes)?,
+        })
+    }
+
+    /// Norms, biases and RoPE frequencies from the vecs block (read and
+    /// checksummed here).
+    fn resident(&self) -> std::result::Result<Resident, SliceError> {
+        let (buf, b) = self.read_vecs()?;
+        let cfg = self.config();
+        let mut layers: Vec<LayerVecs> = (0..cfg.n_layers).map(|_| LayerVecs::default()).collect();
+        let mut final_norm = Vec::new();
+        for t in &b.tensors {
+            let m = self.mat(b, t, buf.bytes())?;
+            let v = widen(Dtype::F32, m.bytes);
+            let l = t.layer.unwrap_or(0);
+            match t.role {
+                Role::AttnNorm => layers[l].attn_norm = v,
+                Role::FfnNorm => layers[l].ffn_norm = v,
+                Role::QBias => layers[l].q_bias = Some(v),
+                Role::KBias => layers[l].k_bias = Some(v),
+                Role::VBias => layers[l].v_bias = Some(v),
+                Role::FinalNorm => final_norm = v,
+                _ => {}
+            }
+        }
+        Ok(Resident {
+            dims: Dims::new(cfg, self.part()),
+            layers,
+            final_norm,
+            inv_freq: cfg.rope_inv_freq(),
+        })
     }
 }
 
@@ -245,11 +342,11 @@ fn window_err(slice: &SliceFile, what: String, source: WindowError) -> SliceErro
 mod tests {
     use super::*;
     use crate::progress::Silent;
+    use crate::split::cache::write_slice;
     use crate::split::plan::{split, RankSlice, Shape};
     use crate::split::reader::Expect;
     use crate::split::reader::SliceFile;
     use crate::split::testutil::*;
-    use crate::split::writer::write_slice;
     use crate::weights::in_place::{self, InPlace};
 
     /// One rank's forward from a slice file equals the in-place forward.

@@ -1,4 +1,0 @@
-//! Temporary: old path of `split::plan`, kept until every caller uses the
-//! new one.
-
-pub use crate::split::plan::*;
