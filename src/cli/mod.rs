@@ -1,20 +1,17 @@
 //! The `tpi-run` command line.
 
-use crate::engine::{check_context, peak_rss_bytes, EngineError, GenOptions, SamplerConfig};
+use crate::engine::{check_context, EngineError, GenOptions, SamplerConfig};
 use crate::error::{Error, Result, UsageError};
 use crate::model::checkpoint::Checkpoint;
-use crate::model::names::EMBED;
 use crate::net::{NetOpts, Secret};
 use crate::session::single::{run_single, SingleSetup};
-use crate::session::{
-    default_cache_dir, plan_for, run_hub, run_worker, HubReport, HubSetup, WorkerSetup,
-};
+use crate::session::{default_cache_dir, plan_for, run_hub, run_worker, HubSetup, WorkerSetup};
 use crate::sys::available_memory;
 use crate::ui::Console;
 use crate::window::policy::{IoMode, MemoryMode, MemoryOpts};
 use clap::Parser;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tpi_kernels::Backend;
@@ -141,38 +138,12 @@ pub enum Command {
     Cache(CacheCommand),
 }
 
-/// `tpi-run cache ...`.
-#[derive(clap::Subcommand, Debug, Clone)]
-pub enum CacheCommand {
-    /// One line per cached (model, plan): size, last use, model and whether
-    /// that model is still there unchanged.
-    List(CacheDir),
-    /// Remove slices of models that are gone or changed, interrupted
-    /// downloads, and (with --max-size) the least recently used entries
-    /// over the size.
-    Prune {
-        #[command(flatten)]
-        dir: CacheDir,
-        /// Keep the cache at most this large: bytes, or with a K/M/G/T
-        /// suffix (powers of 1024), e.g. 20G.
-        #[arg(long, value_name = "SIZE")]
-        max_size: Option<String>,
-        /// Keep slices of models that are gone or changed.
-        #[arg(long)]
-        keep_orphans: bool,
-    },
-}
+mod cache;
+mod report;
 
-/// The cache a `tpi-run cache` command works on.
-#[derive(clap::Args, Debug, Clone)]
-pub struct CacheDir {
-    /// Default $TPI_CACHE_DIR, $XDG_CACHE_HOME/tpi or ~/.cache/tpi.
-    #[arg(long)]
-    pub cache_dir: Option<PathBuf>,
-    /// One JSON object per entry, one per line.
-    #[arg(long)]
-    pub json: bool,
-}
+use cache::run_cache;
+pub use cache::{CacheCommand, CacheDir};
+use report::{print_dry_run, print_report, stdout_err, write_logits};
 
 /// Most compute threads per rank: more than any board has cores, few
 /// enough that a typo cannot exhaust the process's threads.
@@ -481,119 +452,6 @@ pub fn run(args: &Args) -> Result<()> {
     print_report(&report, backend, threads, n, json)
 }
 
-/// `"20G"` -> 20 GiB in bytes; plain numbers are bytes.
-fn parse_size(flag: &'static str, s: &str) -> Result<u64> {
-    let t = s.trim();
-    let (num, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => (&t[..i], &t[i..]),
-        None => (t, ""),
-    };
-    let shift = match unit.to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => return Err(usage(flag, format!("unknown unit in '{s}'"))),
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| usage(flag, format!("'{s}' is not a size")))?;
-    let bytes = v * (1u64 << shift) as f64;
-    if !(bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64) {
-        return Err(usage(flag, format!("'{s}' is out of range")));
-    }
-    Ok(bytes as u64)
-}
-
-/// `tpi-run cache list|prune`.
-fn run_cache(c: &CacheCommand) -> Result<()> {
-    use crate::split::cache::{list, prune, CacheEntry, PrunePolicy};
-    let (dir, removed) = match c {
-        CacheCommand::List(d) => (d, None),
-        CacheCommand::Prune {
-            dir,
-            max_size,
-            keep_orphans,
-        } => {
-            let policy = PrunePolicy {
-                remove_orphans: !keep_orphans,
-                max_bytes: max_size
-                    .as_deref()
-                    .map(|s| parse_size("--max-size", s))
-                    .transpose()?,
-                ..PrunePolicy::default()
-            };
-            let cache_dir = dir.cache_dir.clone().unwrap_or_else(default_cache_dir);
-            (
-                dir,
-                Some(prune(&cache_dir, &policy).map_err(cache_err(&cache_dir))?),
-            )
-        }
-    };
-    let cache_dir = dir.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    let entries = match &removed {
-        Some(r) => r.clone(),
-        None => list(&cache_dir).map_err(cache_err(&cache_dir))?,
-    };
-    let verb = if removed.is_some() {
-        "removed"
-    } else {
-        "cached"
-    };
-    let mut out = std::io::stdout().lock();
-    let age = |e: &CacheEntry| {
-        std::time::SystemTime::now()
-            .duration_since(e.last_used)
-            .map_or(0, |d| d.as_secs())
-    };
-    let mut text = String::new();
-    for e in &entries {
-        if dir.json {
-            let v = serde_json::json!({
-                "path": e.path,
-                "fingerprint": format!("{:016x}", e.fingerprint),
-                "plan_hash": format!("{:016x}", e.plan_hash),
-                "bytes": e.bytes,
-                "last_used_s_ago": age(e),
-                "model": e.origin,
-                "model_status": format!("{:?}", e.model).to_lowercase(),
-                "removed": removed.is_some(),
-            });
-            text.push_str(&format!("{v}\n"));
-        } else {
-            text.push_str(&format!(
-                "{:>10}  used {:>6} s ago  {:<9} {}  ({})\n",
-                crate::progress::human_bytes(e.bytes as f64),
-                age(e),
-                format!("{:?}", e.model).to_lowercase(),
-                e.origin.as_deref().unwrap_or("model not recorded"),
-                e.path.display()
-            ));
-        }
-    }
-    if !dir.json {
-        let total: u64 = entries.iter().map(|e| e.bytes).sum();
-        text.push_str(&format!(
-            "{} entries {verb}, {} in {}\n",
-            entries.len(),
-            crate::progress::human_bytes(total as f64),
-            cache_dir.display()
-        ));
-    }
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(stdout_err)
-}
-
-fn cache_err(dir: &Path) -> impl Fn(crate::split::cache::CacheError) -> Error + '_ {
-    move |e| Error::Cache {
-        dir: dir.display().to_string(),
-        source: e,
-    }
-}
-
 /// Errs when rank 0's KV cache for `positions` (f32 keys and values of its
 /// KV heads in every layer) would not fit in `available` memory: a clear
 /// error now rather than the kernel's OOM killer halfway through.
@@ -620,163 +478,10 @@ fn check_kv_memory(
     }
 }
 
-fn stdout_err(source: std::io::Error) -> Error {
-    Error::Io {
-        path: "stdout".into(),
-        source,
-    }
-}
-
-fn write_logits(file: std::fs::File, path: &Path, logits: &[f32]) -> Result<()> {
-    let io = |source| Error::Io {
-        path: format!("--logits-out {}", path.display()),
-        source,
-    };
-    let mut w = std::io::BufWriter::new(file);
-    serde_json::to_writer(&mut w, logits).map_err(|e| io(e.into()))?;
-    w.flush().map_err(io)
-}
-
-/// `--dry-run`: the model and its split plan, as a table or one JSON object.
-fn print_dry_run(ckpt: &Checkpoint, plan: &crate::split::plan::Plan, json: bool) -> Result<()> {
-    let cfg = &ckpt.config;
-    let dtype = ckpt.weights.tensor(EMBED)?.dtype;
-    let mut out = std::io::stdout().lock();
-    let text = if json {
-        let bytes = plan.bytes_per_rank(dtype.size());
-        let range = |r: &std::ops::Range<usize>| serde_json::json!([r.start, r.end]);
-        let ranks: Vec<_> = plan
-            .ranks
-            .iter()
-            .zip(&bytes)
-            .map(|(r, b)| {
-                serde_json::json!({
-                    "rank": r.rank,
-                    "weight": plan.weights.get(r.rank).copied().unwrap_or(1),
-                    "heads": range(&r.heads),
-                    "kv_heads": range(&r.kv_heads),
-                    "hidden": range(&r.hidden),
-                    "vocab": range(&r.vocab),
-                    "weight_bytes": b,
-                })
-            })
-            .collect();
-        let v = serde_json::json!({
-            "model": ckpt.origin,
-            "n_layers": cfg.n_layers,
-            "dim": cfg.dim,
-            "n_heads": cfg.n_heads,
-            "n_kv_heads": cfg.n_kv_heads,
-            "hidden_dim": cfg.hidden_dim,
-            "vocab_size": cfg.vocab_size,
-            "max_position_embeddings": cfg.max_seq_len,
-            "dtype": dtype.name(),
-            "world_size": plan.world_size,
-            "plan_hash": format!("{:016x}", plan.hash()),
-            "ranks": ranks,
-        });
-        format!("{v}\n")
-    } else {
-        format!(
-            "model {} ({} layers, dim {}, {} heads / {} KV heads, {} MLP, vocab {}, {})\n{}\n",
-            ckpt.origin,
-            cfg.n_layers,
-            cfg.dim,
-            cfg.n_heads,
-            cfg.n_kv_heads,
-            cfg.hidden_dim,
-            cfg.vocab_size,
-            dtype.name(),
-            plan.display_with_bytes(dtype.size())
-        )
-    };
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(stdout_err)
-}
-
-fn print_report(
-    r: &HubReport,
-    backend: Backend,
-    threads: usize,
-    world_size: usize,
-    json: bool,
-) -> Result<()> {
-    let out = &r.out;
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-    let rss = peak_rss_bytes().unwrap_or(0);
-    let per_step = |b: u64| {
-        if r.steps > 0 {
-            b as f64 / r.steps as f64
-        } else {
-            0.0
-        }
-    };
-    if json {
-        let v = serde_json::json!({
-            "prompt_ids": out.prompt_ids,
-            "generated_ids": out.generated_ids,
-            "text": out.text,
-            "ttft_ms": ms(out.ttft),
-            "ms_per_token": ms(out.per_token),
-            "tokens_per_s": out.tokens_per_s(),
-            "peak_rss_bytes": rss,
-            "kernel": backend.name(),
-            "threads": threads,
-            "world_size": world_size,
-            "compute_ms_per_token": ms(out.per_token.saturating_sub(out.comm_per_token)),
-            "allreduce_ms_per_token": ms(out.comm_per_token),
-            "bytes_sent_per_token": per_step(r.bytes_sent),
-            "bytes_received_per_token": per_step(r.bytes_received),
-            "io_wait_ms_per_token": r.window.as_ref().map_or(0.0, |w| w.io_wait.as_secs_f64() * 1e3 / r.steps.max(1) as f64),
-            "io_busy_ms_per_token": r.window.as_ref().map_or(0.0, |w| w.io_busy.as_secs_f64() * 1e3 / r.steps.max(1) as f64),
-            "bytes_read_per_token": r.window.as_ref().map_or(0.0, |w| per_step(w.bytes_read)),
-            "memory_window": r.window.as_ref().map_or(serde_json::Value::Null, |w| serde_json::json!(w.n_slots)),
-            "direct_io": r.window.as_ref().is_some_and(|w| w.direct),
-            "mapped_io": r.window.as_ref().is_some_and(|w| w.mapped),
-        });
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{v}")
-            .and_then(|()| stdout.flush())
-            .map_err(stdout_err)?;
-    } else {
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout)
-            .and_then(|()| stdout.flush())
-            .map_err(stdout_err)?;
-        // The summary is a courtesy: a closed stderr does not fail the run.
-        let _ = writeln!(
-            std::io::stderr(),
-            "[tpi] {} tokens, TTFT {:.1} ms, {:.2} ms/token ({:.2} waiting on other ranks), {:.1} tokens/s, peak RSS {:.1} MiB, kernel {}, {} threads x {} ranks",
-            out.generated_ids.len(),
-            ms(out.ttft),
-            ms(out.per_token),
-            ms(out.comm_per_token),
-            out.tokens_per_s(),
-            rss as f64 / (1024.0 * 1024.0),
-            backend.name(),
-            threads,
-            world_size
-        );
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::split::plan::{split, Shape};
-
-    #[test]
-    fn sizes_take_binary_suffixes_and_refuse_junk() {
-        assert_eq!(parse_size("f", "1024").unwrap(), 1024);
-        assert_eq!(parse_size("f", "20G").unwrap(), 20 << 30);
-        assert_eq!(parse_size("f", "1.5MiB").unwrap(), 3 << 19);
-        assert_eq!(parse_size("f", "0").unwrap(), 0);
-        for bad in ["", "G", "-1G", "1X", "nanG", "1e30T", "inf"] {
-            assert!(parse_size("--max-size", bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn kv_cache_beyond_available_memory_is_refused_up_front() {
