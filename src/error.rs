@@ -58,6 +58,24 @@ impl fmt::Display for Error {
 }
 
 impl Error {
+    /// The lines `tpi-run` prints for this error: the error, then each
+    /// cause that adds something (each error's text already includes its
+    /// cause's, so a cause it repeats is left out).
+    pub fn chain(&self) -> Vec<String> {
+        let mut lines = vec![self.to_string()];
+        let mut shown = self.to_string();
+        let mut src = std::error::Error::source(self);
+        while let Some(s) = src {
+            let text = s.to_string();
+            if !shown.contains(&text) {
+                lines.push(text.clone());
+                shown = text;
+            }
+            src = s.source();
+        }
+        lines
+    }
+
     /// Whether the user asked for something impossible (exit status 2),
     /// rather than something failing on the way (1).
     pub fn is_usage(&self) -> bool {
@@ -143,5 +161,87 @@ impl From<crate::split::plan::PlanError> for Error {
 impl From<crate::weights::WeightsError> for Error {
     fn from(e: crate::weights::WeightsError) -> Self {
         Error::Weights(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::split::testutil::{copy_with, stories_slice, TempDir};
+
+    fn printed(e: &Error) -> String {
+        e.chain().join("\n  caused by: ")
+    }
+
+    #[test]
+    fn a_corrupted_slice_block_is_named_by_file_rank_and_layer() {
+        let tmp = TempDir::new("chain");
+        let (_, _, path) = stories_slice(&tmp, 2, 1);
+        let slice = crate::split::reader::SliceFile::open(&path, Default::default()).unwrap();
+        let layer1 = slice.layer_block(1).unwrap().offset as usize;
+        drop(slice);
+        let bad = tmp.0.join("bad.slice");
+        copy_with(&path, &bad, |b| b[layer1 + 100] ^= 1);
+        let slice = crate::split::reader::SliceFile::open(&bad, Default::default()).unwrap();
+        let e: Error = slice.verify().unwrap_err().into();
+        let text = printed(&e);
+        for want in [bad.display().to_string(), "rank 1".into(), "layer 1".into()] {
+            assert!(text.contains(&want), "{want:?} missing from: {text}");
+        }
+    }
+
+    #[test]
+    fn a_plan_that_cannot_be_made_says_why() {
+        let shape = crate::split::plan::Shape {
+            dim: 64,
+            hidden_dim: 128,
+            n_heads: 8,
+            n_kv_heads: 2,
+            head_dim: 8,
+            vocab_size: 100,
+            n_layers: 2,
+        };
+        let e: Error = crate::split::plan::split(&shape, 9, None)
+            .unwrap_err()
+            .into();
+        assert!(e.is_usage());
+        let text = printed(&e);
+        assert!(text.contains("split plan") && text.contains('9'), "{text}");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn a_window_that_cannot_be_allocated_is_an_error_naming_the_slice_and_size() {
+        // Two slots of 64 TiB: more than any address space, so the
+        // allocation fails with any overcommit setting; an error, no abort.
+        let tmp = TempDir::new("alloc");
+        let file = tmp.0.join("blocks");
+        std::fs::write(&file, [0u8; 4096]).unwrap();
+        let big = 1u64 << 46;
+        let blocks = vec![(0, big), (big, big), (2 * big, big)];
+        let f = std::fs::File::open(&file).unwrap();
+        let w = crate::window::Window::start(f, blocks, 2, Default::default());
+        let source = match w {
+            Err(e) => e,
+            Ok(_) => panic!("a 128 TiB ring was allocated"),
+        };
+        assert!(
+            matches!(source, crate::window::WindowError::Alloc { .. }),
+            "{source}"
+        );
+        let e: Error = crate::split::SliceError::Window {
+            path: file.display().to_string(),
+            what: "layer 0".into(),
+            source,
+        }
+        .into();
+        let text = printed(&e);
+        for want in [
+            file.display().to_string(),
+            "layer 0".into(),
+            "2 slots of 64.0 TiB".into(),
+        ] {
+            assert!(text.contains(&want), "{want:?} missing from: {text}");
+        }
     }
 }

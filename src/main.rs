@@ -17,18 +17,12 @@ fn main() -> ExitCode {
         Err(e) => {
             // Writes to a closed stderr are ignored: the exit status still tells.
             let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "tpi-run: error: {e}");
-            // Each error's text includes its cause's; print only causes
-            // that add something.
-            let mut shown = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                let text = s.to_string();
-                if !shown.contains(&text) {
-                    let _ = writeln!(err, "  caused by: {text}");
-                    shown = text;
-                }
-                src = s.source();
+            let mut lines = e.chain().into_iter();
+            if let Some(first) = lines.next() {
+                let _ = writeln!(err, "tpi-run: error: {first}");
+            }
+            for cause in lines {
+                let _ = writeln!(err, "  caused by: {cause}");
             }
             ExitCode::from(if e.is_usage() {
                 EXIT_USAGE

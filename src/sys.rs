@@ -10,7 +10,7 @@
 #![allow(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
+use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::fs::File;
 use std::io::Write;
 use std::ptr::NonNull;
@@ -105,7 +105,8 @@ unsafe impl Sync for AlignedBuf {}
 impl AlignedBuf {
     /// `len` zeroed bytes aligned to `align` (a power of two, at most 4096:
     /// a mapping is page-aligned). `None` when `len` rounded up to `align`
-    /// overflows the address space.
+    /// overflows the address space or the memory cannot be had (the caller
+    /// names what it wanted; no allocation here aborts the process).
     pub fn zeroed(len: usize, align: usize) -> Option<AlignedBuf> {
         let layout = Layout::from_size_align(len.max(1), align).ok()?;
         if let Some(map) = huge_page_map(len) {
@@ -117,9 +118,7 @@ impl AlignedBuf {
         // SAFETY: `layout` has non-zero size (`len.max(1)`) as `alloc_zeroed`
         // requires; null is handled below.
         let raw = unsafe { alloc_zeroed(layout) };
-        let Some(ptr) = NonNull::new(raw) else {
-            handle_alloc_error(layout)
-        };
+        let ptr = NonNull::new(raw)?;
         Some(AlignedBuf {
             mem: Mem::Heap { ptr, layout },
             len,

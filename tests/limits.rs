@@ -138,3 +138,18 @@ fn nan_weights_are_a_named_error_not_junk_tokens() {
         }
     }
 }
+
+#[test]
+fn a_plan_that_cannot_be_made_is_a_usage_error_naming_the_cause() {
+    // llama-mha-f32 has 8 query heads: 9 ranks cannot each hold one.
+    let cache = TempDir::new("plan");
+    let out = run_local(
+        &fixture_dir("llama-mha-f32"),
+        9,
+        cache.path(),
+        &["--prompt-ids", "1,2", "--length", "2"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let line = error_line(&out);
+    assert!(line.contains("split plan") && line.contains('9'), "{line}");
+}

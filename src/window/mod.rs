@@ -103,6 +103,8 @@ pub enum WindowError {
     AllSlotsHeld { block: usize, n_slots: usize },
     /// Bad arguments to `start`.
     Invalid(String),
+    /// The ring's `n_slots x slot_bytes` cannot be allocated.
+    Alloc { n_slots: usize, slot_bytes: usize },
     /// Opening the file.
     Open {
         path: String,
@@ -138,6 +140,12 @@ impl fmt::Display for WindowError {
             WindowError::AllSlotsHeld { block, n_slots } => write!(
                 f,
                 "window: acquire of block {block} with all {n_slots} slots held (release first)"
+            ),
+            WindowError::Alloc { n_slots, slot_bytes } => write!(
+                f,
+                "window: cannot allocate {n_slots} slots of {} ({} in all); use a smaller --memory-window",
+                crate::progress::human_bytes(*slot_bytes as f64),
+                crate::progress::human_bytes((*n_slots as f64) * (*slot_bytes as f64))
             ),
             WindowError::Invalid(m) => write!(f, "window: {m}"),
             WindowError::Open { path, source } => write!(f, "window: open {path}: {source}"),
@@ -365,8 +373,16 @@ impl Window {
         }
         // Resident: exactly one slot per block, never recycled.
         let ring_slots = if resident { n_blocks.max(1) } else { n_slots };
-        let (producer, consumer) =
-            ring::ring(ring_slots, slot_bytes).map_err(|e| WindowError::Invalid(e.to_string()))?;
+        let (producer, consumer) = ring::ring(ring_slots, slot_bytes).map_err(|e| match e {
+            RingError::TooLarge {
+                n_slots,
+                slot_bytes,
+            } => WindowError::Alloc {
+                n_slots,
+                slot_bytes,
+            },
+            e => WindowError::Invalid(e.to_string()),
+        })?;
 
         let direct_file = match direct {
             None => None,
