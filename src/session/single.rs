@@ -3,7 +3,7 @@
 //! once, cached). No network; the collective is [`Solo`].
 
 use super::{open_weights, HubReport};
-use crate::engine::{generate, GenOptions, OnText, Par, Rank, Solo};
+use crate::engine::{generate, GenOptions, GenOutput, OnText, Par, Rank, Solo};
 use crate::error::Result;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::names::{layer_matrix_shapes, layer_name, lm_head_name};
@@ -15,6 +15,7 @@ use crate::split::reader::{Expect, SliceFile};
 use crate::sys::available_memory;
 use crate::weights::in_place::{resident, InPlace};
 use crate::weights::sliced::SliceWeights;
+use crate::weights::{RankWeights, Resident};
 use crate::window::policy::{choose_window, MemoryMode, MemoryOpts};
 use std::path::Path;
 use tpi_kernels::Backend;
@@ -50,19 +51,7 @@ pub fn run_single(
     let (ckpt, cfg) = (setup.ckpt, &setup.ckpt.config);
     let res = resident(cfg, &ckpt.weights, &RankSlice::whole(cfg))?;
     let mut weights = InPlace::new(cfg, &ckpt.weights)?;
-    let mut rank = Rank {
-        res: &res,
-        weights: &mut weights,
-        comm: &mut Solo,
-        par: Par::new(setup.threads, Backend::detect()),
-    };
-    let out = generate(
-        &mut rank,
-        ckpt.tokenizer.as_ref(),
-        prompt_ids,
-        opts,
-        on_text,
-    )?;
+    let out = solo(setup, &res, &mut weights, prompt_ids, opts, on_text)?;
     Ok(HubReport {
         out,
         ..HubReport::default()
@@ -112,19 +101,7 @@ fn run_from_slice(
     )?;
     let res = slice.resident()?;
     let mut weights = open_weights(slice, setup.memory, setup.observer)?;
-    let mut rank = Rank {
-        res: &res,
-        weights: &mut weights,
-        comm: &mut Solo,
-        par: Par::new(setup.threads, Backend::detect()),
-    };
-    let out = generate(
-        &mut rank,
-        setup.ckpt.tokenizer.as_ref(),
-        prompt_ids,
-        opts,
-        on_text,
-    )?;
+    let out = solo(setup, &res, &mut weights, prompt_ids, opts, on_text)?;
     let steps = out.forwards;
     Ok(HubReport {
         out,
@@ -132,4 +109,23 @@ fn run_from_slice(
         window: weights.window_stats(),
         ..HubReport::default()
     })
+}
+
+/// Generates on `weights` with nothing to exchange.
+fn solo(
+    setup: &SingleSetup<'_>,
+    res: &Resident,
+    weights: &mut dyn RankWeights,
+    prompt_ids: &[u32],
+    opts: &GenOptions,
+    on_text: &mut OnText<'_>,
+) -> Result<GenOutput> {
+    let mut rank = Rank {
+        res,
+        weights,
+        comm: &mut Solo,
+        par: Par::new(setup.threads, Backend::detect()),
+    };
+    let tokenizer = setup.ckpt.tokenizer.as_ref();
+    Ok(generate(&mut rank, tokenizer, prompt_ids, opts, on_text)?)
 }
