@@ -195,8 +195,9 @@ impl Backend {
     /// `y = W x` on Q8_0 weights with Q8_0 activations `xq` (from
     /// [`quant::quantize_row_q8_0`]): W row-major in blocks
     /// `[y.len()][xq.len()]`, an exact i32 dot product per 32-block scaled
-    /// into an f32 sum (see [`quant`]). Native on AVX2 (and on AVX-512
-    /// through its AVX2 kernel); NEON runs the scalar kernel for now.
+    /// into an f32 sum (see [`quant`]). Native on AVX2 and NEON (base
+    /// ARMv8-A `smull`/`sadalp`); AVX-512 runs the AVX2 kernel (no VNNI
+    /// kernel yet).
     ///
     /// # Panics
     /// If `w.len() != y.len() * xq.len()`, or if the backend is not available.

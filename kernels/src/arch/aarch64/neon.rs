@@ -13,19 +13,6 @@ use crate::arch::bank::{backend, Bank, Load};
 
 backend!(Neon, "neon", super::has_neon);
 
-/// Quantized GEMV: no NEON kernel yet (`vmull_s8` + `vpadalq_s16`, then
-/// `sdot` behind dotprod detection, are the next step), so NEON runs the
-/// scalar kernels.
-impl Neon {
-    pub(crate) fn gemv_q8_0(self, w: &[crate::BlockQ8_0], xq: &[crate::BlockQ8_0], y: &mut [f32]) {
-        crate::quant::gemv_q8_0(w, xq, y)
-    }
-
-    pub(crate) fn gemv_q4_0(self, w: &[crate::BlockQ4_0], xq: &[crate::BlockQ8_0], y: &mut [f32]) {
-        crate::quant::gemv_q4_0(w, xq, y)
-    }
-}
-
 /// 4 f32 lanes per `float32x4_t`.
 impl Bank for Neon {
     type V = float32x4_t;
