@@ -11,8 +11,10 @@
 extern crate std;
 
 pub use half::{bf16, f16};
+pub use quant::{BlockQ4_0, BlockQ8_0};
 
 mod arch;
+pub mod quant;
 pub mod scalar;
 
 #[cfg(feature = "std")]
@@ -188,6 +190,30 @@ impl Backend {
     pub fn gemv(self, w: Weights<'_>, x: &[f32], y: &mut [f32]) {
         assert_eq!(w.len(), y.len() * x.len(), "gemv: weight shape");
         dispatch!(self, |k| k.gemv(w, x, y))
+    }
+
+    /// `y = W x` on Q8_0 weights with Q8_0 activations `xq` (from
+    /// [`quant::quantize_row_q8_0`]): W row-major in blocks
+    /// `[y.len()][xq.len()]`, an exact i32 dot product per 32-block scaled
+    /// into an f32 sum (see [`quant`]). Native on AVX2 and NEON (base
+    /// ARMv8-A `smull`/`sadalp`); AVX-512 runs the AVX2 kernel (no VNNI
+    /// kernel yet).
+    ///
+    /// # Panics
+    /// If `w.len() != y.len() * xq.len()`, or if the backend is not available.
+    pub fn gemv_q8_0(self, w: &[BlockQ8_0], xq: &[BlockQ8_0], y: &mut [f32]) {
+        assert_eq!(w.len(), y.len() * xq.len(), "gemv_q8_0: weight shape");
+        dispatch!(self, |k| k.gemv_q8_0(w, xq, y))
+    }
+
+    /// `y = W x` on Q4_0 weights with Q8_0 activations, as
+    /// [`Backend::gemv_q8_0`].
+    ///
+    /// # Panics
+    /// If `w.len() != y.len() * xq.len()`, or if the backend is not available.
+    pub fn gemv_q4_0(self, w: &[BlockQ4_0], xq: &[BlockQ8_0], y: &mut [f32]) {
+        assert_eq!(w.len(), y.len() * xq.len(), "gemv_q4_0: weight shape");
+        dispatch!(self, |k| k.gemv_q4_0(w, xq, y))
     }
 
     /// Dot product of two f32 vectors.

@@ -1,5 +1,6 @@
 //! Scalar reference kernels: the oracle for every SIMD backend.
 
+use crate::quant::{self, BlockQ4_0, BlockQ8_0};
 use crate::Weights;
 use half::{bf16, f16};
 
@@ -23,6 +24,14 @@ impl Token {
 
     pub(crate) fn read_sum(self, bytes: &[u8]) -> u64 {
         read_sum(bytes)
+    }
+
+    pub(crate) fn gemv_q8_0(self, w: &[BlockQ8_0], xq: &[BlockQ8_0], y: &mut [f32]) {
+        quant::gemv_q8_0(w, xq, y)
+    }
+
+    pub(crate) fn gemv_q4_0(self, w: &[BlockQ4_0], xq: &[BlockQ8_0], y: &mut [f32]) {
+        quant::gemv_q4_0(w, xq, y)
     }
 }
 

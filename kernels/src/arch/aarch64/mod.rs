@@ -1,6 +1,7 @@
 //! aarch64 backend: NEON (base ARMv8-A AdvSIMD only).
 
 pub(crate) mod neon;
+mod quant;
 
 /// NEON: enabled at compile time (the default for aarch64 targets), or
 /// detected at run time (std).
