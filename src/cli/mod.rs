@@ -3,6 +3,7 @@
 use crate::engine::{check_context, EngineError, GenOptions, SamplerConfig};
 use crate::error::{Error, Result, UsageError};
 use crate::model::checkpoint::Checkpoint;
+use crate::model::dtype::Quant;
 use crate::net::{NetOpts, Secret};
 use crate::session::single::{run_single, SingleSetup};
 use crate::session::{default_cache_dir, plan_for, run_hub, run_worker, HubSetup, WorkerSetup};
@@ -108,6 +109,13 @@ pub struct Args {
     /// Keep every layer in RAM.
     #[arg(long)]
     pub no_memory_window: bool,
+    /// Store the layer matrices of the slice files as ggml Q8_0 or Q4_0
+    /// blocks (q8_0|q4_0): quantized when rank 0 cuts the slices, run with
+    /// 8-bit activations. Norms and biases stay f32; the embedding and
+    /// lm_head keep their stored dtype. Workers with their own --model need
+    /// the same flag.
+    #[arg(long, value_name = "TYPE", value_parser = parse_quant)]
+    pub quantize: Option<Quant>,
     /// Read the slice with O_DIRECT (no second copy in the page cache).
     /// Default: O_DIRECT when the slice is larger than MemAvailable, else
     /// window blocks mapped from the page cache.
@@ -167,6 +175,10 @@ pub fn version_line() -> String {
         env!("TPI_TARGET"),
         Backend::detect().name()
     )
+}
+
+fn parse_quant(s: &str) -> std::result::Result<Quant, String> {
+    Quant::from_name(s).ok_or_else(|| format!("'{s}' is not q8_0 or q4_0"))
 }
 
 fn parse_ids(s: &str) -> Result<Vec<u32>> {
@@ -324,6 +336,7 @@ pub fn run(args: &Args) -> Result<()> {
         let setup = WorkerSetup {
             model: args.model.as_deref(),
             split_weights: weights.as_deref(),
+            quant: args.quantize,
             master,
             rank,
             world_size: args.world_size,
@@ -345,7 +358,7 @@ pub fn run(args: &Args) -> Result<()> {
         .as_deref()
         .map(|s| parse_weights(s, args.world_size))
         .transpose()?;
-    let plan = plan_for(cfg, args.world_size, weights.as_deref())?;
+    let plan = plan_for(cfg, args.world_size, weights.as_deref())?.with_quant(args.quantize);
     if args.dry_run {
         return print_dry_run(&ckpt, &plan, args.json);
     }

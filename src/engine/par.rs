@@ -4,11 +4,19 @@
 //! threads: the calling thread takes the first share, the pool's threads the
 //! rest. Small matrices run on the calling thread alone (waking threads
 //! would cost more than the work).
+//!
+//! Q8_0 / Q4_0 matrices multiply Q8_0 activations (as llama.cpp does): at
+//! the start of a region each distinct input row is quantized once into
+//! [`Par`]'s activation buffer (grown to the largest region seen, then
+//! reused; never allocated per call), and every chunk of rows reads it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tpi_kernels::pool::Pool;
-use tpi_kernels::{Backend, Weights};
+use tpi_kernels::quant::{quantize_row_q8_0, QK};
+use tpi_kernels::{Backend, BlockQ8_0};
+
+use crate::weights::View;
 
 /// Below this many weight elements a GEMV stays on one thread.
 const MIN_PARALLEL_ELEMS: usize = 1 << 16;
@@ -18,13 +26,33 @@ const ROW_ALIGN: usize = 4;
 const CHUNK_BYTES: usize = 256 << 10;
 
 /// One GEMV: `y = W x`.
-pub type Job<'a, 'b> = (Weights<'a>, &'b [f32], &'b mut [f32]);
+pub type Job<'a, 'b> = (View<'a>, &'b [f32], &'b mut [f32]);
 
 /// Thread count and kernel backend for a rank's matmuls.
-#[derive(Clone)]
 pub struct Par {
     pool: Arc<Pool>,
     backend: Backend,
+    /// `[sum over a region's distinct quantized inputs of t * cols/32]`:
+    /// Q8_0 activations, locked for one region at a time.
+    xq: Mutex<Vec<BlockQ8_0>>,
+}
+
+impl Clone for Par {
+    /// The same threads; an activation buffer of its own.
+    fn clone(&self) -> Par {
+        Par {
+            pool: self.pool.clone(),
+            backend: self.backend,
+            xq: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// A chunk's inputs: all `t` tokens' rows, as floats or Q8_0 blocks.
+#[derive(Clone, Copy)]
+enum Input<'b> {
+    F32(&'b [f32]),
+    Q8_0(&'b [BlockQ8_0]),
 }
 
 impl Par {
@@ -32,6 +60,7 @@ impl Par {
         Par {
             pool: Arc::new(Pool::new(threads)),
             backend,
+            xq: Mutex::new(Vec::new()),
         }
     }
 
@@ -43,13 +72,13 @@ impl Par {
         self.backend
     }
 
-    pub fn gemv(&self, w: Weights<'_>, x: &[f32], y: &mut [f32]) {
-        self.run(1, vec![(w, x, y)]);
+    pub fn gemv<'w>(&self, w: impl Into<View<'w>>, x: &[f32], y: &mut [f32]) {
+        self.run(1, vec![(w.into(), x, y)]);
     }
 
     /// `t` tokens at once: `xs` holds `t` input rows, `ys` gets `t` output rows.
-    pub fn gemv_t(&self, t: usize, w: Weights<'_>, xs: &[f32], ys: &mut [f32]) {
-        self.run(t, vec![(w, xs, ys)]);
+    pub fn gemv_t<'w>(&self, t: usize, w: impl Into<View<'w>>, xs: &[f32], ys: &mut [f32]) {
+        self.run(t, vec![(w.into(), xs, ys)]);
     }
 
     pub fn gemv2(&self, t: usize, a: Job<'_, '_>, b: Job<'_, '_>) {
@@ -73,17 +102,56 @@ impl Par {
     /// atomic counter both finish within one chunk of each other.
     ///
     /// # Panics
-    /// If a job's `x` or `y` is not `t` rows of the weights' shape.
+    /// If a job's `x` or `y` is not `t` rows of the weights' shape, or a
+    /// block matrix's rows are not whole blocks.
     pub fn run(&self, t: usize, jobs: Vec<Job<'_, '_>>) {
         let t = t.max(1);
         let work: usize = jobs.iter().map(|(w, _, _)| w.len()).sum();
         let backend = self.backend;
-        if t == 1 && (self.threads() == 1 || work < MIN_PARALLEL_ELEMS) {
+        let quantized = jobs.iter().any(|(w, _, _)| w.is_quantized());
+        if !quantized && t == 1 && (self.threads() == 1 || work < MIN_PARALLEL_ELEMS) {
             for (w, x, y) in jobs {
-                backend.gemv(w, x, y);
+                if let View::Float(w) = w {
+                    backend.gemv(w, x, y);
+                }
             }
             return;
         }
+        // Quantize each distinct input of a block matrix once: jobs sharing
+        // `x` (q, k, v; gate, up) share its blocks.
+        let mut xq = self.xq.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inputs: Vec<(*const f32, usize, usize)> = Vec::new(); // (ptr, len, first block)
+        let mut n_blocks = 0;
+        for (w, xs, _) in &jobs {
+            if w.is_quantized() && !inputs.iter().any(|i| (i.0, i.1) == (xs.as_ptr(), xs.len())) {
+                assert!(
+                    xs.len().is_multiple_of(QK * t),
+                    "gemv: {t} tokens of {} inputs are not whole Q8_0 blocks",
+                    xs.len()
+                );
+                inputs.push((xs.as_ptr(), xs.len(), n_blocks));
+                n_blocks += xs.len() / QK;
+            }
+        }
+        if xq.len() < n_blocks {
+            xq.resize(n_blocks, BlockQ8_0::default());
+        }
+        for (w, xs, _) in &jobs {
+            if let Some(&(_, _, at)) = inputs
+                .iter()
+                .find(|i| (i.0, i.1) == (xs.as_ptr(), xs.len()))
+            {
+                if w.is_quantized() {
+                    // Row by row, so each token's blocks start its own row.
+                    let cols = xs.len() / t;
+                    let nb = cols / QK;
+                    for (i, x) in xs.chunks_exact(cols.max(1)).enumerate() {
+                        quantize_row_q8_0(x, &mut xq[at + i * nb..at + (i + 1) * nb]);
+                    }
+                }
+            }
+        }
+        let xq: &[BlockQ8_0] = &xq[..n_blocks];
         let mut chunks: Vec<Chunk<'_, '_>> = Vec::new();
         for (w, xs, ys) in jobs {
             let (cols, rows) = (xs.len() / t, ys.len() / t);
@@ -95,7 +163,14 @@ impl Par {
                 xs.len(),
                 ys.len()
             );
-            let row_bytes = cols.max(1) * w.elem_bytes();
+            let input = match inputs
+                .iter()
+                .find(|i| (i.0, i.1) == (xs.as_ptr(), xs.len()))
+            {
+                Some(&(_, len, at)) if w.is_quantized() => Input::Q8_0(&xq[at..at + len / QK]),
+                _ => Input::F32(xs),
+            };
+            let row_bytes = w.byte_len() / rows.max(1);
             let rows_per = (CHUNK_BYTES / row_bytes.max(1))
                 .next_multiple_of(ROW_ALIGN)
                 .max(ROW_ALIGN);
@@ -107,7 +182,7 @@ impl Par {
             for start in (0..rows).step_by(rows_per) {
                 let end = (start + rows_per).min(rows);
                 let ys: Vec<&mut [f32]> = pieces.iter_mut().filter_map(|p| p.next()).collect();
-                chunks.push((w.slice(start * cols, end * cols), xs, cols, ys));
+                chunks.push((w.slice(start * cols, end * cols), input, cols, ys));
             }
         }
         if self.threads() == 1 || work < MIN_PARALLEL_ELEMS {
@@ -134,17 +209,24 @@ impl Par {
 
 /// Rows of one matrix for every token: (weights, all tokens' inputs,
 /// columns, each token's output rows).
-type Chunk<'a, 'b> = (Weights<'a>, &'b [f32], usize, Vec<&'b mut [f32]>);
+type Chunk<'a, 'b> = (View<'a>, Input<'b>, usize, Vec<&'b mut [f32]>);
 
 fn run_chunk(backend: Backend, (w, xs, cols, ys): Chunk<'_, '_>) {
+    let nb = cols / QK;
     for (i, y) in ys.into_iter().enumerate() {
-        backend.gemv(w, &xs[i * cols..(i + 1) * cols], y);
+        match (w, xs) {
+            (View::Float(w), Input::F32(x)) => backend.gemv(w, &x[i * cols..(i + 1) * cols], y),
+            (View::Q8_0(w), Input::Q8_0(x)) => backend.gemv_q8_0(w, &x[i * nb..(i + 1) * nb], y),
+            (View::Q4_0(w), Input::Q8_0(x)) => backend.gemv_q4_0(w, &x[i * nb..(i + 1) * nb], y),
+            _ => unreachable!("block weights always get Q8_0 inputs, floats f32"),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tpi_kernels::Weights;
 
     #[test]
     fn parallel_gemv_matches_single_thread_on_uneven_rows() {
@@ -176,8 +258,8 @@ mod tests {
             let (mut ya, mut yb) = (vec![0.0; ra], vec![0.0; rb]);
             Par::new(threads, Backend::Scalar).gemv2(
                 1,
-                (Weights::F16(&wa), &x, &mut ya),
-                (Weights::F32(&wb), &x, &mut yb),
+                (Weights::F16(&wa).into(), &x, &mut ya),
+                (Weights::F32(&wb).into(), &x, &mut yb),
             );
             (ya, yb)
         };
@@ -185,5 +267,42 @@ mod tests {
         assert_eq!(one, run(2));
         let expect: f32 = (0..cols).map(|j| wb[cols * 5 + j] * x[j]).sum();
         assert!((one.1[5] - expect).abs() < 1e-3);
+    }
+
+    #[test]
+    fn block_weights_quantize_each_input_once_and_match_the_kernel() {
+        use tpi_kernels::quant::quantize_row_q4_0;
+        use tpi_kernels::BlockQ4_0;
+        // 2 tokens; q4 and q8 jobs share one input; 600 rows of 256 span chunks.
+        let (rows, cols, t) = (600, 256, 2);
+        let wf: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let mut w4 = vec![BlockQ4_0::default(); rows * cols / QK];
+        let mut w8 = vec![BlockQ8_0::default(); rows * cols / QK];
+        quantize_row_q4_0(&wf, &mut w4);
+        quantize_row_q8_0(&wf, &mut w8);
+        let xs: Vec<f32> = (0..t * cols).map(|i| (i as f32 * 0.37).cos()).collect();
+        let run = |threads| {
+            let (mut y4, mut y8) = (vec![0.0; t * rows], vec![0.0; t * rows]);
+            let par = Par::new(threads, Backend::Scalar);
+            par.gemv2(
+                t,
+                (View::Q4_0(&w4), &xs, &mut y4),
+                (View::Q8_0(&w8), &xs, &mut y8),
+            );
+            (y4, y8)
+        };
+        let (y4, y8) = run(1);
+        assert_eq!((y4.clone(), y8.clone()), run(2));
+        for tok in 0..t {
+            let mut xq = vec![BlockQ8_0::default(); cols / QK];
+            quantize_row_q8_0(&xs[tok * cols..(tok + 1) * cols], &mut xq);
+            let (mut e4, mut e8) = (vec![0.0; rows], vec![0.0; rows]);
+            Backend::Scalar.gemv_q4_0(&w4, &xq, &mut e4);
+            Backend::Scalar.gemv_q8_0(&w8, &xq, &mut e8);
+            assert_eq!(&y4[tok * rows..(tok + 1) * rows], &e4[..], "token {tok}");
+            assert_eq!(&y8[tok * rows..(tok + 1) * rows], &e8[..], "token {tok}");
+        }
     }
 }

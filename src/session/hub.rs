@@ -252,6 +252,11 @@ fn spawn_worker(
             cmd.arg("--mapped-io");
         }
     }
+    if let Some(q) = setup.plan.quant {
+        // Workers get their slices from rank 0; the flag keeps a worker's
+        // own plan (should it have a model) the same as rank 0's.
+        cmd.args(["--quantize", q.name()]);
+    }
     if setup.quiet {
         cmd.arg("--quiet");
     }

@@ -38,14 +38,16 @@ pub struct SingleSetup<'a> {
 }
 
 /// Generates on one rank, in place or from the slice file as the weights'
-/// size and the memory mode decide.
+/// size and the memory mode decide (always from the slice file with
+/// `--quantize`).
 pub fn run_single(
     setup: &SingleSetup<'_>,
     prompt_ids: &[u32],
     opts: &GenOptions,
     on_text: &mut OnText<'_>,
 ) -> Result<HubReport> {
-    if from_slice(setup.ckpt, setup.memory.mode)? {
+    // Quantized weights exist only in slice files.
+    if setup.plan.quant.is_some() || from_slice(setup.ckpt, setup.memory.mode)? {
         return run_from_slice(setup, prompt_ids, opts, on_text);
     }
     let (ckpt, cfg) = (setup.ckpt, &setup.ckpt.config);

@@ -8,6 +8,7 @@ use super::{open_weights, plan_for};
 use crate::engine::{follow, Par, Rank};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::Checkpoint;
+use crate::model::dtype::Quant;
 use crate::net::{
     fetch_slice, resolve, slice_path, worker_join, worker_ready, Link, NetOpts, Secret, SessionId,
     WorkerComm,
@@ -43,6 +44,8 @@ pub struct WorkerSetup<'a> {
     pub model: Option<&'a Path>,
     /// `--split-weights`, needed with `model` to compute the same plan.
     pub split_weights: Option<&'a [u32]>,
+    /// `--quantize`, needed with `model` to compute the same plan.
+    pub quant: Option<Quant>,
     pub master: &'a str,
     pub rank: usize,
     pub world_size: usize,
@@ -66,7 +69,7 @@ pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
     let local = match w.model {
         Some(dir) => {
             let ckpt = Checkpoint::open_dir(dir)?;
-            let plan = plan_for(&ckpt.config, w.world_size, w.split_weights)?;
+            let plan = plan_for(&ckpt.config, w.world_size, w.split_weights)?.with_quant(w.quant);
             Some((fingerprint(&ckpt, w.cache_dir, &mut *progress)?, plan, ckpt))
         }
         None => None,

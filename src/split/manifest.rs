@@ -32,7 +32,7 @@
 //!   u8 kind (0 vecs, 1 layer, 2 embedding, 3 lm_head), 3 zero bytes,
 //!   u32 layer (u32::MAX unless kind = layer), u64 offset, u64 len,
 //!   u64 checksum64 of the block's len bytes, u32 tensor count, then per tensor:
-//!     u8 role, u8 dtype (0 F32, 1 F16, 2 BF16), u16 zero,
+//!     u8 role, u8 dtype (0 F32, 1 F16, 2 BF16, 3 Q8_0, 4 Q4_0), u16 zero,
 //!     u32 layer (u32::MAX when none), u64 rows, u64 cols,
 //!     u64 offset within the block (64-byte aligned)
 //! ```
@@ -40,7 +40,9 @@
 //! Blocks, in this order: `Vecs` (every layer's two RMSNorm weights, its
 //! sliced q/k/v biases when the model has them, then the final norm; all
 //! f32), `Layer(0..n_layers)` (q, k, v, o, gate, up, down of this rank, in
-//! the stored dtype, never upcast), `Embedding` (the whole table, replicated,
+//! the stored dtype, never upcast, or with `--quantize` in ggml Q8_0 / Q4_0
+//! blocks: `rows x cols` weights take `rows * cols/32 * 34` / `* 18` bytes,
+//! and `cols` must be a multiple of 32), `Embedding` (the whole table, replicated,
 //! read by row on demand) and `LmHead` (this rank's vocab rows of `lm_head`,
 //! or of the embedding when tied). Layer matrices are laid out exactly as
 //! [`crate::weights::LayerMats`] documents them: o_proj and down_proj columns of this rank are
@@ -50,7 +52,7 @@ use std::fmt;
 
 use crate::codec::cursor::{Cursor, DecodeError};
 use crate::model::config::Config;
-use crate::model::safetensors::Dtype;
+use crate::model::dtype::WeightType;
 use crate::split::plan::RankSlice;
 
 /// File magic.
@@ -153,11 +155,15 @@ impl Role {
     }
 }
 
-fn dtype_code(d: Dtype) -> u8 {
+/// Codes 0..=2 are those of format version 1 before quantization; the
+/// block types took new codes, so old files read as they always did.
+fn dtype_code(d: WeightType) -> u8 {
     match d {
-        Dtype::F32 => 0,
-        Dtype::F16 => 1,
-        Dtype::BF16 => 2,
+        WeightType::F32 => 0,
+        WeightType::F16 => 1,
+        WeightType::BF16 => 2,
+        WeightType::Q8_0 => 3,
+        WeightType::Q4_0 => 4,
     }
 }
 
@@ -166,7 +172,7 @@ fn dtype_code(d: Dtype) -> u8 {
 pub struct TensorEntry {
     pub role: Role,
     pub layer: Option<usize>,
-    pub dtype: Dtype,
+    pub wtype: WeightType,
     pub rows: usize,
     pub cols: usize,
     /// Byte offset within the block (multiple of [`TENSOR_ALIGN`]).
@@ -174,11 +180,16 @@ pub struct TensorEntry {
 }
 
 impl TensorEntry {
-    /// Bytes of data (`rows * cols * dtype size`); decoded entries never overflow.
+    /// Bytes of data (`rows * row bytes`); decoded entries never overflow
+    /// and block types have whole blocks per row (0 otherwise).
     pub fn byte_len(&self) -> u64 {
-        (self.rows as u64)
-            .saturating_mul(self.cols as u64)
-            .saturating_mul(self.dtype.size() as u64)
+        (self.rows as u64).saturating_mul(self.row_bytes() as u64)
+    }
+
+    /// Bytes of one row (0 for a block type whose rows are not whole
+    /// blocks, which the decoder and the writer rule out).
+    pub fn row_bytes(&self) -> usize {
+        self.wtype.row_bytes(self.cols).unwrap_or(0)
     }
 }
 
@@ -343,7 +354,7 @@ pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
         put_u64(&mut b, blk.checksum);
         put_u32(&mut b, blk.tensors.len() as u32);
         for t in &blk.tensors {
-            b.extend_from_slice(&[t.role.code(), dtype_code(t.dtype), 0, 0]);
+            b.extend_from_slice(&[t.role.code(), dtype_code(t.wtype), 0, 0]);
             put_u32(&mut b, layer_code(t.layer));
             put_u64(&mut b, t.rows as u64);
             put_u64(&mut b, t.cols as u64);
@@ -498,10 +509,12 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, ManifestError> {
             let role = *ROLES
                 .get(role_code as usize)
                 .ok_or_else(|| merr(format!("{kind} tensor {ti}: role {role_code} unknown")))?;
-            let dtype = match cur(c.u8("tensor dtype"))? {
-                0 => Dtype::F32,
-                1 => Dtype::F16,
-                2 => Dtype::BF16,
+            let wtype = match cur(c.u8("tensor dtype"))? {
+                0 => WeightType::F32,
+                1 => WeightType::F16,
+                2 => WeightType::BF16,
+                3 => WeightType::Q8_0,
+                4 => WeightType::Q4_0,
                 d => return Err(merr(format!("{kind} tensor {ti}: dtype {d} unknown"))),
             };
             if cur(c.u16("tensor reserved"))? != 0 {
@@ -511,9 +524,15 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, ManifestError> {
             let rows = index(cur(c.u64("tensor rows"))?, "tensor rows")?;
             let cols = index(cur(c.u64("tensor cols"))?, "tensor cols")?;
             let t_off = cur(c.u64("tensor offset"))?;
+            // cols <= MAX_INDEX, so a row's bytes fit in usize on 64-bit.
+            let row = wtype.row_bytes(cols).ok_or_else(|| {
+                merr(format!(
+                    "{kind} tensor {ti}: {} rows of {cols} are not whole blocks",
+                    wtype.name()
+                ))
+            })?;
             let size = (rows as u64)
-                .checked_mul(cols as u64)
-                .and_then(|n| n.checked_mul(dtype.size() as u64))
+                .checked_mul(row as u64)
                 .ok_or_else(|| merr(format!("{kind} tensor {ti}: size overflows")))?;
             let stop = t_off.checked_add(size);
             if !t_off.is_multiple_of(TENSOR_ALIGN) || t_off < t_end || stop.is_none_or(|s| s > len)
@@ -527,7 +546,7 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, ManifestError> {
             tensors.push(TensorEntry {
                 role,
                 layer,
-                dtype,
+                wtype,
                 rows,
                 cols,
                 offset: t_off,

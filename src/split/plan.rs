@@ -27,6 +27,7 @@ use std::fmt;
 use std::ops::Range;
 
 use crate::codec::checksum::checksum64;
+use crate::model::dtype::Quant;
 
 /// Model dimensions the plan depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +94,11 @@ pub struct Plan {
     pub world_size: usize,
     pub weights: Vec<u32>,
     pub ranks: Vec<RankSlice>,
+    /// `--quantize`: the block type the slices store layer matrices in
+    /// (`None`: their stored dtype). Part of [`Plan::hash`], so the f16 and
+    /// the q4_0 slices of one model never share a cache entry, and a worker
+    /// with its own model claims the same plan only with the same flag.
+    pub quant: Option<Quant>,
 }
 
 /// Why a plan cannot be made.
@@ -299,13 +305,21 @@ pub fn split(shape: &Shape, world_size: usize, weights: Option<&[u32]>) -> Resul
         world_size,
         weights,
         ranks,
+        quant: None,
     })
 }
 
 impl Plan {
+    /// The same split with layer matrices stored as `quant`.
+    pub fn with_quant(self, quant: Option<Quant>) -> Plan {
+        Plan { quant, ..self }
+    }
+
     /// Stable 64-bit identity of the plan: [`checksum64`] of a canonical
     /// little-endian encoding (tag `b"tpi-plan-v1"`, shape fields, world size,
-    /// weights, every rank's ranges; all integers as u64 except weights u32).
+    /// weights, every rank's ranges; all integers as u64 except weights u32;
+    /// then, only with a quantization, `b"quant"` and its code byte: 1 Q8_0,
+    /// 2 Q4_0, so unquantized plans keep the hash they always had).
     pub fn hash(&self) -> u64 {
         let mut b = Vec::with_capacity(128 + self.ranks.len() * 72);
         b.extend_from_slice(b"tpi-plan-v1");
@@ -341,6 +355,13 @@ impl Plan {
             ] {
                 b.extend_from_slice(&(v as u64).to_le_bytes());
             }
+        }
+        if let Some(q) = self.quant {
+            b.extend_from_slice(b"quant");
+            b.push(match q {
+                Quant::Q8_0 => 1,
+                Quant::Q4_0 => 2,
+            });
         }
         checksum64(&b)
     }
@@ -733,6 +754,9 @@ mod tests {
             split(&STORIES260K, 2, Some(&[1, 2])).unwrap().hash()
         );
         assert_ne!(p.hash(), split(&STORIES260K, 3, None).unwrap().hash());
+        let q8 = p.clone().with_quant(Some(Quant::Q8_0)).hash();
+        let q4 = p.clone().with_quant(Some(Quant::Q4_0)).hash();
+        assert!(q8 != p.hash() && q4 != p.hash() && q8 != q4);
         assert_eq!(
             p.hash(),
             split(&STORIES260K, 2, Some(&[1, 1])).unwrap().hash()

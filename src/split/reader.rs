@@ -19,7 +19,7 @@ use super::manifest::{
 use super::plan::RankSlice;
 use crate::codec::checksum::{checksum64, Hasher64};
 use crate::model::config::Config;
-use crate::model::safetensors::Dtype;
+use crate::model::dtype::WeightType;
 use crate::sys::AlignedBuf;
 use crate::window::{Window, WindowOpts};
 
@@ -215,7 +215,7 @@ impl SliceFile {
         let largest = blocks.iter().map(|b| b.1).max().unwrap_or(0);
         let b = &self.manifest.blocks[self.lm_head];
         let t = &b.tensors[0];
-        let row_bytes = (t.cols * t.dtype.size()) as u64;
+        let row_bytes = t.row_bytes() as u64;
         let rows_per = ((largest / row_bytes.max(1)) as usize / 4 * 4).max(4);
         let parts: Vec<(usize, usize)> = (0..t.rows)
             .step_by(rows_per)
@@ -464,10 +464,10 @@ fn check_layout(manifest: &Manifest, p: &str) -> Result<Config, SliceError> {
             ));
         }
         if b.kind == BlockKind::Vecs {
-            if let Some(t) = b.tensors.iter().find(|t| t.dtype != Dtype::F32) {
+            if let Some(t) = b.tensors.iter().find(|t| t.wtype != WeightType::F32) {
                 return Err(layout(
                     Some(b.kind),
-                    format!("{:?} is {}, expected F32", t.role, t.dtype.name()),
+                    format!("{:?} is {}, expected F32", t.role, t.wtype.name()),
                 ));
             }
         }

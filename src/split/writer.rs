@@ -4,6 +4,14 @@
 //! layout [`super::manifest`] fixes, hashing each block as it goes, into a
 //! `.partial` file that is fsynced and renamed into place. The plan is
 //! checked against the model first ([`check_plan`]).
+//!
+//! With a plan's `quant` (`--quantize`), the seven layer matrices are
+//! quantized row by row as they stream (ggml's reference quantizers from
+//! `tpi_kernels::quant`; a row is widened to f32 first). A matrix whose
+//! rows (this rank's columns) are not whole 32-blocks keeps its stored
+//! dtype. Norms and biases stay f32; the embedding and lm_head keep their
+//! stored dtype (llama.cpp, too, keeps token embeddings and the output at
+//! higher precision in its small types).
 
 use std::fmt;
 use std::fs::File;
@@ -21,6 +29,7 @@ use super::plan::{Plan, RankSlice, Shape};
 use crate::codec::checksum::Hasher64;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::Config;
+use crate::model::dtype::{Quant, WeightType};
 use crate::model::names::{self, layer_name, lm_head_name};
 use crate::model::safetensors::{Dtype, SafeTensors, TensorInfo};
 use crate::progress::Progress;
@@ -60,6 +69,7 @@ fn block_sources<'a>(
     st: &'a SafeTensors,
     part: &RankSlice,
     kind: BlockKind,
+    quant: Option<Quant>,
 ) -> Result<Vec<(TensorEntry, Src<'a>, Option<&'a TensorInfo>)>, SliceError> {
     let hd = cfg.head_dim;
     let mut out = Vec::new();
@@ -138,11 +148,19 @@ fn block_sources<'a>(
             Role::Embedding => row_slice("embed", [cfg.vocab_size, d], 0..cfg.vocab_size)?,
             Role::LmHead => row_slice("lm_head", [cfg.vocab_size, d], part.vocab.clone())?,
         };
+        let layer_matrix = matches!(
+            role,
+            Role::Q | Role::K | Role::V | Role::O | Role::Gate | Role::Up | Role::Down
+        );
+        let wtype = match quant {
+            Some(q) if layer_matrix && q.weight_type().row_bytes(cols).is_some() => q.weight_type(),
+            _ => dtype.into(),
+        };
         out.push((
             TensorEntry {
                 role,
                 layer,
-                dtype,
+                wtype,
                 rows,
                 cols,
                 offset: 0,
@@ -205,6 +223,62 @@ impl Out<'_> {
     }
 }
 
+/// One matrix's rows quantized as they are written: widened to f32, then
+/// ggml's reference quantizer; buffers allocated once per matrix.
+struct Quantizer {
+    from: Dtype,
+    /// `[cols]`
+    row: Vec<f32>,
+    /// `[cols/32]`, one of the two in use.
+    q8: Vec<tpi_kernels::BlockQ8_0>,
+    q4: Vec<tpi_kernels::BlockQ4_0>,
+}
+
+impl Quantizer {
+    fn new(to: WeightType, from: Dtype, cols: usize) -> Quantizer {
+        let nb = cols / tpi_kernels::quant::QK;
+        let (n8, n4) = if to == WeightType::Q8_0 {
+            (nb, 0)
+        } else {
+            (0, nb)
+        };
+        Quantizer {
+            from,
+            row: vec![0.0; cols],
+            q8: vec![Default::default(); n8],
+            q4: vec![Default::default(); n4],
+        }
+    }
+
+    /// Writes one source row (`cols` elements of `from`) as blocks.
+    fn put(&mut self, out: &mut Out<'_>, bytes: &[u8]) -> std::io::Result<()> {
+        let n = self.from.size();
+        if bytes.len() != self.row.len() * n {
+            return Err(std::io::Error::other(format!(
+                "quantizing a row of {} bytes, expected {} {}",
+                bytes.len(),
+                self.row.len(),
+                self.from.name()
+            )));
+        }
+        let row = bytes.chunks_exact(n).zip(self.row.iter_mut());
+        match self.from {
+            Dtype::F32 => row.for_each(|(c, o)| *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            Dtype::F16 => row.for_each(|(c, o)| *o = half::f16::from_le_bytes([c[0], c[1]]).into()),
+            Dtype::BF16 => {
+                row.for_each(|(c, o)| *o = half::bf16::from_le_bytes([c[0], c[1]]).into())
+            }
+        }
+        if self.q8.is_empty() {
+            tpi_kernels::quant::quantize_row_q4_0(&self.row, &mut self.q4);
+            out.put(bytemuck::cast_slice(&self.q4))
+        } else {
+            tpi_kernels::quant::quantize_row_q8_0(&self.row, &mut self.q8);
+            out.put(bytemuck::cast_slice(&self.q8))
+        }
+    }
+}
+
 /// Rank `rank`'s slice of `plan`, checked against `ckpt`'s config (shape,
 /// ranges inside the model, KV heads those the query heads use).
 pub(crate) fn check_plan(
@@ -247,7 +321,7 @@ pub(crate) fn write_slice_with(
     let kinds = block_kinds(cfg);
     let mut blocks = Vec::with_capacity(kinds.len());
     for &kind in &kinds {
-        let tensors: Vec<TensorEntry> = block_sources(cfg, st, &part, kind)?
+        let tensors: Vec<TensorEntry> = block_sources(cfg, st, &part, kind, plan.quant)?
             .into_iter()
             .map(|(t, _, _)| t)
             .collect();
@@ -302,10 +376,26 @@ pub(crate) fn write_slice_with(
         for b in &mut manifest.blocks {
             debug_assert_eq!(out.pos, b.offset);
             out.hash = Hasher64::new();
-            let srcs = block_sources(cfg, st, &part, b.kind).map_err(std::io::Error::other)?;
+            let srcs =
+                block_sources(cfg, st, &part, b.kind, plan.quant).map_err(std::io::Error::other)?;
             for (t, src, source) in srcs {
                 out.pad_to(b.offset + t.offset)?;
+                let mut quant = match (t.wtype.float(), source) {
+                    (None, Some(s)) => Some(Quantizer::new(t.wtype, s.dtype, t.cols)),
+                    _ => None,
+                };
+                let quantizing = quant.is_some();
+                let mut put = |out: &mut Out<'_>, row: &[u8]| match &mut quant {
+                    Some(q) => q.put(out, row),
+                    None => out.put(row),
+                };
                 match src {
+                    Src::Bytes(bytes) if quantizing => {
+                        let row = bytes.len() / t.rows.max(1);
+                        for r in bytes.chunks_exact(row.max(1)) {
+                            put(&mut out, r)?;
+                        }
+                    }
                     Src::Bytes(bytes) => out.put(bytes)?,
                     Src::Cols {
                         bytes,
@@ -315,7 +405,7 @@ pub(crate) fn write_slice_with(
                         end,
                     } => {
                         for r in 0..rows {
-                            out.put(&bytes[r * row + start..r * row + end])?;
+                            put(&mut out, &bytes[r * row + start..r * row + end])?;
                         }
                     }
                     Src::F32(v) => {
@@ -459,7 +549,7 @@ mod tests {
                         check_mat(&m.down, &c("mlp.down_proj.weight", &p.hidden), d, h, "down");
                         // Dtype never changes.
                         let src_dt = st.tensor(&n("self_attn.q_proj.weight")).unwrap().dtype;
-                        assert_eq!(m.q.dtype, src_dt);
+                        assert_eq!(m.q.wtype, src_dt.into());
                         // layer_mats_in over a block read independently.
                         let mut slot = AlignedBuf::zeroed(len as usize, 64).unwrap();
                         sr.slice()
@@ -566,7 +656,7 @@ mod tests {
                 let p = sf.part().clone();
                 let mut sr = SliceResident::load(sf).unwrap();
                 let m = sr.acquire(cfg.n_layers - 1).unwrap();
-                assert_eq!(m.q.dtype, Dtype::F16);
+                assert_eq!(m.q.wtype, Dtype::F16.into());
                 let name =
                     crate::model::names::layer_name(cfg.n_layers - 1, "self_attn.o_proj.weight");
                 let want_o = src_cols(&ckpt.weights, &name, p.heads.start * hd..p.heads.end * hd);

@@ -96,7 +96,7 @@ impl<'a> InPlace<'a> {
 
     fn mat(&self, t: &TensorInfo) -> Mat<'a> {
         Mat {
-            dtype: t.dtype,
+            wtype: t.dtype.into(),
             rows: t.shape[0],
             cols: t.shape[1],
             bytes: self.st.bytes(t),

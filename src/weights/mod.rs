@@ -1,5 +1,5 @@
 //! What a rank's weights look like to the engine: matrices in their stored
-//! dtype ([`Mat`], [`LayerMats`]), the small f32 vectors kept resident
+//! dtype or ggml block type ([`Mat`], [`LayerMats`]; a kernel [`View`]), the small f32 vectors kept resident
 //! ([`LayerVecs`], [`Resident`]), the dimensions of the rank's slice
 //! ([`Dims`]) and the two traits the forward reads them through
 //! ([`LayerSource`] for layer matrices, [`Head`] for embedding and lm_head
@@ -18,34 +18,108 @@ pub use error::WeightsError;
 /// What reading weights returns.
 pub type Result<T, E = WeightsError> = std::result::Result<T, E>;
 use crate::model::config::Config;
-use crate::model::safetensors::Dtype;
+use crate::model::dtype::WeightType;
 use crate::split::plan::RankSlice;
-use tpi_kernels::Weights;
+use tpi_kernels::quant::{dequantize_row_q4_0, dequantize_row_q8_0, QK};
+use tpi_kernels::{BlockQ4_0, BlockQ8_0, Weights};
 
-/// A matrix in its stored dtype: `rows x cols`, row-major, as raw bytes.
+/// A matrix in its stored type: `rows x cols` weights, row-major, as raw
+/// bytes (`rows * wtype.row_bytes(cols)` of them: elements for floats,
+/// 32-weight blocks along each row for Q8_0 / Q4_0).
 #[derive(Clone, Copy, Debug)]
 pub struct Mat<'a> {
-    pub dtype: Dtype,
+    pub wtype: WeightType,
     pub rows: usize,
     pub cols: usize,
     pub bytes: &'a [u8],
 }
 
+/// A matrix typed for the kernels: floats for [`tpi_kernels::Backend::gemv`],
+/// blocks for `gemv_q8_0` / `gemv_q4_0` (which take Q8_0 activations, so
+/// the caller quantizes `x` first). Lengths are in weights, as the float
+/// kernels count them; a block view holds `len / 32` blocks.
+#[derive(Clone, Copy, Debug)]
+pub enum View<'a> {
+    Float(Weights<'a>),
+    Q8_0(&'a [BlockQ8_0]),
+    Q4_0(&'a [BlockQ4_0]),
+}
+
+impl<'a> View<'a> {
+    /// Number of weights.
+    pub fn len(&self) -> usize {
+        match self {
+            View::Float(w) => w.len(),
+            View::Q8_0(b) => b.len() * QK,
+            View::Q4_0(b) => b.len() * QK,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of the weights (for sizing work).
+    pub fn byte_len(&self) -> usize {
+        match self {
+            View::Float(w) => w.len() * w.elem_bytes(),
+            View::Q8_0(b) => std::mem::size_of_val(*b),
+            View::Q4_0(b) => std::mem::size_of_val(*b),
+        }
+    }
+
+    /// Weights `start..end`; for blocks both must be multiples of 32
+    /// (whole rows of whole blocks are).
+    ///
+    /// # Panics
+    /// If the range is out of bounds or splits a block.
+    pub fn slice(&self, start: usize, end: usize) -> View<'a> {
+        let blocks = || {
+            assert!(
+                start.is_multiple_of(QK) && end.is_multiple_of(QK),
+                "block view sliced at {start}..{end}"
+            );
+            start / QK..end / QK
+        };
+        match self {
+            View::Float(w) => View::Float(w.slice(start, end)),
+            View::Q8_0(b) => View::Q8_0(&b[blocks()]),
+            View::Q4_0(b) => View::Q4_0(&b[blocks()]),
+        }
+    }
+
+    /// Whether `x` must be quantized to Q8_0 for this matrix.
+    pub fn is_quantized(&self) -> bool {
+        !matches!(self, View::Float(_))
+    }
+}
+
+impl<'a> From<Weights<'a>> for View<'a> {
+    fn from(w: Weights<'a>) -> View<'a> {
+        View::Float(w)
+    }
+}
+
 impl<'a> Mat<'a> {
     /// Typed view for the kernels. Fails only when the bytes are misaligned
     /// or of the wrong length, which loaders rule out before building a `Mat`.
-    pub fn weights(&self) -> Result<Weights<'a>> {
+    pub fn weights(&self) -> Result<View<'a>> {
         let bad = || WeightsError::Matrix {
             bytes: self.bytes.len(),
             rows: self.rows,
             cols: self.cols,
         };
-        let w = match self.dtype {
-            Dtype::F32 => Weights::F32(bytemuck::try_cast_slice(self.bytes).map_err(|_| bad())?),
-            Dtype::F16 => Weights::F16(bytemuck::try_cast_slice(self.bytes).map_err(|_| bad())?),
-            Dtype::BF16 => Weights::BF16(bytemuck::try_cast_slice(self.bytes).map_err(|_| bad())?),
+        fn cast<T: bytemuck::Pod>(b: &[u8]) -> Option<&[T]> {
+            bytemuck::try_cast_slice(b).ok()
+        }
+        let w = match self.wtype {
+            WeightType::F32 => View::Float(Weights::F32(cast(self.bytes).ok_or_else(bad)?)),
+            WeightType::F16 => View::Float(Weights::F16(cast(self.bytes).ok_or_else(bad)?)),
+            WeightType::BF16 => View::Float(Weights::BF16(cast(self.bytes).ok_or_else(bad)?)),
+            WeightType::Q8_0 => View::Q8_0(cast(self.bytes).ok_or_else(bad)?),
+            WeightType::Q4_0 => View::Q4_0(cast(self.bytes).ok_or_else(bad)?),
         };
-        if w.len() != self.rows * self.cols {
+        if w.len() != self.rows * self.cols || (w.is_quantized() && !self.cols.is_multiple_of(QK)) {
             return Err(bad());
         }
         Ok(w)
@@ -63,9 +137,15 @@ impl<'a> Mat<'a> {
         }
         let row = w.slice(r * self.cols, (r + 1) * self.cols);
         match row {
-            Weights::F32(v) => out.copy_from_slice(v),
-            Weights::F16(v) => out.iter_mut().zip(v).for_each(|(o, x)| *o = x.to_f32()),
-            Weights::BF16(v) => out.iter_mut().zip(v).for_each(|(o, x)| *o = x.to_f32()),
+            View::Float(Weights::F32(v)) => out.copy_from_slice(v),
+            View::Float(Weights::F16(v)) => {
+                out.iter_mut().zip(v).for_each(|(o, x)| *o = x.to_f32())
+            }
+            View::Float(Weights::BF16(v)) => {
+                out.iter_mut().zip(v).for_each(|(o, x)| *o = x.to_f32())
+            }
+            View::Q8_0(b) => dequantize_row_q8_0(b, out),
+            View::Q4_0(b) => dequantize_row_q4_0(b, out),
         }
         Ok(())
     }

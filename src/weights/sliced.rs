@@ -98,7 +98,7 @@ impl SliceResident {
         lm_head: LmHead,
     ) -> Result<SliceResident, SliceError> {
         let e = &slice.manifest().blocks[slice.embedding].tensors[0];
-        let len = e.cols * e.dtype.size();
+        let len = e.row_bytes();
         let row = aligned(len)
             .ok_or_else(|| slice.out_of_range("embedding row bytes", len as u64, u64::MAX))?;
         Ok(SliceResident {
@@ -178,7 +178,7 @@ impl Head for SliceResident {
             .read_exact_at(self.row.bytes_mut(), at)
             .map_err(io_err(s.path(), "read embedding row"))?;
         let m = Mat {
-            dtype: t.dtype,
+            wtype: t.wtype,
             rows: 1,
             cols: t.cols,
             bytes: self.row.bytes(),
@@ -206,12 +206,12 @@ impl Head for SliceResident {
                 let bytes = w
                     .acquire(first + part)
                     .map_err(|e| window_err(s, format!("lm_head part {part}"), e))?;
-                let len = rows * t.cols * t.dtype.size();
+                let len = rows * t.row_bytes();
                 let data = bytes.get(..len).ok_or_else(|| {
                     s.out_of_range("lm_head part bytes", len as u64, bytes.len() as u64)
                 })?;
                 let m = Mat {
-                    dtype: t.dtype,
+                    wtype: t.wtype,
                     rows,
                     cols: t.cols,
                     bytes: data,
@@ -262,7 +262,7 @@ impl SliceWeights for SliceFile {
     ) -> std::result::Result<Mat<'a>, SliceError> {
         let data = self.tensor_bytes(b, t, bytes)?;
         Ok(Mat {
-            dtype: t.dtype,
+            wtype: t.wtype,
             rows: t.rows,
             cols: t.cols,
             bytes: data,
