@@ -8,6 +8,7 @@ mod join;
 mod layers;
 mod limits;
 mod oracle;
+mod quant;
 mod slice_cache;
 mod tp;
 mod window;
