@@ -1,6 +1,6 @@
-//! The operating system, once: the one audited file mapping ([`map_file`],
-//! [`release_range`]), aligned and huge-page buffers ([`AlignedBuf`]), the
-//! large-write file writer ([`LargeWriter`]), the `O_DIRECT` and `EINVAL`
+//! The operating system, once: the one audited file mapping (`map_file`,
+//! `release_range`), aligned and huge-page buffers ([`AlignedBuf`]), the
+//! large-write file writer (`LargeWriter`), the `O_DIRECT` and `EINVAL`
 //! constants (from the `libc` crate, per architecture) and the `/proc`
 //! readers ([`available_memory`], [`peak_rss_bytes`]).
 //!
@@ -198,7 +198,7 @@ fn huge_page_map(len: usize) -> Option<memmap2::MmapMut> {
 // ---------------------------------------------------------------------------
 // Large writes
 
-/// Write size and alignment for slice files (see [`LargeWriter`]).
+/// Write size and alignment for slice files (see `LargeWriter`).
 pub const WRITE_BUF: usize = 4 << 20;
 
 /// Sequential file writer that hands the file system writes of

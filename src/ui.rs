@@ -50,7 +50,7 @@ pub struct Meter {
 }
 
 impl Meter {
-    /// A meter whose lines start with `prefix` (e.g. "[tpi] rank 0").
+    /// A meter whose lines start with `prefix` (e.g. `"[tpi] rank 0"`).
     pub fn stderr(prefix: &str) -> Meter {
         Meter {
             prefix: prefix.to_string(),

@@ -1,7 +1,7 @@
 //! One rank's computation, the same on every rank: the forward pass over
-//! its slice ([`forward`]), the exchanges with the other ranks behind the
+//! its slice (`forward`), the exchanges with the other ranks behind the
 //! [`Collective`] trait ([`collective`]), multi-threaded GEMV ([`par`]),
-//! and, on rank 0, generation ([`generate`]: prefill, sampling, the KV
+//! and, on rank 0, generation (`generate`: prefill, sampling, the KV
 //! cache's context) with the [`sampler`].
 //!
 //! The engine reads weights through `crate::weights` and knows nothing of

@@ -29,7 +29,7 @@
 //!    <path>`, `check` being XXH64 of everything before it plus the path;
 //!    a line that does not parse or check is ignored (the file is hashed
 //!    again). A digest is stored only for a file whose mtime is at least
-//!    [`RACY_NS`] older than the start of its hashing: a rewrite in the same
+//!    `RACY_NS` older than the start of its hashing: a rewrite in the same
 //!    clock tick as the hash could otherwise keep its old key (git's "racily
 //!    clean" problem).
 
@@ -523,7 +523,7 @@ pub fn slice_path(
 ///
 /// With `direct(bytes)` true for the cached slices' total size, the
 /// verification reads bypass the page cache ([`SliceFile::verify_with`]).
-/// The fingerprint covers every weight byte ([`fingerprint`]), so a model
+/// The fingerprint covers every weight byte (`fingerprint`), so a model
 /// whose weights were replaced gets new slices. `progress` hears the
 /// hashing (when the digest cache misses) and each slice written. The
 /// entry directory gets its `model.json` record and `used` stamp.

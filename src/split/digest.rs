@@ -38,7 +38,7 @@ const HASH_CHUNK: usize = 8 << 20;
 // ---------------------------------------------------------------------------
 // Model file digests
 
-/// XXH64 of every byte of `file`, read with `pread` in [`HASH_CHUNK`]
+/// XXH64 of every byte of `file`, read with `pread` in `HASH_CHUNK`
 /// pieces (the page cache is used, the resident set is not), reporting the
 /// bytes done to `on_bytes`. `id` is the file's identity when it was
 /// opened: a file that is shorter, or whose size, mtime or inode differ

@@ -2,7 +2,7 @@
 //! (preamble and manifest, what the caller expects, blocks inside the file,
 //! blocks and tensors as the embedded config requires), [`SliceFile::verify`]
 //! checks every block's checksum, and the block readers hand out the vecs
-//! block's norms ([`SliceFile::resident`]) and a layer's matrices from its
+//! block's norms (`SliceWeights::resident` in `crate::weights::sliced`) and a layer's matrices from its
 //! block bytes ([`SliceFile::tensor_bytes`]). The weights the forward reads
 //! from a slice, resident or streamed, are [`crate::weights::sliced`].
 
@@ -58,11 +58,11 @@ pub struct SliceFile {
 
 impl SliceFile {
     /// Opens and validates `path`, step by step: the preamble
-    /// ([`read_manifest`]: magic, version, flags, manifest length), the
-    /// manifest checksum and structure, `expect` ([`check_expect`]), every
-    /// block inside the file ([`check_blocks_in_file`]), then the embedded
+    /// (`read_manifest`: magic, version, flags, manifest length), the
+    /// manifest checksum and structure, `expect` (`check_expect`), every
+    /// block inside the file (`check_blocks_in_file`), then the embedded
     /// config and the blocks and tensors exactly as it and the rank's slice
-    /// require ([`check_layout`]). Block data is not read (see
+    /// require (`check_layout`). Block data is not read (see
     /// [`SliceFile::verify`]).
     pub fn open(path: &Path, expect: Expect) -> Result<SliceFile, SliceError> {
         let p = path.display().to_string();

@@ -1,9 +1,9 @@
-//! Cutting a rank's slice file from a checkpoint: [`write_slice`] streams
+//! Cutting a rank's slice file from a checkpoint: `write_slice` streams
 //! one tensor slice at a time from the mmapped safetensors (RAM O(write
 //! buffer + small vectors), never O(model)), block by block in the order and
 //! layout [`super::manifest`] fixes, hashing each block as it goes, into a
 //! `.partial` file that is fsynced and renamed into place. The plan is
-//! checked against the model first ([`check_plan`]).
+//! checked against the model first (`check_plan`).
 //!
 //! With a plan's `quant` (`--quantize`), the seven layer matrices are
 //! quantized row by row as they stream (ggml's reference quantizers from

@@ -6,7 +6,7 @@ use std::fmt;
 use super::Dtype;
 
 /// Errors reading safetensors files. `origin` is the file path (or the
-/// name given to [`SafeTensors::from_bytes`]).
+/// name given to `SafeTensors::from_bytes`).
 #[derive(Debug)]
 pub enum SafeTensorsError {
     Io {

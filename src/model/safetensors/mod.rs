@@ -259,7 +259,7 @@ impl SafeTensors {
     }
 
     /// Releases the resident pages of `t`'s bytes in this process (see
-    /// [`crate::sys::release_range`]); the bytes stay readable. A no-op for in-memory
+    /// `crate::sys::release_range`); the bytes stay readable. A no-op for in-memory
     /// shards. Used after a tensor has been copied out (slicing), so the
     /// source model does not accumulate in the resident set.
     pub fn release(&self, t: &TensorInfo) -> std::io::Result<()> {
