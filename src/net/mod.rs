@@ -185,6 +185,3 @@ pub use error::NetError;
 pub use join::{resolve, slice_path, worker_join, HubListener, SessionId};
 pub use link::{Link, NetOpts};
 pub use transfer::{fetch_slice, worker_ready};
-
-#[cfg(test)]
-mod tests;

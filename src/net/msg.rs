@@ -291,3 +291,269 @@ impl Auth {
         Ok(Auth { nonce, tag })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::net::frame::PROTOCOL_VERSION;
+    use crate::net::MAX_MESSAGE;
+
+    // ---------- messages ----------
+
+    #[test]
+    fn cursor_bounds() {
+        let mut c = Cursor::new(&[1, 2, 3]);
+        assert_eq!(c.u16("a"), Ok(0x0201));
+        assert_eq!(
+            c.u16("b"),
+            Err(MsgError::Truncated {
+                field: "b",
+                need: 2,
+                have: 1
+            })
+        );
+        assert_eq!(
+            c.bytes(usize::MAX, "c"),
+            Err(MsgError::Truncated {
+                field: "c",
+                need: usize::MAX,
+                have: 1
+            })
+        );
+        assert_eq!(c.u8("d"), Ok(3));
+        assert_eq!(c.finish(), Ok(()));
+        let mut c = Cursor::new(&[0; 9]);
+        c.u64("x").unwrap();
+        assert_eq!(c.finish(), Err(MsgError::Trailing { extra: 1 }));
+    }
+
+    fn hello() -> Hello {
+        Hello {
+            protocol_version: PROTOCOL_VERSION,
+            world_size: 4,
+            rank: 3,
+            model_fingerprint: 0x0123_4567_89ab_cdef,
+            plan_hash: 42,
+            nonce: [7; 32],
+        }
+    }
+
+    #[test]
+    fn hello_rejections() {
+        let b = hello().encode();
+        assert_eq!(Hello::decode(&b), Ok(hello()));
+        let mut long = b.to_vec();
+        long.push(0);
+        assert_eq!(Hello::decode(&long), Err(MsgError::Trailing { extra: 1 }));
+        assert!(matches!(
+            Hello::decode(&b[..53]),
+            Err(MsgError::Truncated {
+                field: "hello.nonce",
+                ..
+            })
+        ));
+        let mut h = hello();
+        h.rank = 4;
+        assert!(matches!(
+            Hello::decode(&h.encode()),
+            Err(MsgError::Invalid {
+                field: "hello.rank",
+                value: 4,
+                ..
+            })
+        ));
+        h.world_size = 0;
+        h.rank = 0;
+        assert!(matches!(
+            Hello::decode(&h.encode()),
+            Err(MsgError::Invalid {
+                field: "hello.world_size",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn reject_rejections() {
+        let r = Reject {
+            reason: "plan hash 1 != 2 ✗".into(),
+        };
+        assert_eq!(Reject::decode(&r.encode().unwrap()), Ok(r.clone()));
+        let mut b = r.encode().unwrap();
+        b.push(b'!');
+        assert_eq!(Reject::decode(&b), Err(MsgError::Trailing { extra: 1 }));
+        // length beyond the maximum, checked before reading the text
+        let mut b = ((MAX_REASON + 1) as u16).to_le_bytes().to_vec();
+        b.extend(vec![b'a'; MAX_REASON + 1]);
+        assert!(matches!(
+            Reject::decode(&b),
+            Err(MsgError::TooLong {
+                len: 1025,
+                max: 1024,
+                ..
+            })
+        ));
+        assert!(matches!(
+            Reject::decode(&u16::MAX.to_le_bytes()),
+            Err(MsgError::TooLong { .. })
+        ));
+        // length beyond the payload
+        assert!(matches!(
+            Reject::decode(&[5, 0, b'a']),
+            Err(MsgError::Truncated {
+                need: 5,
+                have: 1,
+                ..
+            })
+        ));
+        // invalid UTF-8
+        assert_eq!(
+            Reject::decode(&[2, 0, 0xff, 0xfe]),
+            Err(MsgError::NotUtf8 {
+                field: "reject.reason"
+            })
+        );
+        // encode refuses, truncated() cuts on a char boundary
+        let long = "é".repeat(MAX_REASON);
+        assert!(Reject {
+            reason: long.clone()
+        }
+        .encode()
+        .is_err());
+        let t = Reject::truncated(&long);
+        assert!(t.reason.len() <= MAX_REASON && t.reason.chars().all(|c| c == 'é'));
+        assert_eq!(Reject::decode(&t.encode().unwrap()), Ok(t));
+    }
+
+    #[test]
+    fn step_rejections() {
+        let s = Step {
+            pos: 9,
+            ids: vec![1, 2, 3],
+            flags: STEP_WANT_LOGITS,
+        };
+        assert_eq!(Step::decode(&s.encode().unwrap()), Ok(s.clone()));
+        let mut b = s.encode().unwrap();
+        b.extend([0, 0, 0, 0]);
+        assert_eq!(Step::decode(&b), Err(MsgError::Trailing { extra: 4 }));
+        // too many ids: rejected from the count alone, before any allocation
+        let mut b = Vec::new();
+        b.extend(0u32.to_le_bytes());
+        b.extend(0u32.to_le_bytes());
+        b.extend(u32::MAX.to_le_bytes());
+        assert!(matches!(
+            Step::decode(&b),
+            Err(MsgError::TooLong {
+                field: "step.ids",
+                ..
+            })
+        ));
+        let too_many = Step {
+            pos: 0,
+            ids: vec![0; MAX_STEP_IDS + 1],
+            flags: 0,
+        };
+        assert!(too_many.encode().is_err());
+        let max = Step {
+            pos: 0,
+            ids: vec![5; MAX_STEP_IDS],
+            flags: 0,
+        };
+        assert_eq!(Step::decode(&max.encode().unwrap()), Ok(max));
+        // count says more ids than present
+        let mut b = s.encode().unwrap();
+        b.truncate(b.len() - 1);
+        assert!(matches!(
+            Step::decode(&b),
+            Err(MsgError::Truncated {
+                field: "step.ids",
+                ..
+            })
+        ));
+        // unknown flags
+        let mut b = s.encode().unwrap();
+        b[4..8].copy_from_slice(&0x100u32.to_le_bytes());
+        assert!(matches!(
+            Step::decode(&b),
+            Err(MsgError::UnknownFlags { flags: 0x100, .. })
+        ));
+    }
+
+    #[test]
+    fn file_request_rejections() {
+        let f = FileRequest {
+            offset: 1 << 40,
+            len: 4096,
+        };
+        assert_eq!(FileRequest::decode(&f.encode()), Ok(f));
+        let mut b = f.encode().to_vec();
+        b.push(0);
+        assert_eq!(
+            FileRequest::decode(&b),
+            Err(MsgError::Trailing { extra: 1 })
+        );
+        let z = FileRequest { offset: 0, len: 0 };
+        assert!(matches!(
+            FileRequest::decode(&z.encode()),
+            Err(MsgError::Invalid {
+                field: "file_request.len",
+                ..
+            })
+        ));
+        let big = FileRequest {
+            offset: 0,
+            len: MAX_MESSAGE + 1,
+        };
+        assert!(matches!(
+            FileRequest::decode(&big.encode()),
+            Err(MsgError::TooLong { .. })
+        ));
+        let wrap = FileRequest {
+            offset: u64::MAX,
+            len: 1,
+        };
+        assert!(matches!(
+            FileRequest::decode(&wrap.encode()),
+            Err(MsgError::Invalid {
+                field: "file_request.offset",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn empty_payloads() {
+        assert_eq!(expect_empty(&[]), Ok(()));
+        assert_eq!(expect_empty(&[0]), Err(MsgError::Trailing { extra: 1 }));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn hello_round_trip(pv: u16, ws in 1u16.., r: u16, fp: u64, ph: u64, nonce: [u8; 32]) {
+            let h = Hello { protocol_version: pv, world_size: ws, rank: r % ws, model_fingerprint: fp, plan_hash: ph, nonce };
+            prop_assert_eq!(Hello::decode(&h.encode()), Ok(h));
+        }
+
+        #[test]
+        fn reject_round_trip(reason in "\\PC{0,300}") {
+            let r = Reject::truncated(&reason);
+            prop_assert_eq!(Reject::decode(&r.encode().unwrap()), Ok(r));
+        }
+
+        #[test]
+        fn step_round_trip(pos: u32, ids in prop::collection::vec(any::<u32>(), 0..=MAX_STEP_IDS), flags in 0u32..=STEP_KNOWN_FLAGS) {
+            let s = Step { pos, ids, flags };
+            prop_assert_eq!(Step::decode(&s.encode().unwrap()), Ok(s));
+        }
+
+        #[test]
+        fn file_request_round_trip(offset in 0u64..(1 << 50), len in 1u64..=MAX_MESSAGE) {
+            let f = FileRequest { offset, len };
+            prop_assert_eq!(FileRequest::decode(&f.encode()), Ok(f));
+        }
+    }
+}
