@@ -74,8 +74,11 @@ pub enum Backend {
     Avx2,
     /// x86-64 AVX-512F.
     Avx512,
-    /// aarch64 NEON (base ARMv8-A).
+    /// aarch64 NEON (base ARMv8-A): every 64-bit Pi.
     Neon,
+    /// aarch64 NEON with the dotprod extension (ARMv8.2-A `sdot`: Pi 5,
+    /// RK3588): the quantized GEMVs use `sdot`, the f32 kernels are NEON's.
+    NeonDotprod,
 }
 
 /// Runs `$body` with `$k` bound to the kernel token of backend `$b`, or panics
@@ -105,6 +108,12 @@ macro_rules! dispatch {
                     arch::aarch64::neon::Neon::new().unwrap_or_else(|| unavailable(Backend::Neon));
                 $body
             }
+            #[cfg(target_arch = "aarch64")]
+            Backend::NeonDotprod => {
+                let $k = arch::aarch64::dotprod::NeonDotprod::new()
+                    .unwrap_or_else(|| unavailable(Backend::NeonDotprod));
+                $body
+            }
             #[allow(unreachable_patterns)]
             other => unavailable(other),
         }
@@ -122,9 +131,10 @@ fn unavailable(b: Backend) -> ! {
 
 impl Backend {
     /// Every backend, fastest first (the order `detect` tries them in).
-    pub const ALL: [Backend; 4] = [
+    pub const ALL: [Backend; 5] = [
         Backend::Avx512,
         Backend::Avx2,
+        Backend::NeonDotprod,
         Backend::Neon,
         Backend::Scalar,
     ];
@@ -139,7 +149,10 @@ impl Backend {
             static CACHE: AtomicU8 = AtomicU8::new(0);
             match CACHE.load(Ordering::Relaxed) {
                 0 => {
-                    let i = Self::ALL.iter().position(|b| b.is_available()).unwrap_or(3);
+                    let i = Self::ALL
+                        .iter()
+                        .position(|b| b.is_available())
+                        .unwrap_or(Self::ALL.len() - 1);
                     CACHE.store(i as u8 + 1, Ordering::Relaxed);
                     Self::ALL[i]
                 }
@@ -158,13 +171,15 @@ impl Backend {
         Self::ALL.into_iter().filter(|b| b.is_available())
     }
 
-    /// Short lowercase name ("scalar", "avx2", "avx512", "neon").
+    /// Short lowercase name ("scalar", "avx2", "avx512", "neon",
+    /// "neon-dotprod"): which path runs, for `--version` and benchmarks.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Scalar => "scalar",
             Backend::Avx2 => "avx2",
             Backend::Avx512 => "avx512",
             Backend::Neon => "neon",
+            Backend::NeonDotprod => "neon-dotprod",
         }
     }
 
@@ -178,6 +193,8 @@ impl Backend {
             Backend::Avx512 => arch::x86_64::has_avx512(),
             #[cfg(target_arch = "aarch64")]
             Backend::Neon => arch::aarch64::has_neon(),
+            #[cfg(target_arch = "aarch64")]
+            Backend::NeonDotprod => arch::aarch64::has_dotprod(),
             #[allow(unreachable_patterns)]
             _ => false,
         }
@@ -195,9 +212,9 @@ impl Backend {
     /// `y = W x` on Q8_0 weights with Q8_0 activations `xq` (from
     /// [`quant::quantize_row_q8_0`]): W row-major in blocks
     /// `[y.len()][xq.len()]`, an exact i32 dot product per 32-block scaled
-    /// into an f32 sum (see [`quant`]). Native on AVX2 and NEON (base
-    /// ARMv8-A `smull`/`sadalp`); AVX-512 runs the AVX2 kernel (no VNNI
-    /// kernel yet).
+    /// into an f32 sum (see [`quant`]). Native on AVX2, NEON (base
+    /// ARMv8-A `smull`/`sadalp`) and NEON dotprod (`sdot`); AVX-512 runs
+    /// the AVX2 kernel (no VNNI kernel yet).
     ///
     /// # Panics
     /// If `w.len() != y.len() * xq.len()`, or if the backend is not available.

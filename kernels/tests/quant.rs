@@ -264,14 +264,22 @@ fn check(
     Ok(())
 }
 
+/// The available backends, printed so a test's output says which paths
+/// ran. On aarch64 that is `neon` (the `smull` path, run even when the CPU
+/// has dotprod) and, if the CPU has dotprod, `neon-dotprod` (`sdot`).
+fn backends_under_test(test: &str) -> Vec<Backend> {
+    let backends: Vec<Backend> = Backend::all_available().collect();
+    println!(
+        "{test}: backends {:?}",
+        backends.iter().map(|b| b.name()).collect::<Vec<_>>()
+    );
+    backends
+}
+
 /// Every backend (scalar included: the dispatch) against the scalar twin.
 #[test]
 fn gemv_q8_0_and_q4_0_match_scalar_on_ragged_shapes() {
-    let backends: Vec<Backend> = Backend::all_available().collect();
-    println!(
-        "backends: {:?}",
-        backends.iter().map(|b| b.name()).collect::<Vec<_>>()
-    );
+    let backends = backends_under_test("ragged shapes");
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for &rows in ROWS {
         for &cols in COLS {
@@ -292,6 +300,7 @@ fn gemv_q8_0_and_q4_0_match_scalar_on_ragged_shapes() {
 #[test]
 fn gemv_q_block_sums_are_exact_with_unit_scales() {
     let one = f16::from_f32(1.0);
+    let backends = backends_under_test("exact block sums");
     let mut rng = Rng(5);
     for &rows in ROWS {
         for &cols in COLS {
@@ -341,7 +350,7 @@ fn gemv_q_block_sums_are_exact_with_unit_scales() {
             for s in abs_sums(&w8, &xq, rows, q8_blk) {
                 assert!(s < f64::from(1u32 << 24), "cols={cols}: sum |isum| {s}");
             }
-            for b in Backend::all_available() {
+            for &b in &backends {
                 check(b, "q8_0", &w8, &w4, &xq, rows, true).unwrap();
                 check(b, "q4_0", &w8, &w4, &xq, rows, true).unwrap();
             }
@@ -434,6 +443,53 @@ fn gemv_q_check_rejects_a_corrupted_block() {
             );
         }
     }
+}
+
+/// On aarch64 both quantized paths are under test whenever the CPU can run
+/// them: `neon` (`smull`) always, `neon-dotprod` (`sdot`) exactly when the
+/// CPU has dotprod, and detection picks `sdot` there.
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn aarch64_tests_smull_always_and_sdot_when_the_cpu_has_dotprod() {
+    let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+    let backends: Vec<Backend> = Backend::all_available().collect();
+    assert!(backends.contains(&Backend::Neon), "{backends:?}");
+    assert_eq!(backends.contains(&Backend::NeonDotprod), dotprod);
+    let want = if dotprod {
+        Backend::NeonDotprod
+    } else {
+        Backend::Neon
+    };
+    assert_eq!(Backend::detect(), want);
+    println!(
+        "aarch64: dotprod {dotprod}, detected {}, quantized paths tested: smull{}",
+        want.name(),
+        if dotprod { " and sdot" } else { "" }
+    );
+}
+
+/// `.ci/cross.sh` runs the kernel tests under qemu once per CPU model and
+/// sets `TPI_EXPECT_DOTPROD` to what that model has (cortex-a72: 0,
+/// cortex-a76: 1), so a pass proves which path was detected and tested.
+/// Unset: nothing to check.
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn detected_dotprod_matches_tpi_expect_dotprod() {
+    let want = match std::env::var("TPI_EXPECT_DOTPROD").as_deref() {
+        Ok("1") => Backend::NeonDotprod,
+        Ok("0") => Backend::Neon,
+        Ok(v) => panic!("TPI_EXPECT_DOTPROD={v:?}: expected 0 or 1"),
+        Err(_) => {
+            println!("skipped: TPI_EXPECT_DOTPROD is unset");
+            return;
+        }
+    };
+    assert_eq!(Backend::detect(), want, "TPI_EXPECT_DOTPROD");
+    assert_eq!(
+        Backend::NeonDotprod.is_available(),
+        want == Backend::NeonDotprod
+    );
+    println!("TPI_EXPECT_DOTPROD: detected {} as expected", want.name());
 }
 
 #[test]

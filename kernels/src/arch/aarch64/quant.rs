@@ -1,30 +1,43 @@
-//! Q8_0 / Q4_0 GEMV with Q8_0 activations on base NEON (`smull` +
-//! `sadalp`, ggml's path for cores without the dotprod extension, which
-//! is every Pi before the Pi 5).
+//! Q8_0 / Q4_0 GEMV with Q8_0 activations on aarch64, two ways of taking
+//! the integer dot product of a 32-block:
 //!
-//! One block pair per step, one row at a time:
+//! - `smull` + `sadalp` on base NEON ([`Neon`]): ggml's path for cores
+//!   without dotprod, which is every Pi before the Pi 5 (Cortex-A53, A72);
+//! - `sdot` ([`NeonDotprod`], ARMv8.2-A dotprod: Pi 5, RK3588): 16 byte
+//!   pairs into 4 i32 lanes per instruction.
+//!
+//! Both run one loop, blocks of 4 rows sharing each activation load and
+//! each scale widening, two blocks per step into two accumulators:
 //!
 //! ```text
-//! for r in rows:
-//!     acc = 0                                        (1 q-reg: 4 x f32)
-//!     for b in blocks:
-//!         w0, w1 = 2 x 16 i8 (Q8_0 qs; Q4_0: low nibbles - 8, high nibbles - 8)
-//!         x0, x1 = 2 x 16 i8 (activation qs)
-//!         p = 0                                      (4 x i32)
-//!         for (w, x) in (w0, x0), (w1, x1):
-//!             p += pairwise(w[0..8] * x[0..8])        (smull: 8 x i16, |w x| <= 128 * 128 fits;
-//!             p += pairwise(w[8..16] * x[8..16])       sadalp: adjacent pairs added into i32)
-//!         acc += f32(p) * (d_w * d_x)                 (lanes < 2^24: exact conversion)
-//!     y[r] = sum of acc's lanes
+//! for each group of R = 4 rows, then the last rows % 4 one at a time (R = 1):
+//!     acc[i][h] = 0                                   (i < R, h < 2: 2R q-regs of 4 x f32)
+//!     for b in blocks, two per step (h = b % 2; an odd last block into h = 0):
+//!         x = 2 x 16 i8 of activation block b          (loaded once for the R rows)
+//!         w[i] = 2 x 16 i8 of row i's block b          (Q8_0 qs; Q4_0: low nibbles - 8, high nibbles - 8)
+//!         s = f32(d_w[i] for i < R) * f32(d_x)         (4 x f32: one fcvtl widens the R scales)
+//!         for i < R:
+//!             p = dot(w[i], x)                         (4 x i32 whose lanes sum to isum, exact)
+//!             acc[i][h] += f32(p) * s[i]               (|p lane| < 2^24: exact conversion)
+//!     y[i] = sum of the lanes of acc[i][0] + acc[i][1]
 //! ```
-//! Every byte value is exact here, `-128` included (no sign trick). No
-//! column tail: rows are whole blocks. `sdot` (dotprod, ARMv8.2: Pi 5,
-//! RK3588) is the next step, behind run-time detection.
+//! `dot` is 4 x (`smull` 8 x i16 products, `|w x| <= 128 * 128` fits;
+//! `sadalp` adding adjacent pairs into the i32 lanes), or 2 x `sdot`.
+//! Every byte value is exact on both paths, `-128` included (no sign
+//! trick). No column tail: rows are whole blocks.
+//!
+//! Why this shape: two accumulators let consecutive blocks' FMAs overlap
+//! (ggml's `ggml_vec_dot_q8_0_q8_0` for ARM keeps two for the same
+//! reason), and 4 rows per pass load each activation block and widen its
+//! scale once instead of 4 times, as the f32 NEON GEMV shares `x`
+//! (`bank::gemv`). Not yet measured on ARM hardware (qemu timings say
+//! nothing about it).
 
 use core::arch::aarch64::*;
 
 use half::f16;
 
+use super::dotprod::{sdot, NeonDotprod};
 use super::neon::Neon;
 use crate::arch::bank::Load;
 use crate::quant::{BlockQ4_0, BlockQ8_0};
@@ -33,31 +46,190 @@ impl Neon {
     /// `y = W x`, Q8_0; the caller checked `w.len() == y.len() * xq.len()`.
     pub(crate) fn gemv_q8_0(self, w: &[BlockQ8_0], xq: &[BlockQ8_0], y: &mut [f32]) {
         // SAFETY: `self` exists only if the CPU check in `Neon::new` passed,
-        // so the CPU has the feature `gemv_q8_0_k` is compiled for.
-        unsafe { gemv_q8_0_k(w, xq, y) }
+        // so the CPU has the feature `gemv_q8_0_smull` is compiled for.
+        unsafe { gemv_q8_0_smull(w, xq, y) }
     }
 
     /// `y = W x`, Q4_0; the caller checked `w.len() == y.len() * xq.len()`.
     pub(crate) fn gemv_q4_0(self, w: &[BlockQ4_0], xq: &[BlockQ8_0], y: &mut [f32]) {
         // SAFETY: as in `gemv_q8_0`.
-        unsafe { gemv_q4_0_k(w, xq, y) }
+        unsafe { gemv_q4_0_smull(w, xq, y) }
     }
 }
 
-/// The product of two f16 scales, widened by the bank's `fcvtl`.
+impl NeonDotprod {
+    /// `y = W x`, Q8_0; the caller checked `w.len() == y.len() * xq.len()`.
+    pub(crate) fn gemv_q8_0(self, w: &[BlockQ8_0], xq: &[BlockQ8_0], y: &mut [f32]) {
+        // SAFETY: `self` exists only if the CPU check in `NeonDotprod::new`
+        // passed, so the CPU has the features `gemv_q8_0_sdot` is compiled
+        // for.
+        unsafe { gemv_q8_0_sdot(w, xq, y) }
+    }
+
+    /// `y = W x`, Q4_0; the caller checked `w.len() == y.len() * xq.len()`.
+    pub(crate) fn gemv_q4_0(self, w: &[BlockQ4_0], xq: &[BlockQ8_0], y: &mut [f32]) {
+        // SAFETY: as in `gemv_q8_0`.
+        unsafe { gemv_q4_0_sdot(w, xq, y) }
+    }
+}
+
+#[target_feature(enable = "neon")]
+fn gemv_q8_0_smull(w: &[BlockQ8_0], xq: &[BlockQ8_0], y: &mut [f32]) {
+    // SAFETY: neon is this fn's target feature, and the closures are
+    // compiled with it.
+    unsafe { gemv(w, xq, y, |b| (b.d, load_q8(b)), |w, x| dot_smull(w, x)) }
+}
+
+#[target_feature(enable = "neon")]
+fn gemv_q4_0_smull(w: &[BlockQ4_0], xq: &[BlockQ8_0], y: &mut [f32]) {
+    // SAFETY: as in `gemv_q8_0_smull`.
+    unsafe { gemv(w, xq, y, |b| (b.d, load_q4(b)), |w, x| dot_smull(w, x)) }
+}
+
+#[target_feature(enable = "neon,dotprod")]
+fn gemv_q8_0_sdot(w: &[BlockQ8_0], xq: &[BlockQ8_0], y: &mut [f32]) {
+    // SAFETY: neon and dotprod are this fn's target features, and the
+    // closures are compiled with them.
+    unsafe { gemv(w, xq, y, |b| (b.d, load_q8(b)), |w, x| dot_sdot(w, x)) }
+}
+
+#[target_feature(enable = "neon,dotprod")]
+fn gemv_q4_0_sdot(w: &[BlockQ4_0], xq: &[BlockQ8_0], y: &mut [f32]) {
+    // SAFETY: as in `gemv_q8_0_sdot`.
+    unsafe { gemv(w, xq, y, |b| (b.d, load_q4(b)), |w, x| dot_sdot(w, x)) }
+}
+
+/// The 32 values of a block as i8, in two 16-byte halves.
+type Q32 = (int8x16_t, int8x16_t);
+
+/// The loop of the module docs, given how to load a weight block (its
+/// scale and values) and how to take a block's dot product.
+///
+/// # Safety
+/// The CPU has NEON and the features `load_w` and `dot` are compiled for
+/// (they are closures of the calling `#[target_feature]` fn, into which
+/// this one is inlined).
+///
+/// # Panics
+/// If `w.len() != y.len() * xq.len()`.
+#[inline(always)]
+unsafe fn gemv<W>(
+    w: &[W],
+    xq: &[BlockQ8_0],
+    y: &mut [f32],
+    load_w: impl Fn(&W) -> (f16, Q32),
+    dot: impl Fn(Q32, Q32) -> int32x4_t,
+) {
+    let nb = xq.len();
+    assert_eq!(w.len(), y.len() * nb, "gemv_q: weight shape");
+    if nb == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let (y4, y1) = y.split_at_mut(y.len() / 4 * 4);
+    let (w4, w1) = w.split_at(y4.len() * nb);
+    for (yb, wb) in y4.chunks_exact_mut(4).zip(w4.chunks_exact(4 * nb)) {
+        // SAFETY: CPU features per this fn's contract.
+        yb.copy_from_slice(&unsafe { rows::<W, 4>(wb, xq, &load_w, &dot) });
+    }
+    for (yr, wr) in y1.iter_mut().zip(w1.chunks_exact(nb)) {
+        // SAFETY: CPU features per this fn's contract.
+        let [v] = unsafe { rows::<W, 1>(wr, xq, &load_w, &dot) };
+        *yr = v;
+    }
+}
+
+/// `R` rows of `W x` (`w`: R rows of `xq.len() > 0` blocks).
+///
+/// # Safety
+/// As [`gemv`].
+#[inline(always)]
+unsafe fn rows<W, const R: usize>(
+    w: &[W],
+    xq: &[BlockQ8_0],
+    load_w: &impl Fn(&W) -> (f16, Q32),
+    dot: &impl Fn(Q32, Q32) -> int32x4_t,
+) -> [f32; R] {
+    let nb = xq.len();
+    assert_eq!(w.len(), R * nb, "gemv_q: row block");
+    let rows: [&[W]; R] = core::array::from_fn(|i| &w[i * nb..][..nb]);
+    // SAFETY: NEON per this fn's contract.
+    let mut acc = [[unsafe { vdupq_n_f32(0.0) }; 2]; R];
+    let mut b = 0;
+    while b + 2 <= nb {
+        // SAFETY: CPU features per this fn's contract; `block` takes
+        // references only.
+        unsafe {
+            block(&rows, b, &xq[b], &mut acc, 0, load_w, dot);
+            block(&rows, b + 1, &xq[b + 1], &mut acc, 1, load_w, dot);
+        }
+        b += 2;
+    }
+    if b < nb {
+        // SAFETY: as above.
+        unsafe { block(&rows, b, &xq[b], &mut acc, 0, load_w, dot) };
+    }
+    // SAFETY: NEON per this fn's contract.
+    core::array::from_fn(|i| unsafe { vaddvq_f32(vaddq_f32(acc[i][0], acc[i][1])) })
+}
+
+/// Block `b` of each of the `R` rows against activation block `xb`, into
+/// the accumulators `acc[..][h]`.
+///
+/// # Safety
+/// As [`gemv`].
+///
+/// # Panics
+/// If `b` is out of a row.
+#[inline(always)]
+unsafe fn block<W, const R: usize>(
+    rows: &[&[W]; R],
+    b: usize,
+    xb: &BlockQ8_0,
+    acc: &mut [[float32x4_t; 2]; R],
+    h: usize,
+    load_w: &impl Fn(&W) -> (f16, Q32),
+    dot: &impl Fn(Q32, Q32) -> int32x4_t,
+) {
+    const { assert!(R <= 4, "one scale lane per row") };
+    let ws: [(f16, Q32); R] = core::array::from_fn(|i| load_w(&rows[i][b]));
+    let dw = core::array::from_fn(|i| if i < R { ws[i].0 } else { f16::ZERO });
+    // SAFETY: NEON and the closures' features per this fn's contract.
+    unsafe {
+        let x = load_q8(xb);
+        let dx = widen([xb.d, f16::ZERO, f16::ZERO, f16::ZERO]);
+        let s = vmulq_laneq_f32::<0>(widen(dw), dx);
+        for (i, (a, (_, wq))) in acc.iter_mut().zip(&ws).enumerate() {
+            a[h] = fma_lane(a[h], vcvtq_f32_s32(dot(*wq, x)), s, i);
+        }
+    }
+}
+
+/// Four f16 scales widened by the bank's `fcvtl`.
 #[target_feature(enable = "neon")]
 #[inline]
-fn scale(a: f16, b: f16) -> f32 {
-    let h = [a, b, f16::ZERO, f16::ZERO];
+fn widen(h: [f16; 4]) -> float32x4_t {
     // SAFETY: `h` is 4 readable f16; neon per this fn's target feature.
-    let f = unsafe { <Neon as Load<f16>>::load_w(h.as_ptr()) };
-    vgetq_lane_f32::<0>(f) * vgetq_lane_f32::<1>(f)
+    unsafe { <Neon as Load<f16>>::load_w(h.as_ptr()) }
+}
+
+/// `acc + a * s[i]`; `i` is a constant once the row loop is unrolled, so
+/// this is one `fmla` by element.
+#[target_feature(enable = "neon")]
+#[inline]
+fn fma_lane(acc: float32x4_t, a: float32x4_t, s: float32x4_t, i: usize) -> float32x4_t {
+    match i {
+        0 => vfmaq_laneq_f32::<0>(acc, a, s),
+        1 => vfmaq_laneq_f32::<1>(acc, a, s),
+        2 => vfmaq_laneq_f32::<2>(acc, a, s),
+        _ => vfmaq_laneq_f32::<3>(acc, a, s),
+    }
 }
 
 /// The 32 bytes of an activation (or Q8_0 weight) block, in two halves.
 #[target_feature(enable = "neon")]
 #[inline]
-fn load_q8(b: &BlockQ8_0) -> (int8x16_t, int8x16_t) {
+fn load_q8(b: &BlockQ8_0) -> Q32 {
     let p = b.qs.as_ptr();
     // SAFETY: `b.qs` is 32 readable bytes: `p` and `p + 16` start 16 each;
     // ld1 needs no alignment.
@@ -68,7 +240,7 @@ fn load_q8(b: &BlockQ8_0) -> (int8x16_t, int8x16_t) {
 /// nibbles), elements 16..32 (high nibbles).
 #[target_feature(enable = "neon")]
 #[inline]
-fn load_q4(b: &BlockQ4_0) -> (int8x16_t, int8x16_t) {
+fn load_q4(b: &BlockQ4_0) -> Q32 {
     // SAFETY: `b.qs` is 16 readable bytes; ld1 needs no alignment.
     let t = unsafe { vld1q_u8(b.qs.as_ptr()) };
     let eight = vdupq_n_s8(8);
@@ -85,39 +257,16 @@ fn dot16(p: int32x4_t, w: int8x16_t, x: int8x16_t) -> int32x4_t {
     vpadalq_s16(p, vmull_high_s8(w, x))
 }
 
-/// The loop of the module docs, given how to load a weight block.
+/// A block's dot product on base NEON: 4 x i32 lanes summing to `isum`.
 #[target_feature(enable = "neon")]
 #[inline]
-fn gemv_blocks<W>(
-    w: &[W],
-    xq: &[BlockQ8_0],
-    y: &mut [f32],
-    load_w: impl Fn(&W) -> (f16, (int8x16_t, int8x16_t)),
-) {
-    let nb = xq.len();
-    assert_eq!(w.len(), y.len() * nb, "gemv_q: weight shape");
-    if nb == 0 {
-        y.fill(0.0);
-        return;
-    }
-    for (yr, row) in y.iter_mut().zip(w.chunks_exact(nb)) {
-        let mut acc = vdupq_n_f32(0.0);
-        for (wb, xb) in row.iter().zip(xq) {
-            let (dw, (w0, w1)) = load_w(wb);
-            let (x0, x1) = load_q8(xb);
-            let p = dot16(dot16(vdupq_n_s32(0), w0, x0), w1, x1);
-            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), scale(dw, xb.d));
-        }
-        *yr = vaddvq_f32(acc);
-    }
+fn dot_smull(w: Q32, x: Q32) -> int32x4_t {
+    dot16(dot16(vdupq_n_s32(0), w.0, x.0), w.1, x.1)
 }
 
-#[target_feature(enable = "neon")]
-fn gemv_q8_0_k(w: &[BlockQ8_0], xq: &[BlockQ8_0], y: &mut [f32]) {
-    gemv_blocks(w, xq, y, |b| (b.d, load_q8(b)))
-}
-
-#[target_feature(enable = "neon")]
-fn gemv_q4_0_k(w: &[BlockQ4_0], xq: &[BlockQ8_0], y: &mut [f32]) {
-    gemv_blocks(w, xq, y, |b| (b.d, load_q4(b)))
+/// A block's dot product with dotprod: 4 x i32 lanes summing to `isum`.
+#[target_feature(enable = "neon,dotprod")]
+#[inline]
+fn dot_sdot(w: Q32, x: Q32) -> int32x4_t {
+    sdot(sdot(vdupq_n_s32(0), w.0, x.0), w.1, x.1)
 }
