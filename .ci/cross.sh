@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Cross-target checks for edge devices (docs/edge.md):
-#   - static aarch64 musl binary (Pi OS 64-bit, Android): NEON kernels vs scalar,
-#     oracle tests and the bundled demo under qemu, a mixed x86-64 + aarch64 cluster;
+#   - static aarch64 musl binary (Pi OS 64-bit, Android): NEON kernels vs scalar
+#     under two qemu CPU models (cortex-a72: no dotprod, the smull path;
+#     cortex-a76: dotprod, the sdot path), oracle tests and the bundled demo under
+#     qemu, a mixed x86-64 + aarch64 cluster;
 #   - armv7 (32-bit Pi OS): cross-build, kernel tests and the demo under qemu-arm.
 # Idempotent; on a fresh machine it installs what it needs (apt, rustup targets).
 # Ends with "cross: N passed, M failed" and exits non-zero if any check failed.
@@ -106,25 +108,73 @@ done
 phase "aarch64 musl: release build (static, rust-lld)"
 check "build $MUSL release" cargo build --release --target "$MUSL" --bin tpi-run
 
-phase "aarch64 musl: --version and bundled demo under qemu"
+# qemu-user reads the CPU model from QEMU_CPU (its default, "max", has
+# dotprod); the env reaches it through cargo's runner as well.
+# Cortex-A72 (Pi 4): base ARMv8-A, no dotprod. Cortex-A76 (Pi 5): dotprod.
+phase "aarch64 musl: --version, bundled demo and quantized decode under qemu"
 version_ok() {
-    local v
-    v="$(qemu-aarch64-static "$MUSL_BIN" --version)" || return 1
-    echo "  $v"
-    same "--version" "tpi-run $(grep -m1 '^version' Cargo.toml | cut -d'"' -f2) (target $MUSL, kernel neon)" "$v"
+    local cpu="$1" kernel="$2" v
+    v="$(QEMU_CPU="$cpu" qemu-aarch64-static "$MUSL_BIN" --version)" || return 1
+    echo "  QEMU_CPU=$cpu: $v"
+    same "--version" "tpi-run $(grep -m1 '^version' Cargo.toml | cut -d'"' -f2) (target $MUSL, kernel $kernel)" "$v"
 }
-check "$MUSL --version shows the musl triple and neon" version_ok
+check "$MUSL --version on cortex-a72 shows the musl triple and neon" version_ok cortex-a72 neon
+check "$MUSL --version on cortex-a76 shows neon-dotprod" version_ok cortex-a76 neon-dotprod
 demo_ok() {
     # No -L: a static binary needs no aarch64 sysroot.
-    qemu-aarch64-static "$MUSL_BIN" --prompt "Once upon a time" --temperature 0 \
-        --length 32 --json >"$TMP/demo.json" || return 1
+    QEMU_CPU=cortex-a72 qemu-aarch64-static "$MUSL_BIN" --prompt "Once upon a time" \
+        --temperature 0 --length 32 --json >"$TMP/demo.json" || return 1
     same kernel neon "$(json_field "$TMP/demo.json" "d['kernel']")" &&
         same generated_ids "$(reference_ids "$STORIES" 0)" "$(generated_ids "$TMP/demo.json" 32)"
 }
-check "$MUSL bundled demo: kernel neon, greedy ids = reference" demo_ok
+check "$MUSL bundled demo on cortex-a72: kernel neon, greedy ids = reference" demo_ok
+# The smull and sdot paths share their loop and f32 order and differ only in
+# the exact integer dot of a block, so quantized decode gives the same ids.
+quant_same_ok() {
+    local q cpu ids out
+    ids="$(prompt_ids "$GQA" 1)"
+    for q in q8_0 q4_0; do
+        for cpu in cortex-a72 cortex-a76; do
+            QEMU_CPU="$cpu" qemu-aarch64-static "$MUSL_BIN" --model "$GQA" \
+                --cache-dir "$TMP/cache-$q-$cpu" --quantize "$q" --prompt-ids "$ids" \
+                --length 24 --temperature 0 --ignore-eos --json >"$TMP/$q-$cpu.json" \
+                2>"$TMP/$q-$cpu.err" || { tail -5 "$TMP/$q-$cpu.err" >&2; return 1; }
+        done
+        out="$(generated_ids "$TMP/$q-cortex-a72.json" 24)"
+        echo "  $q: $out"
+        same "$q kernel (cortex-a76)" neon-dotprod "$(json_field "$TMP/$q-cortex-a76.json" "d['kernel']")" &&
+            same "$q generated_ids cortex-a76 vs cortex-a72" "$out" \
+                "$(generated_ids "$TMP/$q-cortex-a76.json" 24)" || return 1
+    done
+}
+check "$MUSL --quantize q8_0/q4_0: sdot (cortex-a76) ids = smull (cortex-a72) ids" quant_same_ok
 
-phase "aarch64 musl: kernel tests under qemu (NEON vs scalar)"
-check "$MUSL cargo test -p tpi-kernels" cargo test -p tpi-kernels --target "$MUSL"
+# kernel_tests CPU DOTPROD: the kernel tests on qemu's CPU model CPU, which has
+# dotprod (1) or not (0). The test pinned to TPI_EXPECT_DOTPROD proves which
+# path was detected; the quantized GEMV tests run every available one (the
+# smull path always, sdot where the CPU has dotprod) and print their names.
+kernel_tests() {
+    local cpu="$1" dotprod="$2" log="$TMP/kernels-$1.log"
+    if ! QEMU_CPU="$cpu" TPI_EXPECT_DOTPROD="$dotprod" \
+        cargo test -p tpi-kernels --target "$MUSL" -- --show-output >"$log" 2>&1; then
+        # libtest's failures section (or cargo's errors): the failed tests' output.
+        { sed -n '/^failures:$/,/^test result/p' "$log" | head -40; grep -E "^error" "$log"; } >&2
+        return 1
+    fi
+    grep -E "^(aarch64:|TPI_EXPECT_DOTPROD:|ragged shapes:)" "$log" | sed 's/^/  /'
+    grep -q "^test detected_dotprod_matches_tpi_expect_dotprod \.\.\. ok$" "$log" || {
+        echo "  the test pinned to TPI_EXPECT_DOTPROD did not run" >&2
+        return 1
+    }
+}
+
+phase "aarch64 musl: kernel tests under qemu cortex-a72 (NEON smull vs scalar)"
+check "$MUSL cargo test -p tpi-kernels, QEMU_CPU=cortex-a72: neon detected" \
+    kernel_tests cortex-a72 0
+
+phase "aarch64 musl: kernel tests under qemu cortex-a76 (NEON sdot and smull vs scalar)"
+check "$MUSL cargo test -p tpi-kernels, QEMU_CPU=cortex-a76: neon-dotprod detected" \
+    kernel_tests cortex-a76 1
 
 phase "aarch64 musl: oracle tests under qemu"
 check "$MUSL cargo test --test integration oracle::" \
