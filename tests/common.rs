@@ -136,3 +136,46 @@ pub fn long_story_prompt() -> (Vec<u32>, u32) {
     assert!(prompt.len() > tpi::engine::PREFILL_BATCH);
     (prompt, next)
 }
+
+/// Tokens generated per `greedy_cmd` run.
+pub const LENGTH: usize = 16;
+
+pub fn greedy_cmd(name: &str, prompt: &[u32], n: usize, cache: &Path, logits: &Path) -> std::process::Command {
+    let mut c = tpi_run();
+    c.arg("--model")
+        .arg(fixture_dir(name))
+        .args(["--prompt-ids", &ids_arg(prompt)])
+        .args(["--length", &LENGTH.to_string(), "--temperature", "0"])
+        .args(["--ignore-eos", "--json", "--quiet", "--threads", "1"])
+        .args(["--world-size", &n.to_string()])
+        .arg("--cache-dir")
+        .arg(cache)
+        .arg("--logits-out")
+        .arg(logits);
+    c
+}
+
+/// Runs a command; returns (generated ids, last-position logits).
+pub fn run_greedy(c: &mut std::process::Command, logits: &Path) -> (Vec<u32>, Vec<f32>) {
+    let out = c.output().expect("spawn tpi-run");
+    assert!(
+        out.status.success(),
+        "tpi-run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let l: Vec<f32> = serde_json::from_str(&std::fs::read_to_string(logits).expect("logits"))
+        .expect("logits json");
+    (ids(&v["generated_ids"]), l)
+}
+
+/// `mse(a, b) / mse(b, 0)`.
+pub fn nmse(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    num / den
+}

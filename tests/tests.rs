@@ -7,6 +7,7 @@ mod fuzz_corpus;
 mod join;
 mod layers;
 mod limits;
+mod llamacpp;
 mod oracle;
 mod quant;
 mod slice_cache;

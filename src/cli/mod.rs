@@ -358,7 +358,7 @@ pub fn run(args: &Args) -> Result<()> {
         .as_deref()
         .map(|s| parse_weights(s, args.world_size))
         .transpose()?;
-    let plan = plan_for(cfg, args.world_size, weights.as_deref())?.with_quant(args.quantize);
+    let plan = plan_for(cfg, args.world_size, weights.as_deref())?.with_quant(args.quantize)?;
     if args.dry_run {
         return print_dry_run(&ckpt, &plan, args.json);
     }

@@ -22,6 +22,11 @@
 //!    holds at least one unit. When `units >= W` no clamping happens and each
 //!    range is within one unit of its exact quota; when `W` divides `units`
 //!    it is exact.
+//! 6. With a block type (`--quantize`), heads are split in units whose
+//!    o_proj columns (`unit * head_dim`) are whole 32-blocks, when there are
+//!    at least `world_size` such units (head_dim 64 or 128: every unit is
+//!    one head or group, so nothing changes); otherwise as in rule 3, and a
+//!    rank's o_proj columns that are not whole blocks are stored as F16.
 
 use std::fmt;
 use std::ops::Range;
@@ -227,6 +232,16 @@ fn granular_ranges(
 
 /// Make the split plan (see the module docs for the rules).
 pub fn split(shape: &Shape, world_size: usize, weights: Option<&[u32]>) -> Result<Plan, PlanError> {
+    split_for(shape, world_size, weights, None)
+}
+
+/// [`split`] for slices storing layer matrices as `quant` (spec §6).
+pub fn split_for(
+    shape: &Shape,
+    world_size: usize,
+    weights: Option<&[u32]>,
+    quant: Option<Quant>,
+) -> Result<Plan, PlanError> {
     // spec §1: every shape field non-zero.
     for (field, v) in [
         ("dim", shape.dim),
@@ -272,17 +287,21 @@ pub fn split(shape: &Shape, world_size: usize, weights: Option<&[u32]>) -> Resul
         }
     };
 
-    // spec §3: attention heads.
+    // spec §3: attention heads, in units of `unit` heads (§6).
     let group = shape.n_heads / shape.n_kv_heads;
-    let head_ranges: Vec<Range<usize>> = if world_size <= shape.n_kv_heads {
-        let b = proportional_bounds(shape.n_kv_heads, 1, &weights);
-        (0..world_size)
-            .map(|i| b[i] * group..b[i + 1] * group)
-            .collect()
+    let base = if world_size <= shape.n_kv_heads {
+        group
     } else {
-        let b = proportional_bounds(shape.n_heads, 1, &weights);
-        (0..world_size).map(|i| b[i]..b[i + 1]).collect()
+        1
     };
+    let unit = match quant {
+        Some(_) => block_unit(base, shape.head_dim)
+            .filter(|&u| shape.n_heads / u >= world_size)
+            .unwrap_or(base),
+        None => base,
+    };
+    let b = proportional_bounds(shape.n_heads, unit, &weights);
+    let head_ranges: Vec<Range<usize>> = (0..world_size).map(|i| b[i]..b[i + 1]).collect();
     // spec §4: MLP columns and lm_head rows.
     let hidden = granular_ranges("hidden_dim", shape.hidden_dim, &weights)?;
     let vocab = granular_ranges("vocab_size", shape.vocab_size, &weights)?;
@@ -305,14 +324,23 @@ pub fn split(shape: &Shape, world_size: usize, weights: Option<&[u32]>) -> Resul
         world_size,
         weights,
         ranks,
-        quant: None,
+        quant,
     })
 }
 
+/// Spec §6: the smallest multiple of `base` heads whose `head_dim` columns
+/// are whole 32-blocks (`None` past 32 times `base`, which always is).
+fn block_unit(base: usize, head_dim: usize) -> Option<usize> {
+    (1..=32)
+        .map(|k| k * base)
+        .find(|u| (u * head_dim).is_multiple_of(32))
+}
+
 impl Plan {
-    /// The same split with layer matrices stored as `quant`.
-    pub fn with_quant(self, quant: Option<Quant>) -> Plan {
-        Plan { quant, ..self }
+    /// The same split made for layer matrices stored as `quant` (spec §6:
+    /// head ranges may move to block boundaries).
+    pub fn with_quant(self, quant: Option<Quant>) -> Result<Plan, PlanError> {
+        split_for(&self.shape, self.world_size, Some(&self.weights), quant)
     }
 
     /// Stable 64-bit identity of the plan: [`checksum64`] of a canonical
@@ -754,8 +782,8 @@ mod tests {
             split(&STORIES260K, 2, Some(&[1, 2])).unwrap().hash()
         );
         assert_ne!(p.hash(), split(&STORIES260K, 3, None).unwrap().hash());
-        let q8 = p.clone().with_quant(Some(Quant::Q8_0)).hash();
-        let q4 = p.clone().with_quant(Some(Quant::Q4_0)).hash();
+        let q8 = p.clone().with_quant(Some(Quant::Q8_0)).unwrap().hash();
+        let q4 = p.clone().with_quant(Some(Quant::Q4_0)).unwrap().hash();
         assert!(q8 != p.hash() && q4 != p.hash() && q8 != q4);
         assert_eq!(
             p.hash(),
@@ -835,6 +863,29 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+
+        #[test]
+        fn quantized_split_puts_heads_on_blocks((shape, n, weights) in arb_case()) {
+            let plan = split_for(&shape, n, Some(&weights), Some(Quant::Q4_0)).unwrap();
+            if let Err(e) = check_invariants(&shape, &plan) {
+                return Err(TestCaseError::fail(format!("{e}\nplan: {plan:?}")));
+            }
+            let plain = split(&shape, n, Some(&weights)).unwrap();
+            prop_assert_eq!(plan.quant, Some(Quant::Q4_0));
+            prop_assert_eq!(&plan.clone().with_quant(None).unwrap(), &plain);
+            // Every inner head boundary on a block when enough units exist.
+            let base = if n <= shape.n_kv_heads { shape.n_heads / shape.n_kv_heads } else { 1 };
+            let unit = block_unit(base, shape.head_dim).unwrap();
+            prop_assert_eq!(unit % base, 0);
+            prop_assert_eq!((unit * shape.head_dim) % 32, 0);
+            if shape.n_heads / unit >= n {
+                for r in &plan.ranks[..n - 1] {
+                    prop_assert_eq!((r.heads.end * shape.head_dim) % 32, 0, "{:?}", plan);
+                }
+            } else {
+                prop_assert_eq!(&plan.ranks, &plain.ranks);
             }
         }
 

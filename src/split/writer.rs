@@ -7,11 +7,11 @@
 //!
 //! With a plan's `quant` (`--quantize`), the seven layer matrices are
 //! quantized row by row as they stream (ggml's reference quantizers from
-//! `tpi_kernels::quant`; a row is widened to f32 first). A matrix whose
-//! rows (this rank's columns) are not whole 32-blocks keeps its stored
-//! dtype. Norms and biases stay f32; the embedding and lm_head keep their
-//! stored dtype (llama.cpp, too, keeps token embeddings and the output at
-//! higher precision in its small types).
+//! `tpi_kernels::quant`; a row is widened to f32 first), and the lm_head
+//! to Q8_0 (see `quantized_type`). A matrix whose rows (this rank's
+//! columns) are not whole 32-blocks is stored as F16, as llama.cpp's
+//! quantizer does. Norms and biases stay f32; the embedding keeps its
+//! stored dtype (one row is read per token).
 
 use std::fmt;
 use std::fs::File;
@@ -148,13 +148,16 @@ fn block_sources<'a>(
             Role::Embedding => row_slice("embed", [cfg.vocab_size, d], 0..cfg.vocab_size)?,
             Role::LmHead => row_slice("lm_head", [cfg.vocab_size, d], part.vocab.clone())?,
         };
-        let layer_matrix = matches!(
-            role,
-            Role::Q | Role::K | Role::V | Role::O | Role::Gate | Role::Up | Role::Down
-        );
         let wtype = match quant {
-            Some(q) if layer_matrix && q.weight_type().row_bytes(cols).is_some() => q.weight_type(),
-            _ => dtype.into(),
+            Some(q) => {
+                let whole = match role {
+                    Role::O => nh,
+                    Role::Down => nhid,
+                    _ => d,
+                };
+                quantized_type(q, role, cols, whole).unwrap_or(dtype.into())
+            }
+            None => dtype.into(),
         };
         out.push((
             TensorEntry {
@@ -176,6 +179,30 @@ fn block_sources<'a>(
         at = t.offset + t.byte_len();
     }
     Ok(out)
+}
+
+/// The type a `--quantize q` slice stores a tensor in, `None` for its
+/// stored dtype (norms, biases, the embedding: looked up a row per token,
+/// never multiplied). Layer matrices take `q`, the lm_head Q8_0 under both
+/// types: it is the largest single matrix a token reads (1/16 of
+/// TinyLlama's bytes) and the logits are the last step before sampling,
+/// so it gets the 8-bit type (llama.cpp keeps its output tensor at Q8_0 or
+/// Q6_K for the same reason). A matrix whose rank-local `cols` or whole
+/// model's `whole_cols` are not whole 32-blocks is stored as F16, as
+/// llama.cpp's quantizer falls back (per whole tensor).
+fn quantized_type(q: Quant, role: Role, cols: usize, whole_cols: usize) -> Option<WeightType> {
+    let to = match role {
+        Role::Q | Role::K | Role::V | Role::O | Role::Gate | Role::Up | Role::Down => {
+            q.weight_type()
+        }
+        Role::LmHead => WeightType::Q8_0,
+        _ => return None,
+    };
+    Some(if to.row_bytes(cols).is_some() && to.row_bytes(whole_cols).is_some() {
+        to
+    } else {
+        WeightType::F16
+    })
 }
 
 /// Content length of a block's tensors, padded to [`BLOCK_ALIGN`].
@@ -223,30 +250,37 @@ impl Out<'_> {
     }
 }
 
-/// One matrix's rows quantized as they are written: widened to f32, then
-/// ggml's reference quantizer; buffers allocated once per matrix.
+/// One matrix's rows converted as they are written: widened to f32, then
+/// ggml's reference quantizer (or narrowed to f16, round to nearest even);
+/// buffers allocated once per matrix.
 struct Quantizer {
     from: Dtype,
     /// `[cols]`
     row: Vec<f32>,
-    /// `[cols/32]`, one of the two in use.
-    q8: Vec<tpi_kernels::BlockQ8_0>,
-    q4: Vec<tpi_kernels::BlockQ4_0>,
+    to: Target,
+}
+
+/// A [`Quantizer`]'s output row.
+enum Target {
+    /// `[cols/32]`
+    Q8_0(Vec<tpi_kernels::BlockQ8_0>),
+    Q4_0(Vec<tpi_kernels::BlockQ4_0>),
+    /// `[cols]` (also the target for f32 and bf16, which are never asked)
+    F16(Vec<half::f16>),
 }
 
 impl Quantizer {
     fn new(to: WeightType, from: Dtype, cols: usize) -> Quantizer {
         let nb = cols / tpi_kernels::quant::QK;
-        let (n8, n4) = if to == WeightType::Q8_0 {
-            (nb, 0)
-        } else {
-            (0, nb)
+        let to = match to {
+            WeightType::Q8_0 => Target::Q8_0(vec![Default::default(); nb]),
+            WeightType::Q4_0 => Target::Q4_0(vec![Default::default(); nb]),
+            _ => Target::F16(vec![half::f16::ZERO; cols]),
         };
         Quantizer {
             from,
             row: vec![0.0; cols],
-            q8: vec![Default::default(); n8],
-            q4: vec![Default::default(); n4],
+            to,
         }
     }
 
@@ -269,12 +303,21 @@ impl Quantizer {
                 row.for_each(|(c, o)| *o = half::bf16::from_le_bytes([c[0], c[1]]).into())
             }
         }
-        if self.q8.is_empty() {
-            tpi_kernels::quant::quantize_row_q4_0(&self.row, &mut self.q4);
-            out.put(bytemuck::cast_slice(&self.q4))
-        } else {
-            tpi_kernels::quant::quantize_row_q8_0(&self.row, &mut self.q8);
-            out.put(bytemuck::cast_slice(&self.q8))
+        match &mut self.to {
+            Target::Q8_0(q) => {
+                tpi_kernels::quant::quantize_row_q8_0(&self.row, q);
+                out.put(bytemuck::cast_slice(q))
+            }
+            Target::Q4_0(q) => {
+                tpi_kernels::quant::quantize_row_q4_0(&self.row, q);
+                out.put(bytemuck::cast_slice(q))
+            }
+            Target::F16(h) => {
+                h.iter_mut()
+                    .zip(&self.row)
+                    .for_each(|(h, &x)| *h = half::f16::from_f32(x));
+                out.put(bytemuck::cast_slice(h))
+            }
         }
     }
 }
@@ -380,8 +423,10 @@ pub(crate) fn write_slice_with(
                 block_sources(cfg, st, &part, b.kind, plan.quant).map_err(std::io::Error::other)?;
             for (t, src, source) in srcs {
                 out.pad_to(b.offset + t.offset)?;
-                let mut quant = match (t.wtype.float(), source) {
-                    (None, Some(s)) => Some(Quantizer::new(t.wtype, s.dtype, t.cols)),
+                let mut quant = match source {
+                    Some(s) if t.wtype != s.dtype.into() => {
+                        Some(Quantizer::new(t.wtype, s.dtype, t.cols))
+                    }
                     _ => None,
                 };
                 let quantizing = quant.is_some();
