@@ -80,7 +80,8 @@ fn prompt_text_gives_the_reference_story_as_json() {
             v[key]
         );
     }
-    assert!(["avx512", "avx2", "neon-dotprod", "neon", "scalar"].contains(&v["kernel"].as_str().unwrap()));
+    assert!(["avx512", "avx2", "neon-dotprod", "neon", "scalar"]
+        .contains(&v["kernel"].as_str().unwrap()));
 }
 
 #[test]

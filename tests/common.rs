@@ -140,7 +140,13 @@ pub fn long_story_prompt() -> (Vec<u32>, u32) {
 /// Tokens generated per `greedy_cmd` run.
 pub const LENGTH: usize = 16;
 
-pub fn greedy_cmd(name: &str, prompt: &[u32], n: usize, cache: &Path, logits: &Path) -> std::process::Command {
+pub fn greedy_cmd(
+    name: &str,
+    prompt: &[u32],
+    n: usize,
+    cache: &Path,
+    logits: &Path,
+) -> std::process::Command {
     let mut c = tpi_run();
     c.arg("--model")
         .arg(fixture_dir(name))

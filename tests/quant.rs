@@ -181,3 +181,84 @@ fn q4_0_slice_is_smaller_by_the_block_ratio_and_coexists_with_f32() {
         "{lf} - {lq} vs {saved}"
     );
 }
+
+/// `--dry-run --json` names each matrix class's type and bytes per rank;
+/// the slices a real run cuts hold exactly those.
+#[test]
+fn dry_run_types_and_bytes_are_those_of_the_slices() {
+    let name = "llama-mha-f32";
+    let p = &reference(name)["prompts"][0];
+    let tmp = TempDir::new("q4dry");
+    let cache = tmp.path().join("cache");
+    let logits = tmp.path().join("logits.json");
+    for n in [1, 3] {
+        let mut c = greedy_cmd(name, &ids(&p["ids"]), n, &cache, &logits);
+        run_greedy(c.args(["--quantize", "q4_0"]), &logits);
+        let out = tpi_run()
+            .arg("--model")
+            .arg(fixture_dir(name))
+            .args(["--world-size", &n.to_string(), "--quantize", "q4_0"])
+            .args(["--dry-run", "--json"])
+            .output()
+            .expect("dry run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(v["quantize"], "q4_0");
+        let entry = std::fs::read_dir(&cache)
+            .expect("cache")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|d| d.join(format!("rank-0-of-{n}.slice")).exists())
+            .expect("slice entry");
+        for (rank, r) in v["ranks"].as_array().expect("ranks").iter().enumerate() {
+            let path = entry.join(format!("rank-{rank}-of-{n}.slice"));
+            let slice = SliceFile::open(&path, Expect::default()).expect("slice opens");
+            let tensors: Vec<_> = slice
+                .manifest()
+                .blocks
+                .iter()
+                .flat_map(|b| &b.tensors)
+                .collect();
+            let mut read = 0;
+            for class in r["tensors"].as_array().expect("tensors") {
+                let role = match class["tensor"].as_str().unwrap() {
+                    "q_proj" => Role::Q,
+                    "k_proj" => Role::K,
+                    "v_proj" => Role::V,
+                    "o_proj" => Role::O,
+                    "gate_proj" => Role::Gate,
+                    "up_proj" => Role::Up,
+                    "down_proj" => Role::Down,
+                    "lm_head" => Role::LmHead,
+                    other => panic!("class {other}"),
+                };
+                let of_role: Vec<_> = tensors.iter().filter(|t| t.role == role).collect();
+                let bytes: u64 = of_role.iter().map(|t| t.byte_len()).sum();
+                assert_eq!(class["bytes"].as_u64(), Some(bytes), "rank {rank} {class}");
+                assert_eq!(class["count"].as_u64(), Some(of_role.len() as u64));
+                for t in of_role {
+                    assert_eq!(
+                        class["type"].as_str(),
+                        Some(t.wtype.name()),
+                        "rank {rank} {class}"
+                    );
+                }
+                read += bytes;
+            }
+            let norms: u64 = tensors
+                .iter()
+                .filter(|t| matches!(t.role, Role::AttnNorm | Role::FfnNorm | Role::FinalNorm))
+                .map(|t| t.byte_len())
+                .sum();
+            assert_eq!(
+                r["bytes_read_per_token"].as_u64(),
+                Some(read + norms),
+                "rank {rank}"
+            );
+            println!("world size {n} rank {rank}: {} B per token", read + norms);
+        }
+    }
+}

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::names::EMBED;
 use crate::session::HubReport;
+use crate::split::types::{bytes_per_token, rank_matrices};
 use crate::sys::peak_rss_bytes;
 use std::io::Write;
 use std::path::Path;
@@ -37,14 +38,33 @@ pub(super) fn print_dry_run(
     let cfg = &ckpt.config;
     let dtype = ckpt.weights.tensor(EMBED)?.dtype;
     let mut out = std::io::stdout().lock();
+    let classes = (0..plan.world_size)
+        .map(|r| rank_matrices(plan, r, dtype))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let bytes = (0..plan.world_size)
+        .map(|r| bytes_per_token(plan, r, dtype))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     let text = if json {
-        let bytes = plan.bytes_per_rank(dtype.size());
         let range = |r: &std::ops::Range<usize>| serde_json::json!([r.start, r.end]);
         let ranks: Vec<_> = plan
             .ranks
             .iter()
             .zip(&bytes)
-            .map(|(r, b)| {
+            .zip(&classes)
+            .map(|((r, b), c)| {
+                let tensors: Vec<_> = c
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "tensor": m.name,
+                            "type": m.wtype.name(),
+                            "rows": m.rows,
+                            "cols": m.cols,
+                            "count": m.count,
+                            "bytes": m.bytes(),
+                        })
+                    })
+                    .collect();
                 serde_json::json!({
                     "rank": r.rank,
                     "weight": plan.weights.get(r.rank).copied().unwrap_or(1),
@@ -53,6 +73,8 @@ pub(super) fn print_dry_run(
                     "hidden": range(&r.hidden),
                     "vocab": range(&r.vocab),
                     "weight_bytes": b,
+                    "bytes_read_per_token": b,
+                    "tensors": tensors,
                 })
             })
             .collect();
@@ -66,14 +88,21 @@ pub(super) fn print_dry_run(
             "vocab_size": cfg.vocab_size,
             "max_position_embeddings": cfg.max_seq_len,
             "dtype": dtype.name(),
+            "quantize": plan.quant.map(|q| q.name()),
             "world_size": plan.world_size,
             "plan_hash": format!("{:016x}", plan.hash()),
             "ranks": ranks,
         });
         format!("{v}\n")
     } else {
+        let types = classes.first().map_or(String::new(), |c| {
+            c.iter()
+                .map(|m| format!("{} {}", m.name, m.wtype.name()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
         format!(
-            "model {} ({} layers, dim {}, {} heads / {} KV heads, {} MLP, vocab {}, {})\n{}\n",
+            "model {} ({} layers, dim {}, {} heads / {} KV heads, {} MLP, vocab {}, {})\nrank 0 stores: {types} (bytes: weights each rank reads per token)\n{}\n",
             ckpt.origin,
             cfg.n_layers,
             cfg.dim,
@@ -82,7 +111,7 @@ pub(super) fn print_dry_run(
             cfg.hidden_dim,
             cfg.vocab_size,
             dtype.name(),
-            plan.display_with_bytes(dtype.size())
+            plan.display_with_bytes(bytes)
         )
     };
     out.write_all(text.as_bytes())

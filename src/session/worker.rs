@@ -69,7 +69,8 @@ pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
     let local = match w.model {
         Some(dir) => {
             let ckpt = Checkpoint::open_dir(dir)?;
-            let plan = plan_for(&ckpt.config, w.world_size, w.split_weights)?.with_quant(w.quant)?;
+            let plan =
+                plan_for(&ckpt.config, w.world_size, w.split_weights)?.with_quant(w.quant)?;
             Some((fingerprint(&ckpt, w.cache_dir, &mut *progress)?, plan, ckpt))
         }
         None => None,

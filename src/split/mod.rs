@@ -13,6 +13,8 @@
 //! - [`manifest`]: the on-disk format (layout, limits, the manifest codec
 //!   through the bounded [`crate::codec::cursor::Cursor`]) and the blocks
 //!   and tensors a config and a rank's slice require.
+//! - [`types`]: the type each matrix class is stored in (`--quantize` and
+//!   its exceptions) and the weight bytes a rank reads per token.
 //! - [`writer`]: cutting a slice from the mmapped safetensors, streamed one
 //!   tensor at a time (RAM never O(model)), written to `.partial`, fsynced,
 //!   renamed into place.
@@ -33,6 +35,7 @@ pub mod error;
 pub mod manifest;
 pub mod plan;
 pub mod reader;
+pub mod types;
 pub mod writer;
 
 pub use error::SliceError;

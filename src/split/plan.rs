@@ -408,37 +408,12 @@ impl Plan {
         })
     }
 
-    /// Weight bytes each rank holds: for every layer wq/wo (its query heads),
-    /// wk/wv (its KV heads), gate/up/down (its intermediate columns) and the
-    /// two (replicated) RMSNorm vectors; plus the final norm and its lm_head
-    /// rows. Excludes the token embedding and any biases. Saturates instead
-    /// of overflowing.
-    pub fn bytes_per_rank(&self, dtype_size: usize) -> Vec<u64> {
-        let s = &self.shape;
-        let m = |a: usize, b: usize| (a as u64).saturating_mul(b as u64);
-        self.ranks
-            .iter()
-            .map(|r| {
-                let q = m(r.heads.len(), s.head_dim);
-                let kv = m(r.kv_heads.len(), s.head_dim);
-                let per_layer = (q.saturating_mul(2).saturating_add(kv.saturating_mul(2)))
-                    .saturating_mul(s.dim as u64)
-                    .saturating_add(m(r.hidden.len(), s.dim).saturating_mul(3))
-                    .saturating_add(m(2, s.dim));
-                per_layer
-                    .saturating_mul(s.n_layers as u64)
-                    .saturating_add(s.dim as u64)
-                    .saturating_add(m(r.vocab.len(), s.dim))
-                    .saturating_mul(dtype_size as u64)
-            })
-            .collect()
-    }
-
-    /// The `--dry-run` table with a bytes column for `dtype_size`-byte weights.
-    pub fn display_with_bytes(&self, dtype_size: usize) -> PlanTable<'_> {
+    /// The `--dry-run` table with a column of each rank's weight bytes
+    /// (`crate::split::types::bytes_per_token`).
+    pub fn display_with_bytes(&self, bytes: Vec<u64>) -> PlanTable<'_> {
         PlanTable {
             plan: self,
-            dtype_size: Some(dtype_size),
+            bytes: Some(bytes),
         }
     }
 }
@@ -446,7 +421,7 @@ impl Plan {
 /// Human table of a plan; see [`Plan::display_with_bytes`].
 pub struct PlanTable<'a> {
     plan: &'a Plan,
-    dtype_size: Option<usize>,
+    bytes: Option<Vec<u64>>,
 }
 
 fn fmt_bytes(b: u64) -> String {
@@ -481,7 +456,7 @@ impl fmt::Display for PlanTable<'_> {
             s.hidden_dim,
             s.vocab_size
         )?;
-        let bytes = self.dtype_size.map(|d| p.bytes_per_rank(d));
+        let bytes = &self.bytes;
         let range = |r: &Range<usize>| format!("{}..{} ({})", r.start, r.end, r.len());
         let mut line = format!(
             "{:>4} {:>6}  {:<16} {:<16} {:<22} {:<24}",
@@ -501,7 +476,7 @@ impl fmt::Display for PlanTable<'_> {
                 range(&r.hidden),
                 range(&r.vocab)
             );
-            if let Some(b) = &bytes {
+            if let Some(b) = bytes {
                 line.push_str(&format!(
                     " {:>12}",
                     fmt_bytes(b.get(i).copied().unwrap_or(0))
@@ -517,7 +492,7 @@ impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         PlanTable {
             plan: self,
-            dtype_size: None,
+            bytes: None,
         }
         .fmt(f)
     }
@@ -681,11 +656,6 @@ mod tests {
                 },
             ]
         );
-        let b = p.bytes_per_rank(2);
-        assert_eq!(b[0], b[1]);
-        // per layer: q+o 2*1024*2048, k+v 2*128*2048, mlp 3*2816*2048, norms 2*2048
-        let per_layer: u64 = 2 * 1024 * 2048 + 2 * 128 * 2048 + 3 * 2816 * 2048 + 2 * 2048;
-        assert_eq!(b[0], (per_layer * 22 + 2048 + 16000 * 2048) * 2);
         // Weighted 1:3 over 4 kv heads: 1 and 3 kv heads.
         let w = split(&TINYLLAMA, 2, Some(&[1, 3])).unwrap();
         check_invariants(&TINYLLAMA, &w).unwrap();
@@ -796,7 +766,8 @@ mod tests {
     #[test]
     fn display_table() {
         let p = split(&STORIES260K, 3, None).unwrap();
-        let t = p.display_with_bytes(4).to_string();
+        let t = p.display_with_bytes(vec![1, 2048, 3 << 20]).to_string();
+        assert!(t.contains("2.00 KiB") && t.contains("3.00 MiB"), "{t}");
         assert!(t.contains("intermediate") && t.contains("bytes"), "{t}");
         assert_eq!(t.lines().count(), 2 + 3, "{t}");
         let plain = p.to_string();

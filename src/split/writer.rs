@@ -26,6 +26,7 @@ use super::manifest::{
     TENSOR_ALIGN,
 };
 use super::plan::{Plan, RankSlice, Shape};
+use super::types::quantized_type;
 use crate::codec::checksum::Hasher64;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::Config;
@@ -179,30 +180,6 @@ fn block_sources<'a>(
         at = t.offset + t.byte_len();
     }
     Ok(out)
-}
-
-/// The type a `--quantize q` slice stores a tensor in, `None` for its
-/// stored dtype (norms, biases, the embedding: looked up a row per token,
-/// never multiplied). Layer matrices take `q`, the lm_head Q8_0 under both
-/// types: it is the largest single matrix a token reads (1/16 of
-/// TinyLlama's bytes) and the logits are the last step before sampling,
-/// so it gets the 8-bit type (llama.cpp keeps its output tensor at Q8_0 or
-/// Q6_K for the same reason). A matrix whose rank-local `cols` or whole
-/// model's `whole_cols` are not whole 32-blocks is stored as F16, as
-/// llama.cpp's quantizer falls back (per whole tensor).
-fn quantized_type(q: Quant, role: Role, cols: usize, whole_cols: usize) -> Option<WeightType> {
-    let to = match role {
-        Role::Q | Role::K | Role::V | Role::O | Role::Gate | Role::Up | Role::Down => {
-            q.weight_type()
-        }
-        Role::LmHead => WeightType::Q8_0,
-        _ => return None,
-    };
-    Some(if to.row_bytes(cols).is_some() && to.row_bytes(whole_cols).is_some() {
-        to
-    } else {
-        WeightType::F16
-    })
 }
 
 /// Content length of a block's tensors, padded to [`BLOCK_ALIGN`].

@@ -1,0 +1,199 @@
+//! What a rank's slice holds, per matrix class: the type each matrix is
+//! stored in (float as in the checkpoint, or the `--quantize` block type
+//! with its exceptions) and its bytes, which are the bytes the rank reads
+//! per token (every layer matrix and its lm_head rows once; the embedding
+//! is one row). `--dry-run` prints them; the slice writer stores by them.
+
+use super::manifest::Role;
+use super::plan::{Plan, PlanError};
+use crate::model::dtype::{Dtype, Quant, WeightType};
+
+/// The type a `--quantize q` slice stores a tensor in, `None` for its
+/// stored dtype (norms, biases, the embedding: looked up a row per token,
+/// never multiplied). Layer matrices take `q`, the lm_head Q8_0 under both
+/// types: it is the largest single matrix a token reads (1/16 of
+/// TinyLlama's bytes) and the logits are the last step before sampling,
+/// so it gets the 8-bit type (llama.cpp keeps its output tensor at Q8_0 or
+/// Q6_K for the same reason). A matrix whose rank-local `cols` or whole
+/// model's `whole_cols` are not whole 32-blocks is stored as F16, as
+/// llama.cpp's quantizer falls back (per whole tensor).
+pub(crate) fn quantized_type(
+    q: Quant,
+    role: Role,
+    cols: usize,
+    whole_cols: usize,
+) -> Option<WeightType> {
+    let to = match role {
+        Role::Q | Role::K | Role::V | Role::O | Role::Gate | Role::Up | Role::Down => {
+            q.weight_type()
+        }
+        Role::LmHead => WeightType::Q8_0,
+        _ => return None,
+    };
+    Some(
+        if to.row_bytes(cols).is_some() && to.row_bytes(whole_cols).is_some() {
+            to
+        } else {
+            WeightType::F16
+        },
+    )
+}
+
+/// One matrix class of a rank's slice: `count` matrices (one per layer,
+/// or the one lm_head) of `rows x cols` weights in `wtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatrixClass {
+    pub role: Role,
+    /// HF's name of the class (`q_proj`, …, `lm_head`).
+    pub name: &'static str,
+    pub wtype: WeightType,
+    pub rows: usize,
+    pub cols: usize,
+    pub count: usize,
+}
+
+impl MatrixClass {
+    /// Bytes of all `count` matrices (saturating).
+    pub fn bytes(&self) -> u64 {
+        let row = self.wtype.row_bytes(self.cols).unwrap_or(0) as u64;
+        row.saturating_mul(self.rows as u64)
+            .saturating_mul(self.count as u64)
+    }
+}
+
+/// Rank `rank`'s matrix classes for a checkpoint stored in `stored`.
+pub fn rank_matrices(
+    plan: &Plan,
+    rank: usize,
+    stored: Dtype,
+) -> Result<Vec<MatrixClass>, PlanError> {
+    let r = plan.try_rank(rank)?;
+    let s = &plan.shape;
+    let (q, kv) = (r.heads.len() * s.head_dim, r.kv_heads.len() * s.head_dim);
+    let layers = s.n_layers;
+    let classes = [
+        (Role::Q, "q_proj", q, s.dim, s.dim, layers),
+        (Role::K, "k_proj", kv, s.dim, s.dim, layers),
+        (Role::V, "v_proj", kv, s.dim, s.dim, layers),
+        (Role::O, "o_proj", s.dim, q, s.n_heads * s.head_dim, layers),
+        (
+            Role::Gate,
+            "gate_proj",
+            r.hidden.len(),
+            s.dim,
+            s.dim,
+            layers,
+        ),
+        (Role::Up, "up_proj", r.hidden.len(), s.dim, s.dim, layers),
+        (
+            Role::Down,
+            "down_proj",
+            s.dim,
+            r.hidden.len(),
+            s.hidden_dim,
+            layers,
+        ),
+        (Role::LmHead, "lm_head", r.vocab.len(), s.dim, s.dim, 1),
+    ];
+    Ok(classes
+        .into_iter()
+        .map(|(role, name, rows, cols, whole, count)| MatrixClass {
+            role,
+            name,
+            wtype: plan
+                .quant
+                .and_then(|q| quantized_type(q, role, cols, whole))
+                .unwrap_or(stored.into()),
+            rows,
+            cols,
+            count,
+        })
+        .collect())
+}
+
+/// Weight bytes rank `rank` reads per token: its matrices and the f32
+/// norms (two per layer and the final one).
+pub fn bytes_per_token(plan: &Plan, rank: usize, stored: Dtype) -> Result<u64, PlanError> {
+    let s = &plan.shape;
+    let norms = (2 * s.n_layers as u64 + 1).saturating_mul(4 * s.dim as u64);
+    Ok(rank_matrices(plan, rank, stored)?
+        .iter()
+        .fold(norms, |sum, m| sum.saturating_add(m.bytes())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::split::plan::{split_for, Shape};
+
+    /// TinyLlama-1.1B's shape.
+    const TINYLLAMA: Shape = Shape {
+        dim: 2048,
+        hidden_dim: 5632,
+        n_heads: 32,
+        n_kv_heads: 4,
+        head_dim: 64,
+        vocab_size: 32000,
+        n_layers: 22,
+    };
+
+    #[test]
+    fn tinyllama_bytes_per_token_by_type() {
+        let bytes = |q, n| {
+            let p = split_for(&TINYLLAMA, n, None, q).unwrap();
+            (0..n)
+                .map(|r| bytes_per_token(&p, r, Dtype::F16).unwrap())
+                .sum::<u64>()
+        };
+        // 22 x (2 x 2048^2 + 2 x 256 x 2048 + 3 x 5632 x 2048) layer weights,
+        // 32000 x 2048 lm_head, 45 norms of 2048 f32.
+        let layer = 22 * (2 * 2048 * 2048 + 2 * 256 * 2048 + 3 * 5632 * 2048u64);
+        let lm = 32000 * 2048u64;
+        let norms = 45 * 2048 * 4;
+        assert_eq!(bytes(None, 1), 2 * (layer + lm) + norms);
+        assert_eq!(bytes(Some(Quant::Q8_0), 1), (layer + lm) / 32 * 34 + norms);
+        assert_eq!(
+            bytes(Some(Quant::Q4_0), 1),
+            layer / 32 * 18 + lm / 32 * 34 + norms
+        );
+        // Split over ranks, the same bytes (norms on every rank).
+        assert_eq!(
+            bytes(Some(Quant::Q4_0), 2),
+            bytes(Some(Quant::Q4_0), 1) + norms
+        );
+        let p = split_for(&TINYLLAMA, 2, None, None).unwrap();
+        let per_layer = 2 * 1024 * 2048 + 2 * 128 * 2048 + 3 * 2816 * 2048u64;
+        let rank0 = bytes_per_token(&p, 0, Dtype::F16).unwrap();
+        assert_eq!(rank0, 2 * (22 * per_layer + 16000 * 2048) + norms);
+        assert_eq!(rank0, bytes_per_token(&p, 1, Dtype::F16).unwrap());
+    }
+
+    #[test]
+    fn unaligned_columns_fall_back_to_f16() {
+        // mha fixture shape: 8 heads of 8, MLP 176 (not whole blocks).
+        let shape = Shape {
+            dim: 64,
+            hidden_dim: 176,
+            n_heads: 8,
+            n_kv_heads: 8,
+            head_dim: 8,
+            vocab_size: 512,
+            n_layers: 4,
+        };
+        let types = |n, r| {
+            let p = split_for(&shape, n, None, Some(Quant::Q4_0)).unwrap();
+            rank_matrices(&p, r, Dtype::F32)
+                .unwrap()
+                .iter()
+                .map(|m| (m.name, m.wtype))
+                .collect::<Vec<_>>()
+        };
+        let one = types(1, 0);
+        assert!(one.contains(&("down_proj", WeightType::F16)), "{one:?}");
+        assert!(one.contains(&("o_proj", WeightType::Q4_0)), "{one:?}");
+        assert!(one.contains(&("lm_head", WeightType::Q8_0)), "{one:?}");
+        // World size 3: 8 heads cannot make 3 ranges of 4-head units.
+        assert!(types(3, 0).contains(&("o_proj", WeightType::F16)));
+        assert!(types(2, 1).contains(&("o_proj", WeightType::Q4_0)));
+    }
+}
