@@ -3,27 +3,27 @@
 #
 #   bash benches/llamacpp.sh [DIR] [ROUNDS]   (DIR default /tmp/tpi-bench, ROUNDS default 3)
 #
-# llama.cpp comes from PyPI (llama-cpp-python, built from source for this
-# CPU: GGML_NATIVE=ON) into DIR/venv-llamacpp on first use, which takes
-# ~10 minutes on 2 cores. Both engines decode a random-weight
+# llama.cpp comes from PyPI (llama-cpp-python's source release, built for
+# this CPU: GGML_NATIVE=ON; tools/llamacpp_env.sh) into DIR on first use,
+# which takes ~15 minutes on 2 cores. Both engines decode a random-weight
 # TinyLlama-1.1B-shaped model (hidden 2048, 22 layers, 32 heads, 4 KV heads,
 # MLP 5632, vocab 32000) in f32 and f16: tpi from the HF safetensors that
 # `examples/make_model` writes, llama.cpp from a GGUF of the same shape
 # written here. Each pair runs back to back, so the ratio is what counts:
 # the machine's speed moves between minutes. ms/token is the mean over 32
 # single-token decode steps after an 8-token prompt, for both.
+#
+# Quantized rows: llama.cpp's quantizer makes Q8_0 and Q4_0 files from the
+# f16 GGUF with the types `tpi-run --quantize` stores (layer matrices in
+# the type, output Q8_0, token embedding f16); tpi cuts its own from the
+# f16 safetensors. Prefill rows time a 64- and a 128-token prompt (tpi:
+# time to first token with --length 1; llama.cpp: one eval of the prompt,
+# batch 512), as tokens/s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:-/tmp/tpi-bench}
 rounds=${2:-3}
-mkdir -p "$dir"
-venv="$dir/venv-llamacpp"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import llama_cpp, gguf, numpy" 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet gguf numpy
-  CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" "$venv/bin/pip" install --quiet --no-binary llama-cpp-python "llama-cpp-python==0.3.36"
-fi
-py="$venv/bin/python"
+. tools/llamacpp_env.sh "$dir"
 
 cargo build --release --quiet --bin tpi-run --example make_model
 bin=target/release/tpi-run
@@ -67,12 +67,32 @@ w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); 
 PY
 done
 
-llamacpp() { # gguf, threads -> mean ms/token
-  "$py" - "$1" "$2" <<'PY' 2>/dev/null
+for q in q8_0 q4_0; do
+  [ -f "$dir/tl-$q.gguf" ] || "$py" - "$dir/tl-f16.gguf" "$dir/tl-$q.gguf" "$q" <<'PY'
+import sys, llama_cpp
+src, dst, q = sys.argv[1:]
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype = {"q8_0": 7, "q4_0": 2}[q]       # LLAMA_FTYPE_MOSTLY_Q8_0 / _Q4_0
+p.output_tensor_type = 8                  # GGML_TYPE_Q8_0, as tpi's lm_head
+p.token_embedding_type = 1                # GGML_TYPE_F16, as tpi keeps it
+assert llama_cpp.llama_model_quantize(src.encode(), dst.encode(), p) == 0
+PY
+done
+
+llamacpp() { # gguf, threads, [prompt tokens] -> mean ms/token, or prompt tokens/s
+  "$py" - "$@" <<'PY' 2>/dev/null
 import sys, time, llama_cpp
-path, threads, n = sys.argv[1], int(sys.argv[2]), 32
+path, threads = sys.argv[1], int(sys.argv[2])
+prompt = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 m = llama_cpp.Llama(model_path=path, n_threads=threads, n_threads_batch=threads,
-                    n_ctx=256, n_batch=64, verbose=False)
+                    n_ctx=256, n_batch=512, verbose=False)
+if prompt:
+    m.eval([1, 2])  # warm-up, then a fresh prompt
+    m.reset()
+    t0 = time.perf_counter(); m.eval([3 + i for i in range(prompt)])
+    print("%.1f" % (prompt / (time.perf_counter() - t0)))
+    sys.exit()
+n = 32
 m.eval([1, 2, 3, 4, 5, 6, 7, 8])
 total = 0.0
 for i in range(n):
@@ -86,20 +106,47 @@ tpi() { # model dir, threads, extra args... -> ms/token
     --cache-dir "$dir/cache" --model "$model" --threads "$threads" "$@" \
     | python3 -c "import json,sys; print('%.1f' % json.load(sys.stdin)['ms_per_token'])"
 }
+tpi_prefill() { # model dir, threads, prompt tokens, extra args... -> prompt tokens/s
+  local model=$1 threads=$2 n=$3; shift 3
+  "$bin" --prompt-ids "$(seq -s, 3 $((n + 2)))" --length 1 --temperature 0 --json --quiet \
+    --cache-dir "$dir/cache" --model "$model" --threads "$threads" "$@" \
+    | python3 -c "import json,sys; print('%.1f' % ($n * 1e3 / json.load(sys.stdin)['ttft_ms']))"
+}
+ratio() { python3 -c "print('%.2f' % ($1 / $2))"; }
+quant_args() { [ "$1" = f16 ] || echo "--quantize $1"; }
 
 "$py" -c "import llama_cpp; print('llama.cpp', llama_cpp.__version__, llama_cpp.llama_print_system_info().decode())"
 echo "tpi kernel: $("$bin" --prompt-ids 1 --length 1 --json --quiet | python3 -c "import json,sys; print(json.load(sys.stdin)['kernel'])")"
-printf '%-6s %-30s %10s %10s %7s\n' round config tpi llama.cpp ratio
+printf '%-6s %-34s %10s %10s %7s %9s\n' round "decode ms/token" tpi llama.cpp ratio "tpi/f16"
 for r in $(seq "$rounds"); do
-  for dt in f32 f16; do
-    for t in 1 2; do
-      a=$(tpi "$dir/tl-$dt" "$t")
-      b=$(llamacpp "$dir/tl-$dt.gguf" "$t")
-      printf '%-6s %-30s %10s %10s %7.2f\n' "$r" "$dt, 1 rank x $t threads" "$a" "$b" "$(python3 -c "print($a / $b)")"
+  for t in 1 2; do
+    base=
+    for ty in f16 q8_0 q4_0; do
+      gguf="$dir/tl-$ty.gguf"; [ "$ty" = f16 ] && gguf="$dir/tl-f16.gguf"
+      # shellcheck disable=SC2046
+      a=$(tpi "$dir/tl-f16" "$t" $(quant_args "$ty"))
+      b=$(llamacpp "$gguf" "$t")
+      base=${base:-$a}
+      printf '%-6s %-34s %10s %10s %7s %9s\n' "$r" "$ty, 1 rank x $t threads" "$a" "$b" "$(ratio "$a" "$b")" "$(ratio "$a" "$base")"
     done
   done
   # tensor parallel: 2 ranks x 1 thread over loopback against llama.cpp with 2 threads
   a=$(tpi "$dir/tl-f32" 1 --world-size 2)
   b=$(llamacpp "$dir/tl-f32.gguf" 2)
-  printf '%-6s %-30s %10s %10s %7.2f\n' "$r" "f32, 2 ranks x 1 thread (TP)" "$a" "$b" "$(python3 -c "print($a / $b)")"
+  printf '%-6s %-34s %10s %10s %7s\n' "$r" "f32, 2 ranks x 1 thread (TP)" "$a" "$b" "$(ratio "$a" "$b")"
+  a=$(tpi "$dir/tl-f16" 1 --world-size 2 --quantize q4_0)
+  b=$(llamacpp "$dir/tl-q4_0.gguf" 2)
+  printf '%-6s %-34s %10s %10s %7s\n' "$r" "q4_0, 2 ranks x 1 thread (TP)" "$a" "$b" "$(ratio "$a" "$b")"
+done
+printf '%-6s %-34s %10s %10s %7s\n' round "prefill tokens/s, 2 threads" tpi llama.cpp ratio
+for r in $(seq "$rounds"); do
+  for n in 64 128; do
+    for ty in f16 q8_0 q4_0; do
+      gguf="$dir/tl-$ty.gguf"
+      # shellcheck disable=SC2046
+      a=$(tpi_prefill "$dir/tl-f16" 2 "$n" $(quant_args "$ty"))
+      b=$(llamacpp "$gguf" 2 "$n")
+      printf '%-6s %-34s %10s %10s %7s\n' "$r" "$ty, $n-token prompt" "$a" "$b" "$(ratio "$a" "$b")"
+    done
+  done
 done

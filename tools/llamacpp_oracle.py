@@ -20,7 +20,8 @@ For each fixture and each of Q8_0 and Q4_0, with llama.cpp's own tools:
    llama.cpp's own rule), `output.weight` Q8_0, `token_embd.weight` F32.
 4. llama.cpp evaluates each reference prompt's ids on 1 thread with an f32
    KV cache, and records the last prompt position's logits and the greedy
-   continuation (argmax, LENGTH tokens, end-of-text ignored).
+   continuation (argmax, LENGTH tokens, end-of-text ignored) with each
+   step's margin between its top two logits.
 """
 import json
 import os
@@ -106,23 +107,32 @@ def run(path, prompts):
         flash_attn=False,
         verbose=False,
     )
+    n_vocab = m.n_vocab()
+
+    def last_logits():
+        ptr = llama_cpp.llama_get_logits_ith(m.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(n_vocab,)).astype(np.float32)
+
     out = []
     for ids in prompts:
         m.reset()
         m.eval(ids)
-        last = np.array(m.scores[m.n_tokens - 1], dtype=np.float32)
+        last = last_logits()
         logits = last
-        greedy = []
+        greedy, margins = [], []
         for _ in range(LENGTH):
-            tok = int(np.argmax(logits))
+            top2 = np.argsort(-logits)[:2]
+            tok = int(top2[0])
             greedy.append(tok)
+            margins.append(float(logits[top2[0]] - logits[top2[1]]))
             m.eval([tok])
-            logits = np.array(m.scores[m.n_tokens - 1], dtype=np.float32)
+            logits = last_logits()
         out.append(
             {
                 "ids": ids,
                 "last_logits": [float(x) for x in last],
                 "greedy_ids": greedy,
+                "greedy_margins": margins,
             }
         )
     return out
