@@ -7,11 +7,21 @@
 //!
 //! Both engines hold the same bytes (ggml's reference quantizers; the
 //! lm_head Q8_0; F16 where a matrix is not whole 32-blocks) and both
-//! quantize activations to Q8_0 per 32-block before the integer dot
-//! products. What differs is the order of f32 additions and the
-//! attention/norm arithmetic, so the logits agree far closer than either
-//! agrees with the float model (tests/quant.rs), and the greedy ids are
-//! equal. Bounds, from the measured differences (see `TOLERANCE`).
+//! quantize activations to Q8_0 per 32-block, rounding as llama.cpp does
+//! on x86-64 and aarch64, before the same integer dot products. Measured
+//! differences (x86-64 AVX2; every prompt, world size and window below):
+//!
+//! | fixture | matrices | max \|logit - llama.cpp\| | greedy ids |
+//! |---|---|---|---|
+//! | gqa-bf16 | all Q8_0 / Q4_0 | 0 (bit-identical) | all 16 equal |
+//! | mha-f32, stories260K | down_proj F16 (176 / 172 columns) | 0.044-0.24 | equal up to llama.cpp's first top-2 margin below 0.6 |
+//!
+//! On the second row llama.cpp rounds the activations to f16 for its F16
+//! matmul (its CPU F16 dot product takes f16 inputs) and tpi keeps them in
+//! f32, so the logits move by up to a quarter of a logit on these
+//! random-weight models, and a greedy step whose top two logits are closer
+//! than twice the bound may go either way; after such a step the
+//! continuations are different texts and are not compared.
 
 use crate::common::*;
 use serde_json::Value;
@@ -19,11 +29,14 @@ use tpi::model::dtype::WeightType;
 use tpi::split::manifest::Role;
 use tpi::split::reader::{Expect, SliceFile};
 
-/// Max |logit difference| allowed against llama.cpp. Measured (x86-64
-/// AVX2, every fixture, prompt and world size below): up to 2.4e-3 for
-/// Q8_0 and 4.9e-3 for Q4_0, with logits of magnitude up to ~4; the bound
-/// leaves 4x room for another backend's summation order.
-const TOLERANCE: f32 = 0.02;
+/// Bounds per fixture: (max |logit diff|, top-2 margin below which a
+/// greedy step may differ; 0: never).
+fn bounds(name: &str) -> (f32, f32) {
+    match name {
+        "llama-gqa-bf16" => (1e-4, 0.0),
+        _ => (0.3, 0.6),
+    }
+}
 
 fn oracle(name: &str) -> Value {
     let path = fixture_dir(name).join("llamacpp.json");
@@ -47,9 +60,19 @@ fn check(name: &str, quant: &str, p: &Value, n: usize, window: bool, tmp: &TempD
     );
     let want = floats(&p["last_logits"]);
     let (diff, at) = max_abs_diff(&l, &want);
-    println!("{what}: max |logit - llama.cpp| {diff:.2e} at id {at}");
-    assert_eq!(got, ids(&p["greedy_ids"]), "{what}: greedy ids");
-    assert!(diff <= TOLERANCE, "{what}: {diff} at id {at}");
+    let (tolerance, near_tie) = bounds(name);
+    let margins = floats(&p["greedy_margins"]);
+    let compared = margins
+        .iter()
+        .position(|&m| m < near_tie)
+        .unwrap_or(margins.len());
+    let theirs = ids(&p["greedy_ids"]);
+    let equal = got.iter().zip(&theirs).take_while(|(a, b)| a == b).count();
+    println!(
+        "{what}: max |logit - llama.cpp| {diff:.2e} at id {at}; ids equal for {equal} of 16, compared {compared}"
+    );
+    assert!(diff <= tolerance, "{what}: {diff} at id {at}");
+    assert_eq!(got[..compared], theirs[..compared], "{what}: greedy ids");
 }
 
 const FIXTURES_Q: [&str; 3] = ["llama-mha-f32", "llama-gqa-bf16", "stories260K"];
@@ -67,16 +90,36 @@ fn one_rank_matches_llamacpp_on_every_prompt() {
     }
 }
 
+/// Runs whose slices hold llama.cpp's types: where heads cannot be split
+/// on 32-column blocks (mha: 8 heads of 8 columns at world sizes 3 and 4;
+/// stories260K: 4 KV groups of 16 columns at 3 and 4) o_proj is F16 on
+/// some ranks (plan spec §6) and the model is no longer llama.cpp's file.
+const SPLIT_RUNS: [(&str, usize, bool); 9] = [
+    ("llama-gqa-bf16", 2, false),
+    ("llama-gqa-bf16", 3, false),
+    ("llama-gqa-bf16", 4, false),
+    ("llama-gqa-bf16", 1, true),
+    ("llama-gqa-bf16", 3, true),
+    ("llama-mha-f32", 2, false),
+    ("llama-mha-f32", 2, true),
+    ("stories260K", 2, false),
+    ("stories260K", 1, true),
+];
+
 #[test]
 fn world_sizes_2_to_4_and_a_window_match_llamacpp() {
-    for name in FIXTURES_Q {
+    for (name, n, window) in SPLIT_RUNS {
         let o = oracle(name);
         let tmp = TempDir::new("llamacppn");
         for quant in ["q8_0", "q4_0"] {
-            let p = &o["types"][quant]["prompts"][1];
-            for (n, window) in [(2, false), (3, false), (4, false), (1, true), (3, true)] {
-                check(name, quant, p, n, window, &tmp);
-            }
+            check(
+                name,
+                quant,
+                &o["types"][quant]["prompts"][1],
+                n,
+                window,
+                &tmp,
+            );
         }
     }
 }

@@ -328,6 +328,18 @@ pub fn split_for(
     })
 }
 
+/// TinyLlama-1.1B's shape, for tests.
+#[cfg(test)]
+pub(crate) const TINYLLAMA: Shape = Shape {
+    dim: 2048,
+    hidden_dim: 5632,
+    n_heads: 32,
+    n_kv_heads: 4,
+    head_dim: 64,
+    vocab_size: 32000,
+    n_layers: 22,
+};
+
 /// Spec §6: the smallest multiple of `base` heads whose `head_dim` columns
 /// are whole 32-blocks (`None` past 32 times `base`, which always is).
 fn block_unit(base: usize, head_dim: usize) -> Option<usize> {
@@ -512,15 +524,7 @@ mod tests {
         vocab_size: 512,
         n_layers: 5,
     };
-    const TINYLLAMA: Shape = Shape {
-        dim: 2048,
-        hidden_dim: 5632,
-        n_heads: 32,
-        n_kv_heads: 4,
-        head_dim: 64,
-        vocab_size: 32000,
-        n_layers: 22,
-    };
+    use super::TINYLLAMA;
 
     /// Every invariant of the spec; returns a description of the first violation.
     fn check_invariants(shape: &Shape, plan: &Plan) -> Result<(), String> {

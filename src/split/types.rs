@@ -124,18 +124,7 @@ pub fn bytes_per_token(plan: &Plan, rank: usize, stored: Dtype) -> Result<u64, P
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::split::plan::{split_for, Shape};
-
-    /// TinyLlama-1.1B's shape.
-    const TINYLLAMA: Shape = Shape {
-        dim: 2048,
-        hidden_dim: 5632,
-        n_heads: 32,
-        n_kv_heads: 4,
-        head_dim: 64,
-        vocab_size: 32000,
-        n_layers: 22,
-    };
+    use crate::split::plan::{split_for, Shape, TINYLLAMA};
 
     #[test]
     fn tinyllama_bytes_per_token_by_type() {
