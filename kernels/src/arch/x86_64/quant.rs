@@ -1,5 +1,6 @@
 //! Q8_0 / Q4_0 GEMV with Q8_0 activations on AVX2 (`vpmaddubsw` +
-//! `vpmaddwd`), and the AVX-512 backend's route to it.
+//! `vpmaddwd`), and the AVX-512 backend's route to it. The batched
+//! (prefill) kernel is in [`super::gemm`].
 //!
 //! ```text
 //! per panel of up to PANEL activation blocks (one panel up to 8192 columns):
@@ -97,10 +98,24 @@ impl Avx512 {
             None => quant::gemv_q4_0(w, xq, y),
         }
     }
+
+    pub(crate) fn gemm_q8_0(self, w: &[BlockQ8_0], xq: &[BlockQ8_0], t: usize, y: &mut [f32]) {
+        match Avx2::new() {
+            Some(a) => a.gemm_q8_0(w, xq, t, y),
+            None => quant::gemm_q8_0(w, xq, t, y),
+        }
+    }
+
+    pub(crate) fn gemm_q4_0(self, w: &[BlockQ4_0], xq: &[BlockQ8_0], t: usize, y: &mut [f32]) {
+        match Avx2::new() {
+            Some(a) => a.gemm_q4_0(w, xq, t, y),
+            None => quant::gemm_q4_0(w, xq, t, y),
+        }
+    }
 }
 
 /// A weight block's scale, for either block type.
-trait Scaled: Copy + Default {
+pub(super) trait Scaled: Copy + Default {
     fn d(&self) -> f16;
 }
 
@@ -121,7 +136,7 @@ impl Scaled for BlockQ4_0 {
 /// The scales of 8 blocks widened at once.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn scales8<W: Scaled>(b: &[W; 8]) -> __m256 {
+pub(super) fn scales8<W: Scaled>(b: &[W; 8]) -> __m256 {
     f16x8(|i| b[i].d().to_bits())
 }
 
@@ -129,7 +144,7 @@ fn scales8<W: Scaled>(b: &[W; 8]) -> __m256 {
 /// bits, `vmovq` + `vpinsrq`).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn f16x8(bits: impl Fn(usize) -> u16) -> __m256 {
+pub(super) fn f16x8(bits: impl Fn(usize) -> u16) -> __m256 {
     let b = |i: usize| u64::from(bits(i));
     let lo = b(0) | b(1) << 16 | b(2) << 32 | b(3) << 48;
     let hi = b(4) | b(5) << 16 | b(6) << 32 | b(7) << 48;
@@ -139,7 +154,7 @@ fn f16x8(bits: impl Fn(usize) -> u16) -> __m256 {
 /// The 32 bytes of a Q8_0 block (activation or weight).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn load_q8(b: &BlockQ8_0) -> __m256i {
+pub(super) fn load_q8(b: &BlockQ8_0) -> __m256i {
     // SAFETY: `b.qs` is 32 readable bytes; loadu needs no alignment; avx per
     // this fn's target features.
     unsafe { _mm256_loadu_si256(b.qs.as_ptr().cast()) }
@@ -150,7 +165,7 @@ fn load_q8(b: &BlockQ8_0) -> __m256i {
 /// the 16 bytes in both halves, the high half shifted right by 4, masked.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn load_q4(b: &BlockQ4_0) -> __m256i {
+pub(super) fn load_q4(b: &BlockQ4_0) -> __m256i {
     // SAFETY: `b.qs` is 16 readable bytes; loadu needs no alignment.
     let t = unsafe { _mm_loadu_si128(b.qs.as_ptr().cast()) };
     let t = _mm256_broadcastsi128_si256(t);
@@ -337,11 +352,11 @@ fn gemv_blocks<W: Scaled>(
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn gemv_q8_0_k(w: &[BlockQ8_0], xq: &[BlockQ8_0], y: &mut [f32]) {
+pub(super) fn gemv_q8_0_k(w: &[BlockQ8_0], xq: &[BlockQ8_0], y: &mut [f32]) {
     gemv_blocks(w, xq, y, false, |w, x, _| isum_q8(w, x))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn gemv_q4_0_k(w: &[BlockQ4_0], xq: &[BlockQ8_0], y: &mut [f32]) {
+pub(super) fn gemv_q4_0_k(w: &[BlockQ4_0], xq: &[BlockQ8_0], y: &mut [f32]) {
     gemv_blocks(w, xq, y, true, |w, x, c| isum_q4(w, x, c))
 }
