@@ -1,76 +1,159 @@
-//! GEMV bandwidth benchmark (`cargo bench --bench gemv`, std::time only).
+//! GEMV bandwidth benchmark (`cargo bench --bench gemv [DTYPE...]`,
+//! std::time only).
 //!
-//! For f32/f16/bf16 weights of the shapes of a ~1B model's projections,
-//! measures `y = W x` per backend with 1 and 2 threads (rows split into
-//! contiguous blocks, one `std::thread::scope` per measurement, each thread
-//! running all iterations over its rows), next to the "best memory read loop"
-//! (`Backend::read_sum`: widest loads, 8 accumulators) streaming the same bytes
-//! with the same threads, measured in the same run. The matrices rotate
-//! through a set of at least `ROTATION_BYTES` (6x the 32 MB L3 of a Zen 4) so
-//! every gemv streams its weights from DRAM.
+//! For f32/f16/bf16 weights and ggml Q8_0/Q4_0 blocks, of the shapes of a
+//! ~1B model's projections and lm_head, measures `y = W x` per backend with
+//! 1 and 2 threads (rows split into contiguous blocks, one
+//! `std::thread::scope` per measurement, each thread running all iterations
+//! over its rows), next to the "best memory read loop" (`Backend::read_sum`:
+//! widest loads, 8 accumulators) streaming the same bytes with the same
+//! threads, measured in the same run. GB/s counts the stored weight bytes
+//! (34 per 32 weights for Q8_0, 18 for Q4_0), so a kernel at the memory
+//! bound shows the read loop's GB/s whatever its dtype. Quantized GEMVs
+//! take Q8_0 activations, quantized once before the clock starts (as
+//! `engine::par` quantizes once per region). `BACKEND/t64` rows are the
+//! batched product for a 64-token prefill (`gemm_q8_0`/`gemm_q4_0`): their
+//! GB/s counts the weight bytes once per token, so the ratio is how many
+//! times faster than the read loop a prompt goes through the matrix than
+//! 64 memory-bound GEMVs would. The matrices rotate through a
+//! set of at least `ROTATION_BYTES` (6x the 32 MB L3 of a Zen 4) so every
+//! gemv streams its weights from DRAM.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use tpi_kernels::{bf16, f16, Backend, Weights};
+use tpi_kernels::quant::{quantize_row_q8_0, QK};
+use tpi_kernels::{bf16, f16, Backend, BlockQ4_0, BlockQ8_0, Weights};
 
 const SHAPES: [(usize, usize); 3] = [(4096, 4096), (5632, 2048), (2048, 5632)];
+/// TinyLlama-1.1B's MLP projections and lm_head.
+const SHAPES_Q: [(usize, usize); 3] = [(5632, 2048), (2048, 5632), (32000, 2048)];
 const ROTATION_BYTES: usize = 192 << 20;
 const TARGET: Duration = Duration::from_millis(250);
+/// Rounds per measurement; the fastest counts (see `measure`).
+const ROUNDS: usize = 5;
 const THREADS: [usize; 2] = [1, 2];
 
-/// The rotation set of one dtype: `count` row-major matrices back to back,
-/// in an anonymous mapping advised to use huge pages, as the engine holds a
-/// large model's weights (4 KiB pages would add TLB misses to both the GEMV
-/// and the read loop).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dtype {
+    F32,
+    F16,
+    BF16,
+    Q8_0,
+    Q4_0,
+}
+
+impl Dtype {
+    const ALL: [Dtype; 5] = [
+        Dtype::F32,
+        Dtype::F16,
+        Dtype::BF16,
+        Dtype::Q8_0,
+        Dtype::Q4_0,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::BF16 => "bf16",
+            Dtype::Q8_0 => "q8_0",
+            Dtype::Q4_0 => "q4_0",
+        }
+    }
+
+    /// Stored bytes of a row of `cols` weights (`cols` a multiple of 32).
+    fn row_bytes(self, cols: usize) -> usize {
+        match self {
+            Dtype::F32 => 4 * cols,
+            Dtype::F16 | Dtype::BF16 => 2 * cols,
+            Dtype::Q8_0 => cols / QK * size_of::<BlockQ8_0>(),
+            Dtype::Q4_0 => cols / QK * size_of::<BlockQ4_0>(),
+        }
+    }
+
+    fn shapes(self) -> &'static [(usize, usize)] {
+        match self {
+            Dtype::Q8_0 | Dtype::Q4_0 => &SHAPES_Q,
+            _ => &SHAPES,
+        }
+    }
+}
+
+/// The rotation set of one dtype: row-major matrices back to back, in an
+/// anonymous mapping advised to use huge pages, as the engine holds a large
+/// model's weights (4 KiB pages would add TLB misses to both the GEMV and
+/// the read loop).
 struct Store {
     mem: memmap2::MmapMut,
-    dtype: &'static str,
+    dtype: Dtype,
 }
 
 impl Store {
-    fn new(dtype: &'static str, elems: usize) -> Store {
-        let eb = if dtype == "f32" { 4 } else { 2 };
-        let mut mem = memmap2::MmapMut::map_anon(elems * eb).expect("anonymous mapping");
+    fn new(dtype: Dtype, bytes: usize) -> Store {
+        let mut mem = memmap2::MmapMut::map_anon(bytes).expect("anonymous mapping");
         #[cfg(target_os = "linux")]
         let _ = mem.advise(memmap2::Advice::HugePage);
         // Non-zero data written to every page (an untouched page would map
         // the shared zero page and never reach DRAM).
-        let v = |i: usize| ((i.wrapping_mul(2_654_435_761) >> 7) % 2001) as f32 / 1000.0 - 1.0;
+        let h = |i: usize| i.wrapping_mul(2_654_435_761) >> 7;
+        let v = |i: usize| (h(i) % 2001) as f32 / 1000.0 - 1.0;
+        // Block scales of a trained model's magnitude (1e-3..1e-2).
+        let d = |i: usize| f16::from_f32(1e-3 * (1.0 + (h(i) % 9) as f32));
         match dtype {
-            "f32" => fill(bytemuck::cast_slice_mut::<u8, f32>(&mut mem), v),
-            "f16" => fill(bytemuck::cast_slice_mut::<u8, f16>(&mut mem), |i| {
+            Dtype::F32 => fill(bytemuck::cast_slice_mut::<u8, f32>(&mut mem), v),
+            Dtype::F16 => fill(bytemuck::cast_slice_mut::<u8, f16>(&mut mem), |i| {
                 f16::from_f32(v(i))
             }),
-            _ => fill(bytemuck::cast_slice_mut::<u8, bf16>(&mut mem), |i| {
+            Dtype::BF16 => fill(bytemuck::cast_slice_mut::<u8, bf16>(&mut mem), |i| {
                 bf16::from_f32(v(i))
+            }),
+            Dtype::Q8_0 => fill(bytemuck::cast_slice_mut::<u8, BlockQ8_0>(&mut mem), |i| {
+                BlockQ8_0 {
+                    d: d(i),
+                    qs: core::array::from_fn(|j| h(i * QK + j) as i8),
+                }
+            }),
+            Dtype::Q4_0 => fill(bytemuck::cast_slice_mut::<u8, BlockQ4_0>(&mut mem), |i| {
+                BlockQ4_0 {
+                    d: d(i),
+                    qs: core::array::from_fn(|j| h(i * QK + j) as u8),
+                }
             }),
         }
         Store { mem, dtype }
     }
 
-    fn elem_bytes(&self) -> usize {
-        if self.dtype == "f32" {
-            4
-        } else {
-            2
-        }
+    /// Rows `r0..r1` of matrix `m` (of `rows x cols`), as raw bytes.
+    fn bytes(&self, m: usize, rows: usize, cols: usize, r0: usize, r1: usize) -> &[u8] {
+        let rb = self.dtype.row_bytes(cols);
+        let base = m * rows * rb;
+        &self.mem[base + r0 * rb..base + r1 * rb]
     }
 
-    /// Elements `start..end` as weights.
-    fn weights(&self, start: usize, end: usize) -> Weights<'_> {
-        let b = self.bytes(start, end);
+    /// `y = W x` on the rows `bytes` of this store's dtype, `x` as floats
+    /// and as Q8_0 blocks.
+    fn gemv(&self, be: Backend, bytes: &[u8], x: &[f32], xq: &[BlockQ8_0], y: &mut [f32]) {
+        use bytemuck::cast_slice as c;
         match self.dtype {
-            "f32" => Weights::F32(bytemuck::cast_slice(b)),
-            "f16" => Weights::F16(bytemuck::cast_slice(b)),
-            _ => Weights::BF16(bytemuck::cast_slice(b)),
+            Dtype::F32 => be.gemv(Weights::F32(c(bytes)), x, y),
+            Dtype::F16 => be.gemv(Weights::F16(c(bytes)), x, y),
+            Dtype::BF16 => be.gemv(Weights::BF16(c(bytes)), x, y),
+            Dtype::Q8_0 => be.gemv_q8_0(c(bytes), xq, y),
+            Dtype::Q4_0 => be.gemv_q4_0(c(bytes), xq, y),
         }
     }
+}
 
-    /// Elements `start..end` as raw bytes.
-    fn bytes(&self, start: usize, end: usize) -> &[u8] {
-        let eb = self.elem_bytes();
-        &self.mem[start * eb..end * eb]
+impl Store {
+    /// `y[i] = W x[i]` for the `PREFILL` tokens of `xq`, quantized dtypes.
+    fn gemm(&self, be: Backend, bytes: &[u8], xq: &[BlockQ8_0], y: &mut [f32]) {
+        use bytemuck::cast_slice as c;
+        match self.dtype {
+            Dtype::Q8_0 => be.gemm_q8_0(c(bytes), xq, PREFILL, y),
+            Dtype::Q4_0 => be.gemm_q4_0(c(bytes), xq, PREFILL, y),
+            _ => unreachable!("gemm rows are measured for block dtypes only"),
+        }
     }
 }
 
@@ -83,39 +166,57 @@ fn fill<T>(out: &mut [T], f: impl Fn(usize) -> T) {
 #[derive(Clone, Copy)]
 enum Work {
     Gemv(Backend),
+    /// One batched product for `PREFILL` tokens per pass (quantized only).
+    Gemm(Backend),
     Read(Backend),
 }
 
-/// Runs `iters` passes of `work` over the rotation set with `threads`
-/// threads; returns the wall time.
+/// Tokens of a prefill batch (`engine::generate`'s prompt chunk).
+const PREFILL: usize = 64;
+
+/// Runs `iters` passes of `work` over the rotation set (`count` matrices)
+/// with `threads` threads; returns the wall time.
 fn run(
     store: &Store,
     count: usize,
-    rows: usize,
-    cols: usize,
+    (rows, cols): (usize, usize),
     work: Work,
     threads: usize,
     iters: usize,
 ) -> Duration {
     let x: Vec<f32> = (0..cols).map(|i| (i % 7) as f32 * 0.25 - 0.75).collect();
+    let xs: Vec<f32> = (0..PREFILL).flat_map(|_| x.iter().copied()).collect();
+    let mut xq = vec![BlockQ8_0::default(); PREFILL * cols / QK];
+    quantize_row_q8_0(&xs, &mut xq);
+    let batch = if matches!(work, Work::Gemm(_)) {
+        PREFILL
+    } else {
+        1
+    };
     let mut y = vec![0.0f32; rows];
+    let mut yb = vec![0.0f32; batch * rows];
     // Contiguous row blocks, multiples of 4 rows (the kernels' row block).
     let per = rows.div_ceil(threads).div_ceil(4) * 4;
     let start = Instant::now();
     std::thread::scope(|s| {
-        for (t, yt) in y.chunks_mut(per).enumerate() {
-            let x = &x;
+        for ((t, yt), ybt) in y
+            .chunks_mut(per)
+            .enumerate()
+            .zip(yb.chunks_mut(batch * per))
+        {
+            let (x, xq) = (&x, &xq);
             s.spawn(move || {
                 let r0 = t * per;
                 let mut sink = 0u64;
                 for it in 0..iters {
-                    let base = (it % count) * rows * cols;
-                    let (a, b) = (base + r0 * cols, base + (r0 + yt.len()) * cols);
+                    let bytes = store.bytes(it % count, rows, cols, r0, r0 + yt.len());
                     match work {
-                        Work::Gemv(be) => be.gemv(store.weights(a, b), x, yt),
-                        Work::Read(be) => sink = sink.wrapping_add(be.read_sum(store.bytes(a, b))),
+                        Work::Gemv(be) => store.gemv(be, bytes, x, &xq[..cols / QK], yt),
+                        Work::Gemm(be) => store.gemm(be, bytes, xq, ybt),
+                        Work::Read(be) => sink = sink.wrapping_add(be.read_sum(bytes)),
                     }
                     black_box(&mut *yt);
+                    black_box(&mut *ybt);
                 }
                 black_box(sink);
             });
@@ -124,23 +225,22 @@ fn run(
     start.elapsed()
 }
 
-/// Calibrates an iteration count for ~TARGET (at least one full rotation,
-/// except for the slow scalar backend), then measures. Returns seconds per pass.
-fn measure(
-    store: &Store,
-    count: usize,
-    rows: usize,
-    cols: usize,
-    work: Work,
-    threads: usize,
-) -> f64 {
-    let slow = matches!(work, Work::Gemv(Backend::Scalar));
-    let min_iters = if slow { 2 } else { count };
-    let warm = run(store, count, rows, cols, work, threads, min_iters);
+/// Calibrates an iteration count for ~TARGET / ROUNDS (at least one full
+/// rotation, except for the slow scalar backend and batched products),
+/// then measures ROUNDS times and keeps the fastest: on a machine shared
+/// with other work, another process can only make a round slower. Returns
+/// seconds per pass.
+fn measure(store: &Store, count: usize, shape: (usize, usize), work: Work, threads: usize) -> f64 {
+    let slow = matches!(work, Work::Gemv(Backend::Scalar) | Work::Gemm(_));
+    let min_iters = if slow { 1 } else { count };
+    let warm = run(store, count, shape, work, threads, min_iters);
     let per = warm.as_secs_f64() / min_iters as f64;
-    let iters = ((TARGET.as_secs_f64() / per).ceil() as usize).max(min_iters);
-    let iters = if slow { iters.min(4) } else { iters };
-    run(store, count, rows, cols, work, threads, iters).as_secs_f64() / iters as f64
+    let round = TARGET.as_secs_f64() / ROUNDS as f64;
+    let iters = ((round / per).ceil() as usize).max(min_iters);
+    let iters = if slow { iters.min(2) } else { iters };
+    (0..ROUNDS)
+        .map(|_| run(store, count, shape, work, threads, iters).as_secs_f64() / iters as f64)
+        .fold(f64::INFINITY, f64::min)
 }
 
 fn main() {
@@ -161,39 +261,50 @@ fn main() {
         read_backend.name()
     );
     println!(
-        "{:<5} {:>11} {:>3} {:>7} | {:>9} {:>8} | {:>13} | {:>6}",
+        "{:<5} {:>11} {:>3} {:>8} | {:>9} {:>8} | {:>13} | {:>6}",
         "dtype", "rows x cols", "thr", "backend", "ms/gemv", "GB/s", "baseline GB/s", "ratio"
     );
-    println!("{}", "-".repeat(80));
-    let max_elems = SHAPES.iter().map(|(r, c)| r * c).max().unwrap_or(0);
-    for dtype in ["f32", "f16", "bf16"] {
-        if !filter.is_empty() && !filter.iter().any(|f| f == dtype) {
+    println!("{}", "-".repeat(81));
+    for dtype in Dtype::ALL {
+        if !filter.is_empty() && !filter.iter().any(|f| f == dtype.name()) {
             continue;
         }
-        let eb = if dtype == "f32" { 4 } else { 2 };
-        let count = ROTATION_BYTES.div_ceil(max_elems * eb).max(2);
-        let store = Store::new(dtype, count * max_elems);
-        assert_eq!(store.elem_bytes(), eb);
-        for (rows, cols) in SHAPES {
-            let mat_bytes = (rows * cols * eb) as f64;
+        let max_bytes = dtype
+            .shapes()
+            .iter()
+            .map(|&(r, c)| r * dtype.row_bytes(c))
+            .max()
+            .unwrap_or(0);
+        let store = Store::new(dtype, ROTATION_BYTES.div_ceil(max_bytes).max(2) * max_bytes);
+        for &(rows, cols) in dtype.shapes() {
+            let mat_bytes = rows * dtype.row_bytes(cols);
             // Distinct matrices of this shape that fit in the store.
-            let count = count * max_elems / (rows * cols);
+            let count = store.mem.len() / mat_bytes;
+            let mat_bytes = mat_bytes as f64;
             for threads in THREADS {
-                let base = measure(&store, count, rows, cols, Work::Read(read_backend), threads);
+                let read = Work::Read(read_backend);
+                let base = measure(&store, count, (rows, cols), read, threads);
                 let base_gbs = mat_bytes / base / 1e9;
                 let mut backends = simd.clone();
                 if threads == 1 {
                     backends.push(Backend::Scalar);
                 }
-                for &be in &backends {
-                    let t = measure(&store, count, rows, cols, Work::Gemv(be), threads);
-                    let gbs = mat_bytes / t / 1e9;
+                let quantized = matches!(dtype, Dtype::Q8_0 | Dtype::Q4_0);
+                let gemms = simd.iter().filter(|_| quantized).map(|&be| Work::Gemm(be));
+                for work in backends.iter().map(|&be| Work::Gemv(be)).chain(gemms) {
+                    let (name, tokens) = match work {
+                        Work::Gemv(be) => (be.name().to_string(), 1),
+                        Work::Gemm(be) => (format!("{}/t{PREFILL}", be.name()), PREFILL),
+                        Work::Read(_) => unreachable!(),
+                    };
+                    let t = measure(&store, count, (rows, cols), work, threads);
+                    let gbs = tokens as f64 * mat_bytes / t / 1e9;
                     println!(
-                        "{:<5} {:>11} {:>3} {:>7} | {:>9.3} {:>8.2} | {:>13.2} | {:>6.2}",
-                        dtype,
+                        "{:<5} {:>11} {:>3} {:>8} | {:>9.3} {:>8.2} | {:>13.2} | {:>6.2}",
+                        dtype.name(),
                         format!("{rows}x{cols}"),
                         threads,
-                        be.name(),
+                        name,
                         t * 1e3,
                         gbs,
                         base_gbs,
@@ -203,6 +314,6 @@ fn main() {
             }
         }
     }
-    println!("{}", "-".repeat(80));
+    println!("{}", "-".repeat(81));
     println!("total {:.1} s", wall.elapsed().as_secs_f64());
 }

@@ -233,6 +233,64 @@ impl Backend {
         dispatch!(self, |k| k.gemv_q4_0(w, xq, y))
     }
 
+    /// `y[i] = W xq[i]` for `t` tokens on Q8_0 weights (prompt prefill):
+    /// `xq` holds `t` rows of Q8_0 activations of `nb` blocks each, W is
+    /// `rows x nb` blocks, `y` gets `t` rows of `rows` outputs,
+    /// token-major (see [`quant`]). AVX2 (and AVX-512, routed to it) read
+    /// each weight block once per 8 tokens; NEON runs its GEMV once per
+    /// token (no batched NEON kernel yet); scalar is the twin.
+    ///
+    /// # Panics
+    /// If the shapes do not fit ([`quant::gemm_shape`]), or if the backend
+    /// is not available.
+    pub fn gemm_q8_0(self, w: &[BlockQ8_0], xq: &[BlockQ8_0], t: usize, y: &mut [f32]) {
+        let (nb, rows) = quant::gemm_shape(w.len(), xq.len(), t, y.len());
+        match self {
+            Backend::Scalar => quant::gemm_q8_0(w, xq, t, y),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => arch::x86_64::avx2::Avx2::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemm_q8_0(w, xq, t, y),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => arch::x86_64::avx512::Avx512::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemm_q8_0(w, xq, t, y),
+            _ => {
+                for i in 0..t {
+                    let y = &mut y[i * rows..(i + 1) * rows];
+                    self.gemv_q8_0(w, &xq[i * nb..(i + 1) * nb], y);
+                }
+            }
+        }
+    }
+
+    /// `y[i] = W xq[i]` for `t` tokens on Q4_0 weights, as
+    /// [`Backend::gemm_q8_0`].
+    ///
+    /// # Panics
+    /// If the shapes do not fit ([`quant::gemm_shape`]), or if the backend
+    /// is not available.
+    pub fn gemm_q4_0(self, w: &[BlockQ4_0], xq: &[BlockQ8_0], t: usize, y: &mut [f32]) {
+        let (nb, rows) = quant::gemm_shape(w.len(), xq.len(), t, y.len());
+        match self {
+            Backend::Scalar => quant::gemm_q4_0(w, xq, t, y),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => arch::x86_64::avx2::Avx2::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemm_q4_0(w, xq, t, y),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => arch::x86_64::avx512::Avx512::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemm_q4_0(w, xq, t, y),
+            _ => {
+                for i in 0..t {
+                    let y = &mut y[i * rows..(i + 1) * rows];
+                    self.gemv_q4_0(w, &xq[i * nb..(i + 1) * nb], y);
+                }
+            }
+        }
+    }
+
     /// Dot product of two f32 vectors.
     ///
     /// # Panics

@@ -32,6 +32,15 @@
 //! The SIMD paths compute the same `isum` exactly (integer math) and differ
 //! from this scalar twin only in the order of the f32 additions.
 //!
+//! # GEMM: a batch of tokens
+//!
+//! [`gemm_q8_0`] / [`gemm_q4_0`] compute `y[i] = W x[i]` for `t` tokens at
+//! once (prompt prefill): `xq` holds the `t` activation rows of `nb`
+//! blocks one after the other, `y` the `t` output rows (token-major, as
+//! `engine::par` lays them out). The scalar twin is the GEMV per token;
+//! SIMD paths read each weight block once for several tokens and differ
+//! from it only in the order of the f32 additions.
+//!
 //! Activation blocks must hold `qs` in `-127..=127`, which
 //! [`quantize_row_q8_0`] guarantees (`|x| * 127 / amax <= 127`): the x86
 //! paths take the sign of each product from the weight byte and negate the
@@ -246,5 +255,60 @@ fn gemv_blocks<W>(
             sum += dw * xb.d.to_f32() * isum as f32;
         }
         *yr = sum;
+    }
+}
+
+/// `(nb, rows)` of a batched product of `t` tokens: `xq.len() = t * nb`,
+/// `y.len() = t * rows`, `w.len() = rows * nb`. `t = 0` is an empty batch
+/// (`xq` and `y` empty).
+///
+/// # Panics
+/// If the lengths do not fit these shapes.
+pub fn gemm_shape(w_len: usize, xq_len: usize, t: usize, y_len: usize) -> (usize, usize) {
+    if t == 0 {
+        assert!(
+            xq_len == 0 && y_len == 0,
+            "gemm_q: 0 tokens with inputs or outputs"
+        );
+        return (0, 0);
+    }
+    let (nb, rows) = (xq_len / t, y_len / t);
+    assert!(
+        xq_len == t * nb && y_len == t * rows && w_len == rows * nb,
+        "gemm_q: {t} tokens, {xq_len} activation blocks, {y_len} outputs, {w_len} weight blocks"
+    );
+    (nb, rows)
+}
+
+/// Scalar `y[i] = W xq[i]` for `t` tokens on Q8_0 weights: `xq` is `t`
+/// rows of `nb` blocks, `W` is `rows x nb` blocks, `y` is `t x rows`
+/// (see the module docs). The GEMV once per token.
+///
+/// # Panics
+/// If the shapes do not fit ([`gemm_shape`]).
+pub fn gemm_q8_0(w: &[BlockQ8_0], xq: &[BlockQ8_0], t: usize, y: &mut [f32]) {
+    let (nb, rows) = gemm_shape(w.len(), xq.len(), t, y.len());
+    for i in 0..t {
+        gemv_q8_0(
+            w,
+            &xq[i * nb..(i + 1) * nb],
+            &mut y[i * rows..(i + 1) * rows],
+        );
+    }
+}
+
+/// Scalar `y[i] = W xq[i]` for `t` tokens on Q4_0 weights, as
+/// [`gemm_q8_0`].
+///
+/// # Panics
+/// If the shapes do not fit ([`gemm_shape`]).
+pub fn gemm_q4_0(w: &[BlockQ4_0], xq: &[BlockQ8_0], t: usize, y: &mut [f32]) {
+    let (nb, rows) = gemm_shape(w.len(), xq.len(), t, y.len());
+    for i in 0..t {
+        gemv_q4_0(
+            w,
+            &xq[i * nb..(i + 1) * nb],
+            &mut y[i * rows..(i + 1) * rows],
+        );
     }
 }

@@ -525,3 +525,45 @@ fn quantize_panics_on_a_length_that_is_not_whole_blocks() {
     });
     assert!(r.is_err());
 }
+
+/// Rows past the AVX2 GEMV's 256-block panel (two panels, a partial
+/// group of 8 at the end of each row).
+#[test]
+fn gemv_q_matches_scalar_on_rows_longer_than_a_panel() {
+    let mut rng = Rng(33);
+    for &(rows, cols) in &[(3, 256 * QK + 3 * QK), (5, 513 * QK)] {
+        let (w8, w4) = weights(&mut rng, rows, cols);
+        let xq = q8(&rng.row(cols));
+        for b in Backend::all_available() {
+            check(b, "q8_0", &w8, &w4, &xq, rows, false).unwrap();
+            check(b, "q4_0", &w8, &w4, &xq, rows, false).unwrap();
+        }
+    }
+}
+
+/// Many small random rows (3 x 96, block magnitudes 1e-3..1e3): a block
+/// whose products cancel to a small sum next to a large scale must still
+/// meet the tolerance. An AVX2 GEMV that scaled a block's 8 partial sums
+/// apart and added them in f32 failed this stream (a Q8_0 row off by 1e-4
+/// of its sum of |terms|).
+///
+/// NEON is left out until its GEMV (`arch/aarch64/quant.rs`) reduces each
+/// block to one integer before scaling: it scales 4 partial sums apart
+/// and fails this stream under qemu (a Q8_0 row off by 5e-5).
+#[test]
+fn gemv_q_matches_scalar_on_many_small_rows() {
+    let mut rng = Rng(12345);
+    let (rows, cols) = (3, 96);
+    let backends: Vec<Backend> = Backend::all_available()
+        .filter(|b| *b != Backend::Neon)
+        .collect();
+    for _ in 0..if cfg!(miri) { 2 } else { 3000 } {
+        let w = rng.row(rows * cols);
+        let (w8, w4) = (q8(&w), q4(&w));
+        let xq = q8(&rng.row(cols));
+        for &b in &backends {
+            check(b, "q8_0", &w8, &w4, &xq, rows, false).unwrap();
+            check(b, "q4_0", &w8, &w4, &xq, rows, false).unwrap();
+        }
+    }
+}

@@ -9,6 +9,10 @@
 //! the start of a region each distinct input row is quantized once into
 //! [`Par`]'s activation buffer (grown to the largest region seen, then
 //! reused; never allocated per call), and every chunk of rows reads it.
+//! With several tokens (a prefill batch) a chunk of block rows is one
+//! batched product (`gemm_q8_0` / `gemm_q4_0`: each weight block read once
+//! per 8 tokens) into its own part of a second reused buffer, token-major
+//! as the kernel writes it, then copied to each token's output row.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,15 +39,19 @@ pub struct Par {
     /// `[sum over a region's distinct quantized inputs of t * cols/32]`:
     /// Q8_0 activations, locked for one region at a time.
     xq: Mutex<Vec<BlockQ8_0>>,
+    /// `[sum over a region's block matrices of t * rows]` when `t > 1`:
+    /// batched outputs, chunk by chunk `[t][chunk rows]`, locked with `xq`.
+    yq: Mutex<Vec<f32>>,
 }
 
 impl Clone for Par {
-    /// The same threads; an activation buffer of its own.
+    /// The same threads; activation and output buffers of its own.
     fn clone(&self) -> Par {
         Par {
             pool: self.pool.clone(),
             backend: self.backend,
             xq: Mutex::new(Vec::new()),
+            yq: Mutex::new(Vec::new()),
         }
     }
 }
@@ -61,6 +69,7 @@ impl Par {
             pool: Arc::new(Pool::new(threads)),
             backend,
             xq: Mutex::new(Vec::new()),
+            yq: Mutex::new(Vec::new()),
         }
     }
 
@@ -152,6 +161,20 @@ impl Par {
             }
         }
         let xq: &[BlockQ8_0] = &xq[..n_blocks];
+        // Batched outputs of block matrices, carved chunk by chunk below.
+        let mut yq = self.yq.lock().unwrap_or_else(|e| e.into_inner());
+        let batched = if t > 1 {
+            jobs.iter()
+                .filter(|(w, _, _)| w.is_quantized())
+                .map(|(_, _, ys)| ys.len())
+                .sum()
+        } else {
+            0
+        };
+        if yq.len() < batched {
+            yq.resize(batched, 0.0);
+        }
+        let mut yq_free: &mut [f32] = &mut yq[..batched];
         let mut chunks: Vec<Chunk<'_, '_>> = Vec::new();
         for (w, xs, ys) in jobs {
             let (cols, rows) = (xs.len() / t, ys.len() / t);
@@ -182,7 +205,14 @@ impl Par {
             for start in (0..rows).step_by(rows_per) {
                 let end = (start + rows_per).min(rows);
                 let ys: Vec<&mut [f32]> = pieces.iter_mut().filter_map(|p| p.next()).collect();
-                chunks.push((w.slice(start * cols, end * cols), input, cols, ys));
+                let scratch = if t > 1 && w.is_quantized() {
+                    let (mine, rest) = std::mem::take(&mut yq_free).split_at_mut(t * (end - start));
+                    yq_free = rest;
+                    mine
+                } else {
+                    &mut []
+                };
+                chunks.push((w.slice(start * cols, end * cols), input, cols, ys, scratch));
             }
         }
         if self.threads() == 1 || work < MIN_PARALLEL_ELEMS {
@@ -208,18 +238,43 @@ impl Par {
 }
 
 /// Rows of one matrix for every token: (weights, all tokens' inputs,
-/// columns, each token's output rows).
-type Chunk<'a, 'b> = (View<'a>, Input<'b>, usize, Vec<&'b mut [f32]>);
+/// columns, each token's output rows, and for block weights with more
+/// than one token `[t][chunk rows]` floats for the batched product).
+type Chunk<'a, 'b> = (
+    View<'a>,
+    Input<'b>,
+    usize,
+    Vec<&'b mut [f32]>,
+    &'b mut [f32],
+);
 
-fn run_chunk(backend: Backend, (w, xs, cols, ys): Chunk<'_, '_>) {
-    let nb = cols / QK;
-    for (i, y) in ys.into_iter().enumerate() {
-        match (w, xs) {
-            (View::Float(w), Input::F32(x)) => backend.gemv(w, &x[i * cols..(i + 1) * cols], y),
-            (View::Q8_0(w), Input::Q8_0(x)) => backend.gemv_q8_0(w, &x[i * nb..(i + 1) * nb], y),
-            (View::Q4_0(w), Input::Q8_0(x)) => backend.gemv_q4_0(w, &x[i * nb..(i + 1) * nb], y),
-            _ => unreachable!("block weights always get Q8_0 inputs, floats f32"),
+fn run_chunk(backend: Backend, (w, xs, cols, mut ys, yq): Chunk<'_, '_>) {
+    let (nb, t) = (cols / QK, ys.len());
+    match (w, xs) {
+        (View::Float(w), Input::F32(x)) => {
+            for (i, y) in ys.into_iter().enumerate() {
+                backend.gemv(w, &x[i * cols..(i + 1) * cols], y);
+            }
         }
+        (View::Q8_0(w), Input::Q8_0(x)) if t == 1 => backend.gemv_q8_0(w, x, ys[0]),
+        (View::Q4_0(w), Input::Q8_0(x)) if t == 1 => backend.gemv_q4_0(w, x, ys[0]),
+        (View::Q8_0(w), Input::Q8_0(x)) => {
+            backend.gemm_q8_0(w, &x[..t * nb], t, yq);
+            scatter(yq, ys);
+        }
+        (View::Q4_0(w), Input::Q8_0(x)) => {
+            backend.gemm_q4_0(w, &x[..t * nb], t, yq);
+            scatter(yq, ys);
+        }
+        _ => unreachable!("block weights always get Q8_0 inputs, floats f32"),
+    }
+}
+
+/// Copies the token-major `[t][rows]` product to each token's output row.
+fn scatter(yq: &[f32], ys: Vec<&mut [f32]>) {
+    let rows = yq.len() / ys.len().max(1);
+    for (y, src) in ys.into_iter().zip(yq.chunks_exact(rows.max(1))) {
+        y.copy_from_slice(src);
     }
 }
 
@@ -303,6 +358,72 @@ mod tests {
             Backend::Scalar.gemv_q8_0(&w8, &xq, &mut e8);
             assert_eq!(&y4[tok * rows..(tok + 1) * rows], &e4[..], "token {tok}");
             assert_eq!(&y8[tok * rows..(tok + 1) * rows], &e8[..], "token {tok}");
+        }
+    }
+
+    #[test]
+    fn a_batch_of_tokens_on_block_weights_matches_the_gemv_per_token_on_every_backend() {
+        use tpi_kernels::quant::{block_dot_q4_0, block_dot_q8_0, quantize_row_q4_0};
+        use tpi_kernels::BlockQ4_0;
+        // 9 tokens: one group of 8 in the batched kernel, one token alone;
+        // 602 rows of 256 span several chunks and end in a partial tile.
+        let (rows, cols, t) = (602, 256, 9);
+        let nb = cols / QK;
+        let wf: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let mut w4 = vec![BlockQ4_0::default(); rows * nb];
+        let mut w8 = vec![BlockQ8_0::default(); rows * nb];
+        quantize_row_q4_0(&wf, &mut w4);
+        quantize_row_q8_0(&wf, &mut w8);
+        let xs: Vec<f32> = (0..t * cols).map(|i| (i as f32 * 0.37).cos()).collect();
+        let mut xq = vec![BlockQ8_0::default(); t * nb];
+        quantize_row_q8_0(&xs, &mut xq);
+        for backend in Backend::all_available() {
+            let run = |threads| {
+                let (mut y4, mut y8) = (vec![0.0; t * rows], vec![0.0; t * rows]);
+                Par::new(threads, backend).gemv2(
+                    t,
+                    (View::Q4_0(&w4), &xs, &mut y4),
+                    (View::Q8_0(&w8), &xs, &mut y8),
+                );
+                (y4, y8)
+            };
+            let (y4, y8) = run(1);
+            assert_eq!((y4.clone(), y8.clone()), run(2), "{}", backend.name());
+            for tok in 0..t {
+                let x = &xq[tok * nb..(tok + 1) * nb];
+                let (mut e4, mut e8) = (vec![0.0; rows], vec![0.0; rows]);
+                Backend::Scalar.gemv_q4_0(&w4, x, &mut e4);
+                Backend::Scalar.gemv_q8_0(&w8, x, &mut e8);
+                for r in 0..rows {
+                    let (w4r, w8r) = (&w4[r * nb..(r + 1) * nb], &w8[r * nb..(r + 1) * nb]);
+                    let scale = |d: tpi_kernels::f16, xb: &BlockQ8_0| d.to_f32() * xb.d.to_f32();
+                    let s4: f32 = w4r
+                        .iter()
+                        .zip(x)
+                        .map(|(w, xb)| (scale(w.d, xb) * block_dot_q4_0(w, xb) as f32).abs())
+                        .sum();
+                    let s8: f32 = w8r
+                        .iter()
+                        .zip(x)
+                        .map(|(w, xb)| (scale(w.d, xb) * block_dot_q8_0(w, xb) as f32).abs())
+                        .sum();
+                    let (g4, g8) = (y4[tok * rows + r], y8[tok * rows + r]);
+                    assert!(
+                        (g4 - e4[r]).abs() <= 1e-5 * s4 + 1e-30,
+                        "{} q4_0 token {tok} row {r}: {g4} vs {}",
+                        backend.name(),
+                        e4[r]
+                    );
+                    assert!(
+                        (g8 - e8[r]).abs() <= 1e-5 * s8 + 1e-30,
+                        "{} q8_0 token {tok} row {r}: {g8} vs {}",
+                        backend.name(),
+                        e8[r]
+                    );
+                }
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub(crate) mod avx2;
 pub(crate) mod avx512;
+mod gemm;
 mod quant;
 
 /// Rows up to this many columns (`x` up to 16 KiB, half of L1d beside the

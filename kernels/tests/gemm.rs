@@ -1,0 +1,302 @@
+//! The batched products `gemm_q8_0` / `gemm_q4_0` (prompt prefill) of every
+//! available backend against the scalar GEMV of each token, on ragged
+//! token counts, rows and columns.
+
+use tpi_kernels::quant::{self, QK};
+use tpi_kernels::{f16, Backend, BlockQ4_0, BlockQ8_0};
+
+/// Deterministic xorshift64* stream.
+struct Rng(u64);
+
+impl Rng {
+    fn u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in [-1, 1).
+    fn f32(&mut self) -> f32 {
+        (self.u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    fn i8(&mut self) -> i8 {
+        (self.u64() >> 56) as u8 as i8
+    }
+
+    /// A row of `n` values with a per-block magnitude from 1e-3 to 1e3, so
+    /// the scales cover a wide f16 range.
+    fn row(&mut self, n: usize) -> Vec<f32> {
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n / QK {
+            let mag = 10f32.powf(3.0 * self.f32());
+            v.extend((0..QK).map(|_| self.f32() * mag));
+        }
+        v
+    }
+}
+
+fn q8(x: &[f32]) -> Vec<BlockQ8_0> {
+    let mut b = vec![BlockQ8_0::default(); x.len() / QK];
+    quant::quantize_row_q8_0(x, &mut b);
+    b
+}
+
+fn q4(x: &[f32]) -> Vec<BlockQ4_0> {
+    let mut b = vec![BlockQ4_0::default(); x.len() / QK];
+    quant::quantize_row_q4_0(x, &mut b);
+    b
+}
+
+/// Random quantized weights of `rows x cols` and their f32 values.
+fn weights(rng: &mut Rng, rows: usize, cols: usize) -> (Vec<BlockQ8_0>, Vec<BlockQ4_0>) {
+    let w = rng.row(rows * cols);
+    (q8(&w), q4(&w))
+}
+
+/// Per row, `sum_b |d_w d_x isum_b|` in f64: the scale of the rounding
+/// error of any f32 summation order.
+fn abs_sums<W>(
+    w: &[W],
+    xq: &[BlockQ8_0],
+    rows: usize,
+    blk: impl Fn(&W, &BlockQ8_0) -> f64,
+) -> Vec<f64> {
+    let nb = xq.len();
+    (0..rows)
+        .map(|r| {
+            w[r * nb..(r + 1) * nb]
+                .iter()
+                .zip(xq)
+                .map(|(wb, xb)| blk(wb, xb).abs())
+                .sum()
+        })
+        .collect()
+}
+
+fn q8_blk(w: &BlockQ8_0, x: &BlockQ8_0) -> f64 {
+    w.d.to_f64() * x.d.to_f64() * f64::from(quant::block_dot_q8_0(w, x))
+}
+
+fn q4_blk(w: &BlockQ4_0, x: &BlockQ8_0) -> f64 {
+    w.d.to_f64() * x.d.to_f64() * f64::from(quant::block_dot_q4_0(w, x))
+}
+
+/// f32 summation in another order: 2e-5 of `sum |terms|` (129 blocks x
+/// f32 epsilon, with margin), plus the smallest normal for all-zero rows.
+fn close(got: f32, want: f64, abs_sum: f64) -> bool {
+    (f64::from(got) - want).abs() <= 2e-5 * abs_sum + f64::from(f32::MIN_POSITIVE)
+}
+
+/// Token counts around the AVX2 GEMM's 8-token groups and rows around its
+/// 4-row tiles; columns past its 64-block panel.
+const GEMM_T: &[usize] = if cfg!(miri) {
+    &[1, 9]
+} else {
+    &[1, 2, 4, 5, 7, 8, 9, 17, 64]
+};
+const GEMM_ROWS: &[usize] = if cfg!(miri) {
+    &[1, 5]
+} else {
+    &[1, 3, 4, 5, 9]
+};
+const GEMM_COLS: &[usize] = if cfg!(miri) {
+    &[32, 96]
+} else {
+    &[0, 32, 96, 64 * QK, 65 * QK, 129 * QK + 4 * QK]
+};
+
+/// Runs `b`'s GEMM (`which` = "q8_0" / "q4_0") on `t` tokens with the
+/// weights `run` and compares each token's output row with the scalar
+/// GEMV of that token on `want` (the same weights, unless a test corrupts
+/// one); returns the first mismatch.
+#[allow(clippy::too_many_arguments)]
+fn check_gemm(
+    b: Backend,
+    which: &str,
+    run: (&[BlockQ8_0], &[BlockQ4_0]),
+    (w8, w4): (&[BlockQ8_0], &[BlockQ4_0]),
+    xq: &[BlockQ8_0],
+    t: usize,
+    rows: usize,
+    exact: bool,
+) -> Result<(), String> {
+    let nb = xq.len() / t;
+    let mut got = vec![f32::NAN; t * rows];
+    match which {
+        "q8_0" => b.gemm_q8_0(run.0, xq, t, &mut got),
+        _ => b.gemm_q4_0(run.1, xq, t, &mut got),
+    }
+    for i in 0..t {
+        let x = &xq[i * nb..(i + 1) * nb];
+        let mut want = vec![0.0; rows];
+        let sums = match which {
+            "q8_0" => {
+                quant::gemv_q8_0(w8, x, &mut want);
+                abs_sums(w8, x, rows, q8_blk)
+            }
+            _ => {
+                quant::gemv_q4_0(w4, x, &mut want);
+                abs_sums(w4, x, rows, q4_blk)
+            }
+        };
+        for r in 0..rows {
+            let g = got[i * rows + r];
+            let ok = if exact {
+                g == want[r]
+            } else {
+                close(g, f64::from(want[r]), sums[r])
+            };
+            if !ok {
+                return Err(format!(
+                    "{} gemm {which} t={t} rows={rows} cols={} token {i} row {r}: got {g} want {} (sum |terms| {})",
+                    b.name(),
+                    nb * QK,
+                    want[r],
+                    sums[r]
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every backend's batched product (scalar included: the dispatch)
+/// against the scalar GEMV of each token.
+///
+/// NEON runs its GEMV per token, which scales 4 partial sums of a block
+/// apart and misses the tolerance on this stream under qemu (see
+/// `gemv_q_matches_scalar_on_many_small_rows` in `quant.rs`); it joins
+/// when that GEMV reduces each block first. Its exact-sum test runs.
+#[test]
+fn gemm_q8_0_and_q4_0_match_scalar_gemv_per_token_on_ragged_shapes() {
+    let mut rng = Rng(0x5eed_6e33);
+    let backends: Vec<Backend> = Backend::all_available()
+        .filter(|b| *b != Backend::Neon)
+        .collect();
+    for &t in GEMM_T {
+        for &rows in GEMM_ROWS {
+            for &cols in GEMM_COLS {
+                let (w8, w4) = weights(&mut rng, rows, cols);
+                let xq = q8(&rng.row(t * cols));
+                let w = (&w8[..], &w4[..]);
+                for &b in &backends {
+                    check_gemm(b, "q8_0", w, w, &xq, t, rows, false).unwrap();
+                    check_gemm(b, "q4_0", w, w, &xq, t, rows, false).unwrap();
+                }
+            }
+        }
+    }
+}
+
+/// With unit scales every order of the f32 sums is exact (as in
+/// `gemv_q_block_sums_are_exact_with_unit_scales`): the batched integer
+/// sums must equal the scalar ones for any weight byte (-128 included),
+/// the extreme activations +-127, and for Q4_0 activations of -128 too.
+#[test]
+fn gemm_q_block_sums_are_exact_with_unit_scales() {
+    let one = f16::from_f32(1.0);
+    let mut rng = Rng(77);
+    for &t in GEMM_T {
+        for &rows in GEMM_ROWS {
+            for &cols in GEMM_COLS {
+                let nb = cols / QK;
+                let qs8 = |i: usize, rng: &mut Rng| match i % 4 {
+                    0 => [-128; QK],
+                    1 => [127; QK],
+                    _ => core::array::from_fn(|_| rng.i8()),
+                };
+                let w8: Vec<BlockQ8_0> = (0..rows * nb)
+                    .map(|i| BlockQ8_0 {
+                        d: one,
+                        qs: qs8(i, &mut rng),
+                    })
+                    .collect();
+                let w4: Vec<BlockQ4_0> = (0..rows * nb)
+                    .map(|_| BlockQ4_0 {
+                        d: one,
+                        qs: core::array::from_fn(|_| rng.i8() as u8),
+                    })
+                    .collect();
+                // Extremes in each token's first 8 blocks, then |q| <= 14,
+                // so that 133 blocks stay below 2^24.
+                let mut xq: Vec<BlockQ8_0> = (0..t * nb)
+                    .map(|i| BlockQ8_0 {
+                        d: one,
+                        qs: match (i % nb.max(1) < 8, i % 3) {
+                            (true, 0) => [-127; QK],
+                            (true, 1) => {
+                                core::array::from_fn(|j| if j % 2 == 0 { 127 } else { -127 })
+                            }
+                            (true, _) => core::array::from_fn(|_| rng.i8().max(-127)),
+                            (false, _) => core::array::from_fn(|_| rng.i8() / 9),
+                        },
+                    })
+                    .collect();
+                let w = (&w8[..], &w4[..]);
+                for b in Backend::all_available() {
+                    check_gemm(b, "q8_0", w, w, &xq, t, rows, true).unwrap();
+                    check_gemm(b, "q4_0", w, w, &xq, t, rows, true).unwrap();
+                }
+                // Q4_0 takes any activation byte on every backend.
+                for x in xq.iter_mut().step_by(5) {
+                    x.qs[..8].fill(-128);
+                }
+                for b in Backend::all_available() {
+                    check_gemm(b, "q4_0", w, w, &xq, t, rows, true).unwrap();
+                }
+            }
+        }
+    }
+}
+
+/// The comparison can fail: a corrupted weight block in the single row
+/// after a 4-row tile changes that row for every token (the 8 of the
+/// first group and the lone ninth) and no other row.
+#[test]
+fn gemm_q_check_rejects_a_corrupted_block() {
+    let mut rng = Rng(41);
+    let (t, rows, cols) = (9, 5, 96);
+    let w: Vec<f32> = (0..rows * cols).map(|_| rng.f32()).collect();
+    let (w8, w4) = (q8(&w), q4(&w));
+    let xq = q8(&(0..t * cols).map(|_| rng.f32()).collect::<Vec<_>>());
+    let (mut bad8, mut bad4) = (w8.clone(), w4.clone());
+    let blk = 4 * cols / QK + 1; // row 4
+    bad8[blk].qs[3] = bad8[blk].qs[3].wrapping_add(64);
+    bad4[blk].qs[3] ^= 0x44;
+    let (run, want) = ((&bad8[..], &bad4[..]), (&w8[..], &w4[..]));
+    for b in Backend::all_available() {
+        for which in ["q8_0", "q4_0"] {
+            assert!(check_gemm(b, which, run, want, &xq, t, rows, false).is_err());
+            let mut y = [vec![0.0; t * rows], vec![0.0; t * rows]];
+            for (y, (w8, w4)) in y.iter_mut().zip([want, run]) {
+                match which {
+                    "q8_0" => b.gemm_q8_0(w8, &xq, t, y),
+                    _ => b.gemm_q4_0(w4, &xq, t, y),
+                }
+            }
+            for (i, r) in (0..t * rows).map(|i| (i / rows, i % rows)) {
+                let changed = y[0][i * rows + r] != y[1][i * rows + r];
+                assert_eq!(changed, r == 4, "{} {which}: token {i} row {r}", b.name());
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_q_panics_on_shapes_that_do_not_fit() {
+    let (w, x) = ([BlockQ8_0::default(); 6], [BlockQ8_0::default(); 4]);
+    for b in Backend::all_available() {
+        // 2 tokens of 2 blocks, 3 rows: fits.
+        b.gemm_q8_0(&w, &x, 2, &mut [0.0; 6]);
+        b.gemm_q8_0(&[], &[], 0, &mut []);
+        for (t, y) in [(2, 5), (3, 6), (2, 8)] {
+            let r = std::panic::catch_unwind(|| b.gemm_q8_0(&w, &x, t, &mut vec![0.0; y]));
+            assert!(r.is_err(), "{} t={t} y={y}", b.name());
+        }
+        let w4 = [BlockQ4_0::default(); 6];
+        let r = std::panic::catch_unwind(|| b.gemm_q4_0(&w4, &x[..3], 2, &mut [0.0; 6]));
+        assert!(r.is_err(), "{}", b.name());
+    }
+}
