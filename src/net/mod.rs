@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`crate::codec::checksum`] | `checksum32`/`checksum64` (XXH64), shared with slice files |
 //! | [`msg`] | typed payloads (M1-M6), decoded through a bounded cursor; a leaf |
+//! | [`wire`] | allreduce payloads: [`WireDtype`] f32, f16, q8_0 and their codec (W2-W6); a leaf |
 //! | [`frame`] | the 40-byte header and chunked messages (F1-F10); socket agnostic: byte slices, `io::Read`/`io::Write` |
 //! | `error` | [`NetError`]: what failed, naming the peer, its rank and the step |
 //! | `link` | [`Link`]: one TCP connection (socket options, spinning reads, deadlines, byte counts); [`NetOpts`] |
@@ -171,6 +172,7 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 pub mod frame;
 pub mod msg;
+pub mod wire;
 
 mod allreduce;
 mod auth;
@@ -185,3 +187,4 @@ pub use error::NetError;
 pub use join::{resolve, slice_path, worker_join, HubListener, SessionId};
 pub use link::{Link, NetOpts};
 pub use transfer::{fetch_slice, worker_ready};
+pub use wire::WireDtype;
