@@ -157,6 +157,7 @@ mod seeds {
     use tpi::model::safetensors::Dtype;
     use tpi::net::frame::{self, Header, Kind, FLAG_STOP, HEADER_LEN, MAX_PAYLOAD};
     use tpi::net::msg::{FileRequest, Hello, Reject, Step, STEP_PREFILL, STEP_WANT_LOGITS};
+    use tpi::net::wire::WireDtype;
 
     type Seed = (&'static str, String, Vec<u8>);
 
@@ -282,11 +283,12 @@ mod seeds {
 
     fn hello() -> Hello {
         Hello {
-            protocol_version: 1,
+            protocol_version: frame::PROTOCOL_VERSION,
             world_size: 4,
             rank: 3,
             model_fingerprint: 0x0123_4567_89ab_cdef,
             plan_hash: 0xfedc_ba98_7654_3210,
+            wire_dtype: Some(WireDtype::F16),
             nonce: std::array::from_fn(|i| i as u8 * 7),
         }
     }
@@ -382,7 +384,7 @@ mod seeds {
             v.push((T, format!("err-{name}"), b.to_vec()));
         };
         bad("magic", 0, b'X', true);
-        bad("version", 4, 2, true);
+        bad("version", 4, 1, true); // a protocol 1 peer
         bad("header-checksum", 12, 8, false);
         bad("unknown-kind", 6, 0xff, true);
         bad("flags", 7, 2, true);
@@ -491,7 +493,17 @@ mod seeds {
         one.world_size = 1;
         one.rank = 0;
         v.push(("msg_hello", "ok-world-1".into(), one.encode().to_vec()));
-        v.push(("msg_hello", "err-short".into(), h[..53].to_vec()));
+        v.push(("msg_hello", "err-short".into(), h[..h.len() - 1].to_vec()));
+        let mut follow = hello();
+        follow.wire_dtype = None;
+        v.push((
+            "msg_hello",
+            "ok-wire-not-stated".into(),
+            follow.encode().to_vec(),
+        ));
+        let mut b = h;
+        b[22] = 4;
+        v.push(("msg_hello", "err-wire-dtype".into(), b.to_vec()));
         let mut long = h.to_vec();
         long.push(0);
         v.push(("msg_hello", "err-trailing".into(), long));
