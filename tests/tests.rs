@@ -12,3 +12,4 @@ mod quant;
 mod slice_cache;
 mod tp;
 mod window;
+mod wire;
