@@ -157,7 +157,7 @@ mod seeds {
     use tpi::model::safetensors::Dtype;
     use tpi::net::frame::{self, Header, Kind, FLAG_STOP, HEADER_LEN, MAX_PAYLOAD};
     use tpi::net::msg::{FileRequest, Hello, Reject, Step, STEP_PREFILL, STEP_WANT_LOGITS};
-    use tpi::net::wire::WireDtype;
+    use tpi::net::wire::{self, WireDtype};
 
     type Seed = (&'static str, String, Vec<u8>);
 
@@ -166,6 +166,7 @@ mod seeds {
         frame_header(&mut v);
         frame_stream(&mut v);
         frame_recv_f32s(&mut v);
+        wire_payload(&mut v);
         messages(&mut v);
         safetensors_header(&mut v);
         config_json(&mut v);
@@ -484,6 +485,77 @@ mod seeds {
         s.extend(&a[..cut]);
         s.extend(&b[cut..]);
         v.push((T, "err-seq-changes".into(), s));
+    }
+
+    fn wire_payload(v: &mut Vec<Seed>) {
+        const T: &str = "wire_payload";
+        let seed = |d: WireDtype, n: usize, bytes: &[u8]| {
+            let idx = WireDtype::ALL.iter().position(|x| *x == d).unwrap() as u8;
+            [&[idx][..], &(n as u16).to_le_bytes(), bytes].concat()
+        };
+        let values = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.173)
+                .collect()
+        };
+        let enc = |d: WireDtype, x: &[f32]| {
+            let mut b = Vec::new();
+            wire::encode(d, x, &mut b).unwrap();
+            b
+        };
+        for d in WireDtype::ALL {
+            for n in [0, 64, 40] {
+                v.push((T, format!("ok-{d}-{n}"), seed(d, n, &enc(d, &values(n)))));
+            }
+            let b = enc(d, &values(64));
+            v.push((T, format!("err-{d}-short"), seed(d, 64, &b[..b.len() - 1])));
+        }
+        let q = |x: &[f32]| enc(WireDtype::Q8_0, x);
+        let mut nan_scale = q(&values(64));
+        nan_scale[34..36].copy_from_slice(&0x7e00u16.to_le_bytes());
+        v.push((
+            T,
+            "err-q8_0-nan-scale".into(),
+            seed(WireDtype::Q8_0, 64, &nan_scale),
+        ));
+        let mut inf_scale = q(&values(64));
+        inf_scale[0..2].copy_from_slice(&0x7c00u16.to_le_bytes());
+        v.push((
+            T,
+            "err-q8_0-inf-scale".into(),
+            seed(WireDtype::Q8_0, 64, &inf_scale),
+        ));
+        let mut neg = q(&values(64));
+        neg[1] |= 0x80;
+        v.push((
+            T,
+            "err-q8_0-negative-scale".into(),
+            seed(WireDtype::Q8_0, 64, &neg),
+        ));
+        let mut quant = q(&values(64));
+        quant[2] = 0x80;
+        v.push((
+            T,
+            "err-q8_0-quant-128".into(),
+            seed(WireDtype::Q8_0, 64, &quant),
+        ));
+        let mut pad = q(&values(40));
+        pad[34 + 2 + 31] = 1;
+        v.push((
+            T,
+            "err-q8_0-padding".into(),
+            seed(WireDtype::Q8_0, 40, &pad),
+        ));
+        // Values q8_0 refuses to carry (read as f32 by the round trip).
+        let mut x = values(64);
+        x[9] = f32::NAN;
+        x[10] = 9e6;
+        let raw: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        v.push((
+            T,
+            "err-q8_0-non-finite".into(),
+            seed(WireDtype::Q8_0, 0, &raw),
+        ));
     }
 
     fn messages(v: &mut Vec<Seed>) {
