@@ -157,6 +157,7 @@ mod seeds {
     use tpi::model::safetensors::Dtype;
     use tpi::net::frame::{self, Header, Kind, FLAG_STOP, HEADER_LEN, MAX_PAYLOAD};
     use tpi::net::msg::{FileRequest, Hello, Reject, Step, STEP_PREFILL, STEP_WANT_LOGITS};
+    use tpi::net::wire::{self, WireDtype};
 
     type Seed = (&'static str, String, Vec<u8>);
 
@@ -165,6 +166,7 @@ mod seeds {
         frame_header(&mut v);
         frame_stream(&mut v);
         frame_recv_f32s(&mut v);
+        wire_payload(&mut v);
         messages(&mut v);
         safetensors_header(&mut v);
         config_json(&mut v);
@@ -282,11 +284,12 @@ mod seeds {
 
     fn hello() -> Hello {
         Hello {
-            protocol_version: 1,
+            protocol_version: frame::PROTOCOL_VERSION,
             world_size: 4,
             rank: 3,
             model_fingerprint: 0x0123_4567_89ab_cdef,
             plan_hash: 0xfedc_ba98_7654_3210,
+            wire_dtype: Some(WireDtype::F16),
             nonce: std::array::from_fn(|i| i as u8 * 7),
         }
     }
@@ -382,7 +385,7 @@ mod seeds {
             v.push((T, format!("err-{name}"), b.to_vec()));
         };
         bad("magic", 0, b'X', true);
-        bad("version", 4, 2, true);
+        bad("version", 4, 1, true); // a protocol 1 peer
         bad("header-checksum", 12, 8, false);
         bad("unknown-kind", 6, 0xff, true);
         bad("flags", 7, 2, true);
@@ -484,6 +487,77 @@ mod seeds {
         v.push((T, "err-seq-changes".into(), s));
     }
 
+    fn wire_payload(v: &mut Vec<Seed>) {
+        const T: &str = "wire_payload";
+        let seed = |d: WireDtype, n: usize, bytes: &[u8]| {
+            let idx = WireDtype::ALL.iter().position(|x| *x == d).unwrap() as u8;
+            [&[idx][..], &(n as u16).to_le_bytes(), bytes].concat()
+        };
+        let values = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.173)
+                .collect()
+        };
+        let enc = |d: WireDtype, x: &[f32]| {
+            let mut b = Vec::new();
+            wire::encode(d, x, &mut b).unwrap();
+            b
+        };
+        for d in WireDtype::ALL {
+            for n in [0, 64, 40] {
+                v.push((T, format!("ok-{d}-{n}"), seed(d, n, &enc(d, &values(n)))));
+            }
+            let b = enc(d, &values(64));
+            v.push((T, format!("err-{d}-short"), seed(d, 64, &b[..b.len() - 1])));
+        }
+        let q = |x: &[f32]| enc(WireDtype::Q8_0, x);
+        let mut nan_scale = q(&values(64));
+        nan_scale[34..36].copy_from_slice(&0x7e00u16.to_le_bytes());
+        v.push((
+            T,
+            "err-q8_0-nan-scale".into(),
+            seed(WireDtype::Q8_0, 64, &nan_scale),
+        ));
+        let mut inf_scale = q(&values(64));
+        inf_scale[0..2].copy_from_slice(&0x7c00u16.to_le_bytes());
+        v.push((
+            T,
+            "err-q8_0-inf-scale".into(),
+            seed(WireDtype::Q8_0, 64, &inf_scale),
+        ));
+        let mut neg = q(&values(64));
+        neg[1] |= 0x80;
+        v.push((
+            T,
+            "err-q8_0-negative-scale".into(),
+            seed(WireDtype::Q8_0, 64, &neg),
+        ));
+        let mut quant = q(&values(64));
+        quant[2] = 0x80;
+        v.push((
+            T,
+            "err-q8_0-quant-128".into(),
+            seed(WireDtype::Q8_0, 64, &quant),
+        ));
+        let mut pad = q(&values(40));
+        pad[34 + 2 + 31] = 1;
+        v.push((
+            T,
+            "err-q8_0-padding".into(),
+            seed(WireDtype::Q8_0, 40, &pad),
+        ));
+        // Values q8_0 refuses to carry (read as f32 by the round trip).
+        let mut x = values(64);
+        x[9] = f32::NAN;
+        x[10] = 9e6;
+        let raw: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        v.push((
+            T,
+            "err-q8_0-non-finite".into(),
+            seed(WireDtype::Q8_0, 0, &raw),
+        ));
+    }
+
     fn messages(v: &mut Vec<Seed>) {
         let h = hello().encode();
         v.push(("msg_hello", "ok-hello".into(), h.to_vec()));
@@ -491,7 +565,17 @@ mod seeds {
         one.world_size = 1;
         one.rank = 0;
         v.push(("msg_hello", "ok-world-1".into(), one.encode().to_vec()));
-        v.push(("msg_hello", "err-short".into(), h[..53].to_vec()));
+        v.push(("msg_hello", "err-short".into(), h[..h.len() - 1].to_vec()));
+        let mut follow = hello();
+        follow.wire_dtype = None;
+        v.push((
+            "msg_hello",
+            "ok-wire-not-stated".into(),
+            follow.encode().to_vec(),
+        ));
+        let mut b = h;
+        b[22] = 4;
+        v.push(("msg_hello", "err-wire-dtype".into(), b.to_vec()));
         let mut long = h.to_vec();
         long.push(0);
         v.push(("msg_hello", "err-trailing".into(), long));

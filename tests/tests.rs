@@ -13,3 +13,4 @@ mod quant;
 mod slice_cache;
 mod tp;
 mod window;
+mod wire;

@@ -15,6 +15,7 @@
 use tpi::codec::checksum::checksum32;
 use tpi::net::frame::{self, Header, Kind, HEADER_LEN, MAX_PAYLOAD};
 use tpi::net::msg::{self, FileRequest, Hello, Reject, Step};
+use tpi::net::wire::{self, WireDtype, WireError};
 
 /// A fuzz target body: raw input in, "decoded Ok" out.
 pub type Target = fn(&[u8]) -> bool;
@@ -25,6 +26,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("frame_header", frame_header),
     ("frame_stream", frame_stream),
     ("frame_recv_f32s", frame_recv_f32s),
+    ("wire_payload", wire_payload),
     ("msg_hello", msg_hello),
     ("msg_reject", msg_reject),
     ("msg_step", msg_step),
@@ -211,6 +213,96 @@ fn recv_once(kind: Kind, step: u32, n: usize, stream: &[u8]) -> bool {
             render(&e);
             false
         }
+    }
+}
+
+// ------------------------------------------------------- wire payloads --
+
+/// Most values a `wire_payload` receiver expects (a prefill of 64 tokens
+/// at dim 64, and ragged tails).
+pub const WIRE_MAX_VALUES: usize = 4096;
+
+/// An allreduce payload (spec W2-W6). Input: `dtype` u8 (index into
+/// `WireDtype::ALL`, mod 3), `n` u16 LE (values the plan expects, mod
+/// `WIRE_MAX_VALUES + 1`), then the payload bytes. `wire::decode` must
+/// accept exactly `encoded_len(n)` bytes and, for q8_0, yield only finite
+/// values a block can carry. The same bytes read as f32 values then go
+/// through `wire::encode` and back: f32 exactly, f16 as `half` rounds one
+/// value, q8_0 within `wire::q8_0_error_bound` per block or refused as
+/// spec W6 says.
+pub fn wire_payload(data: &[u8]) -> bool {
+    if data.len() < 3 {
+        return false;
+    }
+    let dtype = WireDtype::ALL[data[0] as usize % WireDtype::ALL.len()];
+    let n = u16::from_le_bytes([data[1], data[2]]) as usize % (WIRE_MAX_VALUES + 1);
+    let bytes = &data[3..];
+    let mut out = vec![0f32; n];
+    let ok = match wire::decode(dtype, bytes, &mut out) {
+        Ok(()) => {
+            assert_eq!(bytes.len() as u64, dtype.encoded_len(n));
+            if dtype == WireDtype::Q8_0 {
+                assert!(
+                    out.iter().all(|v| v.is_finite() && v.abs() <= wire::Q8_0_MAX_ABS),
+                    "q8_0 decoded a value no block carries"
+                );
+                // What rank 0 would send back re-encodes and decodes.
+                let mut again = Vec::new();
+                wire::encode(dtype, &out, &mut again).expect("decoded q8_0 values re-encode");
+                assert_eq!(again.len(), bytes.len());
+            }
+            true
+        }
+        Err(e) => {
+            render(&e);
+            false
+        }
+    };
+    let x: Vec<f32> = bytes
+        .chunks_exact(4)
+        .take(WIRE_MAX_VALUES)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    wire_round_trip(dtype, &x);
+    ok
+}
+
+fn wire_round_trip(dtype: WireDtype, x: &[f32]) {
+    let mut bytes = Vec::new();
+    match wire::encode(dtype, x, &mut bytes) {
+        Ok(()) => {
+            assert_eq!(bytes.len() as u64, dtype.encoded_len(x.len()));
+            let mut y = vec![0f32; x.len()];
+            wire::decode(dtype, &bytes, &mut y).expect("an encoded payload decodes");
+            for (xb, yb) in x.chunks(32).zip(y.chunks(32)) {
+                let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                for (a, b) in xb.iter().zip(yb) {
+                    let want = match dtype {
+                        WireDtype::F32 => *a,
+                        WireDtype::F16 => half::f16::from_f32(*a).to_f32(),
+                        WireDtype::Q8_0 => {
+                            let bound = wire::q8_0_error_bound(amax);
+                            assert!((a - b).abs() <= bound, "q8_0: {a} -> {b} (amax {amax})");
+                            continue;
+                        }
+                    };
+                    assert!(
+                        want.to_bits() == b.to_bits() || (want.is_nan() && b.is_nan()),
+                        "{dtype}: {a} -> {b}, want {want}"
+                    );
+                }
+            }
+        }
+        Err(WireError::NonFinite { index }) => {
+            assert_eq!(dtype, WireDtype::Q8_0);
+            assert_eq!(x.iter().position(|v| !v.is_finite()), Some(index));
+        }
+        Err(WireError::Range { index, value }) => {
+            assert_eq!(dtype, WireDtype::Q8_0);
+            assert_eq!(x[index].to_bits(), value.to_bits());
+            assert!(value.abs() > wire::Q8_0_MAX_ABS, "{value} refused");
+        }
+        Err(e) => panic!("{dtype}: encode failed with {e}"),
     }
 }
 

@@ -4,7 +4,7 @@ use crate::engine::{check_context, EngineError, GenOptions, SamplerConfig};
 use crate::error::{Error, Result, UsageError};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::dtype::Quant;
-use crate::net::{NetOpts, Secret};
+use crate::net::{NetOpts, Secret, WireDtype};
 use crate::session::single::{run_single, SingleSetup};
 use crate::session::{default_cache_dir, plan_for, run_hub, run_worker, HubSetup, WorkerSetup};
 use crate::sys::available_memory;
@@ -99,6 +99,13 @@ pub struct Args {
     /// the CPU) before it sleeps in the kernel; 0 = plain blocking reads.
     #[arg(long, value_name = "US", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub net_spin_us: u64,
+    /// Type of the allreduce payloads on the wire (f32|f16|q8_0): f16 halves
+    /// and q8_0 (ggml blocks of 32, 34 bytes) about quarters the bytes of
+    /// f32, at a rounding error per exchange. Rank 0's choice holds for the
+    /// session; a worker needs no flag, and one given another type is
+    /// refused naming both.
+    #[arg(long, value_name = "TYPE", value_parser = parse_wire)]
+    pub wire_dtype: Option<WireDtype>,
     /// Workers: fetch the slice again even if a verified copy is cached.
     #[arg(long)]
     pub force_download: bool,
@@ -179,6 +186,10 @@ pub fn version_line() -> String {
 
 fn parse_quant(s: &str) -> std::result::Result<Quant, String> {
     Quant::from_name(s).ok_or_else(|| format!("'{s}' is not q8_0 or q4_0"))
+}
+
+fn parse_wire(s: &str) -> std::result::Result<WireDtype, String> {
+    WireDtype::from_name(s).ok_or_else(|| format!("'{s}' is not f32, f16 or q8_0"))
 }
 
 fn parse_ids(s: &str) -> Result<Vec<u32>> {
@@ -310,6 +321,7 @@ fn net_opts(a: &Args) -> NetOpts {
         join_timeout: Duration::from_secs_f64(a.join_timeout),
         peer_timeout: Duration::from_secs_f64(a.peer_timeout),
         spin: Duration::from_micros(a.net_spin_us),
+        wire: a.wire_dtype,
         ..NetOpts::default()
     }
 }

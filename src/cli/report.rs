@@ -152,6 +152,12 @@ pub(super) fn print_report(
             "allreduce_ms_per_token": ms(out.comm_per_token),
             "bytes_sent_per_token": per_step(r.bytes_sent),
             "bytes_received_per_token": per_step(r.bytes_received),
+            "wire_dtype": r.wire.name(),
+            "link_bytes": r.links.iter().map(|l| serde_json::json!({
+                "rank": l.rank,
+                "sent": l.sent,
+                "received": l.received,
+            })).collect::<Vec<_>>(),
             "io_wait_ms_per_token": r.window.as_ref().map_or(0.0, |w| w.io_wait.as_secs_f64() * 1e3 / r.steps.max(1) as f64),
             "io_busy_ms_per_token": r.window.as_ref().map_or(0.0, |w| w.io_busy.as_secs_f64() * 1e3 / r.steps.max(1) as f64),
             "bytes_read_per_token": r.window.as_ref().map_or(0.0, |w| per_step(w.bytes_read)),
@@ -171,7 +177,7 @@ pub(super) fn print_report(
         // The summary is a courtesy: a closed stderr does not fail the run.
         let _ = writeln!(
             std::io::stderr(),
-            "[tpi] {} tokens, TTFT {:.1} ms, {:.2} ms/token ({:.2} waiting on other ranks), {:.1} tokens/s, peak RSS {:.1} MiB, kernel {}, {} threads x {} ranks",
+            "[tpi] {} tokens, TTFT {:.1} ms, {:.2} ms/token ({:.2} waiting on other ranks), {:.1} tokens/s, peak RSS {:.1} MiB, kernel {}, {} threads x {} ranks{}",
             out.generated_ids.len(),
             ms(out.ttft),
             ms(out.per_token),
@@ -180,7 +186,16 @@ pub(super) fn print_report(
             rss as f64 / (1024.0 * 1024.0),
             backend.name(),
             threads,
-            world_size
+            world_size,
+            if world_size > 1 {
+                format!(
+                    ", {} wire, {:.0} B/token sent",
+                    r.wire,
+                    per_step(r.bytes_sent)
+                )
+            } else {
+                String::new()
+            }
         );
     }
     Ok(())

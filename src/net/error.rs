@@ -7,6 +7,7 @@
 //! or a closed socket for the user who reads the chain.
 
 use super::frame::FrameError;
+use super::wire::WireError;
 use std::fmt;
 use std::io;
 use std::time::Duration;
@@ -71,6 +72,22 @@ pub enum NetError {
         peer: String,
         source: Box<crate::split::SliceError>,
     },
+    /// An allreduce payload from the peer that does not decode (spec W5):
+    /// `what` names the message ("Partial of layer 3 mlp (q8_0)").
+    Payload {
+        peer: String,
+        rank: Option<usize>,
+        step: u32,
+        what: String,
+        source: WireError,
+    },
+    /// This rank's values that the session's wire dtype cannot carry
+    /// (spec W6), before anything is sent.
+    Encode {
+        step: u32,
+        what: String,
+        source: WireError,
+    },
     /// A message this side cannot encode (more ids than a Step carries).
     Message {
         what: &'static str,
@@ -110,6 +127,16 @@ impl fmt::Display for NetError {
                     "{} at {peer}, step {step}, {what}: {source}",
                     rank_str(rank)
                 )
+            }
+            NetError::Payload {
+                peer,
+                rank,
+                step,
+                what,
+                source,
+            } => write!(f, "{} at {peer}, step {step}, {what}: {source}", rank_str(rank)),
+            NetError::Encode { step, what, source } => {
+                write!(f, "step {step}, sending {what}: {source}")
             }
             NetError::Rejected { peer, reason } => write!(f, "rejected by {peer}: {reason}"),
             NetError::JoinTimeout { waited, missing } => {
@@ -164,6 +191,7 @@ impl std::error::Error for NetError {
             NetError::Frame { source, .. } => Some(source),
             NetError::SliceHead { source, .. } => Some(source.as_ref()),
             NetError::Message { source, .. } => Some(source),
+            NetError::Payload { source, .. } | NetError::Encode { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -10,8 +10,8 @@ use crate::codec::checksum::checksum32;
 
 /// `b"TPI1"` read as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"TPI1");
-/// Wire protocol version.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Wire protocol version (2: the Hello carries the wire dtype, spec M1).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Header size in bytes.
 pub const HEADER_LEN: usize = 40;
 /// The frame limits (spec F6, F8), defined with the spec.
@@ -473,7 +473,12 @@ fn f32_le_bytes(data: &[f32]) -> std::borrow::Cow<'_, [u8]> {
 /// fields and lengths are set here. Fails with `InvalidInput` if the message
 /// would exceed [`MAX_MESSAGE`].
 pub fn send_f32s(w: &mut impl Write, template: &Header, data: &[f32]) -> io::Result<()> {
-    let bytes = f32_le_bytes(data);
+    send_bytes(w, template, &f32_le_bytes(data))
+}
+
+/// Send `bytes` as one message chunked per spec F8 (at least one frame),
+/// as [`send_f32s`] does; encoded allreduce payloads (spec W2) go this way.
+pub fn send_bytes(w: &mut impl Write, template: &Header, bytes: &[u8]) -> io::Result<()> {
     let total = bytes.len() as u64;
     if total > MAX_MESSAGE {
         return Err(io::Error::new(
@@ -511,7 +516,69 @@ pub fn recv_f32s_into(
     out: &mut [f32],
     buf: &mut [u8; MAX_PAYLOAD],
 ) -> Result<Header, FrameError> {
-    let expected_total = out.len() as u64 * 4;
+    let total = out.len() as u64 * 4;
+    recv_message(
+        r,
+        expected_kind,
+        expected_step,
+        total,
+        buf,
+        |at, payload| {
+            // Canonical chunking (spec F8) makes `at` and the payload multiples of 4.
+            let dst = out.get_mut(at / 4..(at + payload.len()) / 4).ok_or(
+                FrameError::LengthMismatch {
+                    expected: total,
+                    got: (at + payload.len()) as u64,
+                },
+            )?;
+            for (d, s) in dst.iter_mut().zip(payload.chunks_exact(4)) {
+                *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+            }
+            Ok(())
+        },
+    )
+}
+
+/// Receive one message of exactly `out.len()` bytes (the length the plan
+/// and the wire dtype give, spec W2) into `out`, under the rules of
+/// [`recv_f32s_into`]. On error `out` holds unspecified bytes.
+pub fn recv_bytes_into(
+    r: &mut impl Read,
+    expected_kind: Kind,
+    expected_step: u32,
+    out: &mut [u8],
+    buf: &mut [u8; MAX_PAYLOAD],
+) -> Result<Header, FrameError> {
+    let total = out.len() as u64;
+    recv_message(
+        r,
+        expected_kind,
+        expected_step,
+        total,
+        buf,
+        |at, payload| {
+            let dst = out
+                .get_mut(at..at + payload.len())
+                .ok_or(FrameError::LengthMismatch {
+                    expected: total,
+                    got: (at + payload.len()) as u64,
+                })?;
+            dst.copy_from_slice(payload);
+            Ok(())
+        },
+    )
+}
+
+/// The chunk loop of one message of `expected_total` bytes (spec F10):
+/// each chunk's payload goes to `sink(offset, payload)` in order.
+fn recv_message(
+    r: &mut impl Read,
+    expected_kind: Kind,
+    expected_step: u32,
+    expected_total: u64,
+    buf: &mut [u8; MAX_PAYLOAD],
+    mut sink: impl FnMut(usize, &[u8]) -> Result<(), FrameError>,
+) -> Result<Header, FrameError> {
     let expected_count = Header::chunks_for(expected_total);
     let mut first: Option<Header> = None;
     let mut filled = 0usize;
@@ -573,18 +640,8 @@ pub fn recv_f32s_into(
                 });
             }
         }
-        // Canonical chunking (spec F8) makes payload a multiple of 4 that fits.
-        let n = payload.len() / 4;
-        let dst = out
-            .get_mut(filled..filled + n)
-            .ok_or(FrameError::LengthMismatch {
-                expected: expected_total,
-                got: (filled + n) as u64 * 4,
-            })?;
-        for (d, s) in dst.iter_mut().zip(payload.chunks_exact(4)) {
-            *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
-        }
-        filled += n;
+        sink(filled, payload)?;
+        filled += payload.len();
         if first.is_none() {
             first = Some(h);
         }
@@ -647,7 +704,7 @@ mod tests {
         let f = sample_frame();
         assert_eq!(f.len(), HEADER_LEN + 13);
         assert_eq!(&f[0..4], b"TPI1");
-        assert_eq!(&f[4..6], &1u16.to_le_bytes());
+        assert_eq!(&f[4..6], &PROTOCOL_VERSION.to_le_bytes());
         assert_eq!(f[6], Kind::Heartbeat as u8);
         let (h, p) = read_one(&f).unwrap();
         assert_eq!(p, b"hello payload");
@@ -668,12 +725,13 @@ mod tests {
     #[test]
     fn rejects_bad_version() {
         let mut f = sample_frame();
-        patch(&mut f, 4, &2u16.to_le_bytes());
+        // A peer of protocol version 1 (no wire dtype in its Hello).
+        patch(&mut f, 4, &1u16.to_le_bytes());
         assert!(matches!(
             read_one(&f),
             Err(FrameError::BadVersion {
-                expected: 1,
-                got: 2
+                expected: 2,
+                got: 1
             })
         ));
     }
@@ -1036,6 +1094,20 @@ mod tests {
         let s = [frame(0, 0, 0), frame(1, 0, 0), frame(2, 0, 0)].concat();
         recv_f32s_into(&mut s.as_slice(), Kind::Reduced, 1, &mut out, &mut buf).unwrap();
         assert_eq!(out, data);
+    }
+
+    #[test]
+    fn byte_messages_split_anywhere_and_arrive_whole() {
+        // A q8_0 message of 1929 blocks: block 1927 straddles the chunks.
+        let bytes: Vec<u8> = (0..1929 * 34).map(|i| (i * 7 % 251) as u8).collect();
+        let mut s = Vec::new();
+        send_bytes(&mut s, &Header::new(Kind::Reduced, 0, 2, 9), &bytes).unwrap();
+        assert_eq!(s.len(), 2 * HEADER_LEN + bytes.len());
+        let (mut out, mut buf) = (vec![0u8; bytes.len()], boxed_buf());
+        let h = recv_bytes_into(&mut s.as_slice(), Kind::Reduced, 2, &mut out, &mut buf).unwrap();
+        assert_eq!((h.seq, h.chunk_count, &out), (9, 2, &bytes));
+        let e = recv_bytes_into(&mut s.as_slice(), Kind::Reduced, 2, &mut out[1..], &mut buf);
+        assert!(matches!(e, Err(FrameError::LengthMismatch { .. })), "{e:?}");
     }
 
     #[test]

@@ -9,19 +9,25 @@
 //! socket up once (TCP_NODELAY, keepalive, read/write deadlines). Every
 //! failure leaves as a [`NetError`] naming the peer, its rank and the step;
 //! `describe_message` names an f32 message in model terms ("Partial of
-//! layer 3 attention"). The join, transfer and allreduce rooms reach the
-//! socket only through a `Link`.
+//! layer 3 attention"). An allreduce message in the session's wire dtype
+//! (spec W1, agreed at join and kept here) arrives whole in the link's
+//! staging buffer, sized from the plan, and is decoded from there. The
+//! join, transfer and allreduce rooms reach the socket only through a
+//! `Link`.
 
 use super::error::NetError;
 use super::frame::{
-    read_frame, recv_f32s_into, send_f32s, write_frame, FrameError, Header, Kind, MAX_PAYLOAD,
+    read_frame, recv_bytes_into, recv_f32s_into, send_bytes, send_f32s, write_frame, FrameError,
+    Header, Kind, MAX_MESSAGE, MAX_PAYLOAD,
 };
 use super::msg::Reject;
+use super::wire::{decode, WireDtype};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-/// Deadlines of the cluster.
+/// How the cluster talks: deadlines, the waiting strategy, the allreduce
+/// payload type.
 #[derive(Clone, Copy, Debug)]
 pub struct NetOpts {
     /// How long rank 0 waits for all workers, and workers for rank 0.
@@ -34,6 +40,9 @@ pub struct NetOpts {
     /// CPU between attempts) for up to this long before it sleeps in the
     /// kernel; zero means plain blocking reads. See [`Link::set_spin`].
     pub spin: Duration,
+    /// Allreduce payloads (spec W1): rank 0's choice (`None`: f32); on a
+    /// worker the type it insists on (`None`: whatever rank 0 chose).
+    pub wire: Option<WireDtype>,
 }
 
 impl Default for NetOpts {
@@ -43,6 +52,7 @@ impl Default for NetOpts {
             peer_timeout: Duration::from_secs(10),
             hello_timeout: Duration::from_secs(2),
             spin: Duration::from_micros(100),
+            wire: None,
         }
     }
 }
@@ -62,6 +72,11 @@ pub struct Link {
     spin: Duration,
     /// When set, every read ends by this instant in total.
     deadline: Option<Instant>,
+    /// Allreduce payload type of the session (spec W1), set by the join.
+    pub(super) wire: WireDtype,
+    /// One encoded allreduce message, received whole (spec W2); its length
+    /// comes from the plan.
+    staging: Vec<u8>,
 }
 
 /// Counts bytes through a stream, and waits for data as the link's
@@ -185,7 +200,14 @@ impl Link {
             bytes_received: 0,
             spin: Duration::ZERO,
             deadline: None,
+            wire: WireDtype::F32,
+            staging: Vec::new(),
         })
+    }
+
+    /// The allreduce payload type agreed at join (spec W1).
+    pub fn wire(&self) -> WireDtype {
+        self.wire
     }
 
     /// Bounds all further reads by `deadline` in total, not per read (a
@@ -331,6 +353,20 @@ impl Link {
         sent.map_err(|e| self.io_err(format!("sending {kind:?} at step {step}, message {seq}"), e))
     }
 
+    /// Sends one message of already encoded bytes (an allreduce payload in
+    /// the session's wire dtype, spec W2).
+    pub(super) fn send_bytes(
+        &mut self,
+        kind: Kind,
+        step: u32,
+        seq: u32,
+        bytes: &[u8],
+    ) -> Result<(), NetError> {
+        let h = self.header(kind, step, seq);
+        let sent = send_bytes(&mut self.writer(), &h, bytes);
+        sent.map_err(|e| self.io_err(format!("sending {kind:?} at step {step}, message {seq}"), e))
+    }
+
     pub(super) fn recv_f32s(
         &mut self,
         kind: Kind,
@@ -345,6 +381,62 @@ impl Link {
             deadline: self.deadline,
         };
         let res = recv_f32s_into(&mut r, kind, step, out, &mut self.buf);
+        self.received(kind, step, seq, res)
+    }
+
+    /// Receives one allreduce message of `out.len()` values in the
+    /// session's wire dtype and decodes it (spec W2, W5); f32 goes straight
+    /// into `out`. A payload that does not decode names the message.
+    pub(super) fn recv_wire(
+        &mut self,
+        kind: Kind,
+        step: u32,
+        seq: u32,
+        out: &mut [f32],
+    ) -> Result<(), NetError> {
+        let wire = self.wire;
+        if wire == WireDtype::F32 {
+            return self.recv_f32s(kind, step, seq, out);
+        }
+        // The length comes from the plan (out.len()), checked against the
+        // largest message before the staging buffer grows to it.
+        let len = wire.encoded_len(out.len());
+        if len > MAX_MESSAGE {
+            return Err(self.frame_err(
+                step,
+                describe_message(kind, seq),
+                FrameError::LengthMismatch {
+                    expected: MAX_MESSAGE,
+                    got: len,
+                },
+            ));
+        }
+        self.staging.resize(len as usize, 0);
+        let mut r = Counted {
+            stream: &self.stream,
+            n: &mut self.bytes_received,
+            spin: self.spin,
+            deadline: self.deadline,
+        };
+        let res = recv_bytes_into(&mut r, kind, step, &mut self.staging, &mut self.buf);
+        self.received(kind, step, seq, res)?;
+        decode(wire, &self.staging, out).map_err(|source| NetError::Payload {
+            peer: self.peer.to_string(),
+            rank: Some(self.rank),
+            step,
+            what: format!("{} ({wire})", describe_message(kind, seq)),
+            source,
+        })
+    }
+
+    /// A received message's outcome: its seq checked, a failure named.
+    fn received(
+        &self,
+        kind: Kind,
+        step: u32,
+        seq: u32,
+        res: Result<Header, FrameError>,
+    ) -> Result<(), NetError> {
         match res {
             Ok(h) if h.seq == seq => Ok(()),
             Ok(h) => Err(self.frame_err(
@@ -392,7 +484,7 @@ impl Link {
 /// What an f32 message carries: "Partial of layer 3 attention" for
 /// allreduce message `seq = 2*layer + op`; "Logits (lm_head)" for the
 /// logits gather, whose seq is 0.
-fn describe_message(kind: Kind, seq: u32) -> String {
+pub(super) fn describe_message(kind: Kind, seq: u32) -> String {
     match kind {
         Kind::Partial | Kind::Reduced => format!("{kind:?} of {}", describe_seq(seq)),
         k => format!("{k:?} (lm_head)"),

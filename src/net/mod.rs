@@ -6,11 +6,12 @@
 //! |---|---|
 //! | [`crate::codec::checksum`] | `checksum32`/`checksum64` (XXH64), shared with slice files |
 //! | [`msg`] | typed payloads (M1-M6), decoded through a bounded cursor; a leaf |
+//! | [`wire`] | allreduce payloads in the session's [`WireDtype`] (W1-W7): f32, f16, q8_0 codec; a leaf |
 //! | [`frame`] | the 40-byte header and chunked messages (F1-F10); socket agnostic: byte slices, `io::Read`/`io::Write` |
 //! | `error` | [`NetError`]: what failed, naming the peer, its rank and the step |
-//! | `link` | [`Link`]: one TCP connection (socket options, spinning reads, deadlines, byte counts); [`NetOpts`] |
+//! | `link` | [`Link`]: one TCP connection (socket options, spinning reads, deadlines, byte counts, its wire dtype); [`NetOpts`] |
 //! | `auth` | the pre-shared key ([`Secret`]), nonces, HMAC tags (M6) |
-//! | `join` | both sides of joining (J1-J7): `join/hub.rs` ([`HubListener`]), `join/worker.rs` ([`worker_join`]); [`SessionId`] |
+//! | `join` | both sides of joining (J1-J8): `join/hub.rs` ([`HubListener`]), `join/worker.rs` ([`worker_join`]); [`SessionId`] |
 //! | `transfer` | slice files from rank 0 to a worker (M4, J7): [`fetch_slice`], `serve_files`, [`worker_ready`] |
 //! | `allreduce` | both sides of the star allreduce and logits gather: [`HubComm`], [`WorkerComm`] |
 //!
@@ -18,7 +19,7 @@
 //! per worker; every file above `frame` reaches the socket only through
 //! that link. The public API is re-exported here.
 //!
-//! # Spec (protocol version 1)
+//! # Spec (protocol version 2)
 //!
 //! Topology: a star. Rank 0 is the hub; every worker holds one TCP
 //! connection to it. Each direction is a sequence of frames.
@@ -28,7 +29,7 @@
 //! | field            | offset | width | meaning                                                        |
 //! |------------------|-------:|------:|----------------------------------------------------------------|
 //! | magic            |      0 |     4 | `b"TPI1"` (u32 `0x31495054`)                                   |
-//! | version          |      4 |     2 | protocol version, `1`                                          |
+//! | version          |      4 |     2 | protocol version, `2` (1 had no wire dtype in the Hello)       |
 //! | kind             |      6 |     1 | message kind, see F3                                           |
 //! | flags            |      7 |     1 | bit 0 `STOP`: sender stops after this step; others 0           |
 //! | rank             |      8 |     2 | sender's rank                                                  |
@@ -46,7 +47,7 @@
 //!
 //! ## Validation, in this order (a failure is a [`frame::FrameError`])
 //!
-//! - F2. `magic == b"TPI1"`, then `version == 1`, then header checksum.
+//! - F2. `magic == b"TPI1"`, then `version == 2`, then header checksum.
 //! - F3. `kind` is one of: 1 Hello, 2 HelloAck, 3 Reject, 4 Step, 5 Partial,
 //!   6 Reduced, 7 Logits, 8 FileRequest, 9 FileChunk, 10 Stop, 11 Heartbeat,
 //!   12 Error, 13 Auth. Anything else is an error.
@@ -67,9 +68,12 @@
 //!
 //! ## Payloads (a failure is a [`msg::MsgError`]; trailing bytes are an error)
 //!
-//! - M1. Hello / HelloAck ([`msg::Hello`], 54 bytes): `protocol_version
+//! - M1. Hello / HelloAck ([`msg::Hello`], 55 bytes): `protocol_version
 //!   u16, world_size u16 (>= 1), rank u16 (< world_size), model_fingerprint
-//!   u64, plan_hash u64, nonce [u8; 32]`.
+//!   u64, plan_hash u64, wire_dtype u8 (0 not stated, 1 f32, 2 f16, 3 q8_0;
+//!   others are an error), nonce [u8; 32]`. A worker's Hello states the
+//!   wire dtype it was started with, or 0 to follow rank 0; the HelloAck
+//!   states rank 0's (never 0, spec W1, J8).
 //! - M2. Reject / Error ([`msg::Reject`]): `len u16 (<= 1024), reason
 //!   [u8; len]` UTF-8.
 //! - M3. Step ([`msg::Step`]): `pos u32, flags u32 (bit 0 WANT_LOGITS, bit 1
@@ -92,26 +96,75 @@
 //!   nonce_w | helloack)`, which the worker checks. Nothing about the session
 //!   (fingerprint, plan) is sent before the worker's proof verifies; fresh
 //!   nonces on both sides make a recorded exchange useless.
-//! - Partial, Reduced, Logits: little-endian f32 arrays, sent with
-//!   [`frame::send_f32s`]; length known from the plan (Partial/Reduced:
-//!   `dim * n_tokens`; Logits: the sender's `vocab` range length * n_tokens).
+//! - Partial, Reduced: `dim * n_tokens` values (from the plan) in the
+//!   session's wire dtype, spec W1-W7. Logits: little-endian f32 always,
+//!   sent with [`frame::send_f32s`], the sender's `vocab` range length
+//!   values (rank 0 samples from them; they cross once per token).
+//!
+//! ## Allreduce payloads (a failure is a [`wire::WireError`])
+//!
+//! Errors name the peer, its rank, the step and the message.
+//!
+//! - W1. The wire dtype is rank 0's `--wire-dtype` (default f32), agreed at
+//!   join (M1, J8). It holds for every Partial and Reduced of the session.
+//! - W2. A message of `n` values (`n = dim * n_tokens`, from the plan) is
+//!   `total_len` bytes: f32 `4n`, f16 `2n`, q8_0 `34 * ceil(n / 32)`;
+//!   chunked as any message (F8: 65536-byte chunks, the last the rest; a
+//!   q8_0 block may straddle two). The receiver derives `total_len` from
+//!   the plan (F10), receives the whole message into a buffer of that
+//!   size, then decodes. Frames per message and bytes on the wire, for one
+//!   token at TinyLlama's dim 2048 / a 64-token prefill step:
+//!
+//!   | dtype | payload, 1 token | frames | on the wire | payload, 64 tokens | frames |
+//!   |---|---:|---:|---:|---:|---:|
+//!   | f32  | 8192 | 1 | 8232 | 524288 | 8 |
+//!   | f16  | 4096 | 1 | 4136 | 262144 | 4 |
+//!   | q8_0 | 2176 | 1 | 2216 | 139264 | 3 |
+//!
+//! - W3. f32: IEEE binary32 LE. f16: IEEE binary16 LE, rounded to nearest
+//!   even from f32 (`half`); every f16 is valid, NaN and infinity included
+//!   (as f32 carries them); a value beyond 65504 becomes infinity, and the
+//!   receivers' check of each layer's output stops the session.
+//! - W4. q8_0: ggml `block_q8_0`, `d f16 LE, qs [i8; 32]`, value `qs[j] *
+//!   d`, quantized by ggml's `quantize_row_q8_0_ref` (`d = amax / 127`,
+//!   `q = round(x / d)`, ties away from zero) over consecutive blocks of 32
+//!   of the message's values in row order. Tail: when `n % 32 != 0` the
+//!   last block is quantized over the remaining values padded with zeros
+//!   (which never raise `amax`); its padding quants are 0 and are dropped
+//!   on decoding. A block whose scale is 0 in f16 (`amax < 127 * 2^-25`)
+//!   is sent with all quants 0: it decodes to zeros either way, and below
+//!   about `amax = 127 * 2^-128` the reference's `1 / d` overflows and its casts
+//!   saturate (to -128 among others).
+//! - W5. A q8_0 decoder rejects a block whose scale is NaN, infinite or
+//!   negative, a quant of -128, and a non-zero padding quant.
+//! - W6. q8_0 cannot carry a NaN or infinity (the quantizer would silently
+//!   make it 0) nor a block with `amax > 127 * 65504`. The rank holding
+//!   such a value sends nothing: a NaN or infinity stops it with the
+//!   engine's non-finite error naming the layer and the position, as the
+//!   f32 wire ends one step later on every rank; a value too large is an
+//!   error naming it. A worker tells rank 0 why it stops (J6).
+//! - W7. Reduction: rank 0 adds to its own partial (f32, never encoded) the
+//!   decoded Partial of each worker in rank order 1..N-1, in f32; encodes
+//!   the sum once, sends the same bytes to every worker, and continues with
+//!   their decoded values itself, so every rank holds bit-identical
+//!   activations. With f32 nothing is encoded.
 //!
 //! ## Handshake and state machine
 //!
 //! ```text
 //! worker                                   hub
-//! Connect --- Hello{ver, N, rank, fp, plan_hash, nonce} --->  check ver, N, rank unused
+//! Connect --- Hello{ver, N, rank, fp, plan_hash, wire, nonce} -->  check ver, N, rank unused, wire
 //!         <--- Heartbeat (every 1 s) ------------------------  while slicing (J4)
 //!                                                             fp and plan_hash equal to hub's
-//!         <--- HelloAck{hub's values, same nonce} ---------  ok
+//!         <--- HelloAck{hub's values, wire, same nonce} ---  ok
 //!         <--- Reject{reason}, close ------------------------  mismatch
 //! (optional) FileRequest / FileChunk* until the slice is local
 //! Ready:
 //!   step s:   <--- Step{pos, ids, flags} (step=s)
 //!             per allreduce k = 0..2*n_layers:
-//!               --- Partial (step=s, seq=k, dim*n f32) --->   hub sums its own + partials
-//!                                                             in rank order (deterministic)
-//!               <--- Reduced (step=s, seq=k) --------------
+//!               --- Partial (step=s, seq=k, dim*n values, W2) -->  hub sums its own + decoded
+//!                                                             partials in rank order (W7)
+//!               <--- Reduced (step=s, seq=k, W2) ----------  the same bytes to every worker
 //!             if WANT_LOGITS: --- Logits (step=s) ------->  hub concatenates by vocab range
 //!   idle:     Heartbeat either way (step = last step)
 //!   end:      <--- Stop (or STOP flag on the last Step), close
@@ -147,6 +200,10 @@
 //!   the manifest of at most `split::manifest::MAX_MANIFEST` bytes, checksum checked);
 //!   the slice's size is the end of its last block. It never requests past
 //!   that size, and refuses a FileChunk message longer than it asked for.
+//! - J8. A worker whose Hello states a wire dtype other than rank 0's is
+//!   refused (after its key proof), the reason naming both; a worker
+//!   checks the HelloAck's the same way. A Hello stating none joins with
+//!   rank 0's.
 
 use std::time::Duration;
 
@@ -171,6 +228,7 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 pub mod frame;
 pub mod msg;
+pub mod wire;
 
 mod allreduce;
 mod auth;
@@ -179,9 +237,10 @@ mod join;
 mod link;
 mod transfer;
 
-pub use allreduce::{Command, HubComm, WorkerComm};
+pub use allreduce::{Command, HubComm, LinkBytes, WorkerComm};
 pub use auth::Secret;
 pub use error::NetError;
 pub use join::{resolve, slice_path, worker_join, HubListener, SessionId};
 pub use link::{Link, NetOpts};
 pub use transfer::{fetch_slice, worker_ready};
+pub use wire::WireDtype;

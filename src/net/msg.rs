@@ -3,6 +3,7 @@
 //! little-endian, counts are checked against constant maxima before any
 //! allocation, and trailing bytes are an error.
 
+use super::wire::WireDtype;
 use super::{MAX_MESSAGE, MAX_PAYLOAD};
 /// Payload errors are the codec's (the same bounded reader decodes slice
 /// manifests).
@@ -17,7 +18,7 @@ pub const STEP_PREFILL: u32 = 2;
 /// All defined step flags; others must be 0 (spec M3).
 pub const STEP_KNOWN_FLAGS: u32 = STEP_WANT_LOGITS | STEP_PREFILL;
 /// Encoded size of [`Hello`] (spec M1).
-pub const HELLO_LEN: usize = 2 + 2 + 2 + 8 + 8 + 32;
+pub const HELLO_LEN: usize = 2 + 2 + 2 + 8 + 8 + 1 + 32;
 /// Encoded size of [`FileRequest`] (spec M4).
 pub const FILE_REQUEST_LEN: usize = 16;
 
@@ -30,6 +31,9 @@ pub struct Hello {
     pub rank: u16,
     pub model_fingerprint: u64,
     pub plan_hash: u64,
+    /// Allreduce payload type (spec W1): in a HelloAck rank 0's; in a
+    /// Hello the one the worker was started with, `None` to follow rank 0.
+    pub wire_dtype: Option<WireDtype>,
     pub nonce: [u8; 32],
 }
 
@@ -41,7 +45,8 @@ impl Hello {
         b[4..6].copy_from_slice(&self.rank.to_le_bytes());
         b[6..14].copy_from_slice(&self.model_fingerprint.to_le_bytes());
         b[14..22].copy_from_slice(&self.plan_hash.to_le_bytes());
-        b[22..54].copy_from_slice(&self.nonce);
+        b[22] = self.wire_dtype.map_or(0, WireDtype::code);
+        b[23..55].copy_from_slice(&self.nonce);
         b
     }
 
@@ -53,6 +58,15 @@ impl Hello {
             rank: c.u16("hello.rank")?,
             model_fingerprint: c.u64("hello.model_fingerprint")?,
             plan_hash: c.u64("hello.plan_hash")?,
+            wire_dtype: match c.u8("hello.wire_dtype")? {
+                0 => None,
+                // spec M1: 0 (not stated), 1 f32, 2 f16, 3 q8_0.
+                code => Some(WireDtype::from_code(code).ok_or(MsgError::Invalid {
+                    field: "hello.wire_dtype",
+                    value: u64::from(code),
+                    why: "must be 0 (not stated), 1 f32, 2 f16 or 3 q8_0",
+                })?),
+            },
             nonce: c.array("hello.nonce")?,
         };
         // spec M1: exactly HELLO_LEN bytes.
@@ -336,6 +350,7 @@ mod tests {
             rank: 3,
             model_fingerprint: 0x0123_4567_89ab_cdef,
             plan_hash: 42,
+            wire_dtype: Some(WireDtype::Q8_0),
             nonce: [7; 32],
         }
     }
@@ -348,7 +363,7 @@ mod tests {
         long.push(0);
         assert_eq!(Hello::decode(&long), Err(MsgError::Trailing { extra: 1 }));
         assert!(matches!(
-            Hello::decode(&b[..53]),
+            Hello::decode(&b[..HELLO_LEN - 1]),
             Err(MsgError::Truncated {
                 field: "hello.nonce",
                 ..
@@ -370,6 +385,22 @@ mod tests {
             Hello::decode(&h.encode()),
             Err(MsgError::Invalid {
                 field: "hello.world_size",
+                ..
+            })
+        ));
+        // spec M1: the wire dtype at byte 22, 0 when not stated.
+        let mut h = hello();
+        h.wire_dtype = None;
+        assert_eq!(h.encode()[22], 0);
+        assert_eq!(Hello::decode(&h.encode()), Ok(h));
+        let mut b = hello().encode();
+        assert_eq!(b[22], 3);
+        b[22] = 4;
+        assert!(matches!(
+            Hello::decode(&b),
+            Err(MsgError::Invalid {
+                field: "hello.wire_dtype",
+                value: 4,
                 ..
             })
         ));
@@ -533,8 +564,9 @@ mod tests {
         #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
         #[test]
-        fn hello_round_trip(pv: u16, ws in 1u16.., r: u16, fp: u64, ph: u64, nonce: [u8; 32]) {
-            let h = Hello { protocol_version: pv, world_size: ws, rank: r % ws, model_fingerprint: fp, plan_hash: ph, nonce };
+        fn hello_round_trip(pv: u16, ws in 1u16.., r: u16, fp: u64, ph: u64, wire in 0u8..4, nonce: [u8; 32]) {
+            let wire_dtype = WireDtype::from_code(wire);
+            let h = Hello { protocol_version: pv, world_size: ws, rank: r % ws, model_fingerprint: fp, plan_hash: ph, wire_dtype, nonce };
             prop_assert_eq!(Hello::decode(&h.encode()), Ok(h));
         }
 

@@ -8,7 +8,7 @@ use super::open_weights;
 use crate::engine::{generate, GenOptions, GenOutput, OnText, Par, Rank};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::Checkpoint;
-use crate::net::{HubComm, HubListener, NetOpts, Secret, SessionId};
+use crate::net::{HubComm, HubListener, LinkBytes, NetOpts, Secret, SessionId, WireDtype};
 use crate::progress::Observer;
 use crate::split::cache::ensure_slices;
 use crate::split::digest::fingerprint;
@@ -32,6 +32,10 @@ pub struct HubReport {
     pub steps: u64,
     /// Rank 0's window, when its weights are windowed.
     pub window: Option<crate::window::WindowStats>,
+    /// Allreduce payload type of the session (spec W1).
+    pub wire: WireDtype,
+    /// Bytes through each worker's socket during generation.
+    pub links: Vec<LinkBytes>,
 }
 
 /// Everything rank 0 needs besides generation options.
@@ -119,6 +123,11 @@ pub fn run_hub(
     let links = hub.join(id, paths.clone())?;
     let vocab = plan.ranks.iter().map(|r| r.vocab.clone()).collect();
     let mut comm = HubComm::new(links, vocab, setup.net.spin)?;
+    if comm.wire() != WireDtype::F32 {
+        setup
+            .observer
+            .note(0, &format!("allreduce payloads travel as {}", comm.wire()));
+    }
 
     let slice = SliceFile::open(
         &paths[0],
@@ -155,6 +164,8 @@ pub fn run_hub(
                 bytes_received,
                 steps,
                 window: weights.window_stats(),
+                wire: comm.wire(),
+                links: comm.link_bytes(),
             })
         }
         Err(e) => {

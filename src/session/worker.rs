@@ -109,6 +109,15 @@ pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
             return Err(e);
         }
     };
+    if link.wire() != crate::net::WireDtype::F32 {
+        w.observer.note(
+            w.rank,
+            &format!(
+                "allreduce payloads travel as {} (rank 0's choice)",
+                link.wire()
+            ),
+        );
+    }
     let mut comm = WorkerComm::new(link, w.net.peer_timeout, w.net.spin)?;
     let mut rank = Rank {
         res: &res,

@@ -18,6 +18,7 @@ use crate::net::frame::{Kind, PROTOCOL_VERSION};
 use crate::net::link::{Link, NetOpts};
 use crate::net::msg::{Auth, Hello, Reject};
 use crate::net::transfer::serve_files;
+use crate::net::wire::WireDtype;
 use crate::net::{HEARTBEAT, MAX_PENDING};
 use crate::progress::Observer;
 use std::io;
@@ -95,6 +96,11 @@ impl Lobby {
         if let Ok(mut f) = self.last_failure.lock() {
             *f = Some(text);
         }
+    }
+
+    /// The session's allreduce payload type: rank 0's choice (spec W1).
+    fn wire(&self) -> WireDtype {
+        self.opts.wire.unwrap_or_default()
     }
 
     fn release(&self, rank: usize) {
@@ -471,6 +477,13 @@ fn greet(link: &mut Link, peer: &str, lobby: &Lobby) -> Result<Greeting, NetErro
             return Err(refuse(link, peer, why));
         }
     }
+    // Spec J8: a worker started with --wire-dtype must ask for rank 0's.
+    let wire = lobby.wire();
+    if let Some(asked) = hello.wire_dtype.filter(|&d| d != wire) {
+        let why = format!("wire dtype: rank 0 uses {wire}, rank {rank} was started with {asked}");
+        return Err(refuse(link, peer, why));
+    }
+    link.wire = wire;
     Ok(Greeting {
         rank,
         hello,
@@ -508,6 +521,7 @@ fn serve_joined(link: &mut Link, g: &Greeting, lobby: &Lobby) -> Result<(), NetE
         rank: 0,
         model_fingerprint: id.fingerprint,
         plan_hash: id.plan_hash,
+        wire_dtype: Some(lobby.wire()),
         nonce: hello.nonce,
     }
     .encode();

@@ -159,6 +159,7 @@ impl Me<'_> {
             rank: rank as u16,
             model_fingerprint: self.claim.map_or(0, |c| c.0),
             plan_hash: self.claim.map_or(0, |c| c.1),
+            wire_dtype: self.opts.wire,
             nonce: nonce(),
         };
         let hello_bytes = hello.encode();
@@ -253,6 +254,20 @@ impl Me<'_> {
                 ))
                 .into());
         }
+        // Spec J8: rank 0 states its wire dtype; a worker started with
+        // another one stops (rank 0 refuses it first).
+        let Some(wire) = ack.wire_dtype else {
+            return Err(self
+                .protocol("hello ack states no wire dtype".into())
+                .into());
+        };
+        if let Some(mine) = self.opts.wire.filter(|&d| d != wire) {
+            let why =
+                format!("wire dtype: rank 0 uses {wire}, rank {rank} was started with {mine}");
+            link.fail(0, &why);
+            return Err(self.protocol(why).into());
+        }
+        link.wire = wire;
         let id = SessionId {
             world_size,
             fingerprint: ack.model_fingerprint,
