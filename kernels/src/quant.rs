@@ -119,8 +119,10 @@ pub fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
         let id = inverse(d);
         b.d = f16::from_f32(d);
         for (q, v) in b.qs.iter_mut().zip(xb) {
-            // |v * id| <= 127 (plus rounding), so the cast cannot saturate.
-            *q = round_half_away(v * id) as i8;
+            // |v * id| <= 127 (plus rounding), except when `amax` is so
+            // small (below 127 * 2^-128) that `1 / d` overflows: the clamp
+            // keeps -128 out of every block (the x86 sign trick needs it).
+            *q = round_half_away(v * id).clamp(-127.0, 127.0) as i8;
         }
     }
 }

@@ -567,3 +567,29 @@ fn gemv_q_matches_scalar_on_many_small_rows() {
         }
     }
 }
+
+/// A block whose largest value is below 127 * 2^-128 makes `1 / d`
+/// overflow; its quants stay in -127..=127 (never -128, which the x86
+/// GEMV's sign trick cannot negate).
+#[test]
+fn q8_0_of_a_vanishing_block_holds_no_minus_128() {
+    for amax in [1e-38f32, -1e-38, 1e-45, -3.0e-37, f32::MIN_POSITIVE] {
+        let mut x = [0.0f32; QK];
+        x[0] = amax;
+        x[5] = -amax / 2.0;
+        let mut b = [BlockQ8_0::default()];
+        quant::quantize_row_q8_0(&x, &mut b);
+        assert!(b[0].qs.iter().all(|&q| q > -128), "{amax:e}: {:?}", b[0].qs);
+        // The GEMV of such a block is finite and tiny on every backend.
+        let w = [b[0]];
+        for backend in Backend::all_available() {
+            let mut y = [f32::NAN];
+            backend.gemv_q8_0(&w, &b, &mut y);
+            assert!(
+                y[0].is_finite() && y[0].abs() < 1e-30,
+                "{backend:?}: {}",
+                y[0]
+            );
+        }
+    }
+}
