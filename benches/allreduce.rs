@@ -841,32 +841,32 @@ fn part4() {
     for n in [2, 4] {
         for tokens in [1, 64] {
             let len = DIM * tokens;
-            let mut p50 = [[0.0f64; ROUNDS]; 3];
-            for r in 0..ROUNDS {
-                for i in 0..3 {
-                    let k = (i + r) % 3;
+            // rounds[r][k]: wire k in round r; the order rotates each round.
+            let mut rounds = [[0.0f64; 3]; ROUNDS];
+            for (r, row) in rounds.iter_mut().enumerate() {
+                for k in (0..3).map(|i| (i + r) % 3) {
                     let mut star = LibStar::start(n, &empty, spin, WireDtype::ALL[k]);
-                    p50[k][r] = star.measure(len).p50;
+                    row[k] = star.measure(len).p50;
                     star.stop();
                 }
             }
-            let med = |v: &[f64; ROUNDS]| {
-                let mut s = *v;
+            let med = |k: usize| {
+                let mut s = rounds.map(|row| row[k]);
                 s.sort_by(|a, b| a.total_cmp(b));
                 s[ROUNDS / 2]
             };
             for (k, wire) in WireDtype::ALL.into_iter().enumerate() {
-                let lo = p50[k].iter().copied().fold(f64::MAX, f64::min);
-                let hi = p50[k].iter().copied().fold(0.0, f64::max);
+                let lo = rounds.iter().map(|row| row[k]).fold(f64::MAX, f64::min);
+                let hi = rounds.iter().map(|row| row[k]).fold(0.0, f64::max);
                 println!(
                     "{:>5} {:>6} {:>5} {:>8.1} ({:>6.1}-{:>6.1}) {:>7.2}x {:>10.1}",
                     n,
                     tokens,
                     wire.name(),
-                    med(&p50[k]),
+                    med(k),
                     lo,
                     hi,
-                    med(&p50[k]) / med(&p50[0]),
+                    med(k) / med(0),
                     codec(wire, len).p50
                 );
             }
