@@ -164,17 +164,10 @@ fn check_gemm(
 
 /// Every backend's batched product (scalar included: the dispatch)
 /// against the scalar GEMV of each token.
-///
-/// NEON runs its GEMV per token, which scales 4 partial sums of a block
-/// apart and misses the tolerance on this stream under qemu (see
-/// `gemv_q_matches_scalar_on_many_small_rows` in `quant.rs`); it joins
-/// when that GEMV reduces each block first. Its exact-sum test runs.
 #[test]
 fn gemm_q8_0_and_q4_0_match_scalar_gemv_per_token_on_ragged_shapes() {
     let mut rng = Rng(0x5eed_6e33);
-    let backends: Vec<Backend> = Backend::all_available()
-        .filter(|b| *b != Backend::Neon)
-        .collect();
+    let backends: Vec<Backend> = Backend::all_available().collect();
     for &t in GEMM_T {
         for &rows in GEMM_ROWS {
             for &cols in GEMM_COLS {

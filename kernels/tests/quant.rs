@@ -545,18 +545,13 @@ fn gemv_q_matches_scalar_on_rows_longer_than_a_panel() {
 /// whose products cancel to a small sum next to a large scale must still
 /// meet the tolerance. An AVX2 GEMV that scaled a block's 8 partial sums
 /// apart and added them in f32 failed this stream (a Q8_0 row off by 1e-4
-/// of its sum of |terms|).
-///
-/// NEON is left out until its GEMV (`arch/aarch64/quant.rs`) reduces each
-/// block to one integer before scaling: it scales 4 partial sums apart
-/// and fails this stream under qemu (a Q8_0 row off by 5e-5).
+/// of its sum of |terms|); so did a NEON GEMV that scaled a block's 4
+/// partial sums apart (a Q8_0 row off by 5e-5 under qemu).
 #[test]
 fn gemv_q_matches_scalar_on_many_small_rows() {
     let mut rng = Rng(12345);
     let (rows, cols) = (3, 96);
-    let backends: Vec<Backend> = Backend::all_available()
-        .filter(|b| *b != Backend::Neon)
-        .collect();
+    let backends: Vec<Backend> = Backend::all_available().collect();
     for _ in 0..if cfg!(miri) { 2 } else { 3000 } {
         let w = rng.row(rows * cols);
         let (w8, w4) = (q8(&w), q4(&w));

@@ -7,31 +7,38 @@
 //!   pairs into 4 i32 lanes per instruction.
 //!
 //! Both run one loop, blocks of 4 rows sharing each activation load and
-//! each scale widening, two blocks per step into two accumulators:
+//! each scale widening; a row meets each block's scale once, as one exact
+//! integer, as in the scalar twin (`quant::gemv_blocks`):
 //!
 //! ```text
 //! for each group of R = 4 rows, then the last rows % 4 one at a time (R = 1):
-//!     acc[i][h] = 0                                   (i < R, h < 2: 2R q-regs of 4 x f32)
-//!     for b in blocks, two per step (h = b % 2; an odd last block into h = 0):
+//!     acc = 0                                          (1 q-reg of 4 x f32, lane i = row i)
+//!     for b in blocks, one after the other:
 //!         x = 2 x 16 i8 of activation block b          (loaded once for the R rows)
 //!         w[i] = 2 x 16 i8 of row i's block b          (Q8_0 qs; Q4_0: low nibbles - 8, high nibbles - 8)
 //!         s = f32(d_w[i] for i < R) * f32(d_x)         (4 x f32: one fcvtl widens the R scales)
-//!         for i < R:
-//!             p = dot(w[i], x)                         (4 x i32 whose lanes sum to isum, exact)
-//!             acc[i][h] += f32(p) * s[i]               (|p lane| < 2^24: exact conversion)
-//!     y[i] = sum of the lanes of acc[i][0] + acc[i][1]
+//!         p[i] = dot(w[i], x) for i < R, 0 above       (4 x i32 each, lanes adding up to row i's isum)
+//!         isum = addp(addp(p[0], p[1]), addp(p[2], p[3]))  (lane i = row i's isum, exact)
+//!         acc += f32(isum) * s                         (|isum| <= 32 * 128 * 128 < 2^24: exact conversion)
+//!     y[i] = acc[i]
 //! ```
 //! `dot` is 4 x (`smull` 8 x i16 products, `|w x| <= 128 * 128` fits;
 //! `sadalp` adding adjacent pairs into the i32 lanes), or 2 x `sdot`.
 //! Every byte value is exact on both paths, `-128` included (no sign
 //! trick). No column tail: rows are whole blocks.
 //!
-//! Why this shape: two accumulators let consecutive blocks' FMAs overlap
-//! (ggml's `ggml_vec_dot_q8_0_q8_0` for ARM keeps two for the same
-//! reason), and 4 rows per pass load each activation block and widen its
-//! scale once instead of 4 times, as the f32 NEON GEMV shares `x`
-//! (`bank::gemv`). Not yet measured on ARM hardware (qemu timings say
-//! nothing about it).
+//! Why this shape: scaling the 4 partial lanes of a block apart (the
+//! kernel before this one) rounds `d_w d_x lane` on lanes that can be far
+//! larger than the block's sum when they cancel, and missed the tests'
+//! tolerance under qemu (a Q8_0 row off by 5e-5); three `addp` reduce 4
+//! rows' lanes at once and leave the sums in one register, where an
+//! `addv` per row would take four and leave them in four.
+//! Each row adds its blocks in order, one FMA per block, as the scalar
+//! twin adds them (FMA rounds once where the twin rounds twice). 4 rows
+//! per pass load each activation block and widen its scale once instead
+//! of 4 times, as the f32 NEON GEMV shares `x` (`bank::gemv`), and give
+//! the one FMA chain 4 rows of integer work per link. Not yet measured on
+//! ARM hardware (qemu timings say nothing about it).
 
 use core::arch::aarch64::*;
 
@@ -154,27 +161,21 @@ unsafe fn rows<W, const R: usize>(
     assert_eq!(w.len(), R * nb, "gemv_q: row block");
     let rows: [&[W]; R] = core::array::from_fn(|i| &w[i * nb..][..nb]);
     // SAFETY: NEON per this fn's contract.
-    let mut acc = [[unsafe { vdupq_n_f32(0.0) }; 2]; R];
-    let mut b = 0;
-    while b + 2 <= nb {
+    let mut acc = unsafe { vdupq_n_f32(0.0) };
+    for (b, xb) in xq.iter().enumerate() {
         // SAFETY: CPU features per this fn's contract; `block` takes
         // references only.
-        unsafe {
-            block(&rows, b, &xq[b], &mut acc, 0, load_w, dot);
-            block(&rows, b + 1, &xq[b + 1], &mut acc, 1, load_w, dot);
-        }
-        b += 2;
+        acc = unsafe { block(&rows, b, xb, acc, load_w, dot) };
     }
-    if b < nb {
-        // SAFETY: as above.
-        unsafe { block(&rows, b, &xq[b], &mut acc, 0, load_w, dot) };
-    }
-    // SAFETY: NEON per this fn's contract.
-    core::array::from_fn(|i| unsafe { vaddvq_f32(vaddq_f32(acc[i][0], acc[i][1])) })
+    let mut y = [0.0f32; 4];
+    // SAFETY: `y` is 4 writable f32; st1 needs no alignment; NEON per
+    // this fn's contract.
+    unsafe { vst1q_f32(y.as_mut_ptr(), acc) };
+    core::array::from_fn(|i| y[i])
 }
 
-/// Block `b` of each of the `R` rows against activation block `xb`, into
-/// the accumulators `acc[..][h]`.
+/// `acc` (lane i = row i) plus block `b` of each of the `R` rows against
+/// activation block `xb`: one exact integer per row, scaled once.
 ///
 /// # Safety
 /// As [`gemv`].
@@ -186,12 +187,11 @@ unsafe fn block<W, const R: usize>(
     rows: &[&[W]; R],
     b: usize,
     xb: &BlockQ8_0,
-    acc: &mut [[float32x4_t; 2]; R],
-    h: usize,
+    acc: float32x4_t,
     load_w: &impl Fn(&W) -> (f16, Q32),
     dot: &impl Fn(Q32, Q32) -> int32x4_t,
-) {
-    const { assert!(R <= 4, "one scale lane per row") };
+) -> float32x4_t {
+    const { assert!(R <= 4, "one lane per row") };
     let ws: [(f16, Q32); R] = core::array::from_fn(|i| load_w(&rows[i][b]));
     let dw = core::array::from_fn(|i| if i < R { ws[i].0 } else { f16::ZERO });
     // SAFETY: NEON and the closures' features per this fn's contract.
@@ -199,9 +199,11 @@ unsafe fn block<W, const R: usize>(
         let x = load_q8(xb);
         let dx = widen([xb.d, f16::ZERO, f16::ZERO, f16::ZERO]);
         let s = vmulq_laneq_f32::<0>(widen(dw), dx);
-        for (i, (a, (_, wq))) in acc.iter_mut().zip(&ws).enumerate() {
-            a[h] = fma_lane(a[h], vcvtq_f32_s32(dot(*wq, x)), s, i);
-        }
+        let zero = vdupq_n_s32(0);
+        let p: [int32x4_t; 4] =
+            core::array::from_fn(|i| if i < R { dot(ws[i].1, x) } else { zero });
+        let isum = vpaddq_s32(vpaddq_s32(p[0], p[1]), vpaddq_s32(p[2], p[3]));
+        vfmaq_f32(acc, vcvtq_f32_s32(isum), s)
     }
 }
 
@@ -211,19 +213,6 @@ unsafe fn block<W, const R: usize>(
 fn widen(h: [f16; 4]) -> float32x4_t {
     // SAFETY: `h` is 4 readable f16; neon per this fn's target feature.
     unsafe { <Neon as Load<f16>>::load_w(h.as_ptr()) }
-}
-
-/// `acc + a * s[i]`; `i` is a constant once the row loop is unrolled, so
-/// this is one `fmla` by element.
-#[target_feature(enable = "neon")]
-#[inline]
-fn fma_lane(acc: float32x4_t, a: float32x4_t, s: float32x4_t, i: usize) -> float32x4_t {
-    match i {
-        0 => vfmaq_laneq_f32::<0>(acc, a, s),
-        1 => vfmaq_laneq_f32::<1>(acc, a, s),
-        2 => vfmaq_laneq_f32::<2>(acc, a, s),
-        _ => vfmaq_laneq_f32::<3>(acc, a, s),
-    }
 }
 
 /// The 32 bytes of an activation (or Q8_0 weight) block, in two halves.
