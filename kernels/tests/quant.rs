@@ -18,49 +18,8 @@ const COLS: &[usize] = if cfg!(miri) {
     &[0, 32, 64, 96, 160, 288, 1024, 4096 + 32]
 };
 
-/// Deterministic xorshift64* stream.
-struct Rng(u64);
-
-impl Rng {
-    fn u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in [-1, 1).
-    fn f32(&mut self) -> f32 {
-        (self.u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-
-    fn i8(&mut self) -> i8 {
-        (self.u64() >> 56) as u8 as i8
-    }
-
-    /// A row of `n` values with a per-block magnitude from 1e-3 to 1e3, so
-    /// the scales cover a wide f16 range.
-    fn row(&mut self, n: usize) -> Vec<f32> {
-        let mut v = Vec::with_capacity(n);
-        for _ in 0..n / QK {
-            let mag = 10f32.powf(3.0 * self.f32());
-            v.extend((0..QK).map(|_| self.f32() * mag));
-        }
-        v
-    }
-}
-
-fn q8(x: &[f32]) -> Vec<BlockQ8_0> {
-    let mut b = vec![BlockQ8_0::default(); x.len() / QK];
-    quant::quantize_row_q8_0(x, &mut b);
-    b
-}
-
-fn q4(x: &[f32]) -> Vec<BlockQ4_0> {
-    let mut b = vec![BlockQ4_0::default(); x.len() / QK];
-    quant::quantize_row_q4_0(x, &mut b);
-    b
-}
+mod common;
+use common::{q4, q8, Rng};
 
 fn hex(s: &str) -> Vec<u8> {
     (0..s.len())
