@@ -19,7 +19,7 @@ const COLS: &[usize] = if cfg!(miri) {
 };
 
 mod common;
-use common::{q4, q8, Rng};
+use common::{abs_sums, close, q4, q4_blk, q8, q8_blk, weights, Rng};
 
 fn hex(s: &str) -> Vec<u8> {
     (0..s.len())
@@ -137,46 +137,6 @@ fn quantize_q8_0_never_writes_minus_128() {
     for b in q8(&x) {
         assert!(b.qs.iter().all(|&q| q != -128), "{b:?}");
     }
-}
-
-/// Random quantized weights of `rows x cols` and their f32 values.
-fn weights(rng: &mut Rng, rows: usize, cols: usize) -> (Vec<BlockQ8_0>, Vec<BlockQ4_0>) {
-    let w = rng.row(rows * cols);
-    (q8(&w), q4(&w))
-}
-
-/// Per row, `sum_b |d_w d_x isum_b|` in f64: the scale of the rounding
-/// error of any f32 summation order.
-fn abs_sums<W>(
-    w: &[W],
-    xq: &[BlockQ8_0],
-    rows: usize,
-    blk: impl Fn(&W, &BlockQ8_0) -> f64,
-) -> Vec<f64> {
-    let nb = xq.len();
-    (0..rows)
-        .map(|r| {
-            w[r * nb..(r + 1) * nb]
-                .iter()
-                .zip(xq)
-                .map(|(wb, xb)| blk(wb, xb).abs())
-                .sum()
-        })
-        .collect()
-}
-
-fn q8_blk(w: &BlockQ8_0, x: &BlockQ8_0) -> f64 {
-    w.d.to_f64() * x.d.to_f64() * f64::from(quant::block_dot_q8_0(w, x))
-}
-
-fn q4_blk(w: &BlockQ4_0, x: &BlockQ8_0) -> f64 {
-    w.d.to_f64() * x.d.to_f64() * f64::from(quant::block_dot_q4_0(w, x))
-}
-
-/// f32 summation in another order: 2e-5 of `sum |terms|` (129 blocks x
-/// f32 epsilon, with margin), plus the smallest normal for all-zero rows.
-fn close(got: f32, want: f64, abs_sum: f64) -> bool {
-    (f64::from(got) - want).abs() <= 2e-5 * abs_sum + f64::from(f32::MIN_POSITIVE)
 }
 
 /// Runs `b`'s GEMV (`which` = "q8_0" / "q4_0") and compares it with the

@@ -48,3 +48,43 @@ pub fn q4(x: &[f32]) -> Vec<BlockQ4_0> {
     quant::quantize_row_q4_0(x, &mut b);
     b
 }
+
+/// Random quantized weights of `rows x cols` and their f32 values.
+pub fn weights(rng: &mut Rng, rows: usize, cols: usize) -> (Vec<BlockQ8_0>, Vec<BlockQ4_0>) {
+    let w = rng.row(rows * cols);
+    (q8(&w), q4(&w))
+}
+
+/// Per row, `sum_b |d_w d_x isum_b|` in f64: the scale of the rounding
+/// error of any f32 summation order.
+pub fn abs_sums<W>(
+    w: &[W],
+    xq: &[BlockQ8_0],
+    rows: usize,
+    blk: impl Fn(&W, &BlockQ8_0) -> f64,
+) -> Vec<f64> {
+    let nb = xq.len();
+    (0..rows)
+        .map(|r| {
+            w[r * nb..(r + 1) * nb]
+                .iter()
+                .zip(xq)
+                .map(|(wb, xb)| blk(wb, xb).abs())
+                .sum()
+        })
+        .collect()
+}
+
+pub fn q8_blk(w: &BlockQ8_0, x: &BlockQ8_0) -> f64 {
+    w.d.to_f64() * x.d.to_f64() * f64::from(quant::block_dot_q8_0(w, x))
+}
+
+pub fn q4_blk(w: &BlockQ4_0, x: &BlockQ8_0) -> f64 {
+    w.d.to_f64() * x.d.to_f64() * f64::from(quant::block_dot_q4_0(w, x))
+}
+
+/// f32 summation in another order: 2e-5 of `sum |terms|` (129 blocks x
+/// f32 epsilon, with margin), plus the smallest normal for all-zero rows.
+pub fn close(got: f32, want: f64, abs_sum: f64) -> bool {
+    (f64::from(got) - want).abs() <= 2e-5 * abs_sum + f64::from(f32::MIN_POSITIVE)
+}
