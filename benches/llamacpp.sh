@@ -2,6 +2,7 @@
 # tpi next to llama.cpp on this machine, same model shape, same minutes.
 #
 #   bash benches/llamacpp.sh [DIR] [ROUNDS]   (DIR default /tmp/tpi-bench, ROUNDS default 3)
+#   PREFILL_ONLY=1 bash benches/llamacpp.sh ... skips the decode rows
 #
 # llama.cpp comes from PyPI (llama-cpp-python's source release, built for
 # this CPU: GGML_NATIVE=ON; tools/llamacpp_env.sh) into DIR on first use,
@@ -16,7 +17,8 @@
 # Quantized rows: llama.cpp's quantizer makes Q8_0 and Q4_0 files from the
 # f16 GGUF with the types `tpi-run --quantize` stores (layer matrices in
 # the type, output Q8_0, token embedding f16); tpi cuts its own from the
-# f16 safetensors. Prefill rows time a 64- and a 128-token prompt (tpi:
+# f16 safetensors. Prefill rows (f32, f16, Q8_0, Q4_0) time a 64- and a
+# 128-token prompt (tpi:
 # time to first token with --length 1; llama.cpp: one eval of the prompt,
 # batch 512), as tokens/s.
 set -euo pipefail
@@ -113,12 +115,13 @@ tpi_prefill() { # model dir, threads, prompt tokens, extra args... -> prompt tok
     | python3 -c "import json,sys; print('%.1f' % ($n * 1e3 / json.load(sys.stdin)['ttft_ms']))"
 }
 ratio() { python3 -c "print('%.2f' % ($1 / $2))"; }
-quant_args() { [ "$1" = f16 ] || echo "--quantize $1"; }
+quant_args() { case $1 in f16 | f32) ;; *) echo "--quantize $1" ;; esac; }
 
 "$py" -c "import llama_cpp; print('llama.cpp', llama_cpp.__version__, llama_cpp.llama_print_system_info().decode())"
 echo "tpi kernel: $("$bin" --prompt-ids 1 --length 1 --json --quiet | python3 -c "import json,sys; print(json.load(sys.stdin)['kernel'])")"
 printf '%-6s %-34s %10s %10s %7s %9s\n' round "decode ms/token" tpi llama.cpp ratio "tpi/f16"
-for r in $(seq "$rounds"); do
+[ -n "${PREFILL_ONLY:-}" ] && decode_rounds=0 || decode_rounds=$rounds
+for r in $(seq "$decode_rounds"); do
   for t in 1 2; do
     base=
     for ty in f16 q8_0 q4_0; do
@@ -141,10 +144,11 @@ done
 printf '%-6s %-34s %10s %10s %7s\n' round "prefill tokens/s, 2 threads" tpi llama.cpp ratio
 for r in $(seq "$rounds"); do
   for n in 64 128; do
-    for ty in f16 q8_0 q4_0; do
-      gguf="$dir/tl-$ty.gguf"
+    for ty in f32 f16 q8_0 q4_0; do
+      gguf="$dir/tl-$ty.gguf" model="$dir/tl-f16"
+      [ "$ty" = f32 ] && model="$dir/tl-f32"
       # shellcheck disable=SC2046
-      a=$(tpi_prefill "$dir/tl-f16" 2 "$n" $(quant_args "$ty"))
+      a=$(tpi_prefill "$model" 2 "$n" $(quant_args "$ty"))
       b=$(llamacpp "$gguf" 2 "$n")
       printf '%-6s %-34s %10s %10s %7s\n' "$r" "$ty, $n-token prompt" "$a" "$b" "$(ratio "$a" "$b")"
     done

@@ -11,6 +11,10 @@ use tpi_kernels::Backend;
 
 /// Max-abs tolerance on last-position logits (the two oracles agree to 1e-5).
 const LOGIT_TOL: f32 = 1e-4;
+/// Max-abs tolerance between batched and token-by-token prefill: the same
+/// f32 products summed in another order (measured: at most 5.5e-6 on the
+/// fixtures, with logits of magnitude ~10, where one ulp is ~1e-6).
+const BATCH_TOL: f32 = 2e-5;
 
 fn greedy(
     ckpt: &Checkpoint,
@@ -165,8 +169,9 @@ fn prompt_text_encodes_to_the_reference_ids() {
 }
 
 /// Prompts prefilled in batches (every weight read once per batch of up to
-/// `PREFILL_BATCH` tokens) give the oracle's logits and continuations, the
-/// same bits as token-by-token prefill, also across a batch boundary.
+/// `PREFILL_BATCH` tokens) give the oracle's logits and continuations, and
+/// within `BATCH_TOL` of token-by-token prefill (the batched product sums
+/// in another order), also across a batch boundary.
 #[test]
 fn batched_prefill_matches_transformers_and_token_by_token() {
     for name in FIXTURES {
@@ -189,7 +194,11 @@ fn batched_prefill_matches_transformers_and_token_by_token() {
                 );
                 assert_eq!(batched.generated_ids, want, "{name}: greedy ids");
                 let stepped = greedy(&ckpt, &prompt, 1, Backend::detect(), threads);
-                assert_eq!(batched.last_logits, stepped.last_logits, "{name}");
+                let (diff, at) = max_abs_diff(&batched.last_logits, &stepped.last_logits);
+                assert!(
+                    diff <= BATCH_TOL,
+                    "{name}: batched and token-by-token prefill differ by {diff} at id {at}"
+                );
             }
         }
     }
@@ -200,5 +209,6 @@ fn batched_prefill_matches_transformers_and_token_by_token() {
     let batched = generate_greedy(&ckpt, &prompt, 1, Backend::detect(), 2, false);
     assert_eq!(batched.generated_ids, [next]);
     let stepped = greedy(&ckpt, &prompt, 1, Backend::detect(), 2);
-    assert_eq!(batched.last_logits, stepped.last_logits);
+    let (diff, at) = max_abs_diff(&batched.last_logits, &stepped.last_logits);
+    assert!(diff <= BATCH_TOL, "differ by {diff} at id {at}");
 }

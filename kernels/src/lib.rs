@@ -209,6 +209,27 @@ impl Backend {
         dispatch!(self, |k| k.gemv(w, x, y))
     }
 
+    /// `y[i] = W x[i]` for `t` tokens on float weights (prompt prefill):
+    /// `x` holds `t` rows of inputs, `y` gets `t` rows of outputs,
+    /// token-major. The SIMD backends run a register-tiled product (3 rows
+    /// x 3 tokens per tile: each weight loaded once per 3 tokens, 9
+    /// independent FMA chains, panels kept in L1); the sums are the GEMV's
+    /// in another order. Scalar is the GEMV per token.
+    ///
+    /// # Panics
+    /// If `t == 0`, `x` or `y` is not `t` rows, `w.len()` is not their
+    /// row lengths' product, or the backend is not available.
+    pub fn gemm(self, w: Weights<'_>, x: &[f32], t: usize, y: &mut [f32]) {
+        assert!(
+            t > 0
+                && x.len().is_multiple_of(t)
+                && y.len().is_multiple_of(t)
+                && w.len() == (x.len() / t) * (y.len() / t),
+            "gemm: shapes"
+        );
+        dispatch!(self, |k| k.gemm(w, x, t, y))
+    }
+
     /// `y = W x` on Q8_0 weights with Q8_0 activations `xq` (from
     /// [`quant::quantize_row_q8_0`]): W row-major in blocks
     /// `[y.len()][xq.len()]`, an exact i32 dot product per 32-block scaled

@@ -14,6 +14,10 @@ impl Token {
         gemv(w, x, y)
     }
 
+    pub(crate) fn gemm(self, w: Weights<'_>, x: &[f32], t: usize, y: &mut [f32]) {
+        gemm(w, x, t, y)
+    }
+
     pub(crate) fn dot(self, a: &[f32], b: &[f32]) -> f32 {
         dot(a, b)
     }
@@ -57,6 +61,16 @@ pub fn gemv(w: Weights<'_>, x: &[f32], y: &mut [f32]) {
                     .sum();
             }
         }
+    }
+}
+
+/// `y[i] = W x[i]` for `t` tokens, token-major (`x` is `t` rows of
+/// `x.len() / t`, `y` `t` rows of `y.len() / t`): the GEMV per token, the
+/// twin of every backend's batched product.
+pub fn gemm(w: Weights<'_>, x: &[f32], t: usize, y: &mut [f32]) {
+    let (n, rows) = (x.len() / t.max(1), y.len() / t.max(1));
+    for i in 0..t {
+        gemv(w, &x[i * n..(i + 1) * n], &mut y[i * rows..(i + 1) * rows]);
     }
 }
 

@@ -9,10 +9,12 @@
 //! the start of a region each distinct input row is quantized once into
 //! [`Par`]'s activation buffer (grown to the largest region seen, then
 //! reused; never allocated per call), and every chunk of rows reads it.
-//! With several tokens (a prefill batch) a chunk of block rows is one
-//! batched product (`gemm_q8_0` / `gemm_q4_0`: each weight block read once
-//! per 8 tokens) into its own part of a second reused buffer, token-major
-//! as the kernel writes it, then copied to each token's output row.
+//!
+//! With several tokens (a prefill batch) a chunk of rows is one batched
+//! product (`gemm`: register tiles of 3 rows x 3 tokens on float weights;
+//! `gemm_q8_0` / `gemm_q4_0`: each weight block read once per 8 tokens)
+//! into its own part of a second reused buffer, token-major as the kernel
+//! writes it, then copied to each token's output row.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,7 +41,7 @@ pub struct Par {
     /// `[sum over a region's distinct quantized inputs of t * cols/32]`:
     /// Q8_0 activations, locked for one region at a time.
     xq: Mutex<Vec<BlockQ8_0>>,
-    /// `[sum over a region's block matrices of t * rows]` when `t > 1`:
+    /// `[sum over a region's matrices of t * rows]` when `t > 1`:
     /// batched outputs, chunk by chunk `[t][chunk rows]`, locked with `xq`.
     yq: Mutex<Vec<f32>>,
 }
@@ -101,9 +103,9 @@ impl Par {
     /// Runs `jobs` for `t` tokens: each job's `x` holds `t` input rows and
     /// its `y` gets `t` output rows. Rows of the weights are split into
     /// chunks that the threads take in turn; a chunk is applied to all `t`
-    /// tokens one after the other, so its weights come from DRAM once and
-    /// from the cache `t - 1` times (a prompt costs a little more than one
-    /// decode step, not `t` of them).
+    /// tokens by one batched product, so its weights come from DRAM once
+    /// per batch (a prompt costs a little more than one decode step in
+    /// bytes read, not `t` of them).
     ///
     /// Static equal shares leave one thread idle at the end of every region
     /// when the two do not get the same share of the memory bus (they rarely
@@ -164,10 +166,7 @@ impl Par {
         // Batched outputs of block matrices, carved chunk by chunk below.
         let mut yq = self.yq.lock().unwrap_or_else(|e| e.into_inner());
         let batched = if t > 1 {
-            jobs.iter()
-                .filter(|(w, _, _)| w.is_quantized())
-                .map(|(_, _, ys)| ys.len())
-                .sum()
+            jobs.iter().map(|(_, _, ys)| ys.len()).sum()
         } else {
             0
         };
@@ -205,7 +204,7 @@ impl Par {
             for start in (0..rows).step_by(rows_per) {
                 let end = (start + rows_per).min(rows);
                 let ys: Vec<&mut [f32]> = pieces.iter_mut().filter_map(|p| p.next()).collect();
-                let scratch = if t > 1 && w.is_quantized() {
+                let scratch = if t > 1 {
                     let (mine, rest) = std::mem::take(&mut yq_free).split_at_mut(t * (end - start));
                     yq_free = rest;
                     mine
@@ -238,8 +237,8 @@ impl Par {
 }
 
 /// Rows of one matrix for every token: (weights, all tokens' inputs,
-/// columns, each token's output rows, and for block weights with more
-/// than one token `[t][chunk rows]` floats for the batched product).
+/// columns, each token's output rows, and with more than one token
+/// `[t][chunk rows]` floats for the batched product).
 type Chunk<'a, 'b> = (
     View<'a>,
     Input<'b>,
@@ -251,10 +250,10 @@ type Chunk<'a, 'b> = (
 fn run_chunk(backend: Backend, (w, xs, cols, mut ys, yq): Chunk<'_, '_>) {
     let (nb, t) = (cols / QK, ys.len());
     match (w, xs) {
+        (View::Float(w), Input::F32(x)) if t == 1 => backend.gemv(w, &x[..cols], ys[0]),
         (View::Float(w), Input::F32(x)) => {
-            for (i, y) in ys.into_iter().enumerate() {
-                backend.gemv(w, &x[i * cols..(i + 1) * cols], y);
-            }
+            backend.gemm(w, &x[..t * cols], t, yq);
+            scatter(yq, ys);
         }
         (View::Q8_0(w), Input::Q8_0(x)) if t == 1 => backend.gemv_q8_0(w, x, ys[0]),
         (View::Q4_0(w), Input::Q8_0(x)) if t == 1 => backend.gemv_q4_0(w, x, ys[0]),

@@ -33,6 +33,10 @@ impl NeonDotprod {
         self.0.gemv(w, x, y)
     }
 
+    pub(crate) fn gemm(self, w: crate::Weights<'_>, x: &[f32], t: usize, y: &mut [f32]) {
+        self.0.gemm(w, x, t, y)
+    }
+
     pub(crate) fn dot(self, a: &[f32], b: &[f32]) -> f32 {
         self.0.dot(a, b)
     }
