@@ -187,7 +187,7 @@ impl BlockQ4_K {
     #[inline]
     pub fn q(&self, e: usize) -> u8 {
         let byte = self.qs[32 * (e / 64) + e % 32];
-        if (e / 32) % 2 == 0 {
+        if (e / 32).is_multiple_of(2) {
             byte & 0xF
         } else {
             byte >> 4

@@ -169,7 +169,10 @@ fn dequantizers_match_gguf_bit_for_bit() {
     let cases = fx["blocks"].as_array().unwrap();
     assert!(cases.len() >= 12);
     for case in cases {
-        let (kind, name) = (case["type"].as_str().unwrap(), case["name"].as_str().unwrap());
+        let (kind, name) = (
+            case["type"].as_str().unwrap(),
+            case["name"].as_str().unwrap(),
+        );
         let raw = hex(case["bytes"].as_str().unwrap());
         let want = f32s(case["deq"].as_str().unwrap());
         let mut got = vec![f32::NAN; QK_K];
@@ -336,8 +339,10 @@ fn block_dot_matches_ggml_generic_dot_on_the_fixture() {
 fn q4_k_scales_mins_unpacks_as_get_scale_min_k4() {
     let mut rng = Rng(77);
     for _ in 0..5000 {
-        let mut b = BlockQ4_K::default();
-        b.scales = core::array::from_fn(|_| rng.u64() as u8);
+        let b = BlockQ4_K {
+            scales: core::array::from_fn(|_| rng.u64() as u8),
+            ..Default::default()
+        };
         let sm = b.scales_mins();
         for s in 0..8 {
             assert_eq!((sm[s], sm[8 + s]), b.scale_min(s), "{:?} s={s}", b.scales);
@@ -352,7 +357,15 @@ fn element_order_is_ggml_s() {
     b.qs[0] = 0x21; // element 0: 1, element 32: 2
     b.qs[32] = 0x43; // element 64: 3, element 96: 4
     b.qs[127] = 0x65; // element 223: 5, element 255: 6
-    for (e, q) in [(0, 1), (32, 2), (64, 3), (96, 4), (223, 5), (255, 6), (1, 0)] {
+    for (e, q) in [
+        (0, 1),
+        (32, 2),
+        (64, 3),
+        (96, 4),
+        (223, 5),
+        (255, 6),
+        (1, 0),
+    ] {
         assert_eq!(b.q(e), q, "q4_k element {e}");
     }
     let mut b = BlockQ6_K::default();
@@ -388,9 +401,9 @@ fn q8_k_bsums_are_the_sums_of_16_and_quants_stay_in_range() {
     }
 }
 
-/// Quantize then dequantize: the normalized error of ggml's formats on
-/// Gaussian data (Q4_K about 4e-3, Q6_K about 2.5e-4 with ggml's
-/// quantizers; the bounds leave 2x).
+/// Quantize then dequantize: the normalized error (`mse(x, y) / mse(x, 0)`)
+/// of the formats on near-Gaussian data (sums of 4 uniforms): measured
+/// Q4_K 4.7e-3, Q6_K 2.9e-4, Q8_K 3.8e-5; the bounds leave 1.7x or more.
 #[test]
 fn quantize_then_dequantize_has_the_formats_error() {
     let mut rng = Rng(11);
@@ -414,7 +427,7 @@ fn quantize_then_dequantize_has_the_formats_error() {
     kquant::dequantize_row_q8_k(&q8_k(&x), &mut y);
     let e8 = nmse(&y);
     println!("nmse q4_k {e4:.2e} q6_k {e6:.2e} q8_k {e8:.2e}");
-    assert!(e4 < 8e-3 && e6 < 5e-4 && e8 < 5e-5, "{e4} {e6} {e8}");
+    assert!(e4 < 8e-3 && e6 < 5e-4 && e8 < 1e-4, "{e4} {e6} {e8}");
 }
 
 /// Runs every available backend's GEMV on `rows x nb` super-blocks and
