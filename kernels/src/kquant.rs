@@ -253,9 +253,10 @@ fn sqrt(v: f32) -> f32 {
     r as f32 * scale
 }
 
-/// `d != 0 ? 1 / d : 0`, as ggml computes the inverse scales.
+/// `max > 0 ? n / max : 0`, as ggml's Q4_K quantizer inverts the largest
+/// sub-block scale and min.
 #[inline]
-fn inverse(max: f32, n: f32) -> f32 {
+fn inverse_of_max(n: f32, max: f32) -> f32 {
     if max > 0.0 {
         n / max
     } else {
@@ -446,8 +447,8 @@ pub fn quantize_row_q4_k(x: &[f32], out: &mut [BlockQ4_K]) {
                 max_min = mins[s];
             }
         }
-        let inv_scale = inverse(max_scale, 63.0);
-        let inv_min = inverse(max_min, 63.0);
+        let inv_scale = inverse_of_max(63.0, max_scale);
+        let inv_min = inverse_of_max(63.0, max_min);
         let mut packed = [0u8; 12];
         for s in 0..8 {
             // C's `(uint8_t)nearest_int(..)`: a wrapping cast, then the clamp.

@@ -77,11 +77,11 @@ impl Avx512 {
     }
 }
 
-/// 32 bytes at `p..p + 32` of `bytes`.
+/// The 32 bytes from element `at` of `s` on.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn load32<T>(bytes: &[T], at: usize) -> __m256i {
-    let s = &bytes[at..];
+fn load32<T>(s: &[T], at: usize) -> __m256i {
+    let s = &s[at..];
     assert!(size_of_val(s) >= 32);
     // SAFETY: at least 32 readable bytes at `s` (checked above, and the
     // check is removed for the constant offsets of the callers); loadu
