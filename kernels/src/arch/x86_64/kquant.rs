@@ -28,9 +28,9 @@
 //! the result equals it bit for bit (llama.cpp instead scales the 8 lanes
 //! apart and adds them in f32).
 //!
-//! The unpacking of Q4_K's 12 bytes of 6-bit scales and mins is the
-//! scalar [`BlockQ4_K::scales_mins`] (three u32 masks and shifts), then
-//! one `vpmovzxbw`.
+//! Q4_K's 12 bytes of 6-bit scales and mins are unpacked as
+//! [`BlockQ4_K::scales_mins`] does (u32 masks and shifts), in one xmm,
+//! then widened with one `vpmovzxbw`.
 
 use core::arch::x86_64::*;
 
@@ -117,13 +117,36 @@ fn hsum2(a: __m256i, b: __m128i) -> __m128i {
     _mm_hadd_epi32(h, h)
 }
 
+/// [`BlockQ4_K::scales_mins`] in a register: 16 bytes from `scales` on
+/// (the 12 bytes and 4 of `qs`, unused) as u32 lanes `[a, b, c, _]`, then
+/// `[a & 63s, c & 15s | (a >> 6 & 3s) << 4, b & 63s, c >> 4 & 15s | (b >> 6 & 3s) << 4]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn scales_mins(w: &BlockQ4_K) -> __m128i {
+    let bytes = bytemuck::bytes_of(w);
+    // SAFETY: bytes 4..20 of the 144-byte block are readable; loadu needs
+    // no alignment.
+    let v = unsafe { _mm_loadu_si128(bytes[4..20].as_ptr().cast()) };
+    let acbc = _mm_shuffle_epi32::<0b10_01_10_00>(v);
+    let aabb = _mm_shuffle_epi32::<0b01_01_00_00>(v);
+    let (low6, low4, top2) = (0x3f3f_3f3f, 0x0f0f_0f0f, 0x0303_0303);
+    let lo = _mm_and_si128(acbc, _mm_set_epi32(0, low6, 0, low6));
+    let nib = _mm_and_si128(
+        _mm_srlv_epi32(acbc, _mm_set_epi32(4, 0, 0, 0)),
+        _mm_set_epi32(low4, 0, low4, 0),
+    );
+    let top = _mm_slli_epi32::<4>(_mm_and_si128(
+        _mm_srli_epi32::<6>(aabb),
+        _mm_set_epi32(top2, 0, top2, 0),
+    ));
+    _mm_or_si128(lo, _mm_or_si128(nib, top))
+}
+
 /// One Q4_K super-block times one Q8_K super-block (the module docs).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn dot_q4_k(w: &BlockQ4_K, x: &BlockQ8_K) -> f32 {
-    let sm = w.scales_mins();
-    // SAFETY: `sm` is 16 readable bytes; loadu needs no alignment.
-    let sm = _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(sm.as_ptr().cast()) });
+    let sm = _mm256_cvtepu8_epi16(scales_mins(w));
     // 8 mins x (bsums[2s] + bsums[2s + 1]): 4 x i32.
     let bs = load32(&x.bsums, 0);
     let pairs = _mm_hadd_epi16(
