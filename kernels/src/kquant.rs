@@ -34,7 +34,10 @@
 //! `quantize_row_q6_K_ref`, `quantize_row_q8_K_ref` in `ggml-quants.c`),
 //! the f32 operations in the same order, so a row quantized here has the
 //! bytes llama.cpp writes (checked in `kernels/tests/kquant.rs` against
-//! ggml itself through `tools/kquant_fixture.py`).
+//! ggml itself through `tools/kquant_fixture.py`, on x86-64 and under
+//! qemu on aarch64). Rust never fuses `a * b + c`; a ggml built with FMA
+//! contraction in `ggml-quants.c` could round a least-squares fit
+//! differently (the x86-64 `libggml-base` of the fixture has no FMA).
 //!
 //! # GEMV with Q8_K activations
 //!
@@ -560,9 +563,10 @@ fn fit_scale_min(x: &[f32; 32], weights: &[f32; 32], l: &mut [u8; 32]) -> (f32, 
 }
 
 /// Quantizes `x` to Q6_K as ggml's `quantize_row_q6_K_ref`: per 16
-/// weights a scale fitted by [`fit_scale`] (`q` in -32..=31), then the 16
-/// scales quantized to i8 against the one of largest magnitude
-/// (`d = max / -128`) and the quants recomputed with the stored scales.
+/// weights a scale fitted by weighted (`x^2`) least squares over 19
+/// candidates (`q` in -32..=31), then the 16 scales quantized to i8
+/// against the one of largest magnitude (`d = max / -128`) and the quants
+/// recomputed with the stored scales.
 ///
 /// # Panics
 /// If `x.len() != 256 * out.len()`.
