@@ -35,7 +35,7 @@
 //! the f32 operations in the same order, so a row quantized here has the
 //! bytes llama.cpp writes (checked in `kernels/tests/kquant.rs` against
 //! ggml itself through `tools/kquant_fixture.py`, on x86-64 and under
-//! qemu on aarch64). Rust never fuses `a * b + c`; a ggml built with FMA
+//! qemu on aarch64 and armv7). Rust never fuses `a * b + c`; a ggml built with FMA
 //! contraction in `ggml-quants.c` could round a least-squares fit
 //! differently (the x86-64 `libggml-base` of the fixture has no FMA).
 //!
