@@ -1,17 +1,19 @@
 //! GEMV bandwidth benchmark (`cargo bench --bench gemv [DTYPE...]`,
 //! std::time only).
 //!
-//! For f32/f16/bf16 weights and ggml Q8_0/Q4_0 blocks, of the shapes of a
+//! For f32/f16/bf16 weights and ggml Q8_0/Q4_0 blocks and Q4_K/Q6_K
+//! super-blocks, of the shapes of a
 //! ~1B model's projections and lm_head, measures `y = W x` per backend with
 //! 1 and 2 threads (rows split into contiguous blocks, one
 //! `std::thread::scope` per measurement, each thread running all iterations
 //! over its rows), next to the "best memory read loop" (`Backend::read_sum`:
 //! widest loads, 8 accumulators) streaming the same bytes with the same
 //! threads, measured in the same run. GB/s counts the stored weight bytes
-//! (34 per 32 weights for Q8_0, 18 for Q4_0), so a kernel at the memory
-//! bound shows the read loop's GB/s whatever its dtype. Quantized GEMVs
-//! take Q8_0 activations, quantized once before the clock starts (as
-//! `engine::par` quantizes once per region). `BACKEND/t64` rows are the
+//! (34 per 32 weights for Q8_0, 18 for Q4_0, 144 per 256 for Q4_K, 210 for
+//! Q6_K), so a kernel at the memory bound shows the read loop's GB/s
+//! whatever its dtype. Quantized GEMVs take Q8_0 (K-quants: Q8_K)
+//! activations, quantized once before the clock starts (as `engine::par`
+//! quantizes once per region). `BACKEND/t64` rows are the
 //! batched product for a 64-token prefill (`gemm_q8_0`/`gemm_q4_0`): their
 //! GB/s counts the weight bytes once per token, so the ratio is how many
 //! times faster than the read loop a prompt goes through the matrix than
@@ -22,8 +24,11 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use tpi_kernels::kquant::{quantize_row_q8_k, QK_K};
 use tpi_kernels::quant::{quantize_row_q8_0, QK};
-use tpi_kernels::{bf16, f16, Backend, BlockQ4_0, BlockQ8_0, Weights};
+use tpi_kernels::{
+    bf16, f16, Backend, BlockQ4_0, BlockQ4_K, BlockQ6_K, BlockQ8_0, BlockQ8_K, Weights,
+};
 
 const SHAPES: [(usize, usize); 3] = [(4096, 4096), (5632, 2048), (2048, 5632)];
 /// TinyLlama-1.1B's MLP projections and lm_head.
@@ -41,15 +46,19 @@ enum Dtype {
     BF16,
     Q8_0,
     Q4_0,
+    Q4K,
+    Q6K,
 }
 
 impl Dtype {
-    const ALL: [Dtype; 5] = [
+    const ALL: [Dtype; 7] = [
         Dtype::F32,
         Dtype::F16,
         Dtype::BF16,
         Dtype::Q8_0,
         Dtype::Q4_0,
+        Dtype::Q4K,
+        Dtype::Q6K,
     ];
 
     fn name(self) -> &'static str {
@@ -59,22 +68,27 @@ impl Dtype {
             Dtype::BF16 => "bf16",
             Dtype::Q8_0 => "q8_0",
             Dtype::Q4_0 => "q4_0",
+            Dtype::Q4K => "q4_k",
+            Dtype::Q6K => "q6_k",
         }
     }
 
-    /// Stored bytes of a row of `cols` weights (`cols` a multiple of 32).
+    /// Stored bytes of a row of `cols` weights (`cols` a multiple of 32,
+    /// of 256 for the K-quants).
     fn row_bytes(self, cols: usize) -> usize {
         match self {
             Dtype::F32 => 4 * cols,
             Dtype::F16 | Dtype::BF16 => 2 * cols,
             Dtype::Q8_0 => cols / QK * size_of::<BlockQ8_0>(),
             Dtype::Q4_0 => cols / QK * size_of::<BlockQ4_0>(),
+            Dtype::Q4K => cols / QK_K * size_of::<BlockQ4_K>(),
+            Dtype::Q6K => cols / QK_K * size_of::<BlockQ6_K>(),
         }
     }
 
     fn shapes(self) -> &'static [(usize, usize)] {
         match self {
-            Dtype::Q8_0 | Dtype::Q4_0 => &SHAPES_Q,
+            Dtype::Q8_0 | Dtype::Q4_0 | Dtype::Q4K | Dtype::Q6K => &SHAPES_Q,
             _ => &SHAPES,
         }
     }
@@ -120,6 +134,22 @@ impl Store {
                     qs: core::array::from_fn(|j| h(i * QK + j) as u8),
                 }
             }),
+            Dtype::Q4K => fill(bytemuck::cast_slice_mut::<u8, BlockQ4_K>(&mut mem), |i| {
+                BlockQ4_K {
+                    d: d(i),
+                    dmin: d(i + 1),
+                    scales: core::array::from_fn(|j| h(i * QK_K + 200 + j) as u8),
+                    qs: core::array::from_fn(|j| h(i * QK_K + j) as u8),
+                }
+            }),
+            Dtype::Q6K => fill(bytemuck::cast_slice_mut::<u8, BlockQ6_K>(&mut mem), |i| {
+                BlockQ6_K {
+                    ql: core::array::from_fn(|j| h(i * QK_K + j) as u8),
+                    qh: core::array::from_fn(|j| h(i * QK_K + 128 + j) as u8),
+                    scales: core::array::from_fn(|j| h(i * QK_K + 192 + j) as i8),
+                    d: d(i),
+                }
+            }),
         }
         Store { mem, dtype }
     }
@@ -131,9 +161,17 @@ impl Store {
         &self.mem[base + r0 * rb..base + r1 * rb]
     }
 
-    /// `y = W x` on the rows `bytes` of this store's dtype, `x` as floats
-    /// and as Q8_0 blocks.
-    fn gemv(&self, be: Backend, bytes: &[u8], x: &[f32], xq: &[BlockQ8_0], y: &mut [f32]) {
+    /// `y = W x` on the rows `bytes` of this store's dtype, `x` as floats,
+    /// as Q8_0 blocks and as Q8_K super-blocks.
+    fn gemv(
+        &self,
+        be: Backend,
+        bytes: &[u8],
+        x: &[f32],
+        xq: &[BlockQ8_0],
+        xk: &[BlockQ8_K],
+        y: &mut [f32],
+    ) {
         use bytemuck::cast_slice as c;
         match self.dtype {
             Dtype::F32 => be.gemv(Weights::F32(c(bytes)), x, y),
@@ -141,6 +179,8 @@ impl Store {
             Dtype::BF16 => be.gemv(Weights::BF16(c(bytes)), x, y),
             Dtype::Q8_0 => be.gemv_q8_0(c(bytes), xq, y),
             Dtype::Q4_0 => be.gemv_q4_0(c(bytes), xq, y),
+            Dtype::Q4K => be.gemv_q4_k(c(bytes), xk, y),
+            Dtype::Q6K => be.gemv_q6_k(c(bytes), xk, y),
         }
     }
 }
@@ -188,6 +228,8 @@ fn run(
     let xs: Vec<f32> = (0..PREFILL).flat_map(|_| x.iter().copied()).collect();
     let mut xq = vec![BlockQ8_0::default(); PREFILL * cols / QK];
     quantize_row_q8_0(&xs, &mut xq);
+    let mut xk = vec![BlockQ8_K::default(); cols / QK_K];
+    quantize_row_q8_k(&x, &mut xk);
     let batch = if matches!(work, Work::Gemm(_)) {
         PREFILL
     } else {
@@ -204,14 +246,14 @@ fn run(
             .enumerate()
             .zip(yb.chunks_mut(batch * per))
         {
-            let (x, xq) = (&x, &xq);
+            let (x, xq, xk) = (&x, &xq, &xk);
             s.spawn(move || {
                 let r0 = t * per;
                 let mut sink = 0u64;
                 for it in 0..iters {
                     let bytes = store.bytes(it % count, rows, cols, r0, r0 + yt.len());
                     match work {
-                        Work::Gemv(be) => store.gemv(be, bytes, x, &xq[..cols / QK], yt),
+                        Work::Gemv(be) => store.gemv(be, bytes, x, &xq[..cols / QK], xk, yt),
                         Work::Gemm(be) => store.gemm(be, bytes, xq, ybt),
                         Work::Read(be) => sink = sink.wrapping_add(be.read_sum(bytes)),
                     }

@@ -11,9 +11,11 @@
 extern crate std;
 
 pub use half::{bf16, f16};
+pub use kquant::{BlockQ4_K, BlockQ6_K, BlockQ8_K};
 pub use quant::{BlockQ4_0, BlockQ8_0};
 
 mod arch;
+pub mod kquant;
 pub mod quant;
 pub mod scalar;
 
@@ -252,6 +254,53 @@ impl Backend {
     pub fn gemv_q4_0(self, w: &[BlockQ4_0], xq: &[BlockQ8_0], y: &mut [f32]) {
         assert_eq!(w.len(), y.len() * xq.len(), "gemv_q4_0: weight shape");
         dispatch!(self, |k| k.gemv_q4_0(w, xq, y))
+    }
+
+    /// `y = W x` on Q4_K weights with Q8_K activations `xq` (from
+    /// [`kquant::quantize_row_q8_k`]): W row-major in super-blocks
+    /// `[y.len()][xq.len()]`, exact i32 sums per 256-block scaled into an
+    /// f32 sum (see [`kquant`]); every backend's result equals the scalar
+    /// twin's bit for bit. Native on AVX2; AVX-512 runs the AVX2 kernel;
+    /// NEON and NEON dotprod run the scalar twin for now (no aarch64
+    /// kernel yet).
+    ///
+    /// # Panics
+    /// If `w.len() != y.len() * xq.len()`, or if the backend is not available.
+    pub fn gemv_q4_k(self, w: &[BlockQ4_K], xq: &[BlockQ8_K], y: &mut [f32]) {
+        assert_eq!(w.len(), y.len() * xq.len(), "gemv_q4_k: weight shape");
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => arch::x86_64::avx2::Avx2::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemv_q4_k(w, xq, y),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => arch::x86_64::avx512::Avx512::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemv_q4_k(w, xq, y),
+            _ if self.is_available() => kquant::gemv_q4_k(w, xq, y),
+            _ => unavailable(self),
+        }
+    }
+
+    /// `y = W x` on Q6_K weights with Q8_K activations, as
+    /// [`Backend::gemv_q4_k`] (the same backends native, routed or scalar).
+    ///
+    /// # Panics
+    /// If `w.len() != y.len() * xq.len()`, or if the backend is not available.
+    pub fn gemv_q6_k(self, w: &[BlockQ6_K], xq: &[BlockQ8_K], y: &mut [f32]) {
+        assert_eq!(w.len(), y.len() * xq.len(), "gemv_q6_k: weight shape");
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => arch::x86_64::avx2::Avx2::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemv_q6_k(w, xq, y),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => arch::x86_64::avx512::Avx512::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemv_q6_k(w, xq, y),
+            _ if self.is_available() => kquant::gemv_q6_k(w, xq, y),
+            _ => unavailable(self),
+        }
     }
 
     /// `y[i] = W xq[i]` for `t` tokens on Q8_0 weights (prompt prefill):

@@ -3,6 +3,7 @@
 pub(crate) mod avx2;
 pub(crate) mod avx512;
 mod gemm;
+mod kquant;
 mod quant;
 
 /// Rows up to this many columns (`x` up to 16 KiB, half of L1d beside the
