@@ -116,11 +116,11 @@ pub struct Args {
     /// Keep every layer in RAM.
     #[arg(long)]
     pub no_memory_window: bool,
-    /// Store the layer matrices of the slice files as ggml Q8_0 or Q4_0
-    /// blocks (q8_0|q4_0): quantized when rank 0 cuts the slices, run with
-    /// 8-bit activations. Norms and biases stay f32; the embedding and
-    /// lm_head keep their stored dtype. Workers with their own --model need
-    /// the same flag.
+    /// Store the layer matrices of the slice files as ggml blocks
+    /// (q8_0|q4_0, or the 256-weight K-quants q4_k|q6_k): quantized when
+    /// rank 0 cuts the slices, run with 8-bit activations. The lm_head is
+    /// Q8_0; norms and biases stay f32; the embedding keeps its stored
+    /// dtype. Workers with their own --model need the same flag.
     #[arg(long, value_name = "TYPE", value_parser = parse_quant)]
     pub quantize: Option<Quant>,
     /// Read the slice with O_DIRECT (no second copy in the page cache).
@@ -185,7 +185,7 @@ pub fn version_line() -> String {
 }
 
 fn parse_quant(s: &str) -> std::result::Result<Quant, String> {
-    Quant::from_name(s).ok_or_else(|| format!("'{s}' is not q8_0 or q4_0"))
+    Quant::from_name(s).ok_or_else(|| format!("'{s}' is not q8_0, q4_0, q4_k or q6_k"))
 }
 
 fn parse_wire(s: &str) -> std::result::Result<WireDtype, String> {

@@ -18,11 +18,12 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use tpi_kernels::kquant::{quantize_row_q8_k, QK_K};
 use tpi_kernels::pool::Pool;
 use tpi_kernels::quant::{quantize_row_q8_0, QK};
-use tpi_kernels::{Backend, BlockQ8_0};
+use tpi_kernels::{Backend, BlockQ8_0, BlockQ8_K};
 
-use crate::weights::View;
+use crate::weights::{Activations, View};
 
 /// Below this many weight elements a GEMV stays on one thread.
 const MIN_PARALLEL_ELEMS: usize = 1 << 16;
@@ -41,6 +42,9 @@ pub struct Par {
     /// `[sum over a region's distinct quantized inputs of t * cols/32]`:
     /// Q8_0 activations, locked for one region at a time.
     xq: Mutex<Vec<BlockQ8_0>>,
+    /// `[... of t * cols/256]`: Q8_K activations of K-quant matrices,
+    /// locked with `xq`.
+    xk: Mutex<Vec<BlockQ8_K>>,
     /// `[sum over a region's matrices of t * rows]` when `t > 1`:
     /// batched outputs, chunk by chunk `[t][chunk rows]`, locked with `xq`.
     yq: Mutex<Vec<f32>>,
@@ -53,16 +57,27 @@ impl Clone for Par {
             pool: self.pool.clone(),
             backend: self.backend,
             xq: Mutex::new(Vec::new()),
+            xk: Mutex::new(Vec::new()),
             yq: Mutex::new(Vec::new()),
         }
     }
 }
 
-/// A chunk's inputs: all `t` tokens' rows, as floats or Q8_0 blocks.
+/// A chunk's inputs: all `t` tokens' rows, as floats, Q8_0 or Q8_K blocks.
+#[allow(non_camel_case_types)] // ggml's spelling
 #[derive(Clone, Copy)]
 enum Input<'b> {
     F32(&'b [f32]),
     Q8_0(&'b [BlockQ8_0]),
+    Q8_K(&'b [BlockQ8_K]),
+}
+
+/// Where `xs`, quantized as `act`, starts in its buffer.
+fn find(inputs: &[(&[f32], Activations, usize)], xs: &[f32], act: Activations) -> Option<usize> {
+    inputs
+        .iter()
+        .find(|(x, a, _)| (x.as_ptr(), x.len(), *a) == (xs.as_ptr(), xs.len(), act))
+        .map(|i| i.2)
 }
 
 impl Par {
@@ -71,6 +86,7 @@ impl Par {
             pool: Arc::new(Pool::new(threads)),
             backend,
             xq: Mutex::new(Vec::new()),
+            xk: Mutex::new(Vec::new()),
             yq: Mutex::new(Vec::new()),
         }
     }
@@ -128,41 +144,50 @@ impl Par {
             }
             return;
         }
-        // Quantize each distinct input of a block matrix once: jobs sharing
-        // `x` (q, k, v; gate, up) share its blocks.
+        // Quantize each distinct input of a block matrix once per
+        // activation type: jobs sharing `x` (q, k, v; gate, up) share it.
         let mut xq = self.xq.lock().unwrap_or_else(|e| e.into_inner());
-        let mut inputs: Vec<(*const f32, usize, usize)> = Vec::new(); // (ptr, len, first block)
-        let mut n_blocks = 0;
+        let mut xk = self.xk.lock().unwrap_or_else(|e| e.into_inner());
+        // (input rows, activation type, first block in its buffer)
+        let mut inputs: Vec<(&[f32], Activations, usize)> = Vec::new();
+        let (mut n_q, mut n_k) = (0, 0);
         for (w, xs, _) in &jobs {
-            if w.is_quantized() && !inputs.iter().any(|i| (i.0, i.1) == (xs.as_ptr(), xs.len())) {
-                assert!(
-                    xs.len().is_multiple_of(QK * t),
-                    "gemv: {t} tokens of {} inputs are not whole Q8_0 blocks",
-                    xs.len()
-                );
-                inputs.push((xs.as_ptr(), xs.len(), n_blocks));
-                n_blocks += xs.len() / QK;
+            let act = w.activations();
+            if act == Activations::F32 || find(&inputs, xs, act).is_some() {
+                continue;
             }
+            let (block, n) = match act {
+                Activations::Q8_0 => (QK, &mut n_q),
+                _ => (QK_K, &mut n_k),
+            };
+            assert!(
+                xs.len().is_multiple_of(block * t),
+                "gemv: {t} tokens of {} inputs are not whole {block}-blocks",
+                xs.len()
+            );
+            inputs.push((xs, act, *n));
+            *n += xs.len() / block;
         }
-        if xq.len() < n_blocks {
-            xq.resize(n_blocks, BlockQ8_0::default());
+        if xq.len() < n_q {
+            xq.resize(n_q, BlockQ8_0::default());
         }
-        for (w, xs, _) in &jobs {
-            if let Some(&(_, _, at)) = inputs
-                .iter()
-                .find(|i| (i.0, i.1) == (xs.as_ptr(), xs.len()))
-            {
-                if w.is_quantized() {
-                    // Row by row, so each token's blocks start its own row.
-                    let cols = xs.len() / t;
+        if xk.len() < n_k {
+            xk.resize(n_k, bytemuck::Zeroable::zeroed());
+        }
+        for &(xs, act, at) in &inputs {
+            // Row by row, so each token's blocks start its own row.
+            let cols = xs.len() / t;
+            for (i, x) in xs.chunks_exact(cols.max(1)).enumerate() {
+                if act == Activations::Q8_0 {
                     let nb = cols / QK;
-                    for (i, x) in xs.chunks_exact(cols.max(1)).enumerate() {
-                        quantize_row_q8_0(x, &mut xq[at + i * nb..at + (i + 1) * nb]);
-                    }
+                    quantize_row_q8_0(x, &mut xq[at + i * nb..at + (i + 1) * nb]);
+                } else {
+                    let nb = cols / QK_K;
+                    quantize_row_q8_k(x, &mut xk[at + i * nb..at + (i + 1) * nb]);
                 }
             }
         }
-        let xq: &[BlockQ8_0] = &xq[..n_blocks];
+        let (xq, xk): (&[BlockQ8_0], &[BlockQ8_K]) = (&xq[..n_q], &xk[..n_k]);
         // Batched outputs of block matrices, carved chunk by chunk below.
         let mut yq = self.yq.lock().unwrap_or_else(|e| e.into_inner());
         let batched = if t > 1 {
@@ -185,11 +210,10 @@ impl Par {
                 xs.len(),
                 ys.len()
             );
-            let input = match inputs
-                .iter()
-                .find(|i| (i.0, i.1) == (xs.as_ptr(), xs.len()))
-            {
-                Some(&(_, len, at)) if w.is_quantized() => Input::Q8_0(&xq[at..at + len / QK]),
+            let act = w.activations();
+            let input = match (act, find(&inputs, xs, act)) {
+                (Activations::Q8_0, Some(at)) => Input::Q8_0(&xq[at..at + xs.len() / QK]),
+                (Activations::Q8_K, Some(at)) => Input::Q8_K(&xk[at..at + xs.len() / QK_K]),
                 _ => Input::F32(xs),
             };
             let row_bytes = w.byte_len() / rows.max(1);
@@ -265,7 +289,19 @@ fn run_chunk(backend: Backend, (w, xs, cols, mut ys, yq): Chunk<'_, '_>) {
             backend.gemm_q4_0(w, &x[..t * nb], t, yq);
             scatter(yq, ys);
         }
-        _ => unreachable!("block weights always get Q8_0 inputs, floats f32"),
+        (View::Q4_K(w), Input::Q8_K(x)) => {
+            let nb = cols / QK_K;
+            for (i, y) in ys.into_iter().enumerate() {
+                backend.gemv_q4_k(w, &x[i * nb..(i + 1) * nb], y);
+            }
+        }
+        (View::Q6_K(w), Input::Q8_K(x)) => {
+            let nb = cols / QK_K;
+            for (i, y) in ys.into_iter().enumerate() {
+                backend.gemv_q6_k(w, &x[i * nb..(i + 1) * nb], y);
+            }
+        }
+        _ => unreachable!("inputs are quantized as their weights' activations"),
     }
 }
 
@@ -357,6 +393,63 @@ mod tests {
             Backend::Scalar.gemv_q8_0(&w8, &xq, &mut e8);
             assert_eq!(&y4[tok * rows..(tok + 1) * rows], &e4[..], "token {tok}");
             assert_eq!(&y8[tok * rows..(tok + 1) * rows], &e8[..], "token {tok}");
+        }
+    }
+
+    #[test]
+    fn k_quant_weights_get_q8_k_inputs_beside_q8_0_ones_and_match_the_kernels() {
+        use tpi_kernels::kquant::{quantize_row_q4_k, quantize_row_q6_k};
+        use tpi_kernels::{BlockQ4_K, BlockQ6_K};
+        // One input shared by a Q4_K, a Q6_K and a Q8_0 job (two activation
+        // types in one region); 1 and 3 tokens; rows span several chunks.
+        let (rows, cols) = (700, 512);
+        let wf: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let mut w4 = vec![bytemuck::Zeroable::zeroed(); rows * cols / QK_K];
+        let mut w6 = vec![bytemuck::Zeroable::zeroed(); rows * cols / QK_K];
+        let mut w8 = vec![BlockQ8_0::default(); rows * cols / QK];
+        quantize_row_q4_k(&wf, &mut w4);
+        quantize_row_q6_k(&wf, &mut w6);
+        quantize_row_q8_0(&wf, &mut w8);
+        let (w4, w6): (Vec<BlockQ4_K>, Vec<BlockQ6_K>) = (w4, w6);
+        for t in [1, 3] {
+            let xs: Vec<f32> = (0..t * cols).map(|i| (i as f32 * 0.37).cos()).collect();
+            for backend in Backend::all_available() {
+                for threads in [1, 2] {
+                    let mut y = [
+                        vec![0.0; t * rows],
+                        vec![0.0; t * rows],
+                        vec![0.0; t * rows],
+                    ];
+                    let [y4, y6, y8] = &mut y;
+                    Par::new(threads, backend).gemv3(
+                        t,
+                        (View::Q4_K(&w4), &xs, y4),
+                        (View::Q6_K(&w6), &xs, y6),
+                        (View::Q8_0(&w8), &xs, y8),
+                    );
+                    for tok in 0..t {
+                        let x = &xs[tok * cols..(tok + 1) * cols];
+                        let mut xk = vec![bytemuck::Zeroable::zeroed(); cols / QK_K];
+                        let mut xq = vec![BlockQ8_0::default(); cols / QK];
+                        quantize_row_q8_k(x, &mut xk);
+                        quantize_row_q8_0(x, &mut xq);
+                        let mut e = [vec![0.0; rows], vec![0.0; rows], vec![0.0; rows]];
+                        backend.gemv_q4_k(&w4, &xk, &mut e[0]);
+                        backend.gemv_q6_k(&w6, &xk, &mut e[1]);
+                        backend.gemv_q8_0(&w8, &xq, &mut e[2]);
+                        for (got, want) in y.iter().zip(&e) {
+                            assert_eq!(
+                                &got[tok * rows..(tok + 1) * rows],
+                                &want[..],
+                                "{} t={t} threads={threads} token {tok}",
+                                backend.name()
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 

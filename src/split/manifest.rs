@@ -32,7 +32,8 @@
 //!   u8 kind (0 vecs, 1 layer, 2 embedding, 3 lm_head), 3 zero bytes,
 //!   u32 layer (u32::MAX unless kind = layer), u64 offset, u64 len,
 //!   u64 checksum64 of the block's len bytes, u32 tensor count, then per tensor:
-//!     u8 role, u8 dtype (0 F32, 1 F16, 2 BF16, 3 Q8_0, 4 Q4_0), u16 zero,
+//!     u8 role, u8 dtype (0 F32, 1 F16, 2 BF16, 3 Q8_0, 4 Q4_0, 5 Q4_K,
+//!     6 Q6_K), u16 zero,
 //!     u32 layer (u32::MAX when none), u64 rows, u64 cols,
 //!     u64 offset within the block (64-byte aligned)
 //! ```
@@ -42,7 +43,8 @@
 //! f32), `Layer(0..n_layers)` (q, k, v, o, gate, up, down of this rank, in
 //! the stored dtype, never upcast, or with `--quantize` in ggml Q8_0 / Q4_0
 //! blocks: `rows x cols` weights take `rows * cols/32 * 34` / `* 18` bytes,
-//! and `cols` must be a multiple of 32), `Embedding` (the whole table, replicated,
+//! and `cols` must be a multiple of 32; Q4_K / Q6_K super-blocks take
+//! `rows * cols/256 * 144` / `* 210`, `cols` a multiple of 256), `Embedding` (the whole table, replicated,
 //! read by row on demand) and `LmHead` (this rank's vocab rows of `lm_head`,
 //! or of the embedding when tied). Layer matrices are laid out exactly as
 //! [`crate::weights::LayerMats`] documents them: o_proj and down_proj columns of this rank are
@@ -164,6 +166,8 @@ fn dtype_code(d: WeightType) -> u8 {
         WeightType::BF16 => 2,
         WeightType::Q8_0 => 3,
         WeightType::Q4_0 => 4,
+        WeightType::Q4_K => 5,
+        WeightType::Q6_K => 6,
     }
 }
 
@@ -515,6 +519,8 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, ManifestError> {
                 2 => WeightType::BF16,
                 3 => WeightType::Q8_0,
                 4 => WeightType::Q4_0,
+                5 => WeightType::Q4_K,
+                6 => WeightType::Q6_K,
                 d => return Err(merr(format!("{kind} tensor {ti}: dtype {d} unknown"))),
             };
             if cur(c.u16("tensor reserved"))? != 0 {

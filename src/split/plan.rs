@@ -27,12 +27,17 @@
 //!    at least `world_size` such units (head_dim 64 or 128: every unit is
 //!    one head or group, so nothing changes); otherwise as in rule 3, and a
 //!    rank's o_proj columns that are not whole blocks are stored as F16.
+//!    A K-quant (Q4_K, Q6_K: 256-weight super-blocks) first tries units of
+//!    whole 256-blocks the same way (head_dim 64: 4 heads), and its MLP
+//!    columns take granule 256 when `hidden_dim / 256 >= world_size`
+//!    (rule 4 otherwise); columns that are not whole super-blocks fall
+//!    back to Q8_0 (or F16), see `split::types`.
 
 use std::fmt;
 use std::ops::Range;
 
 use crate::codec::checksum::checksum64;
-use crate::model::dtype::Quant;
+use crate::model::dtype::{Quant, BLOCK};
 
 /// Model dimensions the plan depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,9 +205,12 @@ fn proportional_bounds(len: usize, g: usize, weights: &[u32]) -> Vec<usize> {
     bounds
 }
 
-/// Spec §4: granule for a split of `len` items over `n` ranks.
-fn granule(len: usize, n: usize) -> usize {
-    if len / 32 >= n {
+/// Spec §4: granule for a split of `len` items over `n` ranks, preferring
+/// `block` (256 for a K-quant's MLP columns, §6) when there are enough.
+fn granule(len: usize, n: usize, block: usize) -> usize {
+    if block > 32 && len / block >= n {
+        block
+    } else if len / 32 >= n {
         32
     } else if len / 8 >= n {
         8
@@ -216,6 +224,7 @@ fn granular_ranges(
     what: &'static str,
     len: usize,
     weights: &[u32],
+    block: usize,
 ) -> Result<Vec<Range<usize>>, PlanError> {
     let n = weights.len();
     // spec §4: `len >= world_size` required.
@@ -226,7 +235,7 @@ fn granular_ranges(
             world_size: n,
         });
     }
-    let b = proportional_bounds(len, granule(len, n), weights);
+    let b = proportional_bounds(len, granule(len, n, block), weights);
     Ok((0..n).map(|i| b[i]..b[i + 1]).collect())
 }
 
@@ -294,17 +303,24 @@ pub fn split_for(
     } else {
         1
     };
+    let block = quant.map_or(BLOCK, Quant::block);
     let unit = match quant {
-        Some(_) => block_unit(base, shape.head_dim)
+        Some(_) => block_unit(base, shape.head_dim, BLOCK)
             .filter(|&u| shape.n_heads / u >= world_size)
+            .map(|u| {
+                // A K-quant's super-blocks, when there are enough of them.
+                block_unit(base, shape.head_dim, block)
+                    .filter(|&k| shape.n_heads / k >= world_size)
+                    .unwrap_or(u)
+            })
             .unwrap_or(base),
         None => base,
     };
     let b = proportional_bounds(shape.n_heads, unit, &weights);
     let head_ranges: Vec<Range<usize>> = (0..world_size).map(|i| b[i]..b[i + 1]).collect();
     // spec §4: MLP columns and lm_head rows.
-    let hidden = granular_ranges("hidden_dim", shape.hidden_dim, &weights)?;
-    let vocab = granular_ranges("vocab_size", shape.vocab_size, &weights)?;
+    let hidden = granular_ranges("hidden_dim", shape.hidden_dim, &weights, block)?;
+    let vocab = granular_ranges("vocab_size", shape.vocab_size, &weights, BLOCK)?;
 
     let ranks = head_ranges
         .into_iter()
@@ -341,11 +357,11 @@ pub(crate) const TINYLLAMA: Shape = Shape {
 };
 
 /// Spec §6: the smallest multiple of `base` heads whose `head_dim` columns
-/// are whole 32-blocks (`None` past 32 times `base`, which always is).
-fn block_unit(base: usize, head_dim: usize) -> Option<usize> {
-    (1..=32)
+/// are whole `block`s (`block` times `base` always is).
+fn block_unit(base: usize, head_dim: usize, block: usize) -> Option<usize> {
+    (1..=block)
         .map(|k| k * base)
-        .find(|u| (u * head_dim).is_multiple_of(32))
+        .find(|u| (u * head_dim).is_multiple_of(block))
 }
 
 impl Plan {
@@ -359,7 +375,8 @@ impl Plan {
     /// little-endian encoding (tag `b"tpi-plan-v1"`, shape fields, world size,
     /// weights, every rank's ranges; all integers as u64 except weights u32;
     /// then, only with a quantization, `b"quant"` and its code byte: 1 Q8_0,
-    /// 2 Q4_0, so unquantized plans keep the hash they always had).
+    /// 2 Q4_0, 3 Q4_K, 4 Q6_K, so unquantized plans keep the hash they
+    /// always had).
     pub fn hash(&self) -> u64 {
         let mut b = Vec::with_capacity(128 + self.ranks.len() * 72);
         b.extend_from_slice(b"tpi-plan-v1");
@@ -401,6 +418,8 @@ impl Plan {
             b.push(match q {
                 Quant::Q8_0 => 1,
                 Quant::Q4_0 => 2,
+                Quant::Q4_K => 3,
+                Quant::Q6_K => 4,
             });
         }
         checksum64(&b)
@@ -852,7 +871,7 @@ mod tests {
             prop_assert_eq!(&plan.clone().with_quant(None).unwrap(), &plain);
             // Every inner head boundary on a block when enough units exist.
             let base = if n <= shape.n_kv_heads { shape.n_heads / shape.n_kv_heads } else { 1 };
-            let unit = block_unit(base, shape.head_dim).unwrap();
+            let unit = block_unit(base, shape.head_dim, 32).unwrap();
             prop_assert_eq!(unit % base, 0);
             prop_assert_eq!((unit * shape.head_dim) % 32, 0);
             if shape.n_heads / unit >= n {
@@ -861,6 +880,44 @@ mod tests {
                 }
             } else {
                 prop_assert_eq!(&plan.ranks, &plain.ranks);
+            }
+        }
+
+        #[test]
+        fn k_quant_split_puts_heads_and_mlp_columns_on_super_blocks(
+            (shape, n, weights) in arb_case(),
+            q in prop::sample::select(vec![Quant::Q4_K, Quant::Q6_K]),
+        ) {
+            let plan = split_for(&shape, n, Some(&weights), Some(q)).unwrap();
+            if let Err(e) = check_invariants(&shape, &plan) {
+                return Err(TestCaseError::fail(format!("{e}\nplan: {plan:?}")));
+            }
+            let base = if n <= shape.n_kv_heads { shape.n_heads / shape.n_kv_heads } else { 1 };
+            let unit = block_unit(base, shape.head_dim, 256).unwrap();
+            prop_assert_eq!((unit * shape.head_dim) % 256, 0);
+            let inner = &plan.ranks[..n - 1];
+            if shape.n_heads / unit >= n {
+                for r in inner {
+                    prop_assert_eq!((r.heads.end * shape.head_dim) % 256, 0, "{:?}", plan);
+                }
+            } else {
+                // Else as for a 32-block type.
+                let q4 = split_for(&shape, n, Some(&weights), Some(Quant::Q4_0)).unwrap();
+                prop_assert_eq!(
+                    plan.ranks.iter().map(|r| r.heads.clone()).collect::<Vec<_>>(),
+                    q4.ranks.iter().map(|r| r.heads.clone()).collect::<Vec<_>>()
+                );
+            }
+            if shape.hidden_dim / 256 >= n {
+                for r in inner {
+                    prop_assert_eq!(r.hidden.end % 256, 0, "{:?}", plan);
+                }
+            } else {
+                let plain = split(&shape, n, Some(&weights)).unwrap();
+                prop_assert_eq!(
+                    plan.ranks.iter().map(|r| r.hidden.clone()).collect::<Vec<_>>(),
+                    plain.ranks.iter().map(|r| r.hidden.clone()).collect::<Vec<_>>()
+                );
             }
         }
 

@@ -10,13 +10,15 @@ use crate::model::dtype::{Dtype, Quant, WeightType};
 
 /// The type a `--quantize q` slice stores a tensor in, `None` for its
 /// stored dtype (norms, biases, the embedding: looked up a row per token,
-/// never multiplied). Layer matrices take `q`, the lm_head Q8_0 under both
-/// types: it is the largest single matrix a token reads (1/16 of
+/// never multiplied). Layer matrices take `q`, the lm_head Q8_0 under every
+/// type: it is the largest single matrix a token reads (1/16 of
 /// TinyLlama's bytes) and the logits are the last step before sampling,
 /// so it gets the 8-bit type (llama.cpp keeps its output tensor at Q8_0 or
 /// Q6_K for the same reason). A matrix whose rank-local `cols` or whole
-/// model's `whole_cols` are not whole 32-blocks is stored as F16, as
-/// llama.cpp's quantizer falls back (per whole tensor).
+/// model's `whole_cols` are not whole blocks of its type falls back, as
+/// llama.cpp's quantizer does per whole tensor: a K-quant to Q8_0 when the
+/// columns are whole 32-blocks (llama.cpp takes Q5_0 for Q4_K and Q8_0 for
+/// Q6_K; tpi has no Q5_0 kernel and keeps the 8 bits), anything else to F16.
 pub(crate) fn quantized_type(
     q: Quant,
     role: Role,
@@ -30,12 +32,12 @@ pub(crate) fn quantized_type(
         Role::LmHead => WeightType::Q8_0,
         _ => return None,
     };
+    let fits = |t: WeightType| t.row_bytes(cols).is_some() && t.row_bytes(whole_cols).is_some();
     Some(
-        if to.row_bytes(cols).is_some() && to.row_bytes(whole_cols).is_some() {
-            to
-        } else {
-            WeightType::F16
-        },
+        [to, WeightType::Q8_0]
+            .into_iter()
+            .find(|&t| fits(t))
+            .unwrap_or(WeightType::F16),
     )
 }
 
@@ -155,6 +157,36 @@ mod tests {
         let rank0 = bytes_per_token(&p, 0, Dtype::F16).unwrap();
         assert_eq!(rank0, 2 * (22 * per_layer + 16000 * 2048) + norms);
         assert_eq!(rank0, bytes_per_token(&p, 1, Dtype::F16).unwrap());
+    }
+
+    #[test]
+    fn k_quants_store_whole_super_blocks_and_fall_back_to_q8_0_then_f16() {
+        // TinyLlama at 2 ranks: every column count a multiple of 256.
+        let p = split_for(&TINYLLAMA, 2, None, Some(Quant::Q4_K)).unwrap();
+        for m in rank_matrices(&p, 1, Dtype::F16).unwrap() {
+            let want = match m.role {
+                Role::LmHead => WeightType::Q8_0,
+                _ => WeightType::Q4_K,
+            };
+            assert_eq!(m.wtype, want, "{}", m.name);
+        }
+        // 144 bytes per 256 weights; 1 rank: the lm_head Q8_0.
+        let layer = 22 * (2 * 2048 * 2048 + 2 * 256 * 2048 + 3 * 5632 * 2048u64);
+        let p1 = split_for(&TINYLLAMA, 1, None, Some(Quant::Q6_K)).unwrap();
+        assert_eq!(
+            bytes_per_token(&p1, 0, Dtype::F16).unwrap(),
+            layer / 256 * 210 + 32000 * 2048 / 32 * 34 + 45 * 2048 * 4
+        );
+        // 96 columns: whole 32-blocks only -> Q8_0; 100: neither -> F16.
+        assert_eq!(
+            quantized_type(Quant::Q4_K, Role::Down, 96, 96),
+            Some(WeightType::Q8_0)
+        );
+        assert_eq!(
+            quantized_type(Quant::Q6_K, Role::O, 512, 100),
+            Some(WeightType::F16)
+        );
+        assert_eq!(quantized_type(Quant::Q6_K, Role::Embedding, 512, 512), None);
     }
 
     #[test]

@@ -7,11 +7,12 @@
 //!
 //! With a plan's `quant` (`--quantize`), the seven layer matrices are
 //! quantized row by row as they stream (ggml's reference quantizers from
-//! `tpi_kernels::quant`; a row is widened to f32 first), and the lm_head
-//! to Q8_0 (see `quantized_type`). A matrix whose rows (this rank's
-//! columns) are not whole 32-blocks is stored as F16, as llama.cpp's
-//! quantizer does. Norms and biases stay f32; the embedding keeps its
-//! stored dtype (one row is read per token).
+//! `tpi_kernels::quant` and `tpi_kernels::kquant`; a row is widened to
+//! f32 first), and the lm_head to Q8_0 (see `quantized_type`). A matrix
+//! whose rows (this rank's columns) are not whole blocks of the type falls
+//! back to Q8_0 or F16, as llama.cpp's quantizer does. Norms and biases
+//! stay f32; the embedding keeps its stored dtype (one row is read per
+//! token).
 
 use std::fmt;
 use std::fs::File;
@@ -242,6 +243,9 @@ enum Target {
     /// `[cols/32]`
     Q8_0(Vec<tpi_kernels::BlockQ8_0>),
     Q4_0(Vec<tpi_kernels::BlockQ4_0>),
+    /// `[cols/256]`
+    Q4K(Vec<tpi_kernels::BlockQ4_K>),
+    Q6K(Vec<tpi_kernels::BlockQ6_K>),
     /// `[cols]` (also the target for f32 and bf16, which are never asked)
     F16(Vec<half::f16>),
 }
@@ -249,9 +253,12 @@ enum Target {
 impl Quantizer {
     fn new(to: WeightType, from: Dtype, cols: usize) -> Quantizer {
         let nb = cols / tpi_kernels::quant::QK;
+        let nk = cols / tpi_kernels::kquant::QK_K;
         let to = match to {
             WeightType::Q8_0 => Target::Q8_0(vec![Default::default(); nb]),
             WeightType::Q4_0 => Target::Q4_0(vec![Default::default(); nb]),
+            WeightType::Q4_K => Target::Q4K(vec![bytemuck::Zeroable::zeroed(); nk]),
+            WeightType::Q6_K => Target::Q6K(vec![bytemuck::Zeroable::zeroed(); nk]),
             _ => Target::F16(vec![half::f16::ZERO; cols]),
         };
         Quantizer {
@@ -287,6 +294,14 @@ impl Quantizer {
             }
             Target::Q4_0(q) => {
                 tpi_kernels::quant::quantize_row_q4_0(&self.row, q);
+                out.put(bytemuck::cast_slice(q))
+            }
+            Target::Q4K(q) => {
+                tpi_kernels::kquant::quantize_row_q4_k(&self.row, q);
+                out.put(bytemuck::cast_slice(q))
+            }
+            Target::Q6K(q) => {
+                tpi_kernels::kquant::quantize_row_q6_k(&self.row, q);
                 out.put(bytemuck::cast_slice(q))
             }
             Target::F16(h) => {

@@ -20,12 +20,14 @@ pub type Result<T, E = WeightsError> = std::result::Result<T, E>;
 use crate::model::config::Config;
 use crate::model::dtype::WeightType;
 use crate::split::plan::RankSlice;
+use tpi_kernels::kquant::{dequantize_row_q4_k, dequantize_row_q6_k, BlockQ4_K, BlockQ6_K, QK_K};
 use tpi_kernels::quant::{dequantize_row_q4_0, dequantize_row_q8_0, QK};
 use tpi_kernels::{BlockQ4_0, BlockQ8_0, Weights};
 
 /// A matrix in its stored type: `rows x cols` weights, row-major, as raw
 /// bytes (`rows * wtype.row_bytes(cols)` of them: elements for floats,
-/// 32-weight blocks along each row for Q8_0 / Q4_0).
+/// 32-weight blocks along each row for Q8_0 / Q4_0, 256-weight
+/// super-blocks for Q4_K / Q6_K).
 #[derive(Clone, Copy, Debug)]
 pub struct Mat<'a> {
     pub wtype: WeightType,
@@ -35,14 +37,30 @@ pub struct Mat<'a> {
 }
 
 /// A matrix typed for the kernels: floats for [`tpi_kernels::Backend::gemv`],
-/// blocks for `gemv_q8_0` / `gemv_q4_0` (which take Q8_0 activations, so
-/// the caller quantizes `x` first). Lengths are in weights, as the float
-/// kernels count them; a block view holds `len / 32` blocks.
+/// blocks for `gemv_q8_0` / `gemv_q4_0` (which take Q8_0 activations) and
+/// super-blocks for `gemv_q4_k` / `gemv_q6_k` (Q8_K activations): the
+/// caller quantizes `x` first ([`View::activations`]). Lengths are in
+/// weights, as the float kernels count them; a block view holds
+/// `len / block` blocks.
+#[allow(non_camel_case_types)] // ggml's spelling: Q4_K, not Q4K
 #[derive(Clone, Copy, Debug)]
 pub enum View<'a> {
     Float(Weights<'a>),
     Q8_0(&'a [BlockQ8_0]),
     Q4_0(&'a [BlockQ4_0]),
+    Q4_K(&'a [BlockQ4_K]),
+    Q6_K(&'a [BlockQ6_K]),
+}
+
+/// What a matrix multiplies: f32 inputs, or inputs quantized per block.
+#[allow(non_camel_case_types)] // ggml's spelling
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activations {
+    F32,
+    /// 32-blocks (`quantize_row_q8_0`), for Q8_0 / Q4_0 weights.
+    Q8_0,
+    /// 256-blocks (`quantize_row_q8_k`), for Q4_K / Q6_K weights.
+    Q8_K,
 }
 
 impl<'a> View<'a> {
@@ -52,6 +70,8 @@ impl<'a> View<'a> {
             View::Float(w) => w.len(),
             View::Q8_0(b) => b.len() * QK,
             View::Q4_0(b) => b.len() * QK,
+            View::Q4_K(b) => b.len() * QK_K,
+            View::Q6_K(b) => b.len() * QK_K,
         }
     }
 
@@ -65,32 +85,53 @@ impl<'a> View<'a> {
             View::Float(w) => w.len() * w.elem_bytes(),
             View::Q8_0(b) => std::mem::size_of_val(*b),
             View::Q4_0(b) => std::mem::size_of_val(*b),
+            View::Q4_K(b) => std::mem::size_of_val(*b),
+            View::Q6_K(b) => std::mem::size_of_val(*b),
         }
     }
 
-    /// Weights `start..end`; for blocks both must be multiples of 32
-    /// (whole rows of whole blocks are).
+    /// Weights per block: 1 for floats, 32 or 256.
+    pub fn block(&self) -> usize {
+        match self {
+            View::Float(_) => 1,
+            View::Q8_0(_) | View::Q4_0(_) => QK,
+            View::Q4_K(_) | View::Q6_K(_) => QK_K,
+        }
+    }
+
+    /// Weights `start..end`; for blocks both must be multiples of the
+    /// block (whole rows of whole blocks are).
     ///
     /// # Panics
     /// If the range is out of bounds or splits a block.
     pub fn slice(&self, start: usize, end: usize) -> View<'a> {
-        let blocks = || {
-            assert!(
-                start.is_multiple_of(QK) && end.is_multiple_of(QK),
-                "block view sliced at {start}..{end}"
-            );
-            start / QK..end / QK
-        };
+        let n = self.block();
+        assert!(
+            start.is_multiple_of(n) && end.is_multiple_of(n),
+            "block view sliced at {start}..{end}"
+        );
+        let blocks = start / n..end / n;
         match self {
             View::Float(w) => View::Float(w.slice(start, end)),
-            View::Q8_0(b) => View::Q8_0(&b[blocks()]),
-            View::Q4_0(b) => View::Q4_0(&b[blocks()]),
+            View::Q8_0(b) => View::Q8_0(&b[blocks]),
+            View::Q4_0(b) => View::Q4_0(&b[blocks]),
+            View::Q4_K(b) => View::Q4_K(&b[blocks]),
+            View::Q6_K(b) => View::Q6_K(&b[blocks]),
         }
     }
 
-    /// Whether `x` must be quantized to Q8_0 for this matrix.
+    /// Whether `x` must be quantized for this matrix.
     pub fn is_quantized(&self) -> bool {
         !matches!(self, View::Float(_))
+    }
+
+    /// The inputs this matrix multiplies.
+    pub fn activations(&self) -> Activations {
+        match self {
+            View::Float(_) => Activations::F32,
+            View::Q8_0(_) | View::Q4_0(_) => Activations::Q8_0,
+            View::Q4_K(_) | View::Q6_K(_) => Activations::Q8_K,
+        }
     }
 }
 
@@ -118,8 +159,10 @@ impl<'a> Mat<'a> {
             WeightType::BF16 => View::Float(Weights::BF16(cast(self.bytes).ok_or_else(bad)?)),
             WeightType::Q8_0 => View::Q8_0(cast(self.bytes).ok_or_else(bad)?),
             WeightType::Q4_0 => View::Q4_0(cast(self.bytes).ok_or_else(bad)?),
+            WeightType::Q4_K => View::Q4_K(cast(self.bytes).ok_or_else(bad)?),
+            WeightType::Q6_K => View::Q6_K(cast(self.bytes).ok_or_else(bad)?),
         };
-        if w.len() != self.rows * self.cols || (w.is_quantized() && !self.cols.is_multiple_of(QK)) {
+        if w.len() != self.rows * self.cols || !self.cols.is_multiple_of(w.block()) {
             return Err(bad());
         }
         Ok(w)
@@ -146,6 +189,8 @@ impl<'a> Mat<'a> {
             }
             View::Q8_0(b) => dequantize_row_q8_0(b, out),
             View::Q4_0(b) => dequantize_row_q4_0(b, out),
+            View::Q4_K(b) => dequantize_row_q4_k(b, out),
+            View::Q6_K(b) => dequantize_row_q6_k(b, out),
         }
         Ok(())
     }
