@@ -279,14 +279,18 @@ fn gemm_mull<W: Block>(w: &[W], xq: &[BlockQ8_0], t: usize, y: &mut [f32]) {
         y.fill(0.0);
         return;
     }
+    let mut p = Copied {
+        x: [[[0; 32]; TOK]; PB],
+        dx: [[0.0; TOK]; PB],
+    };
     let mut i0 = 0;
     while i0 < t {
         let g = Group { nb, rows, i0 };
         i0 += match t - i0 {
-            8.. => g.mull::<W, 8>(w, xq, y),
-            4..=7 => g.mull::<W, 4>(w, xq, y),
-            2 | 3 => g.mull::<W, 2>(w, xq, y),
-            _ => g.mull::<W, 1>(w, xq, y),
+            8.. => g.mull::<W, 8>(w, xq, &mut p, y),
+            4..=7 => g.mull::<W, 4>(w, xq, &mut p, y),
+            2 | 3 => g.mull::<W, 2>(w, xq, &mut p, y),
+            _ => g.mull::<W, 1>(w, xq, &mut p, y),
         };
     }
 }
@@ -305,12 +309,12 @@ struct Group {
 impl Group {
     /// Blocks `p0..p0 + nbp` of token `i0 + j`'s activations for `j < n`,
     /// empty above.
-    fn tokens<'x, const N: usize>(
+    fn tokens<const N: usize>(
         self,
-        xq: &'x [BlockQ8_0],
+        xq: &[BlockQ8_0],
         n: usize,
         (p0, nbp): (usize, usize),
-    ) -> [&'x [BlockQ8_0]; N] {
+    ) -> [&[BlockQ8_0]; N] {
         core::array::from_fn(|j| {
             if j < n {
                 &xq[(self.i0 + j) * self.nb + p0..][..nbp]
@@ -333,43 +337,44 @@ impl Group {
     /// Tokens `i0..i0 + T`, all rows, on base NEON; returns `T`.
     #[target_feature(enable = "neon")]
     #[inline]
-    fn mull<W: Block, const T: usize>(self, w: &[W], xq: &[BlockQ8_0], y: &mut [f32]) -> usize {
-        let mut dx = [[0.0f32; TOK]; PB];
+    fn mull<W: Block, const T: usize>(
+        self,
+        w: &[W],
+        xq: &[BlockQ8_0],
+        p: &mut Copied,
+        y: &mut [f32],
+    ) -> usize {
         for p0 in (0..self.nb).step_by(PB) {
             let panel = (p0, PB.min(self.nb - p0));
-            let x = self.tokens::<T>(xq, T, panel);
-            for (b, d) in dx[..panel.1].iter_mut().enumerate() {
-                *d = scales8(&x, b);
-            }
+            p.prepare(&self.tokens::<T>(xq, T, panel));
             let mut r0 = 0;
             while r0 + R <= self.rows {
                 let tile: [&[W]; R] = core::array::from_fn(|r| self.row(w, r0 + r, panel));
-                self.rows_mull(tile, &x, &dx, y, r0, p0 == 0);
+                self.rows_mull::<W, R, T>(tile, p, y, r0, p0 == 0);
                 r0 += R;
             }
             for r in r0..self.rows {
-                self.rows_mull([self.row(w, r, panel)], &x, &dx, y, r, p0 == 0);
+                self.rows_mull::<W, 1, T>([self.row(w, r, panel)], p, y, r, p0 == 0);
             }
         }
         T
     }
 
     /// `N <= 4` rows from `r0` times `T` tokens over one panel (`rows[r]`
-    /// and `x[j]` its blocks), their chains continued from `y` unless
-    /// `first`.
+    /// its blocks), their chains continued from `y` unless `first`.
     #[target_feature(enable = "neon")]
     #[inline]
     fn rows_mull<W: Block, const N: usize, const T: usize>(
         self,
         rows: [&[W]; N],
-        x: &[&[BlockQ8_0]; T],
-        dx: &[[f32; TOK]; PB],
+        p: &Copied,
         y: &mut [f32],
         r0: usize,
         first: bool,
     ) {
-        const { assert!(N <= 4 && T <= TOK, "one lane per row, dx holds 8 tokens") };
+        const { assert!(N <= 4 && T <= TOK, "one lane per row, 8 tokens") };
         let nbp = rows[0].len();
+        // lane r of acc[j] = row r0 + r, token j
         let mut acc: [float32x4_t; T] = core::array::from_fn(|j| {
             let y = self.out(y, j, r0);
             let a: [f32; 4] =
@@ -379,10 +384,11 @@ impl Group {
             unsafe { vld1q_f32(a.as_ptr()) }
         });
         let zero = vdupq_n_s32(0);
-        for (b, dx) in dx[..nbp].iter().enumerate() {
-            // SAFETY (the `unpack`, `dot_mull` calls): neon per this fn's
-            // target feature.
-            let ws: [Q32; N] = core::array::from_fn(|r| unsafe { rows[r][b].unpack() });
+        for (b, (xb, dxb)) in p.x[..nbp].iter().zip(&p.dx).enumerate() {
+            let ws: [Q32; N] = core::array::from_fn(|r| {
+                // SAFETY: neon per this fn's target feature.
+                unsafe { rows[r][b].unpack() }
+            });
             let dw = widen(core::array::from_fn(|r| {
                 if r < N {
                     rows[r][b].scale()
@@ -390,11 +396,14 @@ impl Group {
                     f16::ZERO
                 }
             }));
-            for ((a, x), &dx) in acc.iter_mut().zip(x).zip(dx) {
-                let xb = load_q8(&x[b]);
+            for ((a, x), &dx) in acc.iter_mut().zip(xb).zip(dxb) {
+                let x = x.as_ptr();
+                // SAFETY: `x` is 32 readable bytes: `x` and `x + 16` start
+                // 16 each; ld1 needs no alignment.
+                let xb = unsafe { (vld1q_s8(x), vld1q_s8(x.add(16))) };
                 let p: [int32x4_t; 4] = core::array::from_fn(|r| {
                     if r < N {
-                        // SAFETY: as above.
+                        // SAFETY: neon per this fn's target feature.
                         unsafe { W::dot_mull(ws[r], xb) }
                     } else {
                         zero
@@ -409,6 +418,31 @@ impl Group {
             // SAFETY: `v` is 4 writable f32.
             unsafe { vst1q_f32(v.as_mut_ptr(), *a) };
             self.out(y, j, r0)[..N].copy_from_slice(&v[..N]);
+        }
+    }
+}
+
+/// One panel of up to 8 tokens' activations for base NEON: copied side by
+/// side, so that the token loop reads fixed-size arrays (no bounds checks,
+/// no address arithmetic per token).
+struct Copied {
+    /// `[b][j]`: token `j`'s values of block `b`.
+    x: [[[i8; 32]; TOK]; PB],
+    /// `[b][j]`: token `j`'s scale of block `b`.
+    dx: [[f32; TOK]; PB],
+}
+
+impl Copied {
+    /// Fills blocks `0..nbp` from `x[j]` = token `j`'s blocks of the panel.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    fn prepare(&mut self, x: &[&[BlockQ8_0]]) {
+        let nbp = x[0].len();
+        for b in 0..nbp {
+            for (xj, x) in self.x[b].iter_mut().zip(x) {
+                *xj = x[b].qs;
+            }
+            self.dx[b] = scales8(x, b);
         }
     }
 }
@@ -572,9 +606,11 @@ impl Group {
                 unsafe { vld1q_f32(a.as_ptr()) }
             })
         });
-        for b in 0..nbp {
-            // SAFETY: neon per this fn's target features.
-            let ws: [Q32; N] = core::array::from_fn(|r| unsafe { rows[r][b].unpack() });
+        for (b, (x, dx)) in p.x[..nbp].iter().zip(&p.dx).enumerate() {
+            let ws: [Q32; N] = core::array::from_fn(|r| {
+                // SAFETY: neon per this fn's target features.
+                unsafe { rows[r][b].unpack() }
+            });
             let dw = widen(core::array::from_fn(|r| {
                 if r < N {
                     rows[r][b].scale()
@@ -582,7 +618,6 @@ impl Group {
                     f16::ZERO
                 }
             }));
-            let x = &p.x[b];
             let isum: [[int32x4_t; H]; N] = core::array::from_fn(|r| {
                 core::array::from_fn(|h| {
                     let s = sdot4(vdupq_n_s32(0), &x[..4], h, ws[r].0);
@@ -591,8 +626,8 @@ impl Group {
             });
             for (r, (a, s)) in acc.iter_mut().zip(isum).enumerate() {
                 for (h, (a, s)) in a.iter_mut().zip(s).enumerate() {
-                    // SAFETY: `p.dx[b][4h..]` is 4 readable f32.
-                    let dx = unsafe { vld1q_f32(p.dx[b][4 * h..].as_ptr()) };
+                    // SAFETY: `dx[4h..]` is 4 readable f32 (`h < 2`).
+                    let dx = unsafe { vld1q_f32(dx[4 * h..].as_ptr()) };
                     *a = vfmaq_f32(*a, vcvtq_f32_s32(s), mul_lane(dx, dw, r));
                 }
             }
