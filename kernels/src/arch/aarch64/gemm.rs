@@ -40,6 +40,7 @@
 //!
 //! base NEON, rows in lanes (groups of T = 8 tokens, the rest as 4, 2, 1):
 //!   for each panel of up to PB = 64 blocks:
+//!     X[b][j] = token j's 32 bytes of block b, side by side    (stack, 16 KiB)
 //!     dx[b] = the T tokens' f32 scales
 //!     for each tile of R = 4 rows (then single rows):
 //!       acc[j] = y of the previous panel, or 0           (T q-regs: 4 x f32, lane = row)
@@ -47,7 +48,7 @@
 //!         w[r] = 2 q-regs, row r's block b as i8          (Q4_0: nibble - 8)
 //!         s_w = f32(d_w[r] for r < R)
 //!         for j in 0..T:
-//!           x = token j's block b                         (2 q-regs)
+//!           x = X[b][j]                                   (2 q-regs)
 //!           p[r] = dot(w[r], x)                           (4 x i32, lanes adding to the sum)
 //!           isum = addp(addp(p[0], p[1]), addp(p[2], p[3]))   (lane = row)
 //!           acc[j] = fma(acc[j], f32(isum), s_w * dx[b][j])
@@ -62,17 +63,23 @@
 //! any activation byte, and the dotprod path any byte in either format.
 //! Rows are whole blocks: no column tail.
 //!
-//! Instructions per block of a 4-row x 8-token tile, counted from the
-//! pseudo-code (not measured on ARM hardware; qemu timings say nothing):
-//! - dotprod: 64 `sdot`, 16 loads of `X`, 8 zeroings, 24 for the scaling
-//!   (`scvtf`, `fmul`, `fmla` per register), ~10 for the weights and
-//!   their scales (Q4_0 ~26): ~122 (Q4_0 ~138), ~3.8 (4.3) per row and
-//!   token, against ~8 for the dotprod GEMV, which also loads each weight
-//!   block once per token instead of once per 8.
-//! - base NEON: 32 `dot` (192 for Q8_0, 160 for Q4_0), 24 `addp`, 24 for
-//!   the scaling, 16 activation loads, ~18 for the weights (Q4_0 ~34):
-//!   ~274 (~258), ~8.6 (8.1) per row and token, against ~13 for the
-//!   `smull` GEMV (8 for its `dot`).
+//! Instructions per row, token and block, counted in the compiled loops
+//! (rustc 1.95, release, `aarch64-unknown-linux-musl`, `--emit asm`: the
+//! innermost loop of a 4-row tile of 8 tokens, against the 4-row loop of
+//! the GEMVs in `quant.rs` in the same build). Not timed on ARM hardware
+//! (qemu timings say nothing about it):
+//!
+//! | path | GEMM, 4 rows x 8 tokens | GEMV, 4 rows x 1 token |
+//! |---|---|---|
+//! | dotprod Q8_0 | 133 / 32 = 4.2 (64 `sdot`) | 43 / 4 = 10.8 |
+//! | dotprod Q4_0 | 162 / 32 = 5.1 (64 `sdot`) | 54 / 4 = 13.5 |
+//! | base Q8_0 | (38 + 8 x 41) / 32 = 11.4 | 68 / 4 = 17 |
+//! | base Q4_0 | (48 + 8 x 37) / 32 = 10.8 | 78 / 4 = 19.5 |
+//!
+//! The base NEON token loop stays a loop (LLVM does not unroll 8 copies),
+//! so `acc[j]` goes through L1 (a load and a store of its 41 or 37); the
+//! 4-token tile, unrolled, spills about as much. Either way each weight
+//! block is loaded from memory once per 8 tokens instead of once per token.
 //!
 //! Why rows in lanes on base NEON: with tokens in lanes each product
 //! needs the weight byte broadcast, and the only multiplies by element
@@ -91,9 +98,8 @@ use super::neon::Neon;
 use crate::arch::bank::Load;
 use crate::quant::{BlockQ4_0, BlockQ8_0};
 
-/// Activation blocks per panel: the dotprod `X` is 16 KiB, half the L1d
-/// of a Cortex-A53/A72; base NEON reads the 8 tokens' 64 blocks (17 KiB)
-/// in place.
+/// Activation blocks per panel: either `X` is 16 KiB, half the L1d of a
+/// Cortex-A53/A72.
 const PB: usize = 64;
 /// Rows per tile.
 const R: usize = 4;
