@@ -261,17 +261,6 @@ fn mul_lane(v: float32x4_t, lanes: float32x4_t, i: usize) -> float32x4_t {
     }
 }
 
-/// The starting accumulator of a (row, token) chain: the previous panel's
-/// `y`, or 0 in the first panel (module docs).
-#[inline(always)]
-fn start(y: &[f32], first: bool) -> f32 {
-    if first {
-        0.0
-    } else {
-        y[0]
-    }
-}
-
 // ---------------------------------------------------------------- base NEON
 
 /// The base NEON loop of the module docs.
@@ -381,14 +370,16 @@ impl Group {
         const { assert!(N <= 4 && T <= TOK, "one lane per row, 8 tokens") };
         let nbp = rows[0].len();
         // lane r of acc[j] = row r0 + r, token j
-        let mut acc: [float32x4_t; T] = core::array::from_fn(|j| {
-            let y = self.out(y, j, r0);
-            let a: [f32; 4] =
-                core::array::from_fn(|r| if r < N { start(&y[r..], first) } else { 0.0 });
-            // SAFETY: `a` is 4 readable f32; ld1 needs no alignment; neon
-            // per this fn's target feature.
-            unsafe { vld1q_f32(a.as_ptr()) }
-        });
+        // The chains start at 0, or go on from the previous panel's `y`.
+        let mut acc = [vdupq_n_f32(0.0); T];
+        if !first {
+            for (j, a) in acc.iter_mut().enumerate() {
+                let y = self.out(y, j, r0);
+                let v: [f32; 4] = core::array::from_fn(|r| if r < N { y[r] } else { 0.0 });
+                // SAFETY: `v` is 4 readable f32; ld1 needs no alignment.
+                *a = unsafe { vld1q_f32(v.as_ptr()) };
+            }
+        }
         let zero = vdupq_n_s32(0);
         for (b, (xb, dxb)) in p.x[..nbp].iter().zip(&p.dx).enumerate() {
             let ws: [Q32; N] = core::array::from_fn(|r| {
@@ -598,20 +589,24 @@ impl Group {
         const { assert!(N <= 4 && H <= 2, "4 rows, 8 tokens") };
         let nbp = rows[0].len();
         // lane i of acc[r][h] = row r0 + r, token 4h + i
-        let mut acc: [[float32x4_t; H]; N] = core::array::from_fn(|r| {
-            core::array::from_fn(|h| {
-                let a: [f32; 4] = core::array::from_fn(|i| {
-                    let j = 4 * h + i;
-                    if j < n {
-                        start(&self.out(y, j, r0)[r..], first)
-                    } else {
-                        0.0
-                    }
-                });
-                // SAFETY: `a` is 4 readable f32; ld1 needs no alignment.
-                unsafe { vld1q_f32(a.as_ptr()) }
-            })
-        });
+        // The chains start at 0, or go on from the previous panel's `y`.
+        let mut acc = [[vdupq_n_f32(0.0); H]; N];
+        if !first {
+            for (r, a) in acc.iter_mut().enumerate() {
+                for (h, a) in a.iter_mut().enumerate() {
+                    let v: [f32; 4] = core::array::from_fn(|i| {
+                        let j = 4 * h + i;
+                        if j < n {
+                            self.out(y, j, r0)[r]
+                        } else {
+                            0.0
+                        }
+                    });
+                    // SAFETY: `v` is 4 readable f32; ld1 needs no alignment.
+                    *a = unsafe { vld1q_f32(v.as_ptr()) };
+                }
+            }
+        }
         for (b, (x, dx)) in p.x[..nbp].iter().zip(&p.dx).enumerate() {
             let ws: [Q32; N] = core::array::from_fn(|r| {
                 // SAFETY: neon per this fn's target features.
