@@ -63,30 +63,39 @@
 //! any activation byte, and the dotprod path any byte in either format.
 //! Rows are whole blocks: no column tail.
 //!
-//! Instructions per row, token and block, counted in the compiled loops
-//! (rustc 1.95, release, `aarch64-unknown-linux-musl`, `--emit asm`: the
-//! innermost loop of a 4-row tile of 8 tokens, against the 4-row loop of
-//! the GEMVs in `quant.rs` in the same build). Not timed on ARM hardware
-//! (qemu timings say nothing about it):
+//! Instructions per row, token and block, two ways, neither of them a
+//! timing (no ARM hardware here; qemu timings say nothing about it):
 //!
-//! | path | GEMM, 4 rows x 8 tokens | GEMV, 4 rows x 1 token |
-//! |---|---|---|
-//! | dotprod Q8_0 | 133 / 32 = 4.2 (64 `sdot`) | 43 / 4 = 10.8 |
-//! | dotprod Q4_0 | 162 / 32 = 5.1 (64 `sdot`) | 54 / 4 = 13.5 |
-//! | base Q8_0 | (38 + 8 x 41) / 32 = 11.4 | 68 / 4 = 17 |
-//! | base Q4_0 | (48 + 8 x 37) / 32 = 10.8 | 78 / 4 = 19.5 |
+//! - *loop*: counted in the compiled innermost loop (rustc 1.95, release,
+//!   `aarch64-unknown-linux-musl`, `--emit asm`) of a 4-row tile of 8
+//!   tokens, against the 4-row loop of the GEMVs in `quant.rs`;
+//! - *run*: executed instructions of one call on 256 rows x 64 blocks x
+//!   8 tokens (qemu-aarch64 7.2 `-singlestep -d exec`, cortex-a76, the
+//!   same program without the call subtracted), panels, tails and stores
+//!   included, against the GEMV once per token.
 //!
-//! The base NEON token loop stays a loop (LLVM does not unroll 8 copies),
-//! so `acc[j]` goes through L1 (a load and a store of its 41 or 37); the
-//! 4-token tile, unrolled, spills about as much. Either way each weight
-//! block is loaded from memory once per 8 tokens instead of once per token.
+//! | path | GEMM loop | GEMM run | GEMV loop | GEMV run |
+//! |---|---|---|---|---|
+//! | dotprod Q8_0 | 133 / 32 = 4.2 (64 `sdot`) | 4.48 | 43 / 4 = 10.8 | 10.81 |
+//! | dotprod Q4_0 | 160 / 32 = 5.0 (64 `sdot`) | 5.26 | 54 / 4 = 13.5 | 13.56 |
+//! | base Q8_0 | (38 + 8 x 41) / 32 = 11.4 | 11.61 | 68 / 4 = 17 | 15.80 |
+//! | base Q4_0 | (48 + 8 x 37) / 32 = 10.8 | 10.89 | 78 / 4 = 19.5 | 18.55 |
+//!
+//! (The base GEMVs run below their loop column: in the measuring
+//! program's build they are not inlined into `Backend::gemv_q8_0` /
+//! `gemv_q4_0`, and their 4-row loops are 63 and 74 instructions, not 68
+//! and 78.) The base NEON token loop stays a loop (LLVM does not unroll
+//! 8 copies), so `acc[j]` goes through L1 (a load and a store of its 41
+//! or 37 instructions); the 4-token tile, unrolled, spills about as much.
+//! Either way each weight block is loaded from memory once per 8 tokens
+//! instead of once per token.
 //!
 //! Why rows in lanes on base NEON: with tokens in lanes each product
 //! needs the weight byte broadcast, and the only multiplies by element
 //! are 16-bit (`smlal Vd.4S, Vn.4H, Vm.H[i]`, `Vm` in v0..v15): widened
 //! activations (32 loads per block) and 2 `smlal` per row, column and 8
-//! tokens make ~10.7 per row and token, and 4 rows of widened weights
-//! alone fill v0..v15.
+//! tokens make ~10.7 per row and token counted from the pseudo-code
+//! (not built), and 4 rows of widened weights alone fill v0..v15.
 
 use core::arch::aarch64::*;
 use core::arch::asm;
