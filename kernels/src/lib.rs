@@ -306,9 +306,10 @@ impl Backend {
     /// `y[i] = W xq[i]` for `t` tokens on Q8_0 weights (prompt prefill):
     /// `xq` holds `t` rows of Q8_0 activations of `nb` blocks each, W is
     /// `rows x nb` blocks, `y` gets `t` rows of `rows` outputs,
-    /// token-major (see [`quant`]). AVX2 (and AVX-512, routed to it) read
-    /// each weight block once per 8 tokens; NEON runs its GEMV once per
-    /// token (no batched NEON kernel yet); scalar is the twin.
+    /// token-major (see [`quant`]). AVX2 (and AVX-512, routed to it), NEON
+    /// and NEON dotprod read each weight block once per group of up to 8
+    /// tokens (NEON's results equal its GEMV's per token, bit for bit);
+    /// scalar is the twin.
     ///
     /// # Panics
     /// If the shapes do not fit ([`quant::gemm_shape`]), or if the backend
@@ -323,6 +324,14 @@ impl Backend {
                 .gemm_q8_0(w, xq, t, y),
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512 => arch::x86_64::avx512::Avx512::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemm_q8_0(w, xq, t, y),
+            #[cfg(target_arch = "aarch64")]
+            Backend::Neon => arch::aarch64::neon::Neon::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemm_q8_0(w, xq, t, y),
+            #[cfg(target_arch = "aarch64")]
+            Backend::NeonDotprod => arch::aarch64::dotprod::NeonDotprod::new()
                 .unwrap_or_else(|| unavailable(self))
                 .gemm_q8_0(w, xq, t, y),
             _ => {
@@ -350,6 +359,14 @@ impl Backend {
                 .gemm_q4_0(w, xq, t, y),
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512 => arch::x86_64::avx512::Avx512::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemm_q4_0(w, xq, t, y),
+            #[cfg(target_arch = "aarch64")]
+            Backend::Neon => arch::aarch64::neon::Neon::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemm_q4_0(w, xq, t, y),
+            #[cfg(target_arch = "aarch64")]
+            Backend::NeonDotprod => arch::aarch64::dotprod::NeonDotprod::new()
                 .unwrap_or_else(|| unavailable(self))
                 .gemm_q4_0(w, xq, t, y),
             _ => {

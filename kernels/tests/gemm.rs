@@ -2,23 +2,27 @@
 //! available backend against the scalar GEMV of each token, on ragged
 //! token counts, rows and columns.
 
+use proptest::prelude::*;
 use tpi_kernels::quant::{self, QK};
 use tpi_kernels::{f16, Backend, BlockQ4_0, BlockQ8_0};
 
 mod common;
 use common::{abs_sums, close, q4, q4_blk, q8, q8_blk, weights, Rng};
 
-/// Token counts around the AVX2 GEMM's 8-token groups and rows around its
-/// 4-row tiles; columns past its 64-block panel.
+/// Every token count up to 20 (the 8-token groups of the AVX2 and NEON
+/// GEMMs, their 4-, 2- and 1-token rests, and the GEMV for a lone token)
+/// and rows around the 4-row tiles; columns past the 64-block panel.
 const GEMM_T: &[usize] = if cfg!(miri) {
     &[1, 9]
 } else {
-    &[1, 2, 4, 5, 7, 8, 9, 17, 64]
+    &[
+        1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 64,
+    ]
 };
 const GEMM_ROWS: &[usize] = if cfg!(miri) {
     &[1, 5]
 } else {
-    &[1, 3, 4, 5, 9]
+    &[1, 3, 4, 5, 7, 9, 13]
 };
 const GEMM_COLS: &[usize] = if cfg!(miri) {
     &[32, 96]
@@ -26,10 +30,36 @@ const GEMM_COLS: &[usize] = if cfg!(miri) {
     &[0, 32, 96, 64 * QK, 65 * QK, 129 * QK + 4 * QK]
 };
 
+/// The available backends, printed so a test's output says which GEMMs
+/// ran. On aarch64 that must include `neon` (and `neon-dotprod` where
+/// `TPI_EXPECT_DOTPROD=1`, as `.ci/cross.sh` sets it for cortex-a76).
+fn backends_under_test(test: &str) -> Vec<Backend> {
+    let backends: Vec<Backend> = Backend::all_available().collect();
+    println!(
+        "{test}: backends {:?}",
+        backends.iter().map(|b| b.name()).collect::<Vec<_>>()
+    );
+    if cfg!(target_arch = "aarch64") {
+        assert!(backends.contains(&Backend::Neon), "aarch64 without neon");
+        if std::env::var("TPI_EXPECT_DOTPROD").as_deref() == Ok("1") {
+            assert!(backends.contains(&Backend::NeonDotprod), "no dotprod");
+        }
+    }
+    backends
+}
+
+/// Whether `b`'s GEMM promises its own GEMV's result per token, bit for
+/// bit (the NEON GEMMs: same block sums, same two f32 operations per
+/// block, same order).
+fn same_as_gemv(b: Backend) -> bool {
+    matches!(b, Backend::Neon | Backend::NeonDotprod)
+}
+
 /// Runs `b`'s GEMM (`which` = "q8_0" / "q4_0") on `t` tokens with the
 /// weights `run` and compares each token's output row with the scalar
 /// GEMV of that token on `want` (the same weights, unless a test corrupts
-/// one); returns the first mismatch.
+/// one), and where [`same_as_gemv`] with `b`'s own GEMV on `run`, bit for
+/// bit; returns the first mismatch.
 #[allow(clippy::too_many_arguments)]
 fn check_gemm(
     b: Backend,
@@ -49,6 +79,23 @@ fn check_gemm(
     }
     for i in 0..t {
         let x = &xq[i * nb..(i + 1) * nb];
+        if same_as_gemv(b) {
+            let mut own = vec![f32::NAN; rows];
+            match which {
+                "q8_0" => b.gemv_q8_0(run.0, x, &mut own),
+                _ => b.gemv_q4_0(run.1, x, &mut own),
+            }
+            let got = &got[i * rows..(i + 1) * rows];
+            if let Some(r) = (0..rows).find(|&r| got[r].to_bits() != own[r].to_bits()) {
+                return Err(format!(
+                    "{} gemm {which} t={t} rows={rows} cols={} token {i} row {r}: got {} but its gemv {}",
+                    b.name(),
+                    nb * QK,
+                    got[r],
+                    own[r]
+                ));
+            }
+        }
         let mut want = vec![0.0; rows];
         let sums = match which {
             "q8_0" => {
@@ -86,7 +133,7 @@ fn check_gemm(
 #[test]
 fn gemm_q8_0_and_q4_0_match_scalar_gemv_per_token_on_ragged_shapes() {
     let mut rng = Rng(0x5eed_6e33);
-    let backends: Vec<Backend> = Backend::all_available().collect();
+    let backends = backends_under_test("gemm ragged shapes");
     for &t in GEMM_T {
         for &rows in GEMM_ROWS {
             for &cols in GEMM_COLS {
@@ -109,6 +156,7 @@ fn gemm_q8_0_and_q4_0_match_scalar_gemv_per_token_on_ragged_shapes() {
 #[test]
 fn gemm_q_block_sums_are_exact_with_unit_scales() {
     let one = f16::from_f32(1.0);
+    let backends = backends_under_test("gemm exact block sums");
     let mut rng = Rng(77);
     for &t in GEMM_T {
         for &rows in GEMM_ROWS {
@@ -147,7 +195,7 @@ fn gemm_q_block_sums_are_exact_with_unit_scales() {
                     })
                     .collect();
                 let w = (&w8[..], &w4[..]);
-                for b in Backend::all_available() {
+                for &b in &backends {
                     check_gemm(b, "q8_0", w, w, &xq, t, rows, true).unwrap();
                     check_gemm(b, "q4_0", w, w, &xq, t, rows, true).unwrap();
                 }
@@ -155,7 +203,7 @@ fn gemm_q_block_sums_are_exact_with_unit_scales() {
                 for x in xq.iter_mut().step_by(5) {
                     x.qs[..8].fill(-128);
                 }
-                for b in Backend::all_available() {
+                for &b in &backends {
                     check_gemm(b, "q4_0", w, w, &xq, t, rows, true).unwrap();
                 }
             }
@@ -210,5 +258,32 @@ fn gemm_q_panics_on_shapes_that_do_not_fit() {
         let w4 = [BlockQ4_0::default(); 6];
         let r = std::panic::catch_unwind(|| b.gemm_q4_0(&w4, &x[..3], 2, &mut [0.0; 6]));
         assert!(r.is_err(), "{}", b.name());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: if cfg!(miri) { 2 } else { 48 },
+        ..ProptestConfig::default()
+    })]
+
+    /// Random shapes: any token count up to 20, rows up to 13 (every rest
+    /// of the 4-row tile), blocks across the 64-block panel.
+    #[test]
+    fn gemm_q_matches_scalar_gemv_on_random_shapes(
+        t in 1usize..=20,
+        rows in 1usize..=13,
+        nb in 0usize..=70,
+        seed in any::<u64>(),
+    ) {
+        let mut rng = Rng(seed | 1);
+        let (w8, w4) = weights(&mut rng, rows, nb * QK);
+        let xq = q8(&rng.row(t * nb * QK));
+        let w = (&w8[..], &w4[..]);
+        for b in Backend::all_available() {
+            for which in ["q8_0", "q4_0"] {
+                check_gemm(b, which, w, w, &xq, t, rows, false).map_err(TestCaseError::fail)?;
+            }
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! later, Pi 5, RK3588). The second differs only in the quantized GEMVs.
 
 pub(crate) mod dotprod;
+mod gemm;
 pub(crate) mod neon;
 mod quant;
 
