@@ -299,10 +299,19 @@ impl Batched for BlockQ6_K {
 /// Stores `v` to `q[at..at + 8]`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn store8(q: &mut [u32; G], at: usize, v: __m256i) {
+fn store8<const L: usize>(q: &mut [u32; L], at: usize, v: __m256i) {
     let q: &mut [u32; 8] = (&mut q[at..at + 8]).try_into().unwrap();
     // SAFETY: `q` is 32 writable bytes; storeu needs no alignment.
     unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), v) };
+}
+
+/// Stores the 8 i32 lanes of `v` (each in -32768..=32767) as i16 pairs
+/// `(v, v)` to `sc[at..at + 8]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn store_pairs(sc: &mut [u32; 24], at: usize, v: __m256i) {
+    let lo = _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF));
+    store8(sc, at, _mm256_or_si256(lo, _mm256_slli_epi32::<16>(v)));
 }
 
 /// [`Batched::unpack`] for Q4_K: byte `32 c + l` holds elements `64 c + l`
@@ -322,9 +331,10 @@ fn unpack_q4_k(w: &BlockQ4_K, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] 
             _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4),
         );
     }
-    for (s, &v) in sc.iter_mut().zip(&w.scales_mins()) {
-        *s = u32::from(v) * 0x1_0001;
-    }
+    // SAFETY: the 16 bytes are readable; loadu needs no alignment.
+    let sm = unsafe { _mm_loadu_si128(w.scales_mins().as_ptr().cast()) };
+    store_pairs(sc, 0, _mm256_cvtepu8_epi32(sm));
+    store_pairs(sc, 8, _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(sm, sm)));
     [f16_to_f32(w.d.to_bits()), f16_to_f32(w.dmin.to_bits())]
 }
 
@@ -362,13 +372,16 @@ fn unpack_q6_k(w: &BlockQ6_K, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] 
             store8(q, 32 * h + 8 * k, _mm256_or_si256(lo, hi));
         }
     }
-    for (s, &v) in sc.iter_mut().zip(&w.scales) {
-        *s = pair(i16::from(v), i16::from(v));
-    }
-    for (i, s) in sc[16..].iter_mut().enumerate() {
-        let o = |j: usize| -32 * i16::from(w.scales[j]);
-        *s = pair(o(2 * i), o(2 * i + 1));
-    }
+    // SAFETY: `w.scales` is 16 readable bytes; loadu needs no alignment.
+    let s8 = unsafe { _mm_loadu_si128(w.scales.as_ptr().cast()) };
+    store_pairs(sc, 0, _mm256_cvtepi8_epi32(s8));
+    store_pairs(sc, 8, _mm256_cvtepi8_epi32(_mm_unpackhi_epi64(s8, s8)));
+    // -32 sc as 16 x i16: pairs (2i, 2i + 1) in u32 lane i.
+    let off = _mm256_slli_epi16::<5>(_mm256_sub_epi16(
+        _mm256_setzero_si256(),
+        _mm256_cvtepi8_epi16(s8),
+    ));
+    store8(sc, 16, off);
     [f16_to_f32(w.d.to_bits()), 0.0]
 }
 
@@ -462,15 +475,17 @@ fn get<const N: usize>(
     r0: usize,
     first: bool,
 ) -> [__m256; N] {
-    core::array::from_fn(|r| {
-        let mut v = [0.0f32; TOK];
-        if !first {
+    let mut acc = [_mm256_setzero_ps(); N];
+    if !first {
+        for (r, a) in acc.iter_mut().enumerate() {
+            let mut v = [0.0f32; TOK];
             for (j, v) in v.iter_mut().take(n).enumerate() {
                 *v = y[(i0 + j) * rows + r0 + r];
             }
+            *a = _mm256_castsi256_ps(load(&v));
         }
-        _mm256_castsi256_ps(load(&v))
-    })
+    }
+    acc
 }
 
 /// Writes the `n` token lanes of `acc[r]` to `y[(i0 + j) * rows + r0 + r]`.
