@@ -272,7 +272,7 @@ impl Batched for BlockQ4_K {
 }
 
 impl Batched for BlockQ6_K {
-    const MIN_GROUP: usize = 3;
+    const MIN_GROUP: usize = 4;
 
     #[inline(always)]
     unsafe fn unpack(&self, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] {
