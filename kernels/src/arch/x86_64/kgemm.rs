@@ -22,7 +22,7 @@
 //!     BS[b][i] = 8 x (i16, i16), lane j: token j's bsums[2i], bsums[2i+1] (i < 8)
 //!     dx[b]    = 8 tokens' f32 scales
 //!     for each tile of R = 4 rows (then single rows):
-//!       q[r][b][k] = the quants as bytes, element order; sc / m / d   (Tile, 9 KiB, filled once)
+//!       q[r][b][k] = the quants as bytes, element order; sc / m / d   (Tile, 11 KiB, filled once)
 //!       acc[r] = y[tokens][r] (0 for the first panel)   (R ymm: 8 tokens x f32; the running sums)
 //!       for b in panel:
 //!         Q4_K: for s in 0..8 (sub-blocks of 32):
@@ -45,17 +45,40 @@
 //! so). No `maddubs` pair saturates (`2 * 63 * 128` at most).
 //!
 //! Per row, super-block and 8 tokens that is ~150 vector instructions for
-//! Q4_K (64 broadcasts, 64 `maddubs`, 56 i16 adds, 16 `madd`) and ~200 for
-//! Q6_K (its i16 sums overflow after two groups: 32 `madd` instead of 8),
-//! against ~40 per token for the GEMV. The other design, a tile of rows x
-//! tokens with `maddubs` on the natural layout (the unpacked weights kept
-//! in registers, each token's activations loaded), needs per row, token
-//! and super-block 8 loads, 8 `maddubs`, 8 `madd`, 7 adds and its share of
-//! a horizontal sum, ~33: more than the ~19-25 here, and it was not built.
+//! Q4_K (64 broadcast loads, 64 `maddubs`, 56 i16 adds, 16 `madd`) and
+//! ~200 for Q6_K (its i16 sums overflow after two groups: 32 `madd`
+//! instead of 8), ~19-25 per token, against ~40 per token for the GEMV.
+//! The unpacking (`Tile::fill`: 8 stores of quants and 3 of i16 scale
+//! pairs per super-block, the scales widened in registers) is done once
+//! per tile of 4 rows and panel, for all 8 tokens.
 //!
-//! Measured in L2 (a 256 KiB chunk of 2048 columns: 224 rows of Q4_K, 152
-//! of Q6_K; 64 tokens; thread CPU time, best of 15; 2-core Zen 3 VM shared
-//! with other builds), per token: see `MEASURED` below.
+//! Measured in L2: a 256 KiB chunk of rows of 2048 columns (224 rows of
+//! Q4_K, 156 of Q6_K), 64 tokens of Q8_K, 1 thread, thread CPU time
+//! (`CLOCK_THREAD_CPUTIME_ID`), best of 9-15 runs of 3 calls, on a 2-core
+//! AMD EPYC (Zen 3) VM shared with other builds (load 6-9: run to run the
+//! numbers move by 20-50%, so only the best of each is quoted). Per token:
+//!
+//! | | AVX2 GEMV once per token | this kernel, t = 64 | ratio |
+//! |---|---|---|---|
+//! | Q4_K | 19.4 us | 6.8 us | 2.8x |
+//! | Q6_K | 13.7 us | 5.4 us | 2.5x |
+//!
+//! - The other design, a register tile of R rows x T tokens with `maddubs`
+//!   on the natural layout (each row's nibbles and scale shuffles unpacked
+//!   in registers once per super-block, each token's activations loaded,
+//!   one horizontal sum per row, token and super-block), built as a Q4_K
+//!   prototype outside the crate and measured in the same runs: 2 x 4
+//!   12.2 us, 1 x 8 12.9 us, 2 x 2 17.9 us per token; it does ~33
+//!   instructions per row, token and super-block (8 loads, 8 `maddubs`,
+//!   8 `madd`, 8 adds, its horizontal sum), the layout here ~19-25.
+//! - Rows per tile: R = 3 measured 9.3 / 8.1 us (Q4_K / Q6_K), R = 6
+//!   7.1 / 5.8 us (its accumulators spill), R = 4 the fastest.
+//! - Filling the tile's scales byte by byte (u32 per scale, scalar) made
+//!   a Q4_K group of 8 cost 75 us instead of 54.
+//! - A group costs about the same whatever its token count (Q4_K ~54 us,
+//!   Q6_K ~45 us on the chunk), the GEMV ~19.6 / ~14.3 us per token: so
+//!   groups of fewer than [`Batched::MIN_GROUP`] = 3 (Q4_K) / 4 (Q6_K)
+//!   tokens run the GEMV.
 
 use core::arch::x86_64::*;
 
@@ -217,8 +240,8 @@ impl<const N: usize> Tile<N> {
 /// A weight super-block type's part of the batched loop.
 trait Batched: Copy {
     /// A group of fewer tokens than this runs the GEMV once per token
-    /// instead (a group costs about the same whatever its count; see
-    /// `MEASURED`).
+    /// instead (a group costs about the same whatever its count; measured
+    /// in the module docs).
     const MIN_GROUP: usize;
 
     /// Writes the quants as bytes in element order to `q` and the scales
