@@ -233,7 +233,7 @@ fn gemm_k_check_rejects_a_corrupted_block() {
 }
 
 #[test]
-fn gemm_k_with_no_super_blocks_is_zero_and_no_tokens_is_nothing() {
+fn gemm_k_with_no_super_blocks_is_zero_and_no_tokens_or_rows_is_nothing() {
     for b in Backend::all_available() {
         let mut y = [f32::NAN; 6];
         b.gemm_q4_k(&[], &[], 2, &mut y);
@@ -243,6 +243,10 @@ fn gemm_k_with_no_super_blocks_is_zero_and_no_tokens_is_nothing() {
         assert_eq!(y, [0.0; 6], "{}", b.name());
         b.gemm_q4_k(&[BlockQ4_K::default(); 4], &[], 0, &mut []);
         b.gemm_q6_k(&[], &[], 0, &mut []);
+        // No rows: 9 tokens of 2 super-blocks, nothing to write.
+        let x = [BlockQ8_K::default(); 18];
+        b.gemm_q4_k(&[], &x, 9, &mut []);
+        b.gemm_q6_k(&[], &x, 9, &mut []);
     }
 }
 
