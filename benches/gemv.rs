@@ -14,7 +14,8 @@
 //! whatever its dtype. Quantized GEMVs take Q8_0 (K-quants: Q8_K)
 //! activations, quantized once before the clock starts (as `engine::par`
 //! quantizes once per region). `BACKEND/t64` rows are the
-//! batched product for a 64-token prefill (`gemm_q8_0`/`gemm_q4_0`): their
+//! batched product for a 64-token prefill (`gemm_q8_0`/`gemm_q4_0`,
+//! `gemm_q4_k`/`gemm_q6_k`): their
 //! GB/s counts the weight bytes once per token, so the ratio is how many
 //! times faster than the read loop a prompt goes through the matrix than
 //! 64 memory-bound GEMVs would. The matrices rotate through a
@@ -186,12 +187,15 @@ impl Store {
 }
 
 impl Store {
-    /// `y[i] = W x[i]` for the `PREFILL` tokens of `xq`, quantized dtypes.
-    fn gemm(&self, be: Backend, bytes: &[u8], xq: &[BlockQ8_0], y: &mut [f32]) {
+    /// `y[i] = W x[i]` for the `PREFILL` tokens of `xq` (Q8_0) or `xk`
+    /// (Q8_K), quantized dtypes.
+    fn gemm(&self, be: Backend, bytes: &[u8], xq: &[BlockQ8_0], xk: &[BlockQ8_K], y: &mut [f32]) {
         use bytemuck::cast_slice as c;
         match self.dtype {
             Dtype::Q8_0 => be.gemm_q8_0(c(bytes), xq, PREFILL, y),
             Dtype::Q4_0 => be.gemm_q4_0(c(bytes), xq, PREFILL, y),
+            Dtype::Q4K => be.gemm_q4_k(c(bytes), xk, PREFILL, y),
+            Dtype::Q6K => be.gemm_q6_k(c(bytes), xk, PREFILL, y),
             _ => unreachable!("gemm rows are measured for block dtypes only"),
         }
     }
@@ -228,8 +232,8 @@ fn run(
     let xs: Vec<f32> = (0..PREFILL).flat_map(|_| x.iter().copied()).collect();
     let mut xq = vec![BlockQ8_0::default(); PREFILL * cols / QK];
     quantize_row_q8_0(&xs, &mut xq);
-    let mut xk = vec![BlockQ8_K::default(); cols / QK_K];
-    quantize_row_q8_k(&x, &mut xk);
+    let mut xk = vec![BlockQ8_K::default(); PREFILL * cols / QK_K];
+    quantize_row_q8_k(&xs, &mut xk);
     let batch = if matches!(work, Work::Gemm(_)) {
         PREFILL
     } else {
@@ -253,8 +257,10 @@ fn run(
                 for it in 0..iters {
                     let bytes = store.bytes(it % count, rows, cols, r0, r0 + yt.len());
                     match work {
-                        Work::Gemv(be) => store.gemv(be, bytes, x, &xq[..cols / QK], xk, yt),
-                        Work::Gemm(be) => store.gemm(be, bytes, xq, ybt),
+                        Work::Gemv(be) => {
+                            store.gemv(be, bytes, x, &xq[..cols / QK], &xk[..cols / QK_K], yt)
+                        }
+                        Work::Gemm(be) => store.gemm(be, bytes, xq, xk, ybt),
                         Work::Read(be) => sink = sink.wrapping_add(be.read_sum(bytes)),
                     }
                     black_box(&mut *yt);
@@ -331,7 +337,8 @@ fn main() {
                 if threads == 1 {
                     backends.push(Backend::Scalar);
                 }
-                let quantized = matches!(dtype, Dtype::Q8_0 | Dtype::Q4_0);
+                let quantized =
+                    matches!(dtype, Dtype::Q8_0 | Dtype::Q4_0 | Dtype::Q4K | Dtype::Q6K);
                 let gemms = simd.iter().filter(|_| quantized).map(|&be| Work::Gemm(be));
                 for work in backends.iter().map(|&be| Work::Gemv(be)).chain(gemms) {
                     let (name, tokens) = match work {

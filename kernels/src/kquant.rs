@@ -405,6 +405,63 @@ pub fn gemv_q6_k(w: &[BlockQ6_K], xq: &[BlockQ8_K], y: &mut [f32]) {
     gemv_blocks(w, xq, y, block_dot_q6_k_q8_k)
 }
 
+/// `(nb, rows)` of a batched K-quant product of `t` tokens, from the
+/// lengths: `xq` is `t` rows of `nb` super-blocks, `y` is `t` rows of
+/// `rows` outputs, `w` is `rows x nb` super-blocks. `t == 0` needs empty
+/// `xq` and `y` (and gives `(0, 0)`: any `w`).
+///
+/// # Panics
+/// If the lengths do not fit.
+pub fn gemm_shape(w_len: usize, xq_len: usize, t: usize, y_len: usize) -> (usize, usize) {
+    if t == 0 {
+        assert!(
+            xq_len == 0 && y_len == 0,
+            "gemm_k: 0 tokens with inputs or outputs"
+        );
+        return (0, 0);
+    }
+    let (nb, rows) = (xq_len / t, y_len / t);
+    assert!(
+        xq_len == t * nb && y_len == t * rows && w_len == rows * nb,
+        "gemm_k: {t} tokens, {xq_len} activation super-blocks, {y_len} outputs, {w_len} weight super-blocks"
+    );
+    (nb, rows)
+}
+
+/// Scalar `y[i] = W xq[i]` for `t` tokens on Q4_K weights (prompt
+/// prefill): `xq` is `t` rows of `nb` Q8_K super-blocks, `W` is `rows x
+/// nb` super-blocks, `y` is `t x rows`, token-major. The GEMV once per
+/// token: the twin every batched path is tested against.
+///
+/// # Panics
+/// If the shapes do not fit ([`gemm_shape`]).
+pub fn gemm_q4_k(w: &[BlockQ4_K], xq: &[BlockQ8_K], t: usize, y: &mut [f32]) {
+    let (nb, rows) = gemm_shape(w.len(), xq.len(), t, y.len());
+    for i in 0..t {
+        gemv_q4_k(
+            w,
+            &xq[i * nb..(i + 1) * nb],
+            &mut y[i * rows..(i + 1) * rows],
+        );
+    }
+}
+
+/// Scalar `y[i] = W xq[i]` for `t` tokens on Q6_K weights, as
+/// [`gemm_q4_k`].
+///
+/// # Panics
+/// If the shapes do not fit ([`gemm_shape`]).
+pub fn gemm_q6_k(w: &[BlockQ6_K], xq: &[BlockQ8_K], t: usize, y: &mut [f32]) {
+    let (nb, rows) = gemm_shape(w.len(), xq.len(), t, y.len());
+    for i in 0..t {
+        gemv_q6_k(
+            w,
+            &xq[i * nb..(i + 1) * nb],
+            &mut y[i * rows..(i + 1) * rows],
+        );
+    }
+}
+
 /// The scalar GEMV loop, given each super-block's f32 term.
 #[inline(always)]
 fn gemv_blocks<W>(w: &[W], xq: &[BlockQ8_K], y: &mut [f32], dot: impl Fn(&W, &BlockQ8_K) -> f32) {

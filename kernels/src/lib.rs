@@ -378,6 +378,66 @@ impl Backend {
         }
     }
 
+    /// `y[i] = W xq[i]` for `t` tokens on Q4_K weights (prompt prefill):
+    /// `xq` holds `t` rows of Q8_K activations of `nb` super-blocks each,
+    /// W is `rows x nb` super-blocks, `y` gets `t` rows of `rows` outputs,
+    /// token-major. AVX2 (and AVX-512, routed to it) unpack each weight
+    /// super-block once per 8 tokens; other backends run their GEMV once
+    /// per token; scalar is the twin. Every backend's result equals the
+    /// scalar GEMV's of each token bit for bit (the same exact integer
+    /// sums per super-block, the same f32 operations in the same order).
+    ///
+    /// # Panics
+    /// If the shapes do not fit ([`kquant::gemm_shape`]), or if the
+    /// backend is not available.
+    pub fn gemm_q4_k(self, w: &[BlockQ4_K], xq: &[BlockQ8_K], t: usize, y: &mut [f32]) {
+        let (nb, rows) = kquant::gemm_shape(w.len(), xq.len(), t, y.len());
+        match self {
+            Backend::Scalar => kquant::gemm_q4_k(w, xq, t, y),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => arch::x86_64::avx2::Avx2::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemm_q4_k(w, xq, t, y),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => arch::x86_64::avx512::Avx512::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemm_q4_k(w, xq, t, y),
+            _ => {
+                for i in 0..t {
+                    let y = &mut y[i * rows..(i + 1) * rows];
+                    self.gemv_q4_k(w, &xq[i * nb..(i + 1) * nb], y);
+                }
+            }
+        }
+    }
+
+    /// `y[i] = W xq[i]` for `t` tokens on Q6_K weights, as
+    /// [`Backend::gemm_q4_k`].
+    ///
+    /// # Panics
+    /// If the shapes do not fit ([`kquant::gemm_shape`]), or if the
+    /// backend is not available.
+    pub fn gemm_q6_k(self, w: &[BlockQ6_K], xq: &[BlockQ8_K], t: usize, y: &mut [f32]) {
+        let (nb, rows) = kquant::gemm_shape(w.len(), xq.len(), t, y.len());
+        match self {
+            Backend::Scalar => kquant::gemm_q6_k(w, xq, t, y),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => arch::x86_64::avx2::Avx2::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemm_q6_k(w, xq, t, y),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => arch::x86_64::avx512::Avx512::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemm_q6_k(w, xq, t, y),
+            _ => {
+                for i in 0..t {
+                    let y = &mut y[i * rows..(i + 1) * rows];
+                    self.gemv_q6_k(w, &xq[i * nb..(i + 1) * nb], y);
+                }
+            }
+        }
+    }
+
     /// Dot product of two f32 vectors.
     ///
     /// # Panics

@@ -3,6 +3,7 @@
 pub(crate) mod avx2;
 pub(crate) mod avx512;
 mod gemm;
+mod kgemm;
 mod kquant;
 mod quant;
 
