@@ -40,6 +40,13 @@ pub enum GgufError {
         count: u64,
         max: u64,
     },
+    /// A key or tensor name longer than the spec allows.
+    OverLimit {
+        origin: String,
+        what: String,
+        len: u64,
+        max: u64,
+    },
     NotUtf8 {
         origin: String,
         what: String,
@@ -179,7 +186,16 @@ impl fmt::Display for GgufError {
                 what,
                 count,
                 max,
-            } => write!(f, "{origin}: {what} is {count}, at most {max} possible here"),
+            } => write!(
+                f,
+                "{origin}: {what} is {count}, more than the bytes left can hold (at most {max}): truncated or corrupt"
+            ),
+            E::OverLimit {
+                origin,
+                what,
+                len,
+                max,
+            } => write!(f, "{origin}: {what} is {len} bytes, the limit is {max}"),
             E::NotUtf8 { origin, what } => write!(f, "{origin}: {what} is not valid UTF-8"),
             E::UnknownValueType {
                 origin,

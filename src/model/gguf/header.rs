@@ -157,10 +157,11 @@ pub fn parse_prefix(prefix: &[u8], file_len: u64, origin: &str) -> Result<Header
     }
     let n_tensors = r.u64(&|| "the tensor count".into())?;
     let n_kv = r.u64(&|| "the metadata count".into())?;
-    // G3: the tensor infos follow the metadata, so both counts share the room.
-    let n_tensors = r.count(n_tensors, MIN_TENSOR_INFO_BYTES, &|| {
-        "the tensor count".into()
-    })?;
+    // G3: a tensor count no file of this length can hold fails here, before
+    // the metadata is read; it is checked against the room again where the
+    // tensor infos start.
+    let tensor_count = || "the tensor count".to_string();
+    r.count(n_tensors, MIN_TENSOR_INFO_BYTES, &tensor_count)?;
     let n_kv = r.count(n_kv, MIN_KV_BYTES, &|| "the metadata count".into())?;
 
     let mut metadata = Metadata::new(origin);
@@ -177,6 +178,7 @@ pub fn parse_prefix(prefix: &[u8], file_len: u64, origin: &str) -> Result<Header
             })?;
     }
 
+    let n_tensors = r.count(n_tensors, MIN_TENSOR_INFO_BYTES, &tensor_count)?;
     let mut tensors = Vec::with_capacity(n_tensors.min(MAX_PREALLOC));
     let mut names: HashMap<&str, usize> = HashMap::with_capacity(n_tensors.min(MAX_PREALLOC));
     for i in 0..n_tensors {
@@ -373,10 +375,10 @@ impl<'a> Reader<'a> {
     fn string(&mut self, max: u64, what: What) -> Result<&'a str, GgufError> {
         let len = self.u64(&|| format!("the length of {}", what()))?;
         if len > max {
-            return Err(GgufError::TooLong {
+            return Err(GgufError::OverLimit {
                 origin: self.origin.into(),
-                what: format!("the length of {}", what()),
-                count: len,
+                what: what(),
+                len,
                 max,
             });
         }
