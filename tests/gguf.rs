@@ -333,7 +333,7 @@ fn typed_getters_convert_and_name_the_key() {
 }
 
 /// A small valid file with every value type and four tensors.
-fn small_valid() -> Vec<u8> {
+pub fn small_valid() -> Vec<u8> {
     every_value_file(3).0.bytes()
 }
 
