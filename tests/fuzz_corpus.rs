@@ -19,7 +19,7 @@ use harness::TARGETS;
 
 /// The GGUF target keeps its body in its own file (see the comment there),
 /// included here as a module so the replay runs the same function.
-#[allow(dead_code, unused_attributes, unexpected_cfgs)]
+#[allow(dead_code, unused_attributes)]
 #[path = "../fuzz/fuzz_targets/gguf_header.rs"]
 mod gguf_target;
 

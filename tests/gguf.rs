@@ -877,6 +877,22 @@ fn header_past_the_cap_is_refused() {
     assert!(matches!(e, GgufError::HeaderTooLarge { .. }), "{e}");
 }
 
+#[test]
+fn parsed_form_is_bounded_before_allocating() {
+    // 3.5M empty nested arrays: 42 MB of header, ~200 MB as `Array`s.
+    let n = 3_500_000u64;
+    let mut v = 9u32.to_le_bytes().to_vec();
+    v.extend_from_slice(&n.to_le_bytes());
+    for _ in 0..n {
+        v.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    }
+    let mut w = base();
+    w.kv_raw(b"nest", 9, &v);
+    let e = err(&w);
+    assert!(matches!(e, GgufError::ParsedTooLarge { .. }), "{e}");
+    assert!(e.to_string().contains("array `nest`"), "{e}");
+}
+
 // ---------------------------------------------------------------------
 // Oracle: the fixtures gguf-py wrote, against what its GGUFReader read.
 

@@ -23,6 +23,12 @@ pub enum GgufError {
         origin: String,
         max: u64,
     },
+    /// The parsed header would take more than [`super::header::MAX_PARSED_BYTES`].
+    ParsedTooLarge {
+        origin: String,
+        what: String,
+        max: u64,
+    },
     BadMagic {
         origin: String,
         got: [u8; 4],
@@ -169,6 +175,10 @@ impl fmt::Display for GgufError {
             E::HeaderTooLarge { origin, max } => write!(
                 f,
                 "{origin}: GGUF header (metadata and tensor infos) longer than the limit of {max} bytes"
+            ),
+            E::ParsedTooLarge { origin, what, max } => write!(
+                f,
+                "{origin}: {what} would take the parsed header past its limit of {max} bytes"
             ),
             E::BadMagic { origin, got } => write!(
                 f,

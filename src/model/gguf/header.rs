@@ -28,7 +28,8 @@
 //! - G5 value types are 0..=12; a bool byte is 0 or 1 ("anything else is
 //!   invalid"); arrays nest at most [`MAX_ARRAY_DEPTH`] deep.
 //! - G6 the header (everything before the padding) is at most
-//!   [`MAX_HEADER_BYTES`].
+//!   [`MAX_HEADER_BYTES`], and what it parses into at most
+//!   [`MAX_PARSED_BYTES`], charged before each allocation.
 //! - G7 `general.alignment` (default 32) is a nonzero power of two and fits
 //!   u32; the data section starts at the header's end rounded up to it.
 //! - G8 a tensor name is at most 64 bytes and unique; at most 4 dims, each
@@ -46,12 +47,19 @@ use super::types::GgmlType;
 use super::value::{Array, Metadata, StringArray, Value, ValueType};
 use crate::codec::cursor::Cursor;
 
-/// G6: the largest header accepted. The largest real headers are a few
-/// MiB, nearly all of it the vocabulary (Gemma 3: 262k tokens with scores
-/// and types; Llama 3: 128k tokens and 280k merges, ~8 MiB); 64 MiB leaves
-/// 8x room while bounding what a crafted file can make tpi read and hold
-/// (the parsed form is at most ~3x the bytes) on a 1 GiB device.
+/// G6: the largest header accepted. Real headers are nearly all
+/// vocabulary: Gemma 3 (262k tokens, scores, types) ~7 MB, Llama 3 (128k
+/// tokens, 280k merges) ~8 MB, Llama 4 (202k tokens, ~440k merges) ~12 MB.
+/// 64 MiB leaves 5x room over the largest while bounding what a crafted
+/// file makes tpi read into RAM on a 1 GiB device.
 pub const MAX_HEADER_BYTES: usize = 64 << 20;
+/// G6: the most heap the parsed header may take (values, strings, arrays,
+/// tensor infos, the key and name indexes), estimated per element from
+/// the in-memory sizes and charged before allocating. A real header
+/// parses into about its own size (a string array costs its text plus 8
+/// bytes a string); without this bound 12-byte empty nested arrays or
+/// 13-byte pairs would turn 64 MiB into ~600 MiB.
+pub const MAX_PARSED_BYTES: u64 = 128 << 20;
 /// G5: deepest array nesting (llama.cpp writes none; gguf-py reads any).
 pub const MAX_ARRAY_DEPTH: usize = 8;
 /// G4: longest key (spec: "at most 2^16-1 bytes").
@@ -66,9 +74,13 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 const MIN_TENSOR_INFO_BYTES: u64 = 8 + 4 + 4 + 8;
 /// G3: fewest bytes of one key-value pair (empty key, a u8).
 const MIN_KV_BYTES: u64 = 8 + 4 + 1;
-/// G3: elements reserved ahead from a count; beyond it vectors grow with
-/// the elements actually read.
-const MAX_PREALLOC: usize = 4096;
+/// G6: heap charged per key-value pair besides its key and value: the
+/// pair, the index entry and hash table slack.
+const KV_HEAP_BYTES: u64 =
+    (size_of::<(String, Value)>() + size_of::<(String, usize)>() + 16) as u64;
+/// G6: heap charged per tensor besides its name and dims: the info, the
+/// name index entry and hash table slack.
+const TENSOR_HEAP_BYTES: u64 = (size_of::<TensorInfo>() + size_of::<(&str, usize)>() + 16) as u64;
 
 /// One tensor's place in its file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +150,7 @@ pub fn parse_prefix(prefix: &[u8], file_len: u64, origin: &str) -> Result<Header
         limit: file_len.min(MAX_HEADER_BYTES as u64),
         file_len,
         origin,
+        spent: 0,
     };
     // G1
     let magic = r.array::<4>(&|| "the magic".into())?;
@@ -165,8 +178,12 @@ pub fn parse_prefix(prefix: &[u8], file_len: u64, origin: &str) -> Result<Header
     let n_kv = r.count(n_kv, MIN_KV_BYTES, &|| "the metadata count".into())?;
 
     let mut metadata = Metadata::new(origin);
+    r.charge(n_kv as u64 * KV_HEAP_BYTES, &|| "the metadata".into())?;
+    metadata.reserve(n_kv);
     for i in 0..n_kv {
         let key = r.string(MAX_KEY_BYTES, &|| format!("metadata key {i}"))?;
+        // The key is held twice: in the pair and in the index.
+        r.charge(2 * key.len() as u64, &|| format!("metadata key {i}"))?;
         let type_id = r.u32(&|| format!("the value type of `{key}`"))?;
         let value = r.value(type_id, key, 0)?;
         // G4: unique keys.
@@ -179,10 +196,14 @@ pub fn parse_prefix(prefix: &[u8], file_len: u64, origin: &str) -> Result<Header
     }
 
     let n_tensors = r.count(n_tensors, MIN_TENSOR_INFO_BYTES, &tensor_count)?;
-    let mut tensors = Vec::with_capacity(n_tensors.min(MAX_PREALLOC));
-    let mut names: HashMap<&str, usize> = HashMap::with_capacity(n_tensors.min(MAX_PREALLOC));
+    r.charge(n_tensors as u64 * TENSOR_HEAP_BYTES, &tensor_count)?;
+    let mut tensors = Vec::with_capacity(n_tensors);
+    let mut names: HashMap<&str, usize> = HashMap::with_capacity(n_tensors);
     for i in 0..n_tensors {
         let name = r.string(MAX_NAME_BYTES, &|| format!("the name of tensor {i}"))?;
+        // The name and up to 4 dims (checked before they are read).
+        let info = || format!("tensor `{name}`");
+        r.charge(name.len() as u64 + 8 * u64::from(MAX_DIMS), &info)?;
         // G8: unique names.
         if names.insert(name, i).is_some() {
             return Err(GgufError::DuplicateTensor {
@@ -286,9 +307,24 @@ struct Reader<'a> {
     limit: u64,
     file_len: u64,
     origin: &'a str,
+    /// Heap charged so far against [`MAX_PARSED_BYTES`].
+    spent: u64,
 }
 
 impl<'a> Reader<'a> {
+    /// G6: charges `bytes` of parsed form before they are allocated.
+    fn charge(&mut self, bytes: u64, what: What) -> Result<(), GgufError> {
+        self.spent = self.spent.saturating_add(bytes);
+        if self.spent > MAX_PARSED_BYTES {
+            return Err(GgufError::ParsedTooLarge {
+                origin: self.origin.into(),
+                what: what(),
+                max: MAX_PARSED_BYTES,
+            });
+        }
+        Ok(())
+    }
+
     fn pos(&self) -> u64 {
         self.prefix_len - self.cur.remaining() as u64
     }
@@ -416,7 +452,11 @@ impl<'a> Reader<'a> {
                 let [byte] = self.array(&what)?;
                 Value::Bool(self.bool(byte, key)?)
             }
-            ValueType::String => Value::String(self.string(u64::MAX, &what)?.to_string()),
+            ValueType::String => {
+                let s = self.string(u64::MAX, &what)?;
+                self.charge(s.len() as u64, &what)?;
+                Value::String(s.to_string())
+            }
             ValueType::Array => Value::Array(self.array_value(key, depth)?),
         })
     }
@@ -448,6 +488,14 @@ impl<'a> Reader<'a> {
         let len = self.u64(&len_what)?;
         let n = self.count(len, ty.min_encoded_bytes(), &len_what)?;
         let what = || format!("the {n} elements of array `{key}`");
+        // Bytes of one element in memory (a string's text is charged as
+        // it is read).
+        let each = match ty {
+            ValueType::String => size_of::<usize>() as u64,
+            ValueType::Array => size_of::<Array>() as u64,
+            fixed => fixed.min_encoded_bytes(),
+        };
+        self.charge(n as u64 * each, &what)?;
         // Fixed-size elements: one bounded read, then decoded.
         let fixed = |r: &mut Self| r.take(n as u64 * ty.min_encoded_bytes(), &what);
         Ok(match ty {
@@ -469,14 +517,17 @@ impl<'a> Reader<'a> {
             ),
             ValueType::String => {
                 let mut a = StringArray::new();
-                a.reserve(n.min(MAX_PREALLOC), 0);
+                a.reserve(n, 0);
                 for i in 0..n {
-                    a.push(self.string(u64::MAX, &|| format!("element {i} of array `{key}`"))?);
+                    let elem = || format!("element {i} of array `{key}`");
+                    let s = self.string(u64::MAX, &elem)?;
+                    self.charge(s.len() as u64, &elem)?;
+                    a.push(s);
                 }
                 Array::String(a)
             }
             ValueType::Array => {
-                let mut a = Vec::with_capacity(n.min(MAX_PREALLOC));
+                let mut a = Vec::with_capacity(n);
                 for _ in 0..n {
                     a.push(self.array_value(key, depth + 1)?);
                 }

@@ -283,6 +283,12 @@ impl Metadata {
         }
     }
 
+    /// Room for `n` more pairs.
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.pairs.reserve(n);
+        self.index.reserve(n);
+    }
+
     /// Adds a pair; `Err(pair)` if the key is already present.
     pub(crate) fn insert(&mut self, key: String, value: Value) -> Result<(), String> {
         if self.index.contains_key(&key) {
