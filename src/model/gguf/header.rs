@@ -23,7 +23,7 @@
 //! - G3 every count and length read from the file is checked against the
 //!   bytes the header can still occupy (each element takes at least
 //!   [`ValueType::min_encoded_bytes`], a tensor info at least 24 bytes)
-//!   before anything is allocated, and preallocation is capped anyway.
+//!   before anything is allocated (and G6 charges what it will allocate).
 //! - G4 strings are UTF-8; a key is at most 65535 bytes; keys are unique.
 //! - G5 value types are 0..=12; a bool byte is 0 or 1 ("anything else is
 //!   invalid"); arrays nest at most [`MAX_ARRAY_DEPTH`] deep.
@@ -604,4 +604,60 @@ fn le_vec<const N: usize, T>(bytes: &[u8], from_le: fn([u8; N]) -> T) -> Vec<T> 
             from_le(a)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// gguf-py's fixture (tools/gguf_fixture.py): its header is the first
+    /// 1600 bytes.
+    const MIXED: &[u8] = include_bytes!("../../../tests/fixtures/gguf/mixed.gguf");
+
+    #[test]
+    fn fixture_parses_and_every_prefix_is_an_error_or_asks_for_more() {
+        let h = parse(MIXED, "mixed.gguf").unwrap();
+        assert_eq!((h.version, h.alignment, h.data_offset), (3, 64, 1600));
+        assert_eq!(h.tensors.len(), 10);
+        // The file ends in padding after its last tensor.
+        let data_end = h.tensors.iter().map(|t| t.offset + t.len).max().unwrap();
+        for n in (0..MIXED.len()).step_by(7) {
+            let cut = &MIXED[..n];
+            assert_eq!(parse(cut, "cut").is_ok(), n as u64 >= data_end, "{n}");
+            match parse_prefix(cut, MIXED.len() as u64, "p") {
+                Ok(p) => assert_eq!(p.tensors, h.tensors, "{n}"),
+                Err(e) => assert!(matches!(e, GgufError::Truncated { .. }), "{n}: {e}"),
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut f = b"GGUF\x03\0\0\0".to_vec();
+            f.extend_from_slice(&bytes);
+            let _ = parse(&f, "p");
+            let _ = parse(&bytes, "p");
+        }
+
+        #[test]
+        fn never_panics_on_mutated_header(
+            muts in proptest::collection::vec((0usize..1600, any::<u8>()), 1..8),
+            cut in any::<usize>(),
+        ) {
+            let mut f = MIXED.to_vec();
+            for (pos, b) in muts {
+                f[pos] = b;
+            }
+            if let Ok(h) = parse(&f, "p") {
+                for t in &h.tensors {
+                    prop_assert!(t.offset + t.len <= f.len() as u64);
+                    prop_assert_eq!(t.offset % h.alignment, 0);
+                }
+            }
+            let n = cut % (f.len() + 1);
+            let _ = parse(&f[..n], "p");
+        }
+    }
 }

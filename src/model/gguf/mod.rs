@@ -28,6 +28,7 @@ pub mod value;
 pub use error::GgufError;
 pub use header::{
     parse, parse_prefix, Header, TensorInfo, DEFAULT_ALIGNMENT, MAX_ARRAY_DEPTH, MAX_HEADER_BYTES,
+    MAX_PARSED_BYTES,
 };
 pub use types::GgmlType;
 pub use value::{Array, Metadata, StringArray, Value, ValueType};
@@ -86,9 +87,10 @@ pub fn read_header(path: &Path) -> Result<(Header, u64), GgufError> {
     let mut want = limit.min(FIRST_READ_BYTES);
     let mut buf = Vec::new();
     loop {
-        let more = (want - buf.len()) as u64;
+        let more = want - buf.len();
+        buf.reserve_exact(more);
         (&mut file)
-            .take(more)
+            .take(more as u64)
             .read_to_end(&mut buf)
             .map_err(io_err(path))?;
         // A file that shrank since fstat ends short: its parse is final.
