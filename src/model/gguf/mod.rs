@@ -1,7 +1,8 @@
 //! GGUF files (llama.cpp's format, versions 2 and 3): the header parsed
 //! and checked ([`header`], rules G1..G10 there), metadata values with
-//! typed getters ([`value`]), the ggml tensor types ([`types`]) and errors
-//! naming the file, key and tensor ([`error`]).
+//! typed getters ([`value`]), tensor infos and their placement
+//! ([`tensor`]), the ggml tensor types ([`types`]) and errors naming the
+//! file, key and tensor ([`error`]).
 //!
 //! [`Gguf::open`] reads only the header: a single file, or every part of a
 //! split model (`name-00001-of-0000N.gguf`, found by name next to the
@@ -22,14 +23,16 @@
 
 pub mod error;
 pub mod header;
+pub mod tensor;
 pub mod types;
 pub mod value;
 
 pub use error::GgufError;
 pub use header::{
-    parse, parse_prefix, Header, TensorInfo, DEFAULT_ALIGNMENT, MAX_ARRAY_DEPTH, MAX_HEADER_BYTES,
+    parse, parse_prefix, Header, DEFAULT_ALIGNMENT, MAX_ARRAY_DEPTH, MAX_HEADER_BYTES,
     MAX_PARSED_BYTES,
 };
+pub use tensor::TensorInfo;
 pub use types::GgmlType;
 pub use value::{Array, Metadata, StringArray, Value, ValueType};
 
