@@ -34,7 +34,7 @@
 //!   u32; the data section starts at the header's end rounded up to it.
 //! - G8 a tensor name is at most 64 bytes and unique; at most 4 dims, each
 //!   at least 1, their product fits u64.
-//! - G9 the ggml type is known ([`GgmlType`]); rows (dims[0]) are whole
+//! - G9 the ggml type is known ([`GgmlType`]); rows (`dims[0]`) are whole
 //!   blocks; the byte size fits u64.
 //! - G10 each tensor offset (relative to the data section) is a multiple
 //!   of the alignment; its bytes lie inside the file; no two tensors

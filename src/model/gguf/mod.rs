@@ -241,7 +241,7 @@ impl Gguf {
         &self.files
     }
 
-    /// A file's path for messages ("<no such file>" for a foreign index).
+    /// A file's path for messages (`<no such file>` for a foreign index).
     pub fn file_name(&self, file: usize) -> std::borrow::Cow<'_, str> {
         self.files
             .get(file)
