@@ -17,6 +17,18 @@ mod harness {
 
 use harness::TARGETS;
 
+/// The GGUF target keeps its body in its own file (see the comment there),
+/// included here as a module so the replay runs the same function.
+#[allow(dead_code, unused_attributes)]
+#[path = "../fuzz/fuzz_targets/gguf_header.rs"]
+mod gguf_target;
+
+/// Every target: harness.rs's table, then the GGUF target.
+fn targets() -> impl Iterator<Item = (&'static str, harness::Target)> {
+    let gguf: harness::Target = gguf_target::gguf_header;
+    TARGETS.iter().copied().chain([("gguf_header", gguf)])
+}
+
 /// Upper bound for the checked-in corpora (seeds and regressions).
 const MAX_CORPUS_BYTES: u64 = 1 << 20;
 
@@ -64,7 +76,7 @@ fn corpus_and_regressions_replay() {
     let root = fuzz_dir();
     let mut failures = Vec::new();
     let mut total_bytes = 0u64;
-    for &(target, f) in TARGETS {
+    for (target, f) in targets() {
         // Each target needs its fuzz_targets/<name>.rs and an ok- seed.
         assert!(
             root.join("fuzz_targets")
@@ -110,7 +122,7 @@ fn no_orphan_corpus_dirs() {
         for e in rd {
             let name = e.unwrap().file_name().to_string_lossy().into_owned();
             assert!(
-                TARGETS.iter().any(|(t, _)| *t == name),
+                targets().any(|(t, _)| t == name),
                 "fuzz/{kind}/{name}/ does not match any target in harness.rs"
             );
         }
@@ -123,8 +135,7 @@ fn no_orphan_corpus_dirs() {
 #[test]
 fn generated_seeds_replay() {
     for (target, name, bytes) in seeds::all() {
-        let f = TARGETS
-            .iter()
+        let f = targets()
             .find(|(t, _)| *t == target)
             .unwrap_or_else(|| panic!("seed for unknown target {target}"))
             .1;
@@ -173,6 +184,7 @@ mod seeds {
         slice_manifest(&mut v);
         cli_args(&mut v);
         sampler(&mut v);
+        gguf_header(&mut v);
         v
     }
 
@@ -871,5 +883,68 @@ mod seeds {
         let t = bad.blocks[0].tensors.last_mut().unwrap();
         t.rows = 1 << 20;
         v.push((T, "err-tensor-past-block".into(), encode_manifest(&bad)));
+    }
+
+    /// GGUF files from the test writer (tests/gguf.rs) and gguf-py's
+    /// fixtures, and one of each malformation the parser refuses.
+    fn gguf_header(v: &mut Vec<Seed>) {
+        use crate::gguf::{small_valid, Writer};
+        use tpi::model::gguf::{GgmlType, Value};
+        const T: &str = "gguf_header";
+        let valid = small_valid();
+        let mut v2 = valid.clone();
+        v2[4] = 2;
+        v.push((T, "ok-every-value-v3".into(), valid.clone()));
+        v.push((T, "ok-every-value-v2".into(), v2));
+        for f in ["mixed.gguf", "split-00002-of-00002.gguf"] {
+            let bytes = std::fs::read(fixture_dir("gguf").join(f)).unwrap();
+            v.push((T, format!("ok-gguf-py-{f}"), bytes));
+        }
+        v.push((T, "ok-empty".into(), Writer::new(3).bytes()));
+        let mut version = valid.clone();
+        version[4] = 1;
+        v.push((T, "err-version-1".into(), version));
+        v.push((T, "err-truncated".into(), valid[..valid.len() / 2].to_vec()));
+        let base = || {
+            let mut w = Writer::new(3);
+            w.kv("general.architecture", Value::String("llama".into()));
+            w
+        };
+        let mut w = base();
+        w.n_tensors = Some(1 << 40);
+        v.push((T, "err-tensor-count-huge".into(), w.bytes()));
+        let mut w = base();
+        w.kv_raw(b"s", 8, &3_000_000_000u64.to_le_bytes());
+        v.push((T, "err-string-len-huge".into(), w.bytes()));
+        let mut w = base();
+        let bomb: Vec<u8> = (0..64)
+            .flat_map(|_| [9, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0])
+            .collect();
+        w.kv_raw(b"bomb", 9, &bomb);
+        v.push((T, "err-array-depth".into(), w.bytes()));
+        let mut w = base();
+        w.kv_raw(b"b", 7, &[2]);
+        v.push((T, "err-bool-2".into(), w.bytes()));
+        let mut w = base();
+        w.kv("general.alignment", Value::U32(3));
+        v.push((T, "err-alignment-3".into(), w.bytes()));
+        let mut w = base();
+        w.tensor_filled("a", &[16], GgmlType::F32, 1)
+            .tensor_info(b"b", &[8], 0, 32);
+        v.push((T, "err-overlap".into(), w.bytes()));
+        let mut w = base();
+        w.tensor_filled("a", &[16], GgmlType::F32, 1)
+            .tensor_info(b"m", &[1], 0, 40);
+        v.push((T, "err-misaligned".into(), w.bytes()));
+        let mut w = base();
+        w.tensor_filled("a", &[8], GgmlType::F32, 1)
+            .tensor_info(b"past", &[8], 0, 32);
+        v.push((T, "err-past-end".into(), w.bytes()));
+        let mut w = base();
+        w.tensor_info(b"q", &[32], 4, 0);
+        v.push((T, "err-unknown-type".into(), w.bytes()));
+        let mut w = base();
+        w.tensor_info(b"q", &[48], GgmlType::Q4_0.id(), 0);
+        v.push((T, "err-not-whole-blocks".into(), w.bytes()));
     }
 }

@@ -4,6 +4,7 @@ mod cli;
 mod common;
 mod faults;
 mod fuzz_corpus;
+mod gguf;
 mod join;
 mod layers;
 mod limits;

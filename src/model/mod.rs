@@ -10,6 +10,8 @@ pub mod checkpoint;
 pub mod config;
 pub mod dtype;
 pub mod error;
+/// GGUF files (llama.cpp's format): the header parser, read-only.
+pub mod gguf;
 pub mod names;
 pub mod safetensors;
 pub mod tokenizer;
