@@ -4,6 +4,7 @@ mod cli;
 mod common;
 mod faults;
 mod fuzz_corpus;
+mod gguf_vocab;
 mod join;
 mod layers;
 mod limits;

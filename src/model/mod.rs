@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dtype;
 pub mod error;
+pub mod gguf_vocab;
 pub mod names;
 pub mod safetensors;
 pub mod tokenizer;
