@@ -11,13 +11,17 @@ use tpi::model::tokenizer::Tokenizer;
 /// Fixtures made from the HF fixtures of the same name by llama.cpp's
 /// converter (they also record the HF tokenizer.json's ids).
 const CONVERTED: [&str; 3] = ["stories260K", "llama-mha-f32", "llama-gqa-bf16"];
-/// One trained byte-level BPE, once per pre type.
-const TRAINED: [&str; 5] = [
+/// A byte-level BPE trained by the fixture tool, once per pre type, and
+/// the stories260K vocab edited: distinct scores, user-defined and extra
+/// control tokens, and again without space prefix and with EOS.
+const MADE: [&str; 7] = [
     "trained-qwen2",
     "trained-llama-bpe",
     "trained-gpt-2",
     "trained-deepseek-llm",
     "trained-default",
+    "stories260K-scored",
+    "stories260K-noprefix",
 ];
 
 fn load(name: &str) -> Value {
@@ -73,7 +77,7 @@ fn cleans_spaces(f: &Value) -> bool {
 
 #[test]
 fn gguf_vocab_encode_matches_llamacpp() {
-    for name in CONVERTED.iter().chain(&TRAINED) {
+    for name in CONVERTED.iter().chain(&MADE) {
         let (tok, f) = tokenizer(name);
         let mut bad = Vec::new();
         let cases = f["cases"].as_array().unwrap();
@@ -99,7 +103,7 @@ fn gguf_vocab_encode_matches_llamacpp() {
 
 #[test]
 fn gguf_vocab_decode_matches_llamacpp() {
-    for name in CONVERTED.iter().chain(&TRAINED) {
+    for name in CONVERTED.iter().chain(&MADE) {
         let (tok, f) = tokenizer(name);
         let mut n_round_trips = 0;
         for c in f["cases"].as_array().unwrap() {
@@ -109,16 +113,16 @@ fn gguf_vocab_decode_matches_llamacpp() {
             if !cleans_spaces(&f) {
                 assert_eq!(decoded, c["decoded"].as_str().unwrap(), "{name}: {text:?}");
             }
-            // The round trip, where it holds in llama.cpp: the ids without
-            // BOS decode to the text.
+            // Without BOS / EOS, and the round trip where it holds in
+            // llama.cpp.
+            // (`ids` is BOS if add_bos, these, EOS if add_eos.)
+            let plain = ids(&c["plain_ids"]);
+            let v = &f["vocab"];
+            let head = usize::from(v["add_bos"] == true);
+            let tail = usize::from(v["add_eos"] == true);
+            assert_eq!(&all[head..all.len() - tail], plain, "{name}: {text:?}");
             if c["round_trip"].as_bool().unwrap() {
-                let enc = tok.encode(text).unwrap();
-                let bos = f["vocab"]["bos"].as_u64().map(|b| b as u32);
-                let rest = match (enc.first(), bos) {
-                    (Some(&first), Some(b)) if first == b => &enc[1..],
-                    _ => &enc[..],
-                };
-                assert_eq!(tok.decode(rest).unwrap(), text, "{name}: round trip");
+                assert_eq!(tok.decode(&plain).unwrap(), text, "{name}: round trip");
                 n_round_trips += 1;
             }
         }
@@ -130,7 +134,7 @@ fn gguf_vocab_decode_matches_llamacpp() {
 /// whole.
 #[test]
 fn gguf_vocab_stream_decode_matches_decode() {
-    for name in CONVERTED.iter().chain(&TRAINED) {
+    for name in CONVERTED.iter().chain(&MADE) {
         let (tok, f) = tokenizer(name);
         for c in f["cases"].as_array().unwrap() {
             let all = ids(&c["ids"]);
@@ -178,7 +182,7 @@ fn gguf_vocab_agrees_with_hf_where_llamacpp_does() {
     assert_eq!(
         n_differ,
         [
-            ("stories260K", 16),
+            ("stories260K", 17),
             ("llama-mha-f32", 0),
             ("llama-gqa-bf16", 0)
         ]

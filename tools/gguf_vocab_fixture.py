@@ -11,8 +11,8 @@ Each fixture holds the `tokenizer.ggml.*` metadata of one vocab-only GGUF
 special ids and add_* flags) and, for a set of test strings, llama.cpp's
 own `tokenize(text, add_bos=True, special=True)` ids and
 `llama_detokenize(ids, remove_special=False, unparse_special=True)` text
-(what tpi's decode does: special tokens kept), of the whole ids and of the
-ids without BOS (the round trip).
+(what tpi's decode does: special tokens kept); and the ids without BOS
+and EOS (`add_special=false`) and whether they decode back to the text.
 
 Sources of the GGUFs:
 1. The HF fixtures in tests/fixtures (stories260K is a SentencePiece-BPE
@@ -79,12 +79,20 @@ HOSTILE = [
     "    def f(x):\n        return x ** 2  # comment\n",
     "C'est l'été, n'est-ce pas? «Oui»",
     "$+<=>^~| ~~~ !!! ... ???",
+    "abc123def 12345 2024-12-07 0.5%",
+    "DON'T I'LL WE'VE they'RE",
+    "end!!!\n\n  indented\n\tmore",
+    "a.b,c;d:e?f!g",
+    "x  \n  y   \n",
+    "Ελληνικά και русский текст",
+    "数字123和English混合",
+    "<tool>call</tool>",
 ]
 
 
 def strings_for(name):
     out = []
-    if name in FIXTURES:
+    if name in FIXTURES:  # the fixture's reference prompts
         ref = json.load(open(os.path.join(ROOT, "tests/fixtures", name, "reference.json")))
         out += [p["text"] for p in ref["prompts"]]
     return out + HOSTILE
@@ -170,8 +178,11 @@ def oracle(gguf_path, strings, hf_json=None):
             "ids": ids,
             "decoded": detokenize(llm, ids),
         }
-        rest = ids[1:] if ids and ids[0] == llm.token_bos() else ids
-        case["round_trip"] = detokenize(llm, rest) == s
+        # Without BOS / EOS (add_special=false), and whether those ids
+        # decode back to the text.
+        plain = llm.tokenize(s.encode(), add_bos=False, special=True)
+        case["plain_ids"] = plain
+        case["round_trip"] = detokenize(llm, plain) == s
         if hf is not None:
             case["hf_ids"] = hf.encode(s).ids
         cases.append(case)
@@ -200,8 +211,18 @@ def hf_fixtures(llama_dir, tmp):
         write(name, vocab, cases, f"convert_hf_to_gguf.py tests/fixtures/{name} (pre {pre})")
 
 
+OWN_TEXT = """In 2024 there were 12345 items, 3.14159 of them round; 1,000,000 more!!!
+DON'T SHOUT. I'll say it again: it's 7:27 now, and we've 49856 left.
+    def f(x):  # indented code, tabs\tand spaces
+        return [x ** 2 for x in range(10)]
+中文文本和数字123混合。日本語のテキストです。한국어 텍스트.
+Ελληνικά κείμενα και русский текст тоже.
+"""
+
+
 def training_text():
-    """Docstrings of Python's standard library (a few hundred kB)."""
+    """Docstrings of Python's standard library (a few hundred kB), and
+    a few lines written here with digits, CJK, Greek and Cyrillic."""
     import importlib
     import inspect
 
@@ -215,7 +236,7 @@ def training_text():
             doc = inspect.getdoc(obj)
             if doc:
                 texts.append(doc)
-    return texts
+    return texts + [OWN_TEXT] * 20
 
 
 def trained(llama_dir, tmp):
@@ -224,7 +245,9 @@ def trained(llama_dir, tmp):
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
     tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    # Trained without a split regex, so that merges cross the pieces the
+    # pre types' regexes cut apart and each pre type gives other ids.
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     trainer = trainers.BpeTrainer(
@@ -234,6 +257,8 @@ def trained(llama_dir, tmp):
         show_progress=False,
     )
     tok.train_from_iterator(training_text(), trainer)
+    # Saved with GPT-2's regex: the HF reference for the "gpt-2" pre type.
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.add_tokens([tokenizers.AddedToken("<tool>", special=False, normalized=False)])
     hf_json = os.path.join(tmp, "trained.tokenizer.json")
     tok.save(hf_json)
@@ -254,28 +279,12 @@ def trained(llama_dir, tmp):
     eot = vocab["<|endoftext|>"]
     for pre in TRAINED_PRES:
         out = os.path.join(tmp, f"trained-{pre}.gguf")
-        w = gguf.GGUFWriter(out, "llama")
-        w.add_context_length(64)
-        w.add_embedding_length(8)
-        w.add_block_count(1)
-        w.add_feed_forward_length(16)
-        w.add_head_count(1)
-        w.add_head_count_kv(1)
-        w.add_layer_norm_rms_eps(1e-5)
-        w.add_rope_dimension_count(8)
-        w.add_vocab_size(n)
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre(pre)
-        w.add_token_list(tokens)
-        w.add_token_types(types)
-        w.add_token_merges(merges)
-        w.add_bos_token_id(eot)
-        w.add_eos_token_id(vocab["<|im_end|>"])
-        w.add_add_bos_token(True)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
+        write_gguf(out, {
+            "model": "gpt2", "pre": pre, "tokens": tokens, "scores": None,
+            "token_types": types, "merges": merges, "bos": eot,
+            "eos": vocab["<|im_end|>"], "unk": None, "add_bos": True,
+            "add_eos": None, "add_space_prefix": None,
+        })
         vocab_meta = read_vocab(out)
         hf = hf_json if pre == "gpt-2" else None
         cases = oracle(out, strings_for("trained"), hf)
@@ -288,14 +297,79 @@ def trained(llama_dir, tmp):
               f"byte-level BPE trained on stdlib docstrings, GGUFWriter, pre {pre}")
 
 
+def write_gguf(out, v):
+    """A vocab-only GGUF for the `llama` architecture: the few llama
+    hyper-parameters llama.cpp reads before it skips the tensors, and the
+    tokenizer.ggml.* keys of `v` (a GgufVocab as a dict)."""
+    import gguf
+
+    w = gguf.GGUFWriter(out, "llama")
+    w.add_context_length(64)
+    w.add_embedding_length(8)
+    w.add_block_count(1)
+    w.add_feed_forward_length(16)
+    w.add_head_count(1)
+    w.add_head_count_kv(1)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(8)
+    w.add_vocab_size(len(v["tokens"]))
+    w.add_tokenizer_model(v["model"])
+    if v.get("pre") is not None:
+        w.add_tokenizer_pre(v["pre"])
+    w.add_token_list(v["tokens"])
+    if v.get("scores") is not None:
+        w.add_token_scores(v["scores"])
+    if v.get("token_types") is not None:
+        w.add_token_types(v["token_types"])
+    if v.get("merges") is not None:
+        w.add_token_merges(v["merges"])
+    for key, add in [("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id),
+                     ("unk", w.add_unk_token_id)]:
+        if v.get(key) is not None:
+            add(v[key])
+    for key, add in [("add_bos", w.add_add_bos_token), ("add_eos", w.add_add_eos_token),
+                     ("add_space_prefix", w.add_add_space_prefix)]:
+        if v.get(key) is not None:
+            add(v[key])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def spm_variants(llama_dir, tmp):
+    """The stories260K vocab with what its conversion lacks: distinct
+    scores (-id for normal tokens, as SentencePiece's own models have),
+    user-defined and extra control tokens; and once more without the
+    space prefix and with EOS added."""
+    base = json.load(open(os.path.join(OUT, "stories260K.json")))["vocab"]
+    scored = dict(base)
+    scored["tokens"] = base["tokens"] + ["<tool>", "<|im_end|>", "▁<x>"]
+    scored["token_types"] = base["token_types"] + [4, 3, 4]
+    scored["scores"] = [(-float(i) if t == 1 else 0.0)
+                        for i, t in enumerate(base["token_types"])] + [0.0, 0.0, 0.0]
+    noprefix = dict(scored)
+    noprefix["add_space_prefix"] = False
+    noprefix["add_eos"] = True
+    for name, v in [("stories260K-scored", scored), ("stories260K-noprefix", noprefix)]:
+        out = os.path.join(tmp, name + ".gguf")
+        write_gguf(out, v)
+        vocab_meta = read_vocab(out)
+        cases = oracle(out, strings_for("stories260K"))
+        os.remove(out)
+        write(name, vocab_meta, cases, f"stories260K's vocab edited ({spm_variants.__doc__.split(':')[0]}), GGUFWriter")
+
+
 def main():
     llama_dir = sys.argv[1]
-    which = sys.argv[2:] or ["hf", "trained"]
+    which = sys.argv[2:] or ["hf", "trained", "spm"]
     with tempfile.TemporaryDirectory() as tmp:
         if "hf" in which:
             hf_fixtures(llama_dir, tmp)
         if "trained" in which:
             trained(llama_dir, tmp)
+        if "spm" in which:
+            spm_variants(llama_dir, tmp)
 
 
 if __name__ == "__main__":
