@@ -853,3 +853,243 @@ impl Spm {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny byte-level vocab: "a", "b", "ab", a control and a
+    /// user-defined token.
+    fn gpt2() -> GgufVocab {
+        GgufVocab {
+            model: "gpt2".into(),
+            pre: Some("qwen2".into()),
+            tokens: ["a", "b", "ab", "Ġ", "<|eot|>", "<tool>"]
+                .map(String::from)
+                .to_vec(),
+            token_types: Some(vec![1, 1, 1, 1, 3, 4]),
+            merges: Some(vec!["a b".into()]),
+            bos: Some(4),
+            eos: Some(4),
+            ..GgufVocab::default()
+        }
+    }
+
+    /// A tiny SentencePiece vocab with byte tokens for every byte.
+    fn llama() -> GgufVocab {
+        let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>"].map(String::from).to_vec();
+        let mut types = vec![2, 3, 3];
+        for b in 0..=255u8 {
+            tokens.push(format!("<0x{b:02X}>"));
+            types.push(6);
+        }
+        for t in ["▁", "h", "i", "hi", "▁hi"] {
+            tokens.push(t.into());
+            types.push(1);
+        }
+        let n = tokens.len();
+        GgufVocab {
+            model: "llama".into(),
+            tokens,
+            scores: Some((0..n).map(|i| -(i as f32)).collect()),
+            token_types: Some(types),
+            bos: Some(1),
+            eos: Some(2),
+            unk: Some(0),
+            ..GgufVocab::default()
+        }
+    }
+
+    fn err(v: &GgufVocab) -> VocabError {
+        match Tokenizer::from_gguf_vocab(v, "m.gguf") {
+            Err(TokenizerError::Vocab { origin, source }) => {
+                assert_eq!(origin, "m.gguf");
+                source
+            }
+            Err(e) => panic!("not a vocab error: {e}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    #[test]
+    fn small_vocabs_encode_and_decode() {
+        let tok = Tokenizer::from_gguf_vocab(&gpt2(), "m.gguf").unwrap();
+        // BOS is not added by default for qwen2; merges and specials work.
+        assert_eq!(tok.encode("ab<|eot|>a<tool>").unwrap(), vec![2, 4, 0, 5]);
+        assert_eq!(tok.decode(&[2, 3, 0, 4]).unwrap(), "ab a<|eot|>");
+        let tok = Tokenizer::from_gguf_vocab(&llama(), "m.gguf").unwrap();
+        let hi = tok.token_to_id("▁hi").unwrap();
+        let ids = tok.encode("hi é").unwrap();
+        // é is not a piece: its two UTF-8 bytes, as byte tokens.
+        assert_eq!(
+            ids,
+            vec![1, hi, tok.token_to_id("▁").unwrap(), 3 + 0xC3, 3 + 0xA9]
+        );
+        assert_eq!(tok.decode(&ids).unwrap(), "<s> hi é");
+        assert_eq!(tok.decode(&ids[1..]).unwrap(), "hi é");
+        assert_eq!(tok.encode("").unwrap(), vec![1]);
+        assert_eq!(tok.encode("<s>hi").unwrap(), vec![1, 1, hi]);
+    }
+
+    #[test]
+    fn unknown_model_and_pre_are_errors_naming_them() {
+        let mut v = gpt2();
+        v.model = "t5".into();
+        assert_eq!(err(&v), VocabError::UnknownModel("t5".into()));
+        for pre in ["gpt2", "falcon", ""] {
+            let mut v = gpt2();
+            v.pre = Some(pre.into());
+            let e = err(&v);
+            assert_eq!(e, VocabError::UnknownPre(pre.into()));
+            assert!(e.to_string().contains(&format!("\"{pre}\"")), "{e}");
+        }
+        // Absent: llama.cpp's "default" (with a warning there).
+        let mut v = gpt2();
+        v.pre = None;
+        assert!(Tokenizer::from_gguf_vocab(&v, "m.gguf").is_ok());
+    }
+
+    #[test]
+    fn token_list_limits() {
+        let mut v = gpt2();
+        v.tokens.clear();
+        v.token_types = None;
+        assert_eq!(err(&v), VocabError::NoTokens);
+        let mut v = gpt2();
+        v.tokens = vec!["x".into(); MAX_TOKENS + 1];
+        v.token_types = None;
+        let n = MAX_TOKENS + 1;
+        assert_eq!(err(&v), VocabError::TooManyTokens { n, max: MAX_TOKENS });
+        let mut v = gpt2();
+        v.tokens[3] = "y".repeat(MAX_TOKEN_BYTES + 1);
+        let (index, len, max) = (3, MAX_TOKEN_BYTES + 1, MAX_TOKEN_BYTES);
+        assert_eq!(err(&v), VocabError::TokenTooLong { index, len, max });
+        let mut v = gpt2();
+        v.tokens[3] = "a".into();
+        assert_eq!(err(&v), VocabError::DuplicateToken { index: 3, first: 0 });
+        // Empty tokens are renamed as in llama.cpp, so two are distinct.
+        let mut v = gpt2();
+        v.tokens[3] = String::new();
+        v.tokens[1] = String::new();
+        v.merges = Some(vec![]);
+        let tok = Tokenizer::from_gguf_vocab(&v, "m.gguf").unwrap();
+        assert_eq!(tok.token_to_id("[EMPTY_3]"), Some(3));
+    }
+
+    #[test]
+    fn per_token_arrays_must_match_the_token_count() {
+        let mut v = gpt2();
+        v.token_types = Some(vec![1; 5]);
+        let e = err(&v);
+        assert_eq!(
+            e,
+            VocabError::LengthMismatch {
+                what: "token_type",
+                len: 5,
+                n_tokens: 6
+            }
+        );
+        assert!(e.to_string().contains("5 entries for 6 tokens"), "{e}");
+        let mut v = llama();
+        v.scores.as_mut().unwrap().push(0.0);
+        assert!(matches!(
+            err(&v),
+            VocabError::LengthMismatch { what: "scores", .. }
+        ));
+        let mut v = llama();
+        v.scores.as_mut().unwrap()[7] = f32::NAN;
+        assert_eq!(err(&v), VocabError::NanScore { index: 7 });
+        let mut v = gpt2();
+        v.token_types.as_mut().unwrap()[2] = 9;
+        assert_eq!(err(&v), VocabError::BadTokenType { index: 2, value: 9 });
+        let mut v = llama();
+        v.scores = None;
+        assert_eq!(err(&v), VocabError::Missing("scores"));
+        let mut v = gpt2();
+        v.merges = None;
+        assert_eq!(err(&v), VocabError::Missing("merges"));
+    }
+
+    #[test]
+    fn bad_merges_are_errors_naming_the_index() {
+        for (merge, why) in [
+            ("ab", "no space between the two parts"),
+            (" a", "no space between the two parts"),
+            ("a ", "empty right part"),
+            ("x b", "left part is not a token"),
+            ("a x", "right part is not a token"),
+            ("b a", "the merged text is not a token"),
+        ] {
+            let mut v = gpt2();
+            v.merges = Some(vec!["a b".into(), merge.into()]);
+            let e = err(&v);
+            assert_eq!(
+                e,
+                VocabError::BadMerge {
+                    index: 1,
+                    merge: merge.into(),
+                    why
+                }
+            );
+            assert!(e.to_string().starts_with("merge 1 "), "{e}");
+        }
+        let mut v = gpt2();
+        v.merges = Some(vec!["a b".into(); MAX_MERGES + 1]);
+        assert!(matches!(err(&v), VocabError::TooManyMerges { .. }));
+    }
+
+    #[test]
+    fn special_ids_must_be_in_the_vocab() {
+        for what in ["bos", "eos", "unknown", "padding"] {
+            let mut v = gpt2();
+            match what {
+                "bos" => v.bos = Some(6),
+                "eos" => v.eos = Some(6),
+                "unknown" => v.unk = Some(6),
+                _ => v.pad = Some(u32::MAX),
+            }
+            let e = err(&v);
+            assert!(
+                matches!(e, VocabError::SpecialOutOfRange { what: w, .. } if w == what),
+                "{e}"
+            );
+            let full = TokenizerError::Vocab {
+                origin: "m.gguf".into(),
+                source: e,
+            };
+            assert!(
+                full.to_string().starts_with("m.gguf: invalid GGUF"),
+                "{full}"
+            );
+        }
+        // llama.cpp's default ("gpt2" bos 11) is outside: with add_bos that
+        // is an error, without it the default is just dropped.
+        let mut v = gpt2();
+        v.bos = None;
+        v.add_bos = Some(true);
+        assert_eq!(err(&v), VocabError::NoSpecial { what: "bos" });
+        v.add_bos = None;
+        assert!(Tokenizer::from_gguf_vocab(&v, "m.gguf").is_ok());
+        let mut v = llama();
+        v.eos = None;
+        v.tokens.truncate(2); // default eos 2 is then outside
+        v.scores.as_mut().unwrap().truncate(2);
+        v.token_types.as_mut().unwrap().truncate(2);
+        v.add_eos = Some(true);
+        assert_eq!(err(&v), VocabError::NoSpecial { what: "eos" });
+    }
+
+    #[test]
+    fn spm_byte_without_token_is_an_encode_error() {
+        let mut v = llama();
+        // Drop the byte tokens: "é" has no piece and no byte fallback.
+        v.tokens.drain(3..259);
+        v.scores.as_mut().unwrap().drain(3..259);
+        v.token_types.as_mut().unwrap().drain(3..259);
+        let tok = Tokenizer::from_gguf_vocab(&v, "m.gguf").unwrap();
+        let e = tok.encode("hé").unwrap_err();
+        assert!(e.to_string().contains("byte 0xC3 has no token"), "{e}");
+        assert!(e.to_string().starts_with("m.gguf"), "{e}");
+        assert!(tok.encode("hi").is_ok());
+    }
+}
