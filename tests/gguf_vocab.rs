@@ -188,3 +188,26 @@ fn gguf_vocab_agrees_with_hf_where_llamacpp_does() {
         ]
     );
 }
+
+/// The pre type decides the split: the trained vocab under another pre
+/// type's regexes gives other ids for some strings (so each fixture tests
+/// its own regexes).
+#[test]
+fn gguf_vocab_pre_type_changes_ids() {
+    let pres = ["qwen2", "llama-bpe", "gpt-2", "deepseek-llm", "default"];
+    for pre in pres {
+        let f = load(&format!("trained-{pre}"));
+        for other in pres.iter().filter(|&&o| o != pre) {
+            let mut v = vocab(&f["vocab"]);
+            v.pre = Some(other.to_string());
+            let tok = Tokenizer::from_gguf_vocab(&v, other).unwrap();
+            let n_differ = f["cases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| tok.encode(c["text"].as_str().unwrap()).unwrap() != ids(&c["ids"]))
+                .count();
+            assert!(n_differ > 0, "{pre} vs {other}");
+        }
+    }
+}

@@ -2,9 +2,9 @@
 """llama.cpp as the oracle for tpi's GGUF tokenizer (src/model/gguf_vocab.rs):
 writes tests/fixtures/gguf_vocab/*.json.
 
-    . tools/llamacpp_env.sh /tmp/tpi-bench     (the llama.cpp venv)
-    $py -m pip install ...                     (nothing extra is needed)
-    $py tools/gguf_vocab_fixture.py "$llama_dir"
+    . tools/llamacpp_env.sh /tmp/tpi-bench     (the llama.cpp venv; it has
+                                                gguf, llama_cpp, tokenizers)
+    $py tools/gguf_vocab_fixture.py "$llama_dir" [hf] [trained] [spm]
 
 Each fixture holds the `tokenizer.ggml.*` metadata of one vocab-only GGUF
 (as tpi's GgufVocab: model, pre, tokens, scores, token_types, merges,
@@ -27,7 +27,14 @@ Sources of the GGUFs:
    package on docstrings of Python's standard library, written into a
    vocab-only GGUF the way the converter's `_set_vocab_gpt2` does
    (tokens by id, types normal / control for special added tokens /
-   user-defined for the others, merges as "a b"), once per pre type.
+   user-defined for the others, merges as "a b"), once per pre type. It is
+   trained without a split regex, so that its merges cross what the pre
+   types' regexes cut apart; the HF ids are recorded for "gpt-2".
+3. The stories260K vocab edited and written the same way: distinct scores
+   (its conversion gives every token -1000), user-defined and extra control
+   tokens; and once more without the space prefix and with EOS.
+
+The GGUFs are written to a temporary directory and removed.
 """
 import ctypes
 import json

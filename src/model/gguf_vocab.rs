@@ -246,8 +246,10 @@ impl fmt::Display for VocabError {
 
 impl std::error::Error for VocabError {}
 
-/// The pre types tpi knows, for the error message.
-const KNOWN_PRES: [&str; 10] = [
+/// The pre types tpi knows (those of [`pre_regexes`]), for the error
+/// message. Absent means "default", as in llama.cpp; "llama" vocabs have
+/// no pre-tokenizer and ignore the key.
+const KNOWN_PRES: [&str; 8] = [
     "default",
     "gpt-2",
     "llama3",
@@ -256,8 +258,6 @@ const KNOWN_PRES: [&str; 10] = [
     "qwen2",
     "deepseek-r1-qwen",
     "deepseek-llm",
-    "(absent: default)",
-    "(\"llama\" model: ignored)",
 ];
 
 /// GPT-2's split regex (llama.cpp `LLAMA_VOCAB_PRE_TYPE_GPT2`).
@@ -625,7 +625,7 @@ enum Fragment {
 
 /// llama.cpp's SentencePiece-BPE encoder (`llm_tokenizer_spm_session`),
 /// with its special-token partition and BOS / space-prefix rules.
-pub struct Spm {
+pub(crate) struct Spm {
     ids: HashMap<String, u32>,
     /// Per token id.
     scores: Vec<f32>,
