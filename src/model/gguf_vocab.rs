@@ -1101,4 +1101,81 @@ mod tests {
         assert!(e.to_string().starts_with("m.gguf"), "{e}");
         assert!(tok.encode("hi").is_ok());
     }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Token texts from a small alphabet (so merges and specials hit),
+        /// with the vocab's spellings of bytes and spaces.
+        fn token() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[ab<>|/é🙂 ▁Ġ]{0,4}",
+                (0u8..=255).prop_map(|b| format!("<0x{b:02X}>")),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn never_panics_on_random_vocabs(
+                llama in any::<bool>(),
+                entries in proptest::collection::btree_map(
+                    token(),
+                    (0i32..7, -5.0f32..5.0),
+                    1..40,
+                ),
+                pairs in proptest::collection::vec((0usize..40, 0usize..40), 0..30),
+                junk in proptest::option::of("[ab<>|é▁Ġ ]{0,5}"),
+                bad_type in proptest::option::of((0usize..40, -2i32..9)),
+                ids in proptest::collection::vec(proptest::option::of(0u32..45), 4),
+                flags in proptest::collection::vec(proptest::option::of(any::<bool>()), 3),
+                pre in prop_oneof![Just("qwen2"), Just("default"), Just("deepseek-llm"), Just("x")],
+                text in "[ab<>|/é🙂 ▁Ġ\n]{0,24}",
+            ) {
+                let tokens: Vec<String> = entries.keys().cloned().collect();
+                let n = tokens.len();
+                // Merges of two tokens (valid when the concatenation is one
+                // too), maybe one of junk.
+                let mut merges: Vec<String> = pairs
+                    .iter()
+                    .map(|&(a, b)| format!("{} {}", tokens[a % n], tokens[b % n]))
+                    .filter(|m| {
+                        m.split_once(' ')
+                            .is_some_and(|(a, b)| entries.contains_key(&format!("{a}{b}")))
+                    })
+                    .collect();
+                merges.extend(junk);
+                let v = GgufVocab {
+                    model: if llama { "llama" } else { "gpt2" }.into(),
+                    pre: Some(pre.into()),
+                    scores: Some(entries.values().map(|e| e.1).collect()),
+                    token_types: Some(entries.values().map(|e| e.0).collect()),
+                    // Ids mostly inside the vocab.
+                    bos: ids[0].map(|i| i % (n as u32 + 2)),
+                    eos: ids[1].map(|i| i % (n as u32 + 2)),
+                    unk: ids[2].map(|i| i % (n as u32 + 2)),
+                    pad: ids[3].map(|i| i % (n as u32 + 2)),
+                    tokens,
+                    merges: Some(merges),
+                    add_bos: flags[0],
+                    add_eos: flags[1],
+                    add_space_prefix: flags[2],
+                };
+                let mut v = v;
+                if let (Some((i, t)), Some(types)) = (bad_type, v.token_types.as_mut()) {
+                    types[i % n] = t;
+                }
+                if let Ok(tok) = Tokenizer::from_gguf_vocab(&v, "p") {
+                    if let Ok(ids) = tok.encode(&text) {
+                        let _ = tok.decode(&ids);
+                        let mut s = tok.stream(&[]);
+                        for id in ids {
+                            let _ = s.push(id);
+                        }
+                        let _ = s.flush();
+                    }
+                }
+            }
+        }
+    }
 }
