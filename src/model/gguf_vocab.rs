@@ -61,7 +61,8 @@
 //! - llama.cpp's decode cleans up spaces before punctuation (" ." -> ".",
 //!   " 's" -> "'s", ...) for the "default", "gpt-2" and Llama 3 pre types
 //!   (`clean_spaces`); tpi's decode (HF's decoders) does not, like HF with
-//!   `clean_up_tokenization_spaces: false`. Encoding is unaffected.
+//!   `clean_up_tokenization_spaces: false`. Encoding is unaffected; the
+//!   tests check that llama.cpp's clean-up of tpi's text gives its own.
 //! - In "gpt2" vocabs, overlapping special tokens are matched leftmost-
 //!   longest (HF) rather than longest-token-first (llama.cpp); the two
 //!   differ only when one special token's text overlaps another's.
