@@ -114,31 +114,39 @@ pub mod token_type {
     pub const BYTE: i32 = 6;
 }
 
-/// The `tokenizer.ggml.*` metadata of a GGUF file.
+/// The `tokenizer.ggml.*` metadata of a GGUF file. Absent keys are
+/// `None`; a key of the wrong GGUF type is the parser's error.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GgufVocab {
-    /// `tokenizer.ggml.model`: "llama" or "gpt2".
+    /// `tokenizer.ggml.model` (string): "llama" or "gpt2".
     pub model: String,
-    /// `tokenizer.ggml.pre`: the pre-tokenizer of a "gpt2" vocab.
+    /// `tokenizer.ggml.pre` (string): the pre-tokenizer of a "gpt2" vocab.
     pub pre: Option<String>,
-    /// `tokenizer.ggml.tokens`, by id.
+    /// `tokenizer.ggml.tokens` (string array), by id.
     pub tokens: Vec<String>,
-    /// `tokenizer.ggml.scores` (needed by "llama").
+    /// `tokenizer.ggml.scores` (f32 array; llama.cpp also reads an i32
+    /// array, converted); needed by "llama".
     pub scores: Option<Vec<f32>>,
-    /// `tokenizer.ggml.token_type` (see [`token_type`]).
+    /// `tokenizer.ggml.token_type` (i32 array, see [`token_type`]).
     pub token_types: Option<Vec<i32>>,
-    /// `tokenizer.ggml.merges`, `"left right"` (needed by "gpt2").
+    /// `tokenizer.ggml.merges` (string array, `"left right"`); needed by
+    /// "gpt2".
     pub merges: Option<Vec<String>>,
-    /// `tokenizer.ggml.bos_token_id` etc.
+    /// `tokenizer.ggml.bos_token_id` (u32).
     pub bos: Option<u32>,
+    /// `tokenizer.ggml.eos_token_id` (u32).
     pub eos: Option<u32>,
+    /// `tokenizer.ggml.unknown_token_id` (u32).
     pub unk: Option<u32>,
+    /// `tokenizer.ggml.padding_token_id` (u32; only range-checked).
     pub pad: Option<u32>,
-    /// `tokenizer.ggml.add_bos_token` etc.; absent means llama.cpp's
-    /// default for the model and pre type.
+    /// `tokenizer.ggml.add_bos_token` (bool); absent means llama.cpp's
+    /// default: true for "llama" and the Llama 3 pre types.
     pub add_bos: Option<bool>,
+    /// `tokenizer.ggml.add_eos_token` (bool); absent means false.
     pub add_eos: Option<bool>,
-    /// `tokenizer.ggml.add_space_prefix` ("llama" only; default true).
+    /// `tokenizer.ggml.add_space_prefix` (bool; "llama" only, default
+    /// true).
     pub add_space_prefix: Option<bool>,
 }
 
