@@ -284,7 +284,8 @@ const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}
 const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's: Llama 3's with single digits.
 const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// DeepSeek LLM's six regexes, applied one after the other.
+/// DeepSeek LLM's six regexes, applied one after the other (copied from
+/// llama-vocab.cpp; U+3000 and U+D7FF written as escapes).
 const DEEPSEEK_LLM_REGEXES: [&str; 6] = [
     "[\r\n]",
     r"\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
@@ -348,7 +349,7 @@ struct Checked {
     add_eos: bool,
 }
 
-fn check(v: &GgufVocab, spm: bool, default_add_bos: bool) -> Result<Checked, VocabError> {
+fn check(v: &GgufVocab, llama: bool, default_add_bos: bool) -> Result<Checked, VocabError> {
     let n = v.tokens.len();
     if n == 0 {
         return Err(VocabError::NoTokens);
@@ -413,7 +414,7 @@ fn check(v: &GgufVocab, spm: bool, default_add_bos: bool) -> Result<Checked, Voc
     // llama.cpp's defaults: "llama" bos 1, eos 2, unk 0; "gpt2" bos = eos
     // = 11; a default outside the vocab is dropped, an explicit one is an
     // error here (llama.cpp warns and keeps the default).
-    let (bos_d, eos_d, unk_d) = if spm {
+    let (bos_d, eos_d, unk_d) = if llama {
         (Some(1), Some(2), Some(0))
     } else {
         (Some(11), Some(11), None)
