@@ -12,6 +12,8 @@ pub mod dtype;
 pub mod error;
 /// GGUF files (llama.cpp's format): the header parser, read-only.
 pub mod gguf;
+/// A tokenizer from GGUF `tokenizer.ggml.*` metadata.
+pub mod gguf_vocab;
 pub mod names;
 pub mod safetensors;
 pub mod tokenizer;

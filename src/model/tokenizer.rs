@@ -34,6 +34,11 @@ pub enum TokenizerError {
         origin: String,
         msg: String,
     },
+    /// GGUF tokenizer metadata that cannot be used (see `gguf_vocab`).
+    Vocab {
+        origin: String,
+        source: super::gguf_vocab::VocabError,
+    },
     /// A token id outside the vocabulary.
     UnknownId {
         origin: String,
@@ -55,6 +60,9 @@ impl fmt::Display for TokenizerError {
             }
             TokenizerError::Encode { origin, msg } => write!(f, "{origin}: encode failed: {msg}"),
             TokenizerError::Decode { origin, msg } => write!(f, "{origin}: decode failed: {msg}"),
+            TokenizerError::Vocab { origin, source } => {
+                write!(f, "{origin}: invalid GGUF vocabulary: {source}")
+            }
             TokenizerError::UnknownId {
                 origin,
                 id,
@@ -71,6 +79,7 @@ impl std::error::Error for TokenizerError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             TokenizerError::Io { source, .. } => Some(source),
+            TokenizerError::Vocab { source, .. } => Some(source),
             _ => None,
         }
     }
@@ -79,6 +88,9 @@ impl std::error::Error for TokenizerError {
 /// A loaded tokenizer.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// GGUF "llama" vocabs encode through llama.cpp's SentencePiece
+    /// algorithm (`gguf_vocab::Spm`); `inner` still decodes.
+    spm: Option<super::gguf_vocab::Spm>,
     origin: String,
     vocab_size: usize,
 }
@@ -123,17 +135,34 @@ impl Tokenizer {
                 origin: origin.to_string(),
                 msg: e.to_string(),
             })?;
+        Ok(Self::from_parts(inner, None, origin))
+    }
+
+    /// A built `tokenizers` tokenizer, with the encoder that replaces its
+    /// encode if any (the GGUF constructor in `gguf_vocab`).
+    pub(super) fn from_parts(
+        inner: tokenizers::Tokenizer,
+        spm: Option<super::gguf_vocab::Spm>,
+        origin: &str,
+    ) -> Self {
         let vocab_size = inner.get_vocab_size(true);
-        Ok(Tokenizer {
+        Tokenizer {
             inner,
+            spm,
             origin: origin.to_string(),
             vocab_size,
-        })
+        }
     }
 
     /// Token ids for `text`, with special tokens (BOS) added exactly as the
     /// tokenizer's post-processor does.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        if let Some(spm) = &self.spm {
+            return spm.encode(text).map_err(|msg| TokenizerError::Encode {
+                origin: self.origin.clone(),
+                msg,
+            });
+        }
         self.inner
             .encode(text, true)
             .map(|e| e.get_ids().to_vec())
