@@ -16,6 +16,8 @@ pub mod gguf;
 pub mod gguf_vocab;
 pub mod names;
 pub mod safetensors;
+/// llama.cpp's SentencePiece encoder, for "llama" GGUF vocabularies.
+pub mod spm;
 pub mod tokenizer;
 
 pub use checkpoint::Checkpoint;

@@ -90,7 +90,7 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// GGUF "llama" vocabs encode through llama.cpp's SentencePiece
     /// algorithm (`gguf_vocab::Spm`); `inner` still decodes.
-    spm: Option<super::gguf_vocab::Spm>,
+    spm: Option<super::spm::Spm>,
     origin: String,
     vocab_size: usize,
 }
@@ -142,7 +142,7 @@ impl Tokenizer {
     /// encode if any (the GGUF constructor in `gguf_vocab`).
     pub(super) fn from_parts(
         inner: tokenizers::Tokenizer,
-        spm: Option<super::gguf_vocab::Spm>,
+        spm: Option<super::spm::Spm>,
         origin: &str,
     ) -> Self {
         let vocab_size = inner.get_vocab_size(true);
