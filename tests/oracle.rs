@@ -116,6 +116,11 @@ fn llama_gqa_bf16_with_llama3_rope_matches_transformers() {
 }
 
 #[test]
+fn llama_k256_matches_transformers() {
+    check_fixture("llama-k256", Backend::detect());
+}
+
+#[test]
 fn scalar_kernels_match_transformers_too() {
     for name in FIXTURES {
         check_fixture(name, Backend::Scalar);

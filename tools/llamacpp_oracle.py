@@ -5,7 +5,9 @@ each HF fixture in tests/fixtures.
     bash tools/llamacpp_oracle.sh            (makes the venv, then runs this)
     VENV/bin/python tools/llamacpp_oracle.py LLAMA_CPP_DIR [FIXTURE ...]
 
-For each fixture and each of Q8_0 and Q4_0, with llama.cpp's own tools:
+For each fixture and each of Q8_0 and Q4_0 (and Q4_K, Q6_K for the
+fixtures in K_FIXTURES, whose matrices are whole 256-weight
+super-blocks), with llama.cpp's own tools:
 1. The HF directory is copied; a tied model gets an explicit
    `lm_head.weight` (the embedding's values) and `tie_word_embeddings:
    false`, so the GGUF holds an `output.weight` of its own that the
@@ -18,6 +20,10 @@ For each fixture and each of Q8_0 and Q4_0, with llama.cpp's own tools:
    Q8_0 / Q4_0 files with the types tpi uses: layer matrices in the type
    (a matrix whose rows are not whole 32-blocks falls back to F16, in
    llama.cpp's own rule), `output.weight` Q8_0, `token_embd.weight` F32.
+   The K files come from the Q4_K_M / Q6_K mixtures with `pure` set, so
+   llama.cpp does not promote some matrices to other K types (attn_v,
+   ffn_down to Q6_K in Q4_K_M): every layer matrix is the mixture's base
+   type, as in tpi. No importance matrix: ggml's reference quantizers.
 4. llama.cpp evaluates each reference prompt's ids on 1 thread with an f32
    KV cache, and records the last prompt position's logits and the greedy
    continuation (argmax, LENGTH tokens, end-of-text ignored) with each
@@ -34,8 +40,11 @@ import numpy as np
 
 LENGTH = 16
 GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q8_0 = 0, 1, 2, 8
-FTYPE = {"q8_0": 7, "q4_0": 2}  # LLAMA_FTYPE_MOSTLY_Q8_0 / _Q4_0
-TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 8: "Q8_0"}
+# LLAMA_FTYPE_MOSTLY_Q8_0 / _Q4_0 / _Q4_K_M / _Q6_K (include/llama.h)
+FTYPE = {"q8_0": 7, "q4_0": 2, "q4_k": 15, "q6_k": 18}
+# Types recorded per fixture; the K-quants only where super-blocks fit.
+QUANTS = ("q8_0", "q4_0")
+K_FIXTURES = {"llama-k256"}
 
 
 def untied_copy(src, dst):
@@ -81,6 +90,8 @@ def quantize(src, dst, quant):
     p.ftype = FTYPE[quant]
     p.output_tensor_type = GGML_Q8_0
     p.token_embedding_type = GGML_F32
+    # Base type for every layer matrix; only the K mixtures need it.
+    p.pure = quant in ("q4_k", "q6_k")
     rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), p)
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize {quant}: {rc}")
@@ -161,7 +172,8 @@ def main():
             untied_copy(fixture, hf)
             f32 = os.path.join(tmp, "f32.gguf")
             convert(llama_dir, hf, f32)
-            for quant in ("q8_0", "q4_0"):
+            quants = QUANTS + (("q4_k", "q6_k") if name in K_FIXTURES else ())
+            for quant in quants:
                 q = os.path.join(tmp, quant + ".gguf")
                 quantize(f32, q, quant)
                 types = tensor_types(q)
