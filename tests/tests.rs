@@ -5,6 +5,7 @@ mod common;
 mod faults;
 mod fuzz_corpus;
 mod gguf;
+mod gguf_model;
 mod gguf_vocab;
 mod join;
 mod layers;

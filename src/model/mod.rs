@@ -12,6 +12,8 @@ pub mod dtype;
 pub mod error;
 /// GGUF files (llama.cpp's format): the header parser, read-only.
 pub mod gguf;
+/// A GGUF file as a tpi model: config, tensor roles, q/k row order.
+pub mod gguf_model;
 /// A tokenizer from GGUF `tokenizer.ggml.*` metadata.
 pub mod gguf_vocab;
 pub mod names;
