@@ -16,6 +16,8 @@ pub enum Error {
     Config(crate::model::config::ConfigError),
     SafeTensors(crate::model::safetensors::SafeTensorsError),
     Tokenizer(crate::model::tokenizer::TokenizerError),
+    /// A model refused as a whole (a tensor tpi does not read).
+    Model(crate::model::ModelError),
     Net(crate::net::NetError),
     /// Writing, opening or reading a slice file.
     Slice(crate::split::SliceError),
@@ -45,6 +47,7 @@ impl fmt::Display for Error {
             Error::Config(e) => write!(f, "config: {e}"),
             Error::SafeTensors(e) => write!(f, "weights: {e}"),
             Error::Tokenizer(e) => write!(f, "tokenizer: {e}"),
+            Error::Model(e) => write!(f, "{e}"),
             Error::Net(e) => write!(f, "network: {e}"),
             Error::Slice(e) => write!(f, "model: {e}"),
             Error::Usage(u) => write!(f, "usage: {}: {}", u.flag, u.problem),
@@ -93,6 +96,7 @@ impl std::error::Error for Error {
             Error::Config(e) => Some(e),
             Error::SafeTensors(e) => Some(e),
             Error::Tokenizer(e) => Some(e),
+            Error::Model(e) => e.source(),
             Error::Io { source, .. } => Some(source),
             Error::Cache { source, .. } => Some(source),
             Error::Plan(e) => Some(e),
@@ -142,6 +146,7 @@ impl From<crate::model::ModelError> for Error {
             M::Config(e) => Error::Config(e),
             M::SafeTensors(e) => Error::SafeTensors(e),
             M::Tokenizer(e) => Error::Tokenizer(e),
+            e @ M::UnknownTensor { .. } => Error::Model(e),
         }
     }
 }

@@ -351,3 +351,42 @@ fn version_names_target_and_kernel() {
         "{s}"
     );
 }
+
+/// A tensor tpi does not read (an `o_proj.bias`, a stray norm, a layer past
+/// the config's count) is refused by name, exit 1: running without it
+/// would be another model's outputs.
+#[test]
+fn a_tensor_tpi_does_not_read_is_refused_by_name() {
+    use tpi::model::dtype::Dtype;
+    use tpi::model::safetensors::{writer, SafeTensors};
+    let src = fixture_dir("stories260K");
+    let st = SafeTensors::open_dir(&src).expect("open fixture");
+    let dim = [64usize];
+    let zeros = vec![0u8; 64 * 4];
+    for extra in [
+        "model.layers.0.self_attn.o_proj.bias",
+        "model.layers.0.mlp.down_proj.bias",
+        "model.layers.99.input_layernorm.weight",
+        "model.layers.01.input_layernorm.weight",
+    ] {
+        let tmp = TempDir::new("unread");
+        for f in ["config.json", "generation_config.json", "tokenizer.json"] {
+            std::fs::copy(src.join(f), tmp.path().join(f)).expect("copy");
+        }
+        let mut tensors: Vec<(&str, Dtype, &[usize], &[u8])> = st
+            .tensors()
+            .map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice(), st.bytes(t)))
+            .collect();
+        tensors.push((extra, Dtype::F32, &dim, &zeros));
+        writer::write(&tmp.path().join("model.safetensors"), &tensors).expect("write");
+        let out = run(&[
+            "--model",
+            tmp.path().to_str().unwrap(),
+            "--prompt-ids",
+            "1,2",
+            "--length",
+            "1",
+        ]);
+        assert_clean_error(&out, extra);
+    }
+}

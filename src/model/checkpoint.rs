@@ -35,11 +35,13 @@ impl Checkpoint {
         } else {
             None
         };
+        let origin = dir.display().to_string();
+        check_tensors(&config, &weights, &origin)?;
         Ok(Checkpoint {
             config,
             weights,
             tokenizer,
-            origin: dir.display().to_string(),
+            origin,
         })
     }
 
@@ -51,11 +53,31 @@ impl Checkpoint {
         )?;
         let weights = SafeTensors::from_bytes(bundled::WEIGHTS, bundled::NAME)?;
         let tokenizer = Some(Tokenizer::from_bytes(bundled::TOKENIZER, bundled::NAME)?);
+        check_tensors(&config, &weights, bundled::NAME)?;
         Ok(Checkpoint {
             config,
             weights,
             tokenizer,
             origin: bundled::NAME.to_string(),
         })
+    }
+}
+
+/// Every tensor of the weights must be one tpi reads (`names::is_read`):
+/// an unread bias or norm would silently give another model's outputs.
+/// The first such name, in name order, is the error.
+fn check_tensors(config: &Config, weights: &SafeTensors, origin: &str) -> Result<(), ModelError> {
+    let mut unread: Vec<&str> = weights
+        .tensors()
+        .map(|t| t.name.as_str())
+        .filter(|n| !super::names::is_read(config, n))
+        .collect();
+    unread.sort_unstable();
+    match unread.first() {
+        Some(name) => Err(ModelError::UnknownTensor {
+            name: name.to_string(),
+            origin: origin.to_string(),
+        }),
+        None => Ok(()),
     }
 }

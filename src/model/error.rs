@@ -11,6 +11,12 @@ pub enum ModelError {
     Config(ConfigError),
     SafeTensors(SafeTensorsError),
     Tokenizer(TokenizerError),
+    /// A tensor tpi does not read (e.g. an `o_proj.bias`): running without
+    /// it would compute another model, so the model is refused.
+    UnknownTensor {
+        name: String,
+        origin: String,
+    },
 }
 
 impl fmt::Display for ModelError {
@@ -19,6 +25,11 @@ impl fmt::Display for ModelError {
             ModelError::Config(e) => write!(f, "config: {e}"),
             ModelError::SafeTensors(e) => write!(f, "weights: {e}"),
             ModelError::Tokenizer(e) => write!(f, "tokenizer: {e}"),
+            ModelError::UnknownTensor { name, origin } => write!(
+                f,
+                "weights: {origin}: tensor {name} is not one tpi reads for this config \
+                 (without it the model would compute something else)"
+            ),
         }
     }
 }
@@ -29,6 +40,7 @@ impl std::error::Error for ModelError {
             ModelError::Config(e) => Some(e),
             ModelError::SafeTensors(e) => Some(e),
             ModelError::Tokenizer(e) => Some(e),
+            ModelError::UnknownTensor { .. } => None,
         }
     }
 }

@@ -45,3 +45,27 @@ pub fn lm_head_name(cfg: &Config, st: &SafeTensors) -> &'static str {
         LM_HEAD
     }
 }
+
+/// Every tensor name tpi reads for `cfg`, and whether `name` is one of them
+/// or a buffer HF saves but tpi recomputes (`rotary_emb.inv_freq`).
+pub fn is_read(cfg: &Config, name: &str) -> bool {
+    if [EMBED, LM_HEAD, FINAL_NORM].contains(&name) || name.ends_with(".rotary_emb.inv_freq") {
+        return true;
+    }
+    let Some(rest) = name.strip_prefix("model.layers.") else {
+        return false;
+    };
+    let Some((l, leaf)) = rest.split_once('.') else {
+        return false;
+    };
+    // A canonical layer index below n_layers ("01" is not HF's spelling).
+    let layer_ok = l
+        .parse::<usize>()
+        .is_ok_and(|i| i < cfg.n_layers && i.to_string() == l);
+    let biases = [Q_BIAS, K_BIAS, V_BIAS];
+    layer_ok
+        && (leaf == ATTN_NORM
+            || leaf == FFN_NORM
+            || layer_matrix_shapes(cfg).iter().any(|m| m.0 == leaf)
+            || (cfg.attention_bias && biases.contains(&leaf)))
+}
