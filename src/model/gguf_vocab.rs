@@ -89,11 +89,11 @@
 //! asserts the same). Empty tokens become `[EMPTY_<i>]` as in llama.cpp.
 //! Each error names the index.
 
-use super::spm::Spm;
+use super::spm::{Spm, SpmVocab};
 use super::tokenizer::{Tokenizer, TokenizerError};
+pub use super::vocab_error::VocabError;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use std::fmt;
 
 /// Most tokens accepted (the largest real vocabularies, Gemma 3's, have
 /// 262,144).
@@ -150,134 +150,6 @@ pub struct GgufVocab {
     pub add_space_prefix: Option<bool>,
 }
 
-/// What is wrong with a GGUF vocabulary.
-#[derive(Debug, Clone, PartialEq)]
-pub enum VocabError {
-    UnknownModel(String),
-    /// A "gpt2" vocab whose `tokenizer.ggml.pre` tpi has no regexes for.
-    UnknownPre(String),
-    NoTokens,
-    TooManyTokens {
-        n: usize,
-        max: usize,
-    },
-    TokenTooLong {
-        index: usize,
-        len: usize,
-        max: usize,
-    },
-    DuplicateToken {
-        index: usize,
-        first: usize,
-    },
-    /// `scores` or `token_types` not one per token.
-    LengthMismatch {
-        what: &'static str,
-        len: usize,
-        n_tokens: usize,
-    },
-    /// A key the model needs is absent ("llama": scores, "gpt2": merges).
-    Missing(&'static str),
-    BadTokenType {
-        index: usize,
-        value: i32,
-    },
-    NanScore {
-        index: usize,
-    },
-    TooManyMerges {
-        n: usize,
-        max: usize,
-    },
-    /// Merge `index` is not `"a b"` with `a`, `b` and `ab` all tokens.
-    BadMerge {
-        index: usize,
-        merge: String,
-        why: &'static str,
-    },
-    /// A special id (`what` = "bos", ...) outside the vocabulary.
-    SpecialOutOfRange {
-        what: &'static str,
-        id: u32,
-        n_tokens: usize,
-    },
-    /// `add_bos` / `add_eos` set but no such token.
-    NoSpecial {
-        what: &'static str,
-    },
-}
-
-impl fmt::Display for VocabError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            VocabError::UnknownModel(m) => write!(
-                f,
-                "tokenizer.ggml.model \"{m}\" is not supported (only \"llama\" and \"gpt2\")"
-            ),
-            VocabError::UnknownPre(p) => write!(
-                f,
-                "tokenizer.ggml.pre \"{p}\" is not supported (known: {})",
-                KNOWN_PRES.join(", ")
-            ),
-            VocabError::NoTokens => write!(f, "tokenizer.ggml.tokens is empty"),
-            VocabError::TooManyTokens { n, max } => {
-                write!(f, "{n} tokens, more than the {max} allowed")
-            }
-            VocabError::TokenTooLong { index, len, max } => {
-                write!(
-                    f,
-                    "token {index} is {len} bytes, more than the {max} allowed"
-                )
-            }
-            VocabError::DuplicateToken { index, first } => {
-                write!(f, "token {index} has the same text as token {first}")
-            }
-            VocabError::LengthMismatch {
-                what,
-                len,
-                n_tokens,
-            } => write!(
-                f,
-                "tokenizer.ggml.{what} has {len} entries for {n_tokens} tokens"
-            ),
-            VocabError::Missing(key) => write!(f, "tokenizer.ggml.{key} is missing"),
-            VocabError::BadTokenType { index, value } => {
-                write!(f, "token {index} has unknown token type {value}")
-            }
-            VocabError::NanScore { index } => write!(f, "token {index} has score NaN"),
-            VocabError::TooManyMerges { n, max } => {
-                write!(f, "{n} merges, more than the {max} allowed")
-            }
-            VocabError::BadMerge { index, merge, why } => {
-                write!(f, "merge {index} {merge:?}: {why}")
-            }
-            VocabError::SpecialOutOfRange { what, id, n_tokens } => write!(
-                f,
-                "{what} token id {id} is outside the vocabulary of {n_tokens}"
-            ),
-            VocabError::NoSpecial { what } => {
-                write!(f, "add_{what}_token is set but there is no {what} token")
-            }
-        }
-    }
-}
-
-impl std::error::Error for VocabError {}
-
-/// The pre types tpi knows (those of [`pre_regexes`]), for the error
-/// message. Absent means "default", as in llama.cpp; "llama" vocabs have
-/// no pre-tokenizer and ignore the key.
-const KNOWN_PRES: [&str; 8] = [
-    "default",
-    "gpt-2",
-    "llama3",
-    "llama-v3",
-    "llama-bpe",
-    "qwen2",
-    "deepseek-r1-qwen",
-    "deepseek-llm",
-];
-
 /// GPT-2's split regex (llama.cpp `LLAMA_VOCAB_PRE_TYPE_GPT2`).
 const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 /// Llama 3's (llama.cpp's case-insensitive contractions spelled out).
@@ -318,7 +190,7 @@ fn pre_regexes(pre: &str) -> Result<(Vec<&'static str>, bool), VocabError> {
 
 /// How a token takes part in text processing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
+enum Kind {
     /// Normal, byte, unused, undefined: a model piece.
     Piece,
     /// Control or unknown: special, matched in text (parse_special).
@@ -338,15 +210,15 @@ fn kind(index: usize, value: i32) -> Result<Kind, VocabError> {
 }
 
 /// The vocabulary checked: token texts (empties renamed), kinds, lookup.
-pub(super) struct Checked {
-    pub(super) tokens: Vec<String>,
-    pub(super) kinds: Vec<Kind>,
-    pub(super) ids: HashMap<String, u32>,
-    pub(super) bos: Option<u32>,
-    pub(super) eos: Option<u32>,
-    pub(super) unk: Option<u32>,
-    pub(super) add_bos: bool,
-    pub(super) add_eos: bool,
+struct Checked {
+    tokens: Vec<String>,
+    kinds: Vec<Kind>,
+    ids: HashMap<String, u32>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    unk: Option<u32>,
+    add_bos: bool,
+    add_eos: bool,
 }
 
 fn check(v: &GgufVocab, llama: bool, default_add_bos: bool) -> Result<Checked, VocabError> {
@@ -605,7 +477,24 @@ fn llama_parts(v: &GgufVocab) -> Result<(Value, Spm), VocabError> {
             "vocab": vocab_map(&c), "merges": [],
         },
     });
-    let spm = Spm::new(c, scores, add_space_prefix);
+    let specials = c
+        .tokens
+        .iter()
+        .zip(&c.kinds)
+        .enumerate()
+        .filter(|(_, (_, k))| **k != Kind::Piece)
+        .map(|(id, (t, _))| (t.clone(), id as u32))
+        .collect();
+    let spm = Spm::new(SpmVocab {
+        ids: c.ids,
+        specials,
+        scores,
+        bos: c.bos,
+        eos: c.eos,
+        add_bos: c.add_bos,
+        add_eos: c.add_eos,
+        add_space_prefix,
+    });
     Ok((tokenizer, spm))
 }
 

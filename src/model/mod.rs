@@ -17,10 +17,14 @@ pub mod gguf_model;
 /// A tokenizer from GGUF `tokenizer.ggml.*` metadata.
 pub mod gguf_vocab;
 pub mod names;
+/// What a tensor is (q, k, ..., lm_head).
+pub mod role;
 pub mod safetensors;
 /// llama.cpp's SentencePiece encoder, for "llama" GGUF vocabularies.
 pub mod spm;
 pub mod tokenizer;
+/// What can be wrong with a GGUF tokenizer vocabulary.
+pub mod vocab_error;
 
 pub use checkpoint::Checkpoint;
 pub use config::Config;

@@ -6,7 +6,6 @@
 //! [`super::gguf_vocab`] from a checked vocabulary; see there for why it
 //! is not the `tokenizers` crate's BPE.
 
-use super::gguf_vocab::{Checked, Kind};
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
@@ -16,6 +15,22 @@ enum Fragment {
     /// `text[start..end]`, not yet tokenized.
     Text(usize, usize),
     Token(u32),
+}
+
+/// What [`Spm::new`] builds from: a checked vocabulary.
+pub(super) struct SpmVocab<'a> {
+    /// Token text to id.
+    pub ids: HashMap<String, u32>,
+    /// Tokens matched in text before anything else (control, unknown,
+    /// user-defined), any order.
+    pub specials: Vec<(String, u32)>,
+    /// Per token id.
+    pub scores: &'a [f32],
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub add_bos: bool,
+    pub add_eos: bool,
+    pub add_space_prefix: bool,
 }
 
 /// llama.cpp's SentencePiece-BPE encoder (`llm_tokenizer_spm_session`),
@@ -78,39 +93,33 @@ struct Symbol {
 }
 
 impl Spm {
-    pub(super) fn new(c: Checked, scores: &[f32], add_space_prefix: bool) -> Spm {
-        let mut specials: Vec<(String, u32)> = c
-            .tokens
-            .iter()
-            .zip(&c.kinds)
-            .enumerate()
-            .filter(|(_, (_, k))| **k != Kind::Piece)
-            .map(|(id, (t, _))| (t.clone(), id as u32))
-            .collect();
+    pub(super) fn new(v: SpmVocab) -> Spm {
+        let mut specials = v.specials;
         // Longest first; equal lengths by id (llama.cpp's sort is not
         // stable, so its order there is unspecified).
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
         let byte_ids = (0..=255u8)
             .map(|b| {
-                c.ids
+                v.ids
                     .get(&format!("<0x{b:02X}>"))
-                    .or_else(|| std::str::from_utf8(&[b]).ok().and_then(|s| c.ids.get(s)))
+                    .or_else(|| std::str::from_utf8(&[b]).ok().and_then(|s| v.ids.get(s)))
                     .copied()
             })
             .collect();
         Spm {
-            scores: scores
+            scores: v
+                .scores
                 .iter()
                 .map(|&s| if s == 0.0 { 0.0 } else { s })
                 .collect(),
-            ids: c.ids,
+            ids: v.ids,
             specials,
             byte_ids,
-            bos: c.bos,
-            eos: c.eos,
-            add_bos: c.add_bos,
-            add_eos: c.add_eos,
-            add_space_prefix,
+            bos: v.bos,
+            eos: v.eos,
+            add_bos: v.add_bos,
+            add_eos: v.add_eos,
+            add_space_prefix: v.add_space_prefix,
         }
     }
 

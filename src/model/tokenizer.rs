@@ -37,7 +37,7 @@ pub enum TokenizerError {
     /// GGUF tokenizer metadata that cannot be used (see `gguf_vocab`).
     Vocab {
         origin: String,
-        source: super::gguf_vocab::VocabError,
+        source: super::vocab_error::VocabError,
     },
     /// A token id outside the vocabulary.
     UnknownId {

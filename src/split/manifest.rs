@@ -113,25 +113,7 @@ impl fmt::Display for BlockKind {
     }
 }
 
-/// What a tensor is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Q,
-    K,
-    V,
-    O,
-    Gate,
-    Up,
-    Down,
-    AttnNorm,
-    FfnNorm,
-    QBias,
-    KBias,
-    VBias,
-    FinalNorm,
-    Embedding,
-    LmHead,
-}
+pub use crate::model::role::Role;
 
 const ROLES: [Role; 15] = [
     Role::Q,
