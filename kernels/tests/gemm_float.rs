@@ -1,12 +1,13 @@
 //! The batched float product (`Backend::gemm`, prompt prefill) of every
 //! available backend against the scalar GEMV per token, on ragged shapes:
-//! token counts around the 3-token tile, rows around the 3-row tile and the
-//! 12-row block, columns around the vector width and the 512 / 1024-column
-//! panels (f32 / f16), each with every tail.
+//! token counts around the 3-token tile and the 24 / 48-token passes, rows
+//! around the 3-row tile and the 12-row block, columns around the vector
+//! width and the 512 / 1024-column panels (f32 / f16), each with every
+//! tail.
 
 use tpi_kernels::{bf16, f16, scalar, Backend, Weights};
 
-const TOKENS: &[usize] = &[1, 2, 3, 4, 5, 7, 10];
+const TOKENS: &[usize] = &[1, 2, 3, 4, 5, 7, 10, 26, 50];
 const ROWS: &[usize] = &[1, 2, 3, 4, 5, 13, 40];
 const COLS: &[usize] = &[0, 1, 7, 8, 33, 511, 512, 513, 1023, 1025, 2100];
 

@@ -158,6 +158,10 @@ const GEMM_KC_BYTES: usize = 2048;
 /// Weight bytes per row block of [`gemm`] (12 rows of a panel), which stay
 /// in L1 beside the tokens' panel while every token group passes by.
 const GEMM_L1: usize = 24 << 10;
+/// Bytes of f32 inputs per pass of [`gemm`] over a panel (24 tokens of
+/// f16 panels, 48 of f32): with the chunk of weights they stay in L2, so
+/// each block of rows re-reads them from there, not from L3.
+const GEMM_L2_X: usize = 96 << 10;
 /// Rows per tile of [`gemm`].
 const GEMM_R: usize = 3;
 /// Tokens per tile of [`gemm`].
@@ -168,6 +172,7 @@ const GEMM_T: usize = 3;
 /// `[rows][n]`.
 ///
 /// ```text
+/// for each pass of TB tokens (their panels of x: 96 KiB, kept in L2):
 /// for each panel of KC columns (KC * size of a weight = 2 KiB):
 ///   for each block of 12 rows (24 KiB of the panel's weights, kept in L1):
 ///     for each group of T = 3 tokens (then a group of 2 or 1):
@@ -182,9 +187,13 @@ const GEMM_T: usize = 3;
 /// widened once per 3 tokens. With AVX2 the tile takes 13 of the 16
 /// registers: a 4 x 3 tile needs all 16 plus one to overlap the f16
 /// widening, and the spilled accumulator cost a third of the speed.
-/// Measured (2048-column f16 chunk of 64 rows, 64 tokens, 1 thread):
-/// 64-71 GFLOP/s against 35 for the GEMV per token and ~93 for a loop of
-/// independent FMAs alone; f32 50-55. The sums are the GEMV's in another
+/// Measured (2048-column f16 chunk of 64 rows, 64 tokens, 1 thread, the
+/// chunk and `x` warm): 64-71 GFLOP/s against 35 for the GEMV per token
+/// and ~93 for a loop of independent FMAs alone; f32 50-55. In a whole
+/// prefill `x` of 64 tokens (0.5-1.4 MB) no longer fits in L2 beside the
+/// chunk, so tokens go in passes of TB: a 64-token f16 prefill, 1 thread,
+/// took 2840-3159 ms against 3189-3474 ms without passes (3 alternating
+/// pairs; 2 threads 1648-1695 against 1648-1901). The sums are the GEMV's in another
 /// order, so the bits differ from [`gemv`]'s (the tests bound the
 /// difference by the sum of `|w x|`).
 ///
@@ -210,26 +219,31 @@ pub(crate) unsafe fn gemm<B: Load<E>, E: Widen>(w: &[E], x: &[f32], t: usize, y:
     let panel = GEMM_KC_BYTES / esize;
     // Rows per block: its panel of weights fills about GEMM_L1 bytes.
     let rb = (GEMM_L1 / GEMM_KC_BYTES / GEMM_R).max(1) * GEMM_R;
-    for k0 in (0..n).step_by(panel) {
-        let kc = panel.min(n - k0);
-        let first = k0 == 0;
-        for r0 in (0..rows).step_by(rb) {
-            let rs = (r0, (r0 + rb).min(rows));
-            let mut j = 0;
-            let args = ((n, rows), rs, first);
-            // SAFETY: tokens `j..j + T <= t`, rows `rs` and the panel
-            // `k0..k0 + kc <= n` are inside the asserted shapes; CPU
-            // features per the caller's contract.
-            unsafe {
-                while j + GEMM_T <= t {
-                    gemm_tokens::<B, E, GEMM_T>(w, x, y, (j, k0, kc), args);
-                    j += GEMM_T;
-                }
-                match t - j {
-                    3 => gemm_tokens::<B, E, 3>(w, x, y, (j, k0, kc), args),
-                    2 => gemm_tokens::<B, E, 2>(w, x, y, (j, k0, kc), args),
-                    1 => gemm_tokens::<B, E, 1>(w, x, y, (j, k0, kc), args),
-                    _ => {}
+    // Tokens per pass: their panels of `x` fill about GEMM_L2_X bytes.
+    let tb = (GEMM_L2_X / (panel * 4) / GEMM_T).max(1) * GEMM_T;
+    for t0 in (0..t).step_by(tb) {
+        let t1 = (t0 + tb).min(t);
+        for k0 in (0..n).step_by(panel) {
+            let kc = panel.min(n - k0);
+            let first = k0 == 0;
+            for r0 in (0..rows).step_by(rb) {
+                let rs = (r0, (r0 + rb).min(rows));
+                let mut j = t0;
+                let args = ((n, rows), rs, first);
+                // SAFETY: tokens `j..j + T <= t1 <= t`, rows `rs` and the
+                // panel `k0..k0 + kc <= n` are inside the asserted shapes;
+                // CPU features per the caller's contract.
+                unsafe {
+                    while j + GEMM_T <= t1 {
+                        gemm_tokens::<B, E, GEMM_T>(w, x, y, (j, k0, kc), args);
+                        j += GEMM_T;
+                    }
+                    match t1 - j {
+                        3 => gemm_tokens::<B, E, 3>(w, x, y, (j, k0, kc), args),
+                        2 => gemm_tokens::<B, E, 2>(w, x, y, (j, k0, kc), args),
+                        1 => gemm_tokens::<B, E, 1>(w, x, y, (j, k0, kc), args),
+                        _ => {}
+                    }
                 }
             }
         }
