@@ -146,7 +146,7 @@ impl From<crate::model::ModelError> for Error {
             M::Config(e) => Error::Config(e),
             M::SafeTensors(e) => Error::SafeTensors(e),
             M::Tokenizer(e) => Error::Tokenizer(e),
-            e @ M::UnknownTensor { .. } => Error::Model(e),
+            e @ (M::UnknownTensor { .. } | M::Gguf(_) | M::Tensor { .. }) => Error::Model(e),
         }
     }
 }

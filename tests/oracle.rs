@@ -39,8 +39,8 @@ fn generate_greedy(
 ) -> GenOutput {
     let cfg = &ckpt.config;
     let part = RankSlice::whole(cfg);
-    let res = resident(cfg, &ckpt.weights, &part).expect("resident");
-    let mut weights = InPlace::new(cfg, &ckpt.weights).expect("layers");
+    let res = resident(cfg, ckpt.safetensors().expect("safetensors"), &part).expect("resident");
+    let mut weights = InPlace::new(cfg, ckpt.safetensors().expect("safetensors")).expect("layers");
     let mut solo = Solo;
     let mut rank = Rank {
         res: &res,

@@ -30,7 +30,12 @@ fn aged_copy(name: &str, dst: &Path) {
 /// same layout and header, other values.
 fn reverse_rows(model: &Path, tensor: &str) {
     let ckpt = Checkpoint::open_dir(model).expect("open model");
-    let t = ckpt.weights.tensor(tensor).expect("tensor").clone();
+    let t = ckpt
+        .safetensors()
+        .expect("safetensors")
+        .tensor(tensor)
+        .expect("tensor")
+        .clone();
     drop(ckpt);
     let path = model.join("model.safetensors");
     let mut bytes = std::fs::read(&path).expect("read model");

@@ -6,6 +6,7 @@ mod faults;
 mod fuzz_corpus;
 mod gguf;
 mod gguf_model;
+mod gguf_run;
 mod gguf_vocab;
 mod join;
 mod layers;

@@ -6,7 +6,9 @@ use crate::model::checkpoint::Checkpoint;
 use crate::model::dtype::Quant;
 use crate::net::{NetOpts, Secret, WireDtype};
 use crate::session::single::{run_single, SingleSetup};
-use crate::session::{default_cache_dir, plan_for, run_hub, run_worker, HubSetup, WorkerSetup};
+use crate::session::{
+    default_cache_dir, plan_for_model, run_hub, run_worker, HubSetup, WorkerSetup,
+};
 use crate::sys::available_memory;
 use crate::ui::Console;
 use crate::window::policy::{IoMode, MemoryMode, MemoryOpts};
@@ -17,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tpi_kernels::Backend;
 
-/// Run a HuggingFace Llama-family model (without --model: the bundled
-/// TinyStories 260K demo).
+/// Run a Llama-family model, HuggingFace or GGUF (without --model: the
+/// bundled TinyStories 260K demo).
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "tpi-run",
@@ -33,7 +35,8 @@ pub struct Args {
     /// Print version, target and the kernel backend this CPU selects.
     #[arg(long, short = 'V')]
     pub version: bool,
-    /// HuggingFace model directory (config.json, *.safetensors, tokenizer.json).
+    /// HuggingFace model directory (config.json, *.safetensors, tokenizer.json),
+    /// or a GGUF file (part 1 of a split `-00001-of-0000N.gguf` model).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Prompt text (encoded with the model's tokenizer, BOS as it adds it).
@@ -370,7 +373,7 @@ pub fn run(args: &Args) -> Result<()> {
         .as_deref()
         .map(|s| parse_weights(s, args.world_size))
         .transpose()?;
-    let plan = plan_for(cfg, args.world_size, weights.as_deref())?.with_quant(args.quantize)?;
+    let plan = plan_for_model(&ckpt, args.world_size, weights.as_deref(), args.quantize)?;
     if args.dry_run {
         return print_dry_run(&ckpt, &plan, args.json);
     }

@@ -4,9 +4,10 @@
 
 use crate::error::{Error, Result};
 use crate::model::checkpoint::Checkpoint;
-use crate::model::names::EMBED;
+use crate::model::role::Role;
 use crate::session::HubReport;
-use crate::split::types::{bytes_per_token, rank_matrices};
+use crate::split::types::token_bytes;
+use crate::split::writer::rank_classes;
 use crate::sys::peak_rss_bytes;
 use std::io::Write;
 use std::path::Path;
@@ -36,14 +37,12 @@ pub(super) fn print_dry_run(
     json: bool,
 ) -> Result<()> {
     let cfg = &ckpt.config;
-    let dtype = ckpt.weights.tensor(EMBED)?.dtype;
+    let dtype = ckpt.weights.matrix(cfg, Role::Embedding, 0)?.wtype;
     let mut out = std::io::stdout().lock();
     let classes = (0..plan.world_size)
-        .map(|r| rank_matrices(plan, r, dtype))
+        .map(|r| rank_classes(ckpt, plan, r))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let bytes = (0..plan.world_size)
-        .map(|r| bytes_per_token(plan, r, dtype))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let bytes: Vec<u64> = classes.iter().map(|c| token_bytes(plan, c)).collect();
     let text = if json {
         let range = |r: &std::ops::Range<usize>| serde_json::json!([r.start, r.end]);
         let ranks: Vec<_> = plan
@@ -88,7 +87,7 @@ pub(super) fn print_dry_run(
             "vocab_size": cfg.vocab_size,
             "max_position_embeddings": cfg.max_seq_len,
             "dtype": dtype.name(),
-            "quantize": plan.quant.map(|q| q.name()),
+            "quantize": plan.quant.filter(|_| !ckpt.weights.is_gguf()).map(|q| q.name()),
             "world_size": plan.world_size,
             "plan_hash": format!("{:016x}", plan.hash()),
             "ranks": ranks,

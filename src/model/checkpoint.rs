@@ -1,16 +1,19 @@
-//! A model directory (or the bundled model) opened: config, weights, tokenizer.
+//! A model opened: an HF directory, a GGUF file or the bundled model, as
+//! config, weights and tokenizer.
 
 use super::bundled;
 use super::config::Config;
 use super::error::ModelError;
+use super::gguf_weights::GgufWeights;
 use super::safetensors::SafeTensors;
+use super::source::Weights;
 use super::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 
-/// An opened HuggingFace model.
+/// An opened model.
 pub struct Checkpoint {
     pub config: Config,
-    pub weights: SafeTensors,
+    pub weights: Weights,
     /// Absent when the directory has no tokenizer.json (ids-only use).
     pub tokenizer: Option<Tokenizer>,
     /// Where it came from, for messages.
@@ -18,12 +21,43 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Opens `dir`, or the bundled demo model when `dir` is `None`.
-    pub fn open(dir: Option<&Path>) -> Result<Checkpoint, ModelError> {
-        match dir {
+    /// Opens `path`: a GGUF file (part 1 of a split model) when it is a
+    /// file, else an HF directory; the bundled demo model when `None`.
+    pub fn open(path: Option<&Path>) -> Result<Checkpoint, ModelError> {
+        match path {
+            Some(p) if p.is_file() => Checkpoint::open_gguf(p),
             Some(dir) => Checkpoint::open_dir(dir),
             None => Checkpoint::bundled(),
         }
+    }
+
+    /// Opens a GGUF model: config from its metadata, tokenizer from its
+    /// `tokenizer.ggml.*` keys (none when it has no `tokenizer.ggml.model`).
+    pub fn open_gguf(path: &Path) -> Result<Checkpoint, ModelError> {
+        let g = GgufWeights::open(path)?;
+        let origin = path.display().to_string();
+        let tokenizer = match super::gguf_model::vocab(&g.gguf)? {
+            Some(v) => Some(Tokenizer::from_gguf_vocab(&v, &origin)?),
+            None => None,
+        };
+        Ok(Checkpoint {
+            config: g.config().clone(),
+            weights: Weights::Gguf(Box::new(g)),
+            tokenizer,
+            origin,
+        })
+    }
+
+    /// The weights as safetensors, or an error naming the GGUF model (for
+    /// what reads safetensors in place).
+    pub fn safetensors(&self) -> Result<&SafeTensors, ModelError> {
+        self.weights
+            .safetensors()
+            .ok_or_else(|| ModelError::Tensor {
+                name: "*".into(),
+                origin: self.origin.clone(),
+                msg: "a GGUF model is read from slice files, not in place".into(),
+            })
     }
 
     pub fn open_dir(dir: &Path) -> Result<Checkpoint, ModelError> {
@@ -39,7 +73,7 @@ impl Checkpoint {
         check_tensors(&config, &weights, &origin)?;
         Ok(Checkpoint {
             config,
-            weights,
+            weights: Weights::SafeTensors(weights),
             tokenizer,
             origin,
         })
@@ -56,7 +90,7 @@ impl Checkpoint {
         check_tensors(&config, &weights, bundled::NAME)?;
         Ok(Checkpoint {
             config,
-            weights,
+            weights: Weights::SafeTensors(weights),
             tokenizer,
             origin: bundled::NAME.to_string(),
         })

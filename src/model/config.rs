@@ -45,6 +45,11 @@ pub enum RopeScaling {
         high_freq_factor: f32,
         original_max_position_embeddings: usize,
     },
+    /// Each base frequency divided by its own factor: llama.cpp's
+    /// `rope_freqs.weight` of a GGUF file (Llama 3 scaling as the converter
+    /// precomputed it). tpi's own `rope_type` `freq_divisors` with
+    /// `divisors`, `head_dim / 2` positive finite values.
+    Divisors(Vec<f32>),
 }
 
 /// The model hyper-parameters the engine needs.
@@ -360,6 +365,26 @@ fn parse_rope_scaling(obj: &Obj<'_>) -> Result<RopeScaling, ConfigError> {
                 original_max_position_embeddings: orig,
             })
         }
+        "freq_divisors" => {
+            let v = obj.get("divisors").ok_or_else(|| obj.missing("divisors"))?;
+            let list = v
+                .as_array()
+                .ok_or_else(|| obj.invalid("divisors", "not an array"))?;
+            let mut out = Vec::with_capacity(list.len().min(MAX_DIM));
+            for (i, x) in list.iter().enumerate() {
+                let d = x.as_f64().filter(|d| d.is_finite() && *d > 0.0);
+                match d {
+                    Some(d) if out.len() < MAX_DIM => out.push(obj.positive_f32("divisors", d)?),
+                    _ => {
+                        return Err(obj.invalid(
+                            "divisors",
+                            format!("value {i} is not a positive finite number (or too many)"),
+                        ))
+                    }
+                }
+            }
+            Ok(RopeScaling::Divisors(out))
+        }
         other => Err(ConfigError::Unsupported {
             path: obj.path.to_string(),
             what: format!("rope scaling type `{other}`"),
@@ -568,6 +593,14 @@ impl Config {
                 None => RopeScaling::None,
             },
         };
+        if let RopeScaling::Divisors(d) = &rope_scaling {
+            if d.len() != head_dim / 2 {
+                return Err(c.invalid(
+                    "rope_scaling.divisors",
+                    format!("{} values, head_dim / 2 is {}", d.len(), head_dim / 2),
+                ));
+            }
+        }
 
         let torch_dtype = match c.opt_str("torch_dtype")? {
             Some(s) => Some(s.to_string()),
@@ -623,9 +656,10 @@ impl Config {
         let base: Vec<f32> = (0..self.head_dim / 2)
             .map(|i| 1.0f32 / self.rope_theta.powf((2 * i) as f32 / hd))
             .collect();
-        match self.rope_scaling {
+        match &self.rope_scaling {
             RopeScaling::None => base,
             RopeScaling::Linear { factor } => base.into_iter().map(|f| f / factor).collect(),
+            RopeScaling::Divisors(d) => base.iter().zip(d).map(|(f, d)| f / d).collect(),
             RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
@@ -634,9 +668,10 @@ impl Config {
             } => {
                 // transformers computes these scalars in f64 and compares /
                 // combines them with the f32 tensor, i.e. rounded to f32.
-                let old = original_max_position_embeddings as f64;
+                let (factor, low_freq_factor) = (*factor, *low_freq_factor);
+                let old = *original_max_position_embeddings as f64;
                 let low = low_freq_factor as f64;
-                let high = high_freq_factor as f64;
+                let high = *high_freq_factor as f64;
                 let low_freq_wavelen = (old / low) as f32;
                 let high_freq_wavelen = (old / high) as f32;
                 let two_pi = (2.0 * std::f64::consts::PI) as f32;

@@ -10,16 +10,22 @@ pub mod checkpoint;
 pub mod config;
 pub mod dtype;
 pub mod error;
+/// A model's files, mapped, with their identities and digests.
+pub mod files;
 /// GGUF files (llama.cpp's format): the header parser, read-only.
 pub mod gguf;
 /// A GGUF file as a tpi model: config, tensor roles, q/k row order.
 pub mod gguf_model;
 /// A tokenizer from GGUF `tokenizer.ggml.*` metadata.
 pub mod gguf_vocab;
+/// A GGUF model opened to run: header, meaning and mapped files.
+pub mod gguf_weights;
 pub mod names;
 /// What a tensor is (q, k, ..., lm_head).
 pub mod role;
 pub mod safetensors;
+/// Tensors by role from safetensors or GGUF, as the split reads them.
+pub mod source;
 /// llama.cpp's SentencePiece encoder, for "llama" GGUF vocabularies.
 pub mod spm;
 pub mod tokenizer;

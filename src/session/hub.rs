@@ -263,7 +263,7 @@ fn spawn_worker(
             cmd.arg("--mapped-io");
         }
     }
-    if let Some(q) = setup.plan.quant {
+    if let Some(q) = setup.plan.quant.filter(|_| !setup.ckpt.weights.is_gguf()) {
         // Workers get their slices from rank 0; the flag keeps a worker's
         // own plan (should it have a model) the same as rank 0's.
         cmd.args(["--quantize", q.name()]);

@@ -10,11 +10,14 @@ pub mod hub;
 pub mod single;
 pub mod worker;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, UsageError};
+use crate::model::checkpoint::Checkpoint;
 use crate::model::config::Config;
+use crate::model::dtype::Quant;
 use crate::progress::Observer;
 use crate::split::plan::{split, Plan, Shape};
 use crate::split::reader::SliceFile;
+use crate::split::types::stored_quant;
 use crate::sys::available_memory;
 use crate::weights::sliced::SliceResident;
 use crate::window::policy::{choose_window, MemoryOpts};
@@ -27,6 +30,33 @@ pub use worker::{run_worker, WorkerSetup};
 /// The split plan for `cfg` over `world_size` ranks.
 pub fn plan_for(cfg: &Config, world_size: usize, weights: Option<&[u32]>) -> Result<Plan> {
     split(&Shape::of(cfg), world_size, weights).map_err(Error::Plan)
+}
+
+/// The split plan for `ckpt` over `world_size` ranks: for HF weights with
+/// `quant` (`--quantize`), for a GGUF model with head and MLP ranges on
+/// the blocks its column-split matrices hold (spec §6 of the plan; a
+/// GGUF keeps its own types, so `quant` is refused). Rank 0 and a worker
+/// with its own copy compute it alike.
+pub fn plan_for_model(
+    ckpt: &Checkpoint,
+    world_size: usize,
+    weights: Option<&[u32]>,
+    quant: Option<Quant>,
+) -> Result<Plan> {
+    let plan = plan_for(&ckpt.config, world_size, weights)?;
+    if !ckpt.weights.is_gguf() {
+        return Ok(plan.with_quant(quant)?);
+    }
+    if quant.is_some() {
+        return Err(Error::Usage(UsageError {
+            flag: "--quantize",
+            problem: format!(
+                "re-quantizes HF safetensors weights; {} is a GGUF file and keeps its own types",
+                ckpt.origin
+            ),
+        }));
+    }
+    Ok(plan.with_quant(stored_quant(ckpt)?)?)
 }
 
 /// The default slice cache: `$TPI_CACHE_DIR`, else `$XDG_CACHE_HOME/tpi`,

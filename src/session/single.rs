@@ -7,6 +7,7 @@ use crate::engine::{generate, GenOptions, GenOutput, OnText, Par, Rank, Solo};
 use crate::error::Result;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::names::{layer_matrix_shapes, layer_name, lm_head_name};
+use crate::model::safetensors::SafeTensors;
 use crate::progress::Observer;
 use crate::split::cache::ensure_slices;
 use crate::split::plan::Plan;
@@ -47,12 +48,18 @@ pub fn run_single(
     on_text: &mut OnText<'_>,
 ) -> Result<HubReport> {
     // Quantized weights exist only in slice files.
-    if setup.plan.quant.is_some() || from_slice(setup.ckpt, setup.memory.mode)? {
-        return run_from_slice(setup, prompt_ids, opts, on_text);
-    }
-    let (ckpt, cfg) = (setup.ckpt, &setup.ckpt.config);
-    let res = resident(cfg, &ckpt.weights, &RankSlice::whole(cfg))?;
-    let mut weights = InPlace::new(cfg, &ckpt.weights)?;
+    let st = match setup.ckpt.weights.safetensors() {
+        Some(st)
+            if setup.plan.quant.is_none() && !from_slice(setup.ckpt, st, setup.memory.mode)? =>
+        {
+            st
+        }
+        // Quantized or GGUF weights exist only in slice files.
+        _ => return run_from_slice(setup, prompt_ids, opts, on_text),
+    };
+    let cfg = &setup.ckpt.config;
+    let res = resident(cfg, st, &RankSlice::whole(cfg))?;
+    let mut weights = InPlace::new(cfg, st)?;
     let out = solo(setup, &res, &mut weights, prompt_ids, opts, on_text)?;
     Ok(HubReport {
         out,
@@ -62,17 +69,17 @@ pub fn run_single(
 
 /// Whether a single rank runs from its slice file (windowed, or large)
 /// instead of the mmapped safetensors in place.
-fn from_slice(ckpt: &Checkpoint, mode: MemoryMode) -> Result<bool> {
+fn from_slice(ckpt: &Checkpoint, st: &SafeTensors, mode: MemoryMode) -> Result<bool> {
     let cfg = &ckpt.config;
     let mut blocks = Vec::with_capacity(cfg.n_layers);
     for l in 0..cfg.n_layers {
         let mut b = 0u64;
         for (leaf, _, _) in layer_matrix_shapes(cfg) {
-            b += ckpt.weights.tensor(&layer_name(l, leaf))?.len as u64;
+            b += st.tensor(&layer_name(l, leaf))?.len as u64;
         }
         blocks.push(b);
     }
-    let lm_head = ckpt.weights.tensor(lm_head_name(cfg, &ckpt.weights))?.len as u64;
+    let lm_head = st.tensor(lm_head_name(cfg, st))?.len as u64;
     let windowed = choose_window(mode, &blocks, lm_head, available_memory()).is_some();
     Ok(windowed || blocks.iter().sum::<u64>() >= SLICE_FROM_BYTES)
 }

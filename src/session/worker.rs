@@ -4,7 +4,7 @@
 //! the engine until rank 0 ends the session. Whatever stops it after
 //! joining is told to rank 0 (spec J6).
 
-use super::{open_weights, plan_for};
+use super::{open_weights, plan_for_model};
 use crate::engine::{follow, Par, Rank};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::Checkpoint;
@@ -68,9 +68,8 @@ pub fn run_worker(w: &WorkerSetup<'_>) -> Result<()> {
     let mut progress = w.observer.progress(w.rank);
     let local = match w.model {
         Some(dir) => {
-            let ckpt = Checkpoint::open_dir(dir)?;
-            let plan =
-                plan_for(&ckpt.config, w.world_size, w.split_weights)?.with_quant(w.quant)?;
+            let ckpt = Checkpoint::open(Some(dir))?;
+            let plan = plan_for_model(&ckpt, w.world_size, w.split_weights, w.quant)?;
             Some((fingerprint(&ckpt, w.cache_dir, &mut *progress)?, plan, ckpt))
         }
         None => None,

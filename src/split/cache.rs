@@ -49,7 +49,7 @@ use super::reader::{Expect, SliceFile};
 use super::writer::{check_plan, write_slice_with};
 use crate::model::bundled;
 use crate::model::checkpoint::Checkpoint;
-use crate::model::safetensors::FileId;
+use crate::model::files::FileId;
 use crate::progress::Progress;
 
 /// An entry's record of its model.
@@ -442,7 +442,7 @@ pub fn prune(cache_dir: &Path, policy: &PrunePolicy) -> Result<Vec<CacheEntry>, 
 /// The files the fingerprint covers, as they are now (for the entry record).
 fn model_stamps(ckpt: &Checkpoint) -> Vec<FileStamp> {
     let mut v = Vec::new();
-    if ckpt.origin != bundled::NAME {
+    if ckpt.origin != bundled::NAME && !ckpt.weights.is_gguf() {
         let dir = Path::new(&ckpt.origin);
         for name in ["config.json", "generation_config.json"] {
             if let Ok(s) = FileStamp::of(&dir.join(name)) {
@@ -450,9 +450,9 @@ fn model_stamps(ckpt: &Checkpoint) -> Vec<FileStamp> {
             }
         }
     }
-    let st = &ckpt.weights;
-    for i in 0..st.num_shards() {
-        if let Some((_, id)) = st.shard_file(i) {
+    let files = ckpt.weights.files();
+    for i in 0..files.len() {
+        if let Some((_, id)) = files.file(i) {
             v.push(FileStamp {
                 path: id.path.clone(),
                 size: id.size,
@@ -479,7 +479,7 @@ pub fn write_slice(
     progress: &mut dyn Progress,
 ) -> Result<(), SliceError> {
     let (cfg_text, gen_text) = config_texts(ckpt)?;
-    let digests = shard_digests(&ckpt.weights, None, progress)?;
+    let digests = shard_digests(ckpt.weights.files(), None, progress)?;
     let fp = fingerprint_with(ckpt, &cfg_text, gen_text.as_deref(), &digests);
     write_slice_with(ckpt, plan, rank, path, fp, cfg_text, gen_text, progress)?;
     if let Some(dir) = path.parent().filter(|d| is_entry_dir(d)) {
@@ -535,7 +535,7 @@ pub fn ensure_slices(
     progress: &mut dyn Progress,
 ) -> Result<Vec<PathBuf>, SliceError> {
     let (cfg_text, gen_text) = config_texts(ckpt)?;
-    let digests = shard_digests(&ckpt.weights, Some(cache_dir), progress)?;
+    let digests = shard_digests(ckpt.weights.files(), Some(cache_dir), progress)?;
     let fp = fingerprint_with(ckpt, &cfg_text, gen_text.as_deref(), &digests);
     let all: Vec<PathBuf> = (0..plan.world_size)
         .map(|rank| slice_path(cache_dir, fp, plan.hash(), plan.world_size, rank))

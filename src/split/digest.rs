@@ -20,7 +20,8 @@ use crate::codec::checksum::{checksum64, Hasher64};
 use crate::model::bundled;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::Config;
-use crate::model::safetensors::{FileId, SafeTensors};
+use crate::model::files::{FileId, ModelFiles};
+use crate::model::source::Weights;
 use crate::progress::Progress;
 use crate::split::manifest::MAX_CONFIG_TEXT;
 
@@ -200,14 +201,16 @@ pub(super) fn write_digests(cache_dir: &Path, lines: &[String]) -> Result<(), Ca
 
 /// The raw config.json and generation_config.json texts of a checkpoint.
 /// `Checkpoint` keeps only the parsed config, so they are re-read from its
-/// origin directory (or taken from the bundled model) and checked to parse to
-/// the same `Config`.
+/// origin directory (or taken from the bundled model, or the JSON a GGUF
+/// model's metadata became) and checked to parse to the same `Config`.
 pub(crate) fn config_texts(ckpt: &Checkpoint) -> Result<(String, Option<String>), SliceError> {
     let src = |msg: String| SliceError::Source {
         origin: ckpt.origin.clone(),
         msg,
     };
-    let (cfg, gen, origin) = if ckpt.origin == bundled::NAME {
+    let (cfg, gen, origin) = if let Weights::Gguf(g) = &ckpt.weights {
+        (g.config_json().to_string(), None, ckpt.origin.clone())
+    } else if ckpt.origin == bundled::NAME {
         (
             bundled::CONFIG.to_string(),
             Some(bundled::GENERATION_CONFIG.to_string()),
@@ -266,25 +269,28 @@ pub(crate) fn fingerprint_with(
     h.update(b"tpi-fingerprint-v2");
     hash_text(&mut h, b"config", Some(cfg));
     hash_text(&mut h, b"generation_config", gen);
-    let st = &ckpt.weights;
-    h.update(&(st.num_shards() as u64).to_le_bytes());
-    for i in 0..st.num_shards() {
-        h.update(&(st.shard_bytes(i).len() as u64).to_le_bytes());
+    let files = ckpt.weights.files();
+    if ckpt.weights.is_gguf() {
+        h.update(b"gguf");
+    }
+    h.update(&(files.len() as u64).to_le_bytes());
+    for i in 0..files.len() {
+        h.update(&(files.bytes(i).len() as u64).to_le_bytes());
         h.update(&digests.get(i).copied().unwrap_or(0).to_le_bytes());
     }
     h.finish()
 }
 
-/// Every shard's whole-file XXH64, in index order: remembered by the
-/// `SafeTensors` once computed, else taken from the digest cache in
+/// Every file's whole-file XXH64, in order: remembered by the
+/// [`ModelFiles`] once computed, else taken from the digest cache in
 /// `cache_dir` under the shard's (canonical path, size, mtime, inode), else
 /// read and hashed (reported to `progress`) and stored there.
 pub(crate) fn shard_digests(
-    st: &SafeTensors,
+    st: &ModelFiles,
     cache_dir: Option<&Path>,
     progress: &mut dyn Progress,
 ) -> Result<Vec<u64>, SliceError> {
-    let n = st.num_shards();
+    let n = st.len();
     let mut out = vec![0u64; n];
     let mut todo = Vec::new();
     for (i, slot) in out.iter_mut().enumerate() {
@@ -295,9 +301,9 @@ pub(crate) fn shard_digests(
             *slot = *d;
             continue;
         }
-        let d = match st.shard_file(i) {
+        let d = match st.file(i) {
             // In-memory bytes (the bundled model): cheap to hash.
-            None => checksum64(st.shard_bytes(i)),
+            None => checksum64(st.bytes(i)),
             Some((_, id)) => match cache_dir.and_then(|c| lookup_digest(c, id)) {
                 Some(d) => d,
                 None => {
@@ -313,7 +319,7 @@ pub(crate) fn shard_digests(
     }
     let total = todo
         .iter()
-        .filter_map(|&i| st.shard_file(i))
+        .filter_map(|&i| st.file(i))
         .map(|(_, id)| id.size)
         .sum();
     progress.begin("hashing model weights", total);
@@ -321,7 +327,7 @@ pub(crate) fn shard_digests(
     let mut done = 0u64;
     for i in todo {
         let (Some((file, id)), Some(cell), Some(slot)) =
-            (st.shard_file(i), st.digest_cell(i), out.get_mut(i))
+            (st.file(i), st.digest_cell(i), out.get_mut(i))
         else {
             continue;
         };
@@ -356,7 +362,7 @@ pub fn fingerprint(
     progress: &mut dyn Progress,
 ) -> Result<u64, SliceError> {
     let (c, g) = config_texts(ckpt)?;
-    let digests = shard_digests(&ckpt.weights, Some(cache_dir), progress)?;
+    let digests = shard_digests(ckpt.weights.files(), Some(cache_dir), progress)?;
     Ok(fingerprint_with(ckpt, &c, g.as_deref(), &digests))
 }
 
@@ -531,7 +537,8 @@ mod tests {
         // One weight value changed in place, same layout: another model.
         let ckpt = Checkpoint::open_dir(&model).unwrap();
         let t = ckpt
-            .weights
+            .safetensors()
+            .unwrap()
             .tensor("model.layers.0.mlp.up_proj.weight")
             .unwrap();
         let at = (t.offset + t.len / 2) as u64;

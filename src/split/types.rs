@@ -6,7 +6,9 @@
 
 use super::manifest::Role;
 use super::plan::{Plan, PlanError};
+use crate::model::checkpoint::Checkpoint;
 use crate::model::dtype::{Dtype, Quant, WeightType};
+use crate::model::error::ModelError;
 
 /// The type a `--quantize q` slice stores a tensor in, `None` for its
 /// stored dtype (norms, biases, the embedding: looked up a row per token,
@@ -39,6 +41,30 @@ pub(crate) fn quantized_type(
             .find(|&t| fits(t))
             .unwrap_or(WeightType::F16),
     )
+}
+
+/// The block layout a GGUF model's column-split matrices (o_proj,
+/// down_proj, cut along their rows) need from the plan, as the `Quant`
+/// whose unit it is: a K-quant's 256-weight super-blocks (`Q4_K`), else a
+/// 32-weight block (`Q8_0`); `None` for float matrices and for HF weights.
+/// Spec §6 of the plan then puts head and MLP ranges on those blocks
+/// where the dimensions allow; elsewhere the writer keeps the matrix in
+/// F16 for that rank.
+pub fn stored_quant(ckpt: &Checkpoint) -> Result<Option<Quant>, ModelError> {
+    if !ckpt.weights.is_gguf() {
+        return Ok(None);
+    }
+    let mut q = None;
+    for l in 0..ckpt.config.n_layers {
+        for role in [Role::O, Role::Down] {
+            match ckpt.weights.matrix(&ckpt.config, role, l)?.wtype.block() {
+                Some(256) => return Ok(Some(Quant::Q4_K)),
+                Some(_) => q = Some(Quant::Q8_0),
+                None => {}
+            }
+        }
+    }
+    Ok(q)
 }
 
 /// One matrix class of a rank's slice: `count` matrices (one per layer,
@@ -74,34 +100,20 @@ pub fn rank_matrices(
     let (q, kv) = (r.heads.len() * s.head_dim, r.kv_heads.len() * s.head_dim);
     let layers = s.n_layers;
     let classes = [
-        (Role::Q, "q_proj", q, s.dim, s.dim, layers),
-        (Role::K, "k_proj", kv, s.dim, s.dim, layers),
-        (Role::V, "v_proj", kv, s.dim, s.dim, layers),
-        (Role::O, "o_proj", s.dim, q, s.n_heads * s.head_dim, layers),
-        (
-            Role::Gate,
-            "gate_proj",
-            r.hidden.len(),
-            s.dim,
-            s.dim,
-            layers,
-        ),
-        (Role::Up, "up_proj", r.hidden.len(), s.dim, s.dim, layers),
-        (
-            Role::Down,
-            "down_proj",
-            s.dim,
-            r.hidden.len(),
-            s.hidden_dim,
-            layers,
-        ),
-        (Role::LmHead, "lm_head", r.vocab.len(), s.dim, s.dim, 1),
+        (Role::Q, q, s.dim, s.dim, layers),
+        (Role::K, kv, s.dim, s.dim, layers),
+        (Role::V, kv, s.dim, s.dim, layers),
+        (Role::O, s.dim, q, s.n_heads * s.head_dim, layers),
+        (Role::Gate, r.hidden.len(), s.dim, s.dim, layers),
+        (Role::Up, r.hidden.len(), s.dim, s.dim, layers),
+        (Role::Down, s.dim, r.hidden.len(), s.hidden_dim, layers),
+        (Role::LmHead, r.vocab.len(), s.dim, s.dim, 1),
     ];
     Ok(classes
         .into_iter()
-        .map(|(role, name, rows, cols, whole, count)| MatrixClass {
+        .map(|(role, rows, cols, whole, count)| MatrixClass {
             role,
-            name,
+            name: class_name(role),
             wtype: plan
                 .quant
                 .and_then(|q| quantized_type(q, role, cols, whole))
@@ -116,11 +128,33 @@ pub fn rank_matrices(
 /// Weight bytes rank `rank` reads per token: its matrices and the f32
 /// norms (two per layer and the final one).
 pub fn bytes_per_token(plan: &Plan, rank: usize, stored: Dtype) -> Result<u64, PlanError> {
+    Ok(token_bytes(plan, &rank_matrices(plan, rank, stored)?))
+}
+
+/// Weight bytes a rank storing `classes` reads per token: those and the
+/// f32 norms (two per layer and the final one).
+pub fn token_bytes(plan: &Plan, classes: &[MatrixClass]) -> u64 {
     let s = &plan.shape;
     let norms = (2 * s.n_layers as u64 + 1).saturating_mul(4 * s.dim as u64);
-    Ok(rank_matrices(plan, rank, stored)?
+    classes
         .iter()
-        .fold(norms, |sum, m| sum.saturating_add(m.bytes())))
+        .fold(norms, |sum, m| sum.saturating_add(m.bytes()))
+}
+
+/// HF's name of a matrix class.
+pub fn class_name(role: Role) -> &'static str {
+    match role {
+        Role::Q => "q_proj",
+        Role::K => "k_proj",
+        Role::V => "v_proj",
+        Role::O => "o_proj",
+        Role::Gate => "gate_proj",
+        Role::Up => "up_proj",
+        Role::Down => "down_proj",
+        Role::LmHead => "lm_head",
+        Role::Embedding => "embed_tokens",
+        _ => "vector",
+    }
 }
 
 #[cfg(test)]

@@ -27,13 +27,11 @@ use super::manifest::{
     TENSOR_ALIGN,
 };
 use super::plan::{Plan, RankSlice, Shape};
-use super::types::quantized_type;
+use super::types::{class_name, quantized_type, MatrixClass};
 use crate::codec::checksum::Hasher64;
 use crate::model::checkpoint::Checkpoint;
-use crate::model::config::Config;
 use crate::model::dtype::{Quant, WeightType};
-use crate::model::names::{self, layer_name, lm_head_name};
-use crate::model::safetensors::{Dtype, SafeTensors, TensorInfo};
+use crate::model::source::MatrixRef;
 use crate::progress::Progress;
 use crate::sys::LargeWriter;
 
@@ -41,142 +39,105 @@ use crate::sys::LargeWriter;
 
 /// Where a tensor's bytes come from.
 enum Src<'a> {
-    /// Contiguous bytes (whole tensor or a row range).
-    Bytes(&'a [u8]),
-    /// A column range of a row-major matrix: `bytes[r*row + start .. r*row + end]`
-    /// for every row.
-    Cols {
-        bytes: &'a [u8],
-        rows: usize,
-        row: usize,
-        start: usize,
-        end: usize,
+    /// Rows `rows` (HF order) of a stored matrix, columns `cols` of each.
+    Matrix {
+        m: MatrixRef<'a>,
+        rows: Range<usize>,
+        cols: Range<usize>,
     },
     /// Small f32 vector (norms, biases).
     F32(Vec<f32>),
 }
 
-fn source_err(st: &SafeTensors, e: impl fmt::Display) -> SliceError {
+fn source_err(ckpt: &Checkpoint, e: impl fmt::Display) -> SliceError {
     SliceError::Source {
-        origin: st.shard_name(0).to_string(),
+        origin: ckpt.origin.clone(),
         msg: e.to_string(),
     }
 }
 
-/// The tensors of `kind` with their dtype, source bytes and (for matrices)
-/// the source tensor, whose pages are released once it is written.
-#[allow(clippy::type_complexity)]
+/// The type a slice stores a GGUF matrix in: its own, when the columns
+/// taken are whole blocks of it (always for row slices; for the column
+/// slices of o_proj and down_proj the plan puts them on block boundaries,
+/// spec §6); else F16 (the blocks are cut: dequantized, then narrowed).
+fn gguf_type(stored: WeightType, cols: &Range<usize>) -> WeightType {
+    let whole_blocks =
+        stored.row_bytes(cols.start).is_some() && stored.row_bytes(cols.len()).is_some();
+    match whole_blocks {
+        true => stored,
+        false => WeightType::F16,
+    }
+}
+
+/// The tensors of `kind` with their types and sources.
 fn block_sources<'a>(
-    cfg: &Config,
-    st: &'a SafeTensors,
+    ckpt: &'a Checkpoint,
     part: &RankSlice,
     kind: BlockKind,
     quant: Option<Quant>,
-) -> Result<Vec<(TensorEntry, Src<'a>, Option<&'a TensorInfo>)>, SliceError> {
+) -> Result<Vec<(TensorEntry, Src<'a>)>, SliceError> {
+    let (cfg, w) = (&ckpt.config, &ckpt.weights);
     let hd = cfg.head_dim;
     let mut out = Vec::new();
     for (role, layer, rows, cols) in expected_tensors(cfg, part, kind) {
         let l = layer.unwrap_or(0);
-        let matrix = |leaf: &str, shape: [usize; 2]| {
-            let name = match leaf {
-                "embed" => names::EMBED.to_string(),
-                "lm_head" => lm_head_name(cfg, st).to_string(),
-                _ => layer_name(l, leaf),
-            };
-            let t = st
-                .tensor_shaped(&name, &shape)
-                .map_err(|e| source_err(st, e))?;
-            let bytes = st.bytes(t);
-            if bytes.len() != t.len {
-                return Err(source_err(st, format!("tensor {name} is outside its file")));
-            }
-            Ok((t.dtype, bytes, t))
-        };
-        let row_slice = |leaf: &str, shape: [usize; 2], r: Range<usize>| {
-            let (dtype, bytes, t) = matrix(leaf, shape)?;
-            let row = shape[1] * dtype.size();
-            Ok::<_, SliceError>((
-                dtype,
-                Src::Bytes(&bytes[r.start * row..r.end * row]),
-                Some(t),
-            ))
-        };
-        let col_slice = |leaf: &str, shape: [usize; 2], c: Range<usize>| {
-            let (dtype, bytes, t) = matrix(leaf, shape)?;
-            let s = dtype.size();
-            Ok::<_, SliceError>((
-                dtype,
-                Src::Cols {
-                    bytes,
-                    rows: shape[0],
-                    row: shape[1] * s,
-                    start: c.start * s,
-                    end: c.end * s,
-                },
-                Some(t),
-            ))
-        };
-        let vector = |leaf: &str, len: usize, r: Range<usize>| {
-            let name = if leaf == names::FINAL_NORM {
-                leaf.to_string()
-            } else {
-                layer_name(l, leaf)
-            };
-            let v = st.vector_f32(&name, len).map_err(|e| source_err(st, e))?;
-            Ok::<_, SliceError>((Dtype::F32, Src::F32(v[r].to_vec()), None))
-        };
-        let (d, nh, nkv, nhid) = (
-            cfg.dim,
-            cfg.n_heads * hd,
-            cfg.n_kv_heads * hd,
-            cfg.hidden_dim,
-        );
+        let (d, nh, nhid) = (cfg.dim, cfg.n_heads * hd, cfg.hidden_dim);
         let qr = part.heads.start * hd..part.heads.end * hd;
         let kvr = part.kv_heads.start * hd..part.kv_heads.end * hd;
-        let (dtype, src, source) = match role {
-            Role::Q => row_slice("self_attn.q_proj.weight", [nh, d], qr)?,
-            Role::K => row_slice("self_attn.k_proj.weight", [nkv, d], kvr)?,
-            Role::V => row_slice("self_attn.v_proj.weight", [nkv, d], kvr)?,
-            Role::O => col_slice("self_attn.o_proj.weight", [d, nh], qr)?,
-            Role::Gate => row_slice("mlp.gate_proj.weight", [nhid, d], part.hidden.clone())?,
-            Role::Up => row_slice("mlp.up_proj.weight", [nhid, d], part.hidden.clone())?,
-            Role::Down => col_slice("mlp.down_proj.weight", [d, nhid], part.hidden.clone())?,
-            Role::AttnNorm => vector(names::ATTN_NORM, d, 0..d)?,
-            Role::FfnNorm => vector(names::FFN_NORM, d, 0..d)?,
-            Role::QBias => vector(names::Q_BIAS, nh, qr)?,
-            Role::KBias => vector(names::K_BIAS, nkv, kvr.clone())?,
-            Role::VBias => vector(names::V_BIAS, nkv, kvr)?,
-            Role::FinalNorm => vector(names::FINAL_NORM, d, 0..d)?,
-            Role::Embedding => row_slice("embed", [cfg.vocab_size, d], 0..cfg.vocab_size)?,
-            Role::LmHead => row_slice("lm_head", [cfg.vocab_size, d], part.vocab.clone())?,
+        let entry = |wtype| TensorEntry {
+            role,
+            layer,
+            wtype,
+            rows,
+            cols,
+            offset: 0,
         };
+        if role.is_vector() {
+            let v = w.vector(cfg, role, l).map_err(|e| source_err(ckpt, e))?;
+            let r = match role {
+                Role::QBias => qr,
+                Role::KBias | Role::VBias => kvr,
+                _ => 0..v.len(),
+            };
+            let v = v
+                .get(r)
+                .ok_or_else(|| source_err(ckpt, format!("{role:?} of layer {l} is too short")))?;
+            out.push((entry(WeightType::F32), Src::F32(v.to_vec())));
+            continue;
+        }
+        let (r, c, whole) = match role {
+            Role::Q => (qr, 0..d, d),
+            Role::K | Role::V => (kvr, 0..d, d),
+            Role::O => (0..d, qr, nh),
+            Role::Gate | Role::Up => (part.hidden.clone(), 0..d, d),
+            Role::Down => (0..d, part.hidden.clone(), nhid),
+            Role::Embedding => (0..cfg.vocab_size, 0..d, d),
+            _ => (part.vocab.clone(), 0..d, d),
+        };
+        let m = w.matrix(cfg, role, l).map_err(|e| source_err(ckpt, e))?;
+        if r.len() != rows || c.len() != cols || r.end > m.rows || c.end > m.cols {
+            return Err(source_err(
+                ckpt,
+                format!("{} does not hold the plan's slice", m.name),
+            ));
+        }
         let wtype = match quant {
-            Some(q) => {
-                let whole = match role {
-                    Role::O => nh,
-                    Role::Down => nhid,
-                    _ => d,
-                };
-                quantized_type(q, role, cols, whole).unwrap_or(dtype.into())
-            }
-            None => dtype.into(),
+            _ if w.is_gguf() => gguf_type(m.wtype, &c),
+            Some(q) => quantized_type(q, role, cols, whole).unwrap_or(m.wtype),
+            None => m.wtype,
         };
         out.push((
-            TensorEntry {
-                role,
-                layer,
-                wtype,
-                rows,
-                cols,
-                offset: 0,
+            entry(wtype),
+            Src::Matrix {
+                m,
+                rows: r,
+                cols: c,
             },
-            src,
-            source,
         ));
     }
     // Offsets within the block.
     let mut at = 0u64;
-    for (t, _, _) in &mut out {
+    for (t, _) in &mut out {
         t.offset = align_up(at, TENSOR_ALIGN);
         at = t.offset + t.byte_len();
     }
@@ -228,17 +189,53 @@ impl Out<'_> {
     }
 }
 
-/// One matrix's rows converted as they are written: widened to f32, then
-/// ggml's reference quantizer (or narrowed to f16, round to nearest even);
-/// buffers allocated once per matrix.
-struct Quantizer {
-    from: Dtype,
-    /// `[cols]`
+/// Writes rows `rows`, columns `cols` of `m` as `to`: the stored bytes
+/// when the type is kept and the columns are whole blocks, else each row
+/// converted ([`Converter`]).
+fn write_matrix(
+    out: &mut Out<'_>,
+    m: &MatrixRef<'_>,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    to: WeightType,
+) -> std::io::Result<()> {
+    let bad = || std::io::Error::other(format!("{}: a row is outside the tensor", m.name));
+    if to == m.wtype {
+        if cols == (0..m.cols) && m.order.is_none() {
+            let rb = m.row_bytes();
+            return out.put(
+                m.bytes
+                    .get(rows.start * rb..rows.end * rb)
+                    .ok_or_else(bad)?,
+            );
+        }
+        if let (Some(a), Some(b)) = (to.row_bytes(cols.start), to.row_bytes(cols.end)) {
+            for r in rows {
+                out.put(m.row(r).and_then(|row| row.get(a..b)).ok_or_else(bad)?)?;
+            }
+            return Ok(());
+        }
+    }
+    let mut conv = Converter::new(to, m.wtype, m.cols, cols);
+    for r in rows {
+        conv.put(out, m.row(r).ok_or_else(bad)?)?;
+    }
+    Ok(())
+}
+
+/// One matrix's rows converted as they are written: each stored row
+/// widened to f32 (or dequantized), its columns `cols` then quantized by
+/// ggml's reference quantizer (or narrowed to f16, round to nearest
+/// even); buffers allocated once per matrix.
+struct Converter {
+    from: WeightType,
+    /// `[stored cols]`
     row: Vec<f32>,
+    cols: Range<usize>,
     to: Target,
 }
 
-/// A [`Quantizer`]'s output row.
+/// A [`Converter`]'s output row.
 enum Target {
     /// `[cols/32]`
     Q8_0(Vec<tpi_kernels::BlockQ8_0>),
@@ -250,67 +247,92 @@ enum Target {
     F16(Vec<half::f16>),
 }
 
-impl Quantizer {
-    fn new(to: WeightType, from: Dtype, cols: usize) -> Quantizer {
-        let nb = cols / tpi_kernels::quant::QK;
-        let nk = cols / tpi_kernels::kquant::QK_K;
+impl Converter {
+    fn new(to: WeightType, from: WeightType, stored_cols: usize, cols: Range<usize>) -> Converter {
+        let n = cols.len();
+        let nb = n / tpi_kernels::quant::QK;
+        let nk = n / tpi_kernels::kquant::QK_K;
         let to = match to {
             WeightType::Q8_0 => Target::Q8_0(vec![Default::default(); nb]),
             WeightType::Q4_0 => Target::Q4_0(vec![Default::default(); nb]),
             WeightType::Q4_K => Target::Q4K(vec![bytemuck::Zeroable::zeroed(); nk]),
             WeightType::Q6_K => Target::Q6K(vec![bytemuck::Zeroable::zeroed(); nk]),
-            _ => Target::F16(vec![half::f16::ZERO; cols]),
+            _ => Target::F16(vec![half::f16::ZERO; n]),
         };
-        Quantizer {
+        Converter {
             from,
-            row: vec![0.0; cols],
+            row: vec![0.0; stored_cols],
+            cols,
             to,
         }
     }
 
-    /// Writes one source row (`cols` elements of `from`) as blocks.
+    /// Writes one stored row (`stored cols` weights of `from`).
     fn put(&mut self, out: &mut Out<'_>, bytes: &[u8]) -> std::io::Result<()> {
-        let n = self.from.size();
-        if bytes.len() != self.row.len() * n {
+        if self.from.row_bytes(self.row.len()) != Some(bytes.len()) {
             return Err(std::io::Error::other(format!(
-                "quantizing a row of {} bytes, expected {} {}",
+                "converting a row of {} bytes, expected {} weights of {}",
                 bytes.len(),
                 self.row.len(),
                 self.from.name()
             )));
         }
-        let row = bytes.chunks_exact(n).zip(self.row.iter_mut());
-        match self.from {
-            Dtype::F32 => row.for_each(|(c, o)| *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-            Dtype::F16 => row.for_each(|(c, o)| *o = half::f16::from_le_bytes([c[0], c[1]]).into()),
-            Dtype::BF16 => {
-                row.for_each(|(c, o)| *o = half::bf16::from_le_bytes([c[0], c[1]]).into())
-            }
-        }
+        widen_row(self.from, bytes, &mut self.row);
+        let x = self.row.get(self.cols.clone()).unwrap_or(&[]);
         match &mut self.to {
             Target::Q8_0(q) => {
-                tpi_kernels::quant::quantize_row_q8_0(&self.row, q);
+                tpi_kernels::quant::quantize_row_q8_0(x, q);
                 out.put(bytemuck::cast_slice(q))
             }
             Target::Q4_0(q) => {
-                tpi_kernels::quant::quantize_row_q4_0(&self.row, q);
+                tpi_kernels::quant::quantize_row_q4_0(x, q);
                 out.put(bytemuck::cast_slice(q))
             }
             Target::Q4K(q) => {
-                tpi_kernels::kquant::quantize_row_q4_k(&self.row, q);
+                tpi_kernels::kquant::quantize_row_q4_k(x, q);
                 out.put(bytemuck::cast_slice(q))
             }
             Target::Q6K(q) => {
-                tpi_kernels::kquant::quantize_row_q6_k(&self.row, q);
+                tpi_kernels::kquant::quantize_row_q6_k(x, q);
                 out.put(bytemuck::cast_slice(q))
             }
             Target::F16(h) => {
                 h.iter_mut()
-                    .zip(&self.row)
+                    .zip(x)
                     .for_each(|(h, &x)| *h = half::f16::from_f32(x));
                 out.put(bytemuck::cast_slice(h))
             }
         }
+    }
+}
+
+/// `bytes`, one row of `from` whose length [`WeightType::row_bytes`]
+/// checked, as f32 into `out`. Blocks are copied out first: a row of a
+/// mapped file need not be aligned for them.
+fn widen_row(from: WeightType, bytes: &[u8], out: &mut [f32]) {
+    fn blocks<T: bytemuck::Pod>(bytes: &[u8]) -> Vec<T> {
+        let mut v = vec![T::zeroed(); bytes.len() / std::mem::size_of::<T>()];
+        let dst: &mut [u8] = bytemuck::cast_slice_mut(&mut v);
+        dst.copy_from_slice(bytes.get(..dst.len()).unwrap_or(&[]));
+        v
+    }
+    match from {
+        WeightType::F32 => bytes
+            .chunks_exact(4)
+            .zip(out.iter_mut())
+            .for_each(|(c, o)| *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        WeightType::F16 => bytes
+            .chunks_exact(2)
+            .zip(out.iter_mut())
+            .for_each(|(c, o)| *o = half::f16::from_le_bytes([c[0], c[1]]).into()),
+        WeightType::BF16 => bytes
+            .chunks_exact(2)
+            .zip(out.iter_mut())
+            .for_each(|(c, o)| *o = half::bf16::from_le_bytes([c[0], c[1]]).into()),
+        WeightType::Q8_0 => tpi_kernels::quant::dequantize_row_q8_0(&blocks(bytes), out),
+        WeightType::Q4_0 => tpi_kernels::quant::dequantize_row_q4_0(&blocks(bytes), out),
+        WeightType::Q4_K => tpi_kernels::kquant::dequantize_row_q4_k(&blocks(bytes), out),
+        WeightType::Q6_K => tpi_kernels::kquant::dequantize_row_q6_k(&blocks(bytes), out),
     }
 }
 
@@ -337,6 +359,42 @@ pub(crate) fn check_plan(
     Ok(part)
 }
 
+/// Rank `rank`'s matrix classes as its slice stores them (the writer's
+/// layout pass: headers and small vectors only): per role, type and shape,
+/// how many. Mixed files (a GGUF Q4_K_M keeps some layers' matrices in
+/// Q6_K) give a class per type. The embedding is left out: one row of it
+/// is read per token.
+pub fn rank_classes(
+    ckpt: &Checkpoint,
+    plan: &Plan,
+    rank: usize,
+) -> Result<Vec<MatrixClass>, SliceError> {
+    let part = check_plan(ckpt, plan, rank)?;
+    let mut classes: Vec<MatrixClass> = Vec::new();
+    for kind in block_kinds(&ckpt.config) {
+        for (t, _) in block_sources(ckpt, &part, kind, plan.quant)? {
+            if t.role.is_vector() || t.role == Role::Embedding {
+                continue;
+            }
+            let same = |c: &&mut MatrixClass| {
+                (c.role, c.wtype, c.rows, c.cols) == (t.role, t.wtype, t.rows, t.cols)
+            };
+            match classes.iter_mut().find(same) {
+                Some(c) => c.count += 1,
+                None => classes.push(MatrixClass {
+                    role: t.role,
+                    name: class_name(t.role),
+                    wtype: t.wtype,
+                    rows: t.rows,
+                    cols: t.cols,
+                    count: 1,
+                }),
+            }
+        }
+    }
+    Ok(classes)
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn write_slice_with(
     ckpt: &Checkpoint,
@@ -349,16 +407,15 @@ pub(crate) fn write_slice_with(
     progress: &mut dyn Progress,
 ) -> Result<(), SliceError> {
     let cfg = &ckpt.config;
-    let st = &ckpt.weights;
     let part = check_plan(ckpt, plan, rank)?;
 
     // Pass 1: layout (no data touched beyond headers and small vectors).
     let kinds = block_kinds(cfg);
     let mut blocks = Vec::with_capacity(kinds.len());
     for &kind in &kinds {
-        let tensors: Vec<TensorEntry> = block_sources(cfg, st, &part, kind, plan.quant)?
+        let tensors: Vec<TensorEntry> = block_sources(ckpt, &part, kind, plan.quant)?
             .into_iter()
-            .map(|(t, _, _)| t)
+            .map(|(t, _)| t)
             .collect();
         blocks.push(BlockEntry {
             kind,
@@ -412,50 +469,21 @@ pub(crate) fn write_slice_with(
             debug_assert_eq!(out.pos, b.offset);
             out.hash = Hasher64::new();
             let srcs =
-                block_sources(cfg, st, &part, b.kind, plan.quant).map_err(std::io::Error::other)?;
-            for (t, src, source) in srcs {
+                block_sources(ckpt, &part, b.kind, plan.quant).map_err(std::io::Error::other)?;
+            for (t, src) in srcs {
                 out.pad_to(b.offset + t.offset)?;
-                let mut quant = match source {
-                    Some(s) if t.wtype != s.dtype.into() => {
-                        Some(Quantizer::new(t.wtype, s.dtype, t.cols))
-                    }
-                    _ => None,
-                };
-                let quantizing = quant.is_some();
-                let mut put = |out: &mut Out<'_>, row: &[u8]| match &mut quant {
-                    Some(q) => q.put(out, row),
-                    None => out.put(row),
-                };
                 match src {
-                    Src::Bytes(bytes) if quantizing => {
-                        let row = bytes.len() / t.rows.max(1);
-                        for r in bytes.chunks_exact(row.max(1)) {
-                            put(&mut out, r)?;
-                        }
-                    }
-                    Src::Bytes(bytes) => out.put(bytes)?,
-                    Src::Cols {
-                        bytes,
-                        rows,
-                        row,
-                        start,
-                        end,
-                    } => {
-                        for r in 0..rows {
-                            put(&mut out, &bytes[r * row + start..r * row + end])?;
-                        }
+                    Src::Matrix { m, rows, cols } => {
+                        write_matrix(&mut out, &m, rows, cols, t.wtype)?;
+                        // Copied out: its pages leave this process's
+                        // resident set (the page cache keeps them).
+                        ckpt.weights.release(&m);
                     }
                     Src::F32(v) => {
                         for x in v {
                             out.put(&x.to_le_bytes())?;
                         }
                     }
-                }
-                if let Some(t) = source {
-                    // Copied out: its pages leave this process's resident
-                    // set (the page cache keeps them). Failing to advise
-                    // costs memory, not correctness.
-                    let _ = st.release(t);
                 }
             }
             out.pad_to(b.offset + b.len)?;
@@ -514,7 +542,7 @@ mod tests {
         for name in FIXTURES {
             let ckpt = fixture(name);
             let cfg = &ckpt.config;
-            let st = &ckpt.weights;
+            let st = ckpt.safetensors().unwrap();
             let hd = cfg.head_dim;
             let fp = fp_of(&ckpt);
             let whole = in_place::resident(cfg, st, &RankSlice::whole(cfg)).unwrap();
@@ -641,8 +669,8 @@ mod tests {
         cfg_json["attention_bias"] = serde_json::Value::Bool(true);
         std::fs::write(dir.join("config.json"), cfg_json.to_string()).unwrap();
         let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-        for t in src.weights.tensors() {
-            let bytes = src.weights.bytes(t);
+        for t in src.safetensors().unwrap().tensors() {
+            let bytes = src.safetensors().unwrap().bytes(t);
             if t.shape.len() == 2 {
                 let f16: Vec<u8> = crate::model::dtype::widen(t.dtype, bytes)
                     .into_iter()
@@ -679,7 +707,7 @@ mod tests {
             for (rank, path) in paths.iter().enumerate() {
                 let sf = SliceFile::open(path, Expect::default()).unwrap();
                 sf.verify().unwrap();
-                let want = in_place::resident(cfg, &ckpt.weights, sf.part()).unwrap();
+                let want = in_place::resident(cfg, ckpt.safetensors().unwrap(), sf.part()).unwrap();
                 let got = sf.resident().unwrap();
                 for (a, b) in got.layers.iter().zip(&want.layers) {
                     assert!(a.q_bias.is_some() && a.k_bias.is_some() && a.v_bias.is_some());
@@ -696,7 +724,11 @@ mod tests {
                 assert_eq!(m.q.wtype, Dtype::F16.into());
                 let name =
                     crate::model::names::layer_name(cfg.n_layers - 1, "self_attn.o_proj.weight");
-                let want_o = src_cols(&ckpt.weights, &name, p.heads.start * hd..p.heads.end * hd);
+                let want_o = src_cols(
+                    ckpt.safetensors().unwrap(),
+                    &name,
+                    p.heads.start * hd..p.heads.end * hd,
+                );
                 assert!(m.o.bytes == want_o.as_slice());
             }
         }

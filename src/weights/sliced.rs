@@ -363,8 +363,10 @@ mod tests {
             let sf = SliceFile::open(&path, Expect::default()).unwrap();
             let res_s = sf.resident().unwrap();
             let mut mine = SliceResident::load(sf).unwrap();
-            let res_w = in_place::resident(cfg, &ckpt.weights, &RankSlice::whole(cfg)).unwrap();
-            let mut whole = InPlace::new(cfg, &ckpt.weights).unwrap();
+            let res_w =
+                in_place::resident(cfg, ckpt.safetensors().unwrap(), &RankSlice::whole(cfg))
+                    .unwrap();
+            let mut whole = InPlace::new(cfg, ckpt.safetensors().unwrap()).unwrap();
             let par = Par::new(1, tpi_kernels::Backend::Scalar);
             let mut s1 = State::new(&res_s.dims, 8).expect("state");
             let mut s2 = State::new(&res_w.dims, 8).expect("state");

@@ -33,6 +33,12 @@ const TOKENS: &str = "tokenizer.ggml.tokens";
 
 /// The [`Config`] a GGUF header describes (M1..M5).
 pub fn config(gguf: &Gguf) -> Result<Config, GgufModelError> {
+    config_json(gguf).map(|(cfg, _)| cfg)
+}
+
+/// [`config`] and the HF-style `config.json` object it was checked as
+/// (what a slice manifest carries).
+pub fn config_json(gguf: &Gguf) -> Result<(Config, Map<String, Json>), GgufModelError> {
     let m = gguf.metadata();
     let origin = gguf.file_name(0).to_string();
     let unsupported = |what: String| GgufModelError::Unsupported {
@@ -165,7 +171,7 @@ pub fn config(gguf: &Gguf) -> Result<Config, GgufModelError> {
     c.insert("eos_token_id".into(), json!(eos));
 
     // M3
-    let text = Json::Object(c).to_string();
+    let text = Json::Object(c.clone()).to_string();
     let cfg = Config::from_json(&text, None, &origin)
         .map_err(|e| GgufModelError::Config(rename_keys(e, arch_name)))?;
 
@@ -198,7 +204,7 @@ pub fn config(gguf: &Gguf) -> Result<Config, GgufModelError> {
             )));
         }
     }
-    Ok(cfg)
+    Ok((cfg, c))
 }
 
 /// M3: an HF key in a config error becomes the GGUF key it came from.

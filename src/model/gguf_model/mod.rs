@@ -67,8 +67,10 @@ use crate::model::role::Role;
 
 mod config;
 mod tensors;
+mod vocab;
+pub use vocab::vocab;
 
-pub use config::config;
+pub use config::{config, config_json};
 pub use tensors::*;
 
 /// The tensor holding llama3 RoPE frequency divisors (M5).

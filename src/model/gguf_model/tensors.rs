@@ -25,36 +25,6 @@ pub(super) fn role_of(name: &str) -> Option<(Role, Option<usize>)> {
         .map(|&(_, role)| (role, Some(layer)))
 }
 
-/// HF `(rows, cols)` of a role; `rows` 1 for a vector.
-fn hf_shape(cfg: &Config, role: Role) -> (usize, usize) {
-    // Saturating: heads x head_dim may pass the config's limits and still
-    // overflow a 32-bit usize; a saturated size then fails the shape check.
-    let (d, q, kv, ff) = (
-        cfg.dim,
-        cfg.n_heads.saturating_mul(cfg.head_dim),
-        cfg.n_kv_heads.saturating_mul(cfg.head_dim),
-        cfg.hidden_dim,
-    );
-    match role {
-        Role::Q => (q, d),
-        Role::K | Role::V => (kv, d),
-        Role::O => (d, q),
-        Role::Gate | Role::Up => (ff, d),
-        Role::Down => (d, ff),
-        Role::AttnNorm | Role::FfnNorm | Role::FinalNorm => (1, d),
-        Role::QBias => (1, q),
-        Role::KBias | Role::VBias => (1, kv),
-        Role::Embedding | Role::LmHead => (cfg.vocab_size, d),
-    }
-}
-
-fn is_vector(role: Role) -> bool {
-    matches!(
-        role,
-        Role::AttnNorm | Role::FfnNorm | Role::FinalNorm | Role::QBias | Role::KBias | Role::VBias
-    )
-}
-
 /// M8: the weight type of a ggml type tpi computes with.
 pub fn weight_type(t: GgmlType) -> Option<WeightType> {
     Some(match t {
@@ -179,8 +149,8 @@ fn check(
     cfg: &Config,
     origin: &str,
 ) -> Result<Mapped, GgufModelError> {
-    let (rows, cols) = hf_shape(cfg, role);
-    let vector = is_vector(role);
+    let (rows, cols) = role.shape(cfg);
+    let vector = role.is_vector();
     let want: Vec<u64> = if vector {
         vec![cols as u64]
     } else {

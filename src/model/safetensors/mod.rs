@@ -17,8 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 
 use serde_json::Value;
 
@@ -29,77 +28,20 @@ const MAX_SHARDS: usize = 4096;
 
 pub use super::dtype::Dtype;
 
-/// Identity of a shard file as it was opened (`fstat` of the mapped file
-/// descriptor, canonical path): the key under which its digest may be
-/// cached. Any rewrite in place changes `mtime_ns` (and usually `size`); a
-/// replacement by rename changes `ino`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileId {
-    /// Canonical path (symlinks resolved).
-    pub path: PathBuf,
-    pub size: u64,
-    /// Modification time, nanoseconds since the Unix epoch.
-    pub mtime_ns: i64,
-    pub dev: u64,
-    pub ino: u64,
-}
-
-impl FileId {
-    /// The identity of an open file whose canonical path is `path`.
-    pub fn of(file: &File, path: PathBuf) -> std::io::Result<FileId> {
-        use std::os::unix::fs::MetadataExt;
-        let m = file.metadata()?;
-        Ok(FileId {
-            path,
-            size: m.len(),
-            mtime_ns: m
-                .mtime()
-                .saturating_mul(1_000_000_000)
-                .saturating_add(m.mtime_nsec()),
-            dev: m.dev(),
-            ino: m.ino(),
-        })
-    }
-}
-
-/// A mapped shard file: the mapping, the descriptor it was mapped from (so
-/// digests read the very inode that is mapped) and its identity then.
-struct Mapped {
-    map: memmap2::Mmap,
-    file: File,
-    id: FileId,
-}
-
-/// Where a shard's bytes live.
-enum Backing {
-    Mmap(Box<Mapped>),
-    /// 8-byte aligned copy and its length in bytes.
-    Owned(Vec<u64>, usize),
-}
-
-impl Backing {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Backing::Mmap(m) => &m.map,
-            Backing::Owned(v, len) => &bytemuck::cast_slice::<u64, u8>(v)[..*len],
-        }
-    }
-}
+pub use super::files::FileId;
+use super::files::ModelFiles;
 
 /// All tensors of a model, across its shards.
 pub struct SafeTensors {
-    shards: Vec<Backing>,
-    shard_names: Vec<String>,
-    /// Each shard's whole-file digest once computed (the mapped bytes are
-    /// immutable while tpi runs, see [`crate::sys::map_file`]).
-    digests: Vec<OnceLock<u64>>,
+    /// The shards, in index order.
+    files: ModelFiles,
     tensors: HashMap<String, TensorInfo>,
 }
 
 impl fmt::Debug for SafeTensors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SafeTensors")
-            .field("shards", &self.shard_names)
+            .field("shards", &self.files.names())
             .field("tensors", &self.tensors.len())
             .finish()
     }
@@ -112,13 +54,10 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SafeTensorsError + '_ {
     }
 }
 
-fn open_shard(path: &Path) -> Result<(Backing, Vec<TensorInfo>), SafeTensorsError> {
-    let file = File::open(path).map_err(io_err(path))?;
-    let canonical = std::fs::canonicalize(path).map_err(io_err(path))?;
-    let id = FileId::of(&file, canonical).map_err(io_err(path))?;
-    let map = crate::sys::map_file(&file, None).map_err(io_err(path))?;
-    let tensors = parse_header(&map, &path.display().to_string())?;
-    Ok((Backing::Mmap(Box::new(Mapped { map, file, id })), tensors))
+/// Maps `path` as the next shard of `files` and parses its header.
+fn open_shard(files: &mut ModelFiles, path: &Path) -> Result<Vec<TensorInfo>, SafeTensorsError> {
+    let i = files.map(path).map_err(io_err(path))?;
+    parse_header(files.bytes(i), &path.display().to_string())
 }
 
 impl SafeTensors {
@@ -127,8 +66,9 @@ impl SafeTensors {
     pub fn open_dir(dir: &Path) -> Result<Self, SafeTensorsError> {
         let single = dir.join("model.safetensors");
         if single.is_file() {
-            let (backing, tensors) = open_shard(&single)?;
-            return Self::assemble(vec![(backing, single.display().to_string(), tensors)]);
+            let mut files = ModelFiles::default();
+            let tensors = open_shard(&mut files, &single)?;
+            return Self::assemble(files, vec![tensors]);
         }
         let index = dir.join("model.safetensors.index.json");
         if !index.is_file() {
@@ -137,13 +77,12 @@ impl SafeTensors {
             });
         }
         let (files, weight_map) = read_index(&index)?;
+        let mut mapped = ModelFiles::default();
         let mut shards = Vec::with_capacity(files.len());
         for f in &files {
-            let path = dir.join(f);
-            let (backing, tensors) = open_shard(&path)?;
-            shards.push((backing, path.display().to_string(), tensors));
+            shards.push(open_shard(&mut mapped, &dir.join(f))?);
         }
-        let st = Self::assemble(shards)?;
+        let st = Self::assemble(mapped, shards)?;
         for (tensor, file) in &weight_map {
             let in_shard = st
                 .tensors
@@ -162,41 +101,34 @@ impl SafeTensors {
     /// Parses an in-memory safetensors file (e.g. one embedded in the
     /// binary). The bytes are copied into an 8-byte aligned buffer.
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self, SafeTensorsError> {
-        let mut words = vec![0u64; bytes.len().div_ceil(8)];
-        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
-        let backing = Backing::Owned(words, bytes.len());
-        let tensors = parse_header(backing.bytes(), origin)?;
-        Self::assemble(vec![(backing, origin.to_string(), tensors)])
+        let mut files = ModelFiles::default();
+        let i = files.copy(bytes, origin);
+        let tensors = parse_header(files.bytes(i), origin)?;
+        Self::assemble(files, vec![tensors])
     }
 
-    fn assemble(shards: Vec<(Backing, String, Vec<TensorInfo>)>) -> Result<Self, SafeTensorsError> {
-        let mut st = SafeTensors {
-            shards: Vec::with_capacity(shards.len()),
-            shard_names: Vec::with_capacity(shards.len()),
-            digests: Vec::with_capacity(shards.len()),
-            tensors: HashMap::new(),
-        };
-        for (i, (backing, name, infos)) in shards.into_iter().enumerate() {
+    /// `shards[i]` are the tensors of file `i` of `files`.
+    fn assemble(files: ModelFiles, shards: Vec<Vec<TensorInfo>>) -> Result<Self, SafeTensorsError> {
+        let mut tensors: HashMap<String, TensorInfo> = HashMap::new();
+        for (i, infos) in shards.into_iter().enumerate() {
             for mut t in infos {
                 t.shard = i;
-                if let Some(prev) = st.tensors.get(&t.name) {
+                if let Some(prev) = tensors.get(&t.name) {
                     return Err(SafeTensorsError::Duplicate {
                         name: t.name,
-                        first: st.shard_names[prev.shard].clone(),
-                        second: name,
+                        first: files.name(prev.shard).to_string(),
+                        second: files.name(i).to_string(),
                     });
                 }
-                st.tensors.insert(t.name.clone(), t);
+                tensors.insert(t.name.clone(), t);
             }
-            st.shards.push(backing);
-            st.shard_names.push(name);
-            st.digests.push(OnceLock::new());
         }
-        Ok(st)
+        Ok(SafeTensors { files, tensors })
     }
 
-    fn files(&self) -> String {
-        self.shard_names.join(", ")
+    /// The shard files.
+    pub fn files(&self) -> &ModelFiles {
+        &self.files
     }
 
     /// The tensor `name`, or `MissingTensor` naming it and the file(s).
@@ -205,7 +137,7 @@ impl SafeTensors {
             .get(name)
             .ok_or_else(|| SafeTensorsError::MissingTensor {
                 name: name.to_string(),
-                files: self.files(),
+                files: self.files.names(),
             })
     }
 
@@ -231,31 +163,16 @@ impl SafeTensors {
 
     /// The whole shard file (empty for an unknown shard index).
     pub fn shard_bytes(&self, shard: usize) -> &[u8] {
-        self.shards.get(shard).map_or(&[], Backing::bytes)
+        self.files.bytes(shard)
     }
 
     /// The shard's path (or origin), for messages.
     pub fn shard_name(&self, shard: usize) -> &str {
-        self.shard_names.get(shard).map_or("<no such shard>", |s| s)
+        self.files.name(shard)
     }
 
     pub fn num_shards(&self) -> usize {
-        self.shards.len()
-    }
-
-    /// The open file behind a mapped shard and its identity when opened
-    /// (`None` for in-memory bytes or an unknown index).
-    pub fn shard_file(&self, shard: usize) -> Option<(&File, &FileId)> {
-        match self.shards.get(shard)? {
-            Backing::Mmap(m) => Some((&m.file, &m.id)),
-            Backing::Owned(..) => None,
-        }
-    }
-
-    /// The shard's memoised whole-file digest cell (`None` for an unknown
-    /// index).
-    pub(crate) fn digest_cell(&self, shard: usize) -> Option<&OnceLock<u64>> {
-        self.digests.get(shard)
+        self.files.len()
     }
 
     /// Releases the resident pages of `t`'s bytes in this process (see
@@ -263,10 +180,7 @@ impl SafeTensors {
     /// shards. Used after a tensor has been copied out (slicing), so the
     /// source model does not accumulate in the resident set.
     pub fn release(&self, t: &TensorInfo) -> std::io::Result<()> {
-        match self.shards.get(t.shard) {
-            Some(Backing::Mmap(m)) => crate::sys::release_range(&m.map, t.offset, t.len),
-            _ => Ok(()),
-        }
+        self.files.release(t.shard, t.offset, t.len)
     }
 
     /// A 1-D tensor of `len` values widened to f32 (norms, biases).
@@ -348,6 +262,7 @@ fn read_index(path: &Path) -> Result<IndexContents, SafeTensorsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn fixture(name: &str) -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
