@@ -3,6 +3,7 @@
 #
 #   bash benches/llamacpp.sh [DIR] [ROUNDS]   (DIR default /tmp/tpi-bench, ROUNDS default 3)
 #   PREFILL_ONLY=1 bash benches/llamacpp.sh ... skips the decode rows
+#   GGUF_ONLY=1 bash benches/llamacpp.sh ...    only the GGUF-file rows
 #
 # llama.cpp comes from PyPI (llama-cpp-python's source release, built for
 # this CPU: GGML_NATIVE=ON; tools/llamacpp_env.sh) into DIR on first use,
@@ -21,6 +22,12 @@
 # 128-token prompt (tpi:
 # time to first token with --length 1; llama.cpp: one eval of the prompt,
 # batch 512), as tokens/s.
+#
+# GGUF rows: llama.cpp's quantizer makes Q4_K_M and Q6_K files from the
+# f16 GGUF with its default mixture (what users download: Q4_K_M keeps
+# some attn_v / ffn_down and the output in Q6_K), and both engines run
+# that same file (`tpi-run --model FILE.gguf`): decode at 1 and 2 threads,
+# prefill of 64- and 128-token prompts at 2 threads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:-/tmp/tpi-bench}
@@ -69,14 +76,16 @@ w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); 
 PY
 done
 
-for q in q8_0 q4_0; do
+for q in q8_0 q4_0 q4_k_m q6_k; do
   [ -f "$dir/tl-$q.gguf" ] || "$py" - "$dir/tl-f16.gguf" "$dir/tl-$q.gguf" "$q" <<'PY'
 import sys, llama_cpp
 src, dst, q = sys.argv[1:]
 p = llama_cpp.llama_model_quantize_default_params()
-p.ftype = {"q8_0": 7, "q4_0": 2}[q]       # LLAMA_FTYPE_MOSTLY_Q8_0 / _Q4_0
-p.output_tensor_type = 8                  # GGML_TYPE_Q8_0, as tpi's lm_head
-p.token_embedding_type = 1                # GGML_TYPE_F16, as tpi keeps it
+# LLAMA_FTYPE_MOSTLY_Q8_0 / _Q4_0 / _Q4_K_M / _Q6_K
+p.ftype = {"q8_0": 7, "q4_0": 2, "q4_k_m": 15, "q6_k": 18}[q]
+if q in ("q8_0", "q4_0"):
+    p.output_tensor_type = 8              # GGML_TYPE_Q8_0, as tpi's lm_head
+    p.token_embedding_type = 1            # GGML_TYPE_F16, as tpi keeps it
 assert llama_cpp.llama_model_quantize(src.encode(), dst.encode(), p) == 0
 PY
 done
@@ -120,7 +129,8 @@ quant_args() { case $1 in f16 | f32) ;; *) echo "--quantize $1" ;; esac; }
 "$py" -c "import llama_cpp; print('llama.cpp', llama_cpp.__version__, llama_cpp.llama_print_system_info().decode())"
 echo "tpi kernel: $("$bin" --prompt-ids 1 --length 1 --json --quiet | python3 -c "import json,sys; print(json.load(sys.stdin)['kernel'])")"
 printf '%-6s %-34s %10s %10s %7s %9s\n' round "decode ms/token" tpi llama.cpp ratio "tpi/f16"
-[ -n "${PREFILL_ONLY:-}" ] && decode_rounds=0 || decode_rounds=$rounds
+[ -n "${PREFILL_ONLY:-}${GGUF_ONLY:-}" ] && decode_rounds=0 || decode_rounds=$rounds
+[ -n "${GGUF_ONLY:-}" ] && prefill_rounds=0 || prefill_rounds=$rounds
 for r in $(seq "$decode_rounds"); do
   for t in 1 2; do
     base=
@@ -142,7 +152,7 @@ for r in $(seq "$decode_rounds"); do
   printf '%-6s %-34s %10s %10s %7s\n' "$r" "q4_0, 2 ranks x 1 thread (TP)" "$a" "$b" "$(ratio "$a" "$b")"
 done
 printf '%-6s %-34s %10s %10s %7s\n' round "prefill tokens/s, 2 threads" tpi llama.cpp ratio
-for r in $(seq "$rounds"); do
+for r in $(seq "$prefill_rounds"); do
   for n in 64 128; do
     for ty in f32 f16 q8_0 q4_0; do
       gguf="$dir/tl-$ty.gguf" model="$dir/tl-f16"
@@ -151,6 +161,23 @@ for r in $(seq "$rounds"); do
       a=$(tpi_prefill "$model" 2 "$n" $(quant_args "$ty"))
       b=$(llamacpp "$gguf" 2 "$n")
       printf '%-6s %-34s %10s %10s %7s\n' "$r" "$ty, $n-token prompt" "$a" "$b" "$(ratio "$a" "$b")"
+    done
+  done
+done
+printf '%-6s %-34s %10s %10s %7s\n' round "GGUF file, both engines" tpi llama.cpp ratio
+[ -n "${PREFILL_ONLY:-}" ] && gguf_rounds=0 || gguf_rounds=$rounds
+for r in $(seq "$gguf_rounds"); do
+  for ty in q4_k_m q6_k; do
+    gguf="$dir/tl-$ty.gguf"
+    for t in 1 2; do
+      a=$(tpi "$gguf" "$t")
+      b=$(llamacpp "$gguf" "$t")
+      printf '%-6s %-34s %10s %10s %7s\n' "$r" "$ty decode ms/token, $t threads" "$a" "$b" "$(ratio "$a" "$b")"
+    done
+    for n in 64 128; do
+      a=$(tpi_prefill "$gguf" 2 "$n")
+      b=$(llamacpp "$gguf" 2 "$n")
+      printf '%-6s %-34s %10s %10s %7s\n' "$r" "$ty prefill tok/s, $n tokens" "$a" "$b" "$(ratio "$a" "$b")"
     done
   done
 done

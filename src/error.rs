@@ -39,6 +39,8 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
+    /// A cluster session that ended earlier (why) was asked to generate.
+    SessionEnded(String),
 }
 
 impl fmt::Display for Error {
@@ -49,6 +51,7 @@ impl fmt::Display for Error {
             Error::Tokenizer(e) => write!(f, "tokenizer: {e}"),
             Error::Model(e) => write!(f, "{e}"),
             Error::Net(e) => write!(f, "network: {e}"),
+            Error::SessionEnded(why) => write!(f, "the cluster session has ended: {why}"),
             Error::Slice(e) => write!(f, "model: {e}"),
             Error::Usage(u) => write!(f, "usage: {}: {}", u.flag, u.problem),
             Error::Plan(e) => write!(f, "split plan: {e}"),

@@ -65,7 +65,7 @@ fn generate_greedy(
         ckpt.tokenizer.as_ref(),
         prompt,
         &opts,
-        &mut |_| Ok(()),
+        &mut |_| Ok(tpi::engine::Flow::Continue),
     )
     .expect("generate")
 }

@@ -16,5 +16,6 @@ mod oracle;
 mod quant;
 mod slice_cache;
 mod tp;
+mod turns;
 mod window;
 mod wire;

@@ -1,6 +1,6 @@
 //! The `tpi-run` command line.
 
-use crate::engine::{check_context, EngineError, GenOptions, SamplerConfig};
+use crate::engine::{check_context, EngineError, Flow, GenOptions, SamplerConfig};
 use crate::error::{Error, Result, UsageError};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::dtype::Quant;
@@ -432,14 +432,14 @@ pub fn run(args: &Args) -> Result<()> {
     let json = args.json;
     // A closed or full stdout ends the generation with an error (exit 1),
     // in a cluster too: rank 0 then tells the workers.
-    let mut on_text = |piece: &str| -> std::result::Result<(), crate::engine::error::Cause> {
+    let mut on_text = |piece: &str| -> std::result::Result<Flow, crate::engine::error::Cause> {
         if !json {
             let mut out = stdout.lock();
             out.write_all(piece.as_bytes())
                 .and_then(|()| out.flush())
                 .map_err(|e| Box::new(stdout_err(e)))?;
         }
-        Ok(())
+        Ok(Flow::Continue)
     };
     let observer = Arc::new(Console { quiet: args.quiet });
     let report = if n == 1 {

@@ -18,8 +18,8 @@ pub use collective::{Collective, CommError, Op, Solo, Step};
 pub use error::EngineError;
 pub use forward::{forward, State, Timing};
 pub use generate::{
-    check_context, follow, generate, peak_rss_bytes, GenOptions, GenOutput, OnText, Rank,
-    PREFILL_BATCH,
+    check_context, follow, generate, generate_in, peak_rss_bytes, Context, Finish, Flow,
+    GenOptions, GenOutput, OnText, Rank, PREFILL_BATCH,
 };
 pub use par::Par;
 pub use sampler::{Sampler, SamplerConfig};

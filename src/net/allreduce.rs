@@ -152,6 +152,16 @@ impl HubComm {
             .collect()
     }
 
+    /// Tells every worker that rank 0 is alive while no step runs (a
+    /// server between requests): workers wait for the next step with their
+    /// peer deadline and skip heartbeats.
+    pub fn heartbeat(&mut self) -> Result<(), NetError> {
+        for l in &mut self.links {
+            l.send(Kind::Heartbeat, self.at.step, 0, &[])?;
+        }
+        Ok(())
+    }
+
     /// Tells every worker the session is over.
     pub fn stop(&mut self) {
         for l in &mut self.links {

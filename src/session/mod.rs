@@ -32,6 +32,27 @@ pub fn plan_for(cfg: &Config, world_size: usize, weights: Option<&[u32]>) -> Res
     split(&Shape::of(cfg), world_size, weights).map_err(Error::Plan)
 }
 
+/// A loaded model answering many prompts: one rank alone
+/// ([`single::Single`]) or rank 0 of a cluster ([`hub::Hub`]). Each keeps
+/// the KV cache of its last generation, so a prompt that continues it (the
+/// next turn of a conversation) computes only its new tokens
+/// ([`crate::engine::GenOutput::cached_tokens`]).
+pub trait Generator {
+    /// Generates from `prompt_ids`, calling `on_text` with each piece.
+    fn generate(
+        &mut self,
+        prompt_ids: &[u32],
+        opts: &crate::engine::GenOptions,
+        on_text: &mut crate::engine::OnText<'_>,
+    ) -> Result<crate::engine::GenOutput>;
+
+    /// Called at least every second while no generation runs, so that the
+    /// workers of a cluster see rank 0 alive; nothing to do alone.
+    fn keepalive(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// The split plan for `ckpt` over `world_size` ranks: for HF weights with
 /// `quant` (`--quantize`), for a GGUF model with head and MLP ranges on
 /// the blocks its column-split matrices hold (spec §6 of the plan; a

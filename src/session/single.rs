@@ -2,12 +2,13 @@
 //! or, when the weights are windowed or large, from its slice file (cut
 //! once, cached). No network; the collective is [`Solo`].
 
-use super::{open_weights, HubReport};
-use crate::engine::{generate, GenOptions, GenOutput, OnText, Par, Rank, Solo};
+use super::{open_weights, Generator, HubReport};
+use crate::engine::{generate_in, Context, GenOptions, GenOutput, OnText, Par, Rank, Solo};
 use crate::error::Result;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::names::{layer_matrix_shapes, layer_name, lm_head_name};
 use crate::model::safetensors::SafeTensors;
+use crate::model::tokenizer::Tokenizer;
 use crate::progress::Observer;
 use crate::split::cache::ensure_slices;
 use crate::split::plan::Plan;
@@ -15,7 +16,7 @@ use crate::split::plan::RankSlice;
 use crate::split::reader::{Expect, SliceFile};
 use crate::sys::available_memory;
 use crate::weights::in_place::{resident, InPlace};
-use crate::weights::sliced::SliceWeights;
+use crate::weights::sliced::{SliceResident, SliceWeights};
 use crate::weights::{RankWeights, Resident};
 use crate::window::policy::{choose_window, MemoryMode, MemoryOpts};
 use std::path::Path;
@@ -38,33 +39,104 @@ pub struct SingleSetup<'a> {
     pub observer: &'a dyn Observer,
 }
 
-/// Generates on one rank, in place or from the slice file as the weights'
-/// size and the memory mode decide (always from the slice file with
-/// `--quantize`).
+/// A single rank's weights: in place from the mmapped safetensors, or
+/// from its slice (resident or windowed).
+enum SoloWeights<'a> {
+    InPlace(InPlace<'a>),
+    Slice(SliceResident),
+}
+
+/// One rank alone, loaded: generates many times, keeping the KV cache of
+/// the last generation for the next prompt's common prefix.
+pub struct Single<'a> {
+    res: Resident,
+    weights: SoloWeights<'a>,
+    par: Par,
+    ctx: Context,
+    tokenizer: Option<&'a Tokenizer>,
+}
+
+impl<'a> Single<'a> {
+    /// Loads the weights, in place or from the slice file as their size
+    /// and the memory mode decide (always from the slice file for
+    /// quantized or GGUF weights).
+    pub fn start(setup: &SingleSetup<'a>) -> Result<Single<'a>> {
+        let cfg = &setup.ckpt.config;
+        let (res, weights) = match setup.ckpt.weights.safetensors() {
+            Some(st)
+                if setup.plan.quant.is_none()
+                    && !from_slice(setup.ckpt, st, setup.memory.mode)? =>
+            {
+                let res = resident(cfg, st, &RankSlice::whole(cfg))?;
+                (res, SoloWeights::InPlace(InPlace::new(cfg, st)?))
+            }
+            _ => {
+                let (res, w) = from_slice_file(setup)?;
+                (res, SoloWeights::Slice(w))
+            }
+        };
+        Ok(Single {
+            res,
+            weights,
+            par: Par::new(setup.threads, Backend::detect()),
+            ctx: Context::default(),
+            tokenizer: setup.ckpt.tokenizer.as_ref(),
+        })
+    }
+
+    /// Traffic and timing of `out` (the window's, when windowed).
+    pub fn report(&self, out: GenOutput) -> HubReport {
+        let window = match &self.weights {
+            SoloWeights::Slice(w) => w.window_stats(),
+            SoloWeights::InPlace(_) => None,
+        };
+        HubReport {
+            steps: out.forwards,
+            out,
+            window,
+            ..HubReport::default()
+        }
+    }
+}
+
+impl Generator for Single<'_> {
+    fn generate(
+        &mut self,
+        prompt_ids: &[u32],
+        opts: &GenOptions,
+        on_text: &mut OnText<'_>,
+    ) -> Result<GenOutput> {
+        let weights: &mut dyn RankWeights = match &mut self.weights {
+            SoloWeights::InPlace(w) => w,
+            SoloWeights::Slice(w) => w,
+        };
+        let mut rank = Rank {
+            res: &self.res,
+            weights,
+            comm: &mut Solo,
+            par: self.par.clone(),
+        };
+        Ok(generate_in(
+            &mut rank,
+            &mut self.ctx,
+            self.tokenizer,
+            prompt_ids,
+            opts,
+            on_text,
+        )?)
+    }
+}
+
+/// Generates once on one rank (see [`Single::start`]).
 pub fn run_single(
     setup: &SingleSetup<'_>,
     prompt_ids: &[u32],
     opts: &GenOptions,
     on_text: &mut OnText<'_>,
 ) -> Result<HubReport> {
-    // Quantized weights exist only in slice files.
-    let st = match setup.ckpt.weights.safetensors() {
-        Some(st)
-            if setup.plan.quant.is_none() && !from_slice(setup.ckpt, st, setup.memory.mode)? =>
-        {
-            st
-        }
-        // Quantized or GGUF weights exist only in slice files.
-        _ => return run_from_slice(setup, prompt_ids, opts, on_text),
-    };
-    let cfg = &setup.ckpt.config;
-    let res = resident(cfg, st, &RankSlice::whole(cfg))?;
-    let mut weights = InPlace::new(cfg, st)?;
-    let out = solo(setup, &res, &mut weights, prompt_ids, opts, on_text)?;
-    Ok(HubReport {
-        out,
-        ..HubReport::default()
-    })
+    let mut single = Single::start(setup)?;
+    let out = single.generate(prompt_ids, opts, on_text)?;
+    Ok(single.report(out))
 }
 
 /// Whether a single rank runs from its slice file (windowed, or large)
@@ -84,13 +156,9 @@ fn from_slice(ckpt: &Checkpoint, st: &SafeTensors, mode: MemoryMode) -> Result<b
     Ok(windowed || blocks.iter().sum::<u64>() >= SLICE_FROM_BYTES)
 }
 
-/// One rank from its slice file: resident in anonymous memory, or windowed.
-fn run_from_slice(
-    setup: &SingleSetup<'_>,
-    prompt_ids: &[u32],
-    opts: &GenOptions,
-    on_text: &mut OnText<'_>,
-) -> Result<HubReport> {
+/// One rank's slice file, cut or reused: resident in anonymous memory,
+/// or windowed.
+fn from_slice_file(setup: &SingleSetup<'_>) -> Result<(Resident, SliceResident)> {
     let io = setup.memory.io;
     let mut progress = setup.observer.progress(0);
     let paths = ensure_slices(
@@ -109,32 +177,6 @@ fn run_from_slice(
         },
     )?;
     let res = slice.resident()?;
-    let mut weights = open_weights(slice, setup.memory, setup.observer)?;
-    let out = solo(setup, &res, &mut weights, prompt_ids, opts, on_text)?;
-    let steps = out.forwards;
-    Ok(HubReport {
-        out,
-        steps,
-        window: weights.window_stats(),
-        ..HubReport::default()
-    })
-}
-
-/// Generates on `weights` with nothing to exchange.
-fn solo(
-    setup: &SingleSetup<'_>,
-    res: &Resident,
-    weights: &mut dyn RankWeights,
-    prompt_ids: &[u32],
-    opts: &GenOptions,
-    on_text: &mut OnText<'_>,
-) -> Result<GenOutput> {
-    let mut rank = Rank {
-        res,
-        weights,
-        comm: &mut Solo,
-        par: Par::new(setup.threads, Backend::detect()),
-    };
-    let tokenizer = setup.ckpt.tokenizer.as_ref();
-    Ok(generate(&mut rank, tokenizer, prompt_ids, opts, on_text)?)
+    let weights = open_weights(slice, setup.memory, setup.observer)?;
+    Ok((res, weights))
 }
