@@ -43,7 +43,7 @@ pub struct SingleSetup<'a> {
 /// from its slice (resident or windowed).
 enum SoloWeights<'a> {
     InPlace(InPlace<'a>),
-    Slice(SliceResident),
+    Slice(Box<SliceResident>),
 }
 
 /// One rank alone, loaded: generates many times, keeping the KV cache of
@@ -72,7 +72,7 @@ impl<'a> Single<'a> {
             }
             _ => {
                 let (res, w) = from_slice_file(setup)?;
-                (res, SoloWeights::Slice(w))
+                (res, SoloWeights::Slice(Box::new(w)))
             }
         };
         Ok(Single {
@@ -108,7 +108,7 @@ impl Generator for Single<'_> {
     ) -> Result<GenOutput> {
         let weights: &mut dyn RankWeights = match &mut self.weights {
             SoloWeights::InPlace(w) => w,
-            SoloWeights::Slice(w) => w,
+            SoloWeights::Slice(w) => w.as_mut(),
         };
         let mut rank = Rank {
             res: &self.res,
