@@ -2,22 +2,25 @@
 //! prefill product (GEMM), on both NEON backends. The integer dot of a
 //! weight super-block with an activation super-block is taken two ways:
 //!
-//! - `smull` / `smlal` on base NEON ([`Neon`], Cortex-A53/A72): 16 byte
-//!   products into 8 x i16, then `smlal` by the sub-block scale into 4 x i32;
+//! - `smull` / `smlal` on base NEON ([`Neon`], Cortex-A53/A72): byte
+//!   products into 8 x i16, then `saddlp` into 4 x i32;
 //! - `sdot` ([`NeonDotprod`], Cortex-A76, Pi 5): 16 byte products into
-//!   4 x i32, then `mla` by the sub-block scale.
+//!   4 x i32 per instruction.
 //!
 //! A weight super-block is first unpacked in registers to its 256 quants
 //! as i8 in element order (16 q-regs; Q4_K: `0..=15`, Q6_K: `q - 32`), so
-//! q-reg `j` meets activation bytes `16 j..16 j + 16` and the scale of its
-//! 16 (Q6_K) or 32 (Q4_K) weights. Then, per (weight, activation) pair:
+//! q-reg `j` meets activation bytes `16 j..16 j + 16`, and a scale group
+//! `s` (32 weights of one Q4_K scale, 16 of one Q6_K scale) is `G` = 2 or
+//! 1 q-regs. Then, per (weight, activation) pair:
 //!
 //! ```text
-//! isum lanes (4 x i32) = sum_s sc[s] * dot(q of scale group s, x of s)   (lanes add up to kquant's isum)
-//!     smull: p = smull/smlal2 (+ smlal/smlal2 for Q4_K's 32): 8 x i16
-//!            (<= 2 * 32 * 128 = 8192 for Q6_K, <= 4 * 15 * 128 = 7680 for Q4_K: no overflow)
-//!            isum += smlal(p.lo, sc[s]) + smlal2(p.hi, sc[s])
-//!     sdot:  isum += mla(sdot(0, q, x) (+ sdot for Q4_K's 32), sc[s])
+//! g[s] = dot of group s (4 x i32 lanes adding up to it)
+//!     smull: saddlp(smull/smlal2 (+ smlal/smlal2 for Q4_K's second q-reg))
+//!            (i16 lanes <= 2 * 32 * 128 = 8192 for Q6_K, <= 4 * 15 * 128 = 7680 for Q4_K)
+//!     sdot:  sdot(0, q, x) (+ sdot for Q4_K's second q-reg)
+//! isum lanes = sum_k addp(addp(g[4k], g[4k+1]), addp(g[4k+2], g[4k+3])) * sc[4k..4k+4]
+//!              (4 x i32, lanes adding up to kquant's isum; 4 groups at a time reduced
+//!               to one dot per lane and multiplied by their 4 scales: no multiply by element)
 //! Q4_K msum lanes = m[0..4] * paddl(bsums[0..8]) + m[4..8] * paddl(bsums[8..16])
 //!                   (pair sums widened to i32 first: exact for any bsums)
 //! ```
@@ -48,7 +51,21 @@
 //! [`CHUNK_BYTES`]), each weight super-block is unpacked once and meets the
 //! group's tokens four at a time (lane = token; a group's missing lanes
 //! repeat its last token and are dropped). One token is the GEMV.
+//!
 //! Neither has been timed on ARM hardware (qemu timings say nothing).
+//! Instructions in the compiled innermost loop (rustc 1.95, release,
+//! `aarch64-unknown-linux-musl`, `--emit asm`), per row and super-block
+//! (GEMV: one row of the 4-row loop) or per token and super-block (GEMM:
+//! the 4-token loop over 4, sdot; one token per iteration, smull):
+//!
+//! | path | GEMV Q4_K | GEMV Q6_K | GEMM Q4_K | GEMM Q6_K |
+//! |---|---|---|---|---|
+//! | sdot | 139 (16 `sdot`) | 175 | 314 / 4 = 79 | 370 / 4 = 93 |
+//! | smull | 157 (32 `smull`/`smlal`) | 191 | 147 | 175 |
+//!
+//! For scale, the Q4_0 sdot GEMV (`quant.rs`) is 13.5 per 32 weights, 108
+//! per 256. The base NEON GEMM gains little over its GEMV in instructions
+//! (the byte products are most of both), only in weight traffic.
 
 use core::arch::aarch64::*;
 
@@ -171,8 +188,9 @@ struct Unpacked {
     /// The 256 quants as i8, element order: q-reg `j` holds elements
     /// `16 j..16 j + 16` (Q4_K: `0..=15`; Q6_K: `q - 32`, `-32..=31`).
     q: [int8x16_t; 16],
-    /// Scale of q-regs `G s..G s + G` (`G` = 2 for Q4_K, 1 for Q6_K).
-    sc: [i16; 16],
+    /// Lane `s % 4` of `sc[s / 4]`: the scale of q-regs `G s..G s + G`
+    /// as i32 (`G` = 2 for Q4_K, 8 scales; 1 for Q6_K, 16 scales).
+    sc: [int32x4_t; 4],
     /// Q4_K's 8 mins as i32 (`m[0..4]`, `m[4..8]`); zero for Q6_K.
     mins: [int32x4_t; 2],
 }
@@ -241,9 +259,16 @@ fn unpack_q4_k(w: &BlockQ4_K) -> Unpacked {
         q[4 * c + 2] = vreinterpretq_s8_u8(vshrq_n_u8::<4>(a));
         q[4 * c + 3] = vreinterpretq_s8_u8(vshrq_n_u8::<4>(b));
     }
-    let sc = core::array::from_fn(|s| if s < 8 { i16::from(sm[s]) } else { 0 });
     // SAFETY: `sm` is 16 readable bytes; ld1 needs no alignment.
-    let m = vmovl_high_u8(unsafe { vld1q_u8(sm.as_ptr()) });
+    let sm = unsafe { vld1q_u8(sm.as_ptr()) };
+    let sc = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(sm)));
+    let sc = [
+        vmovl_s16(vget_low_s16(sc)),
+        vmovl_high_s16(sc),
+        vdupq_n_s32(0),
+        vdupq_n_s32(0),
+    ];
+    let m = vmovl_high_u8(sm);
     let mins = [
         vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(m))),
         vreinterpretq_s32_u32(vmovl_high_u16(m)),
@@ -290,7 +315,15 @@ fn unpack_q6_k(w: &BlockQ6_K) -> Unpacked {
             }
         }
     }
-    let sc = core::array::from_fn(|s| i16::from(w.scales[s]));
+    // SAFETY: `w.scales` is 16 readable bytes; ld1 needs no alignment.
+    let sc = unsafe { vld1q_s8(w.scales.as_ptr()) };
+    let (lo, hi) = (vmovl_s8(vget_low_s8(sc)), vmovl_high_s8(sc));
+    let sc = [
+        vmovl_s16(vget_low_s16(lo)),
+        vmovl_high_s16(lo),
+        vmovl_s16(vget_low_s16(hi)),
+        vmovl_high_s16(hi),
+    ];
     let zero = vdupq_n_s32(0);
     Unpacked {
         q,
@@ -308,40 +341,63 @@ fn load_x(x: &BlockQ8_K, j: usize) -> int8x16_t {
     unsafe { vld1q_s8(x.as_ptr()) }
 }
 
-/// Base NEON: 4 x i32 lanes adding up to `sum_s sc[s] sum_{e in s} q_e x_e`
-/// over the `16 / G` scale groups of `G` q-regs (module docs).
+/// 4 x i32 lanes adding up to `sum_s sc[s] sum_{e in s} q_e x_e` over the
+/// `16 / G` scale groups of `G` q-regs, given `group(s)`: 4 x i32 lanes
+/// adding up to group `s`'s dot. Four groups at a time are reduced to one
+/// sum per lane (three `addp`) and multiplied by their four scales, so no
+/// multiply by element is needed. Written without loops, so that every
+/// index is a constant.
+#[target_feature(enable = "neon")]
+#[inline]
+fn isum<const G: usize>(u: &Unpacked, group: impl Fn(usize) -> int32x4_t) -> int32x4_t {
+    const { assert!(G == 1 || G == 2) };
+    let quad = |k: usize| {
+        let g = [
+            group(4 * k),
+            group(4 * k + 1),
+            group(4 * k + 2),
+            group(4 * k + 3),
+        ];
+        let dots = vpaddq_s32(vpaddq_s32(g[0], g[1]), vpaddq_s32(g[2], g[3]));
+        vmulq_s32(dots, u.sc[k])
+    };
+    let acc = vaddq_s32(quad(0), quad(1));
+    if G == 1 {
+        vaddq_s32(acc, vaddq_s32(quad(2), quad(3)))
+    } else {
+        acc
+    }
+}
+
+/// Base NEON: [`isum`] with group dots from `smull` / `smlal2` (and
+/// `smlal` / `smlal2` for Q4_K's second q-reg) into 8 x i16, then
+/// `saddlp` into 4 x i32.
 #[target_feature(enable = "neon")]
 #[inline]
 fn isum_smull<const G: usize>(u: &Unpacked, x: &BlockQ8_K) -> int32x4_t {
-    const { assert!(G == 1 || G == 2) };
-    let mut acc = vdupq_n_s32(0);
-    for s in 0..16 / G {
+    isum::<G>(u, |s| {
         let (w0, x0) = (u.q[G * s], load_x(x, G * s));
         let mut p = vmlal_high_s8(vmull_s8(vget_low_s8(w0), vget_low_s8(x0)), w0, x0);
         if G == 2 {
             let (w1, x1) = (u.q[G * s + 1], load_x(x, G * s + 1));
             p = vmlal_high_s8(vmlal_s8(p, vget_low_s8(w1), vget_low_s8(x1)), w1, x1);
         }
-        acc = vmlal_high_n_s16(vmlal_n_s16(acc, vget_low_s16(p), u.sc[s]), p, u.sc[s]);
-    }
-    acc
+        vpaddlq_s16(p)
+    })
 }
 
-/// Dotprod: the lanes of [`isum_smull`], with `sdot`.
+/// Dotprod: [`isum`] with group dots from `sdot`.
 #[target_feature(enable = "neon,dotprod")]
 #[inline]
 fn isum_sdot<const G: usize>(u: &Unpacked, x: &BlockQ8_K) -> int32x4_t {
-    const { assert!(G == 1 || G == 2) };
-    let zero = vdupq_n_s32(0);
-    let mut acc = zero;
-    for s in 0..16 / G {
-        let mut d = sdot(zero, u.q[G * s], load_x(x, G * s));
+    isum::<G>(u, |s| {
+        let d = sdot(vdupq_n_s32(0), u.q[G * s], load_x(x, G * s));
         if G == 2 {
-            d = sdot(d, u.q[G * s + 1], load_x(x, G * s + 1));
+            sdot(d, u.q[G * s + 1], load_x(x, G * s + 1))
+        } else {
+            d
         }
-        acc = vmlaq_n_s32(acc, d, i32::from(u.sc[s]));
-    }
-    acc
+    })
 }
 
 /// Q4_K: 4 x i32 lanes adding up to `msum = sum_s m[s] (bsums[2s] +
