@@ -258,28 +258,14 @@ fn gemm_k_matches_scalar_across_row_chunks() {
 /// NaNs included, and the cases reach every class of f32 result.
 #[test]
 fn gemm_k_matches_scalar_bit_for_bit_on_hostile_scales() {
-    let halves: Vec<f16> = [
-        0x7bff, 0xfbff, 0x0400, 0x0001, 0x8001, 0x0000, 0x8000, 0x3c00, 0x03ff,
-    ]
-    .into_iter()
-    .map(f16::from_bits)
-    .collect();
-    let dxs = [
-        1e-38f32, 1e-35, 2e-33, 1.4e-45, 3e38, -3e38, 1.0, 0.0, 7.5e-3,
-    ];
+    let dxs = common::HOSTILE_DX;
     let (t, rows, nb) = (dxs.len(), 6, 3);
     let mut seen = Vec::new();
     for raw in [false, true] {
         let mut c = case(88, t, rows, nb, raw);
         for (i, (a, b)) in c.w4.iter_mut().zip(&mut c.w6).enumerate() {
             // Row 0: the smallest subnormal everywhere.
-            let h = |k: usize| {
-                halves[if i < nb {
-                    3
-                } else {
-                    (i * 5 + k) % halves.len()
-                }]
-            };
+            let h = |k: usize| common::hostile_f16(if i < nb { 3 } else { i * 5 + k });
             (a.d, a.dmin, b.d) = (h(0), h(3), h(1));
         }
         // Token j: every block at dxs[j], but token 4's middle one at 1.
@@ -296,10 +282,7 @@ fn gemm_k_matches_scalar_bit_for_bit_on_hostile_scales() {
         kquant::gemm_q6_k(&c.w6, &c.xq, t, &mut y);
         seen.extend(y.iter().map(|v| v.classify()));
     }
-    use std::num::FpCategory::*;
-    for class in [Nan, Infinite, Zero, Subnormal, Normal] {
-        assert!(seen.contains(&class), "no {class:?} output");
-    }
+    common::assert_every_f32_class(&seen);
 }
 
 /// On aarch64 the batched products run on both NEON paths whenever the

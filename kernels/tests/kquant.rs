@@ -554,22 +554,13 @@ fn gemv_k_matches_scalar_on_more_row_counts() {
 /// NaNs included.
 #[test]
 fn gemv_k_matches_scalar_bit_for_bit_on_hostile_scales() {
-    let halves: Vec<f16> = [
-        0x7bff, 0xfbff, 0x0400, 0x0001, 0x8001, 0x0000, 0x8000, 0x3c00, 0x03ff,
-    ]
-    .into_iter()
-    .map(f16::from_bits)
-    .collect();
-    let dxs = [
-        1e-38f32, 1e-35, 2e-33, 1.4e-45, 3e38, -3e38, 1.0, 0.0, 7.5e-3,
-    ];
     let (rows, nb) = (6, 3);
     let mut seen = Vec::new();
-    for (c, &dx) in dxs.iter().enumerate() {
+    for (c, &dx) in common::HOSTILE_DX.iter().enumerate() {
         for raw in [false, true] {
             let (mut w4, mut w6, mut xq) = ragged_case(77 + c as u64, rows, nb, raw);
             for (i, (a, b)) in w4.iter_mut().zip(&mut w6).enumerate() {
-                let h = |k: usize| halves[(i * 5 + k + c) % halves.len()];
+                let h = |k: usize| common::hostile_f16(i * 5 + k + c);
                 (a.d, a.dmin, b.d) = (h(0), h(3), h(1));
             }
             for (j, x) in xq.iter_mut().enumerate() {
@@ -583,15 +574,12 @@ fn gemv_k_matches_scalar_bit_for_bit_on_hostile_scales() {
             seen.extend(y.iter().map(|v| v.classify()));
         }
     }
-    // The cases do reach every class of f32 result.
-    use std::num::FpCategory::*;
-    for class in [Nan, Infinite, Zero, Subnormal, Normal] {
-        assert!(seen.contains(&class), "no {class:?} output");
-    }
+    common::assert_every_f32_class(&seen);
     // All-zero activations: every sum is 0 and meets `inf` scales.
     let (mut w4, mut w6, mut xq) = ragged_case(5, 5, 2, true);
     for (a, b) in w4.iter_mut().zip(&mut w6) {
-        (a.d, a.dmin, b.d) = (halves[0], halves[1], halves[0]);
+        let h = common::hostile_f16;
+        (a.d, a.dmin, b.d) = (h(0), h(1), h(0));
     }
     for x in &mut xq {
         *x = BlockQ8_K {
