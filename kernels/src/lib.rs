@@ -260,9 +260,9 @@ impl Backend {
     /// [`kquant::quantize_row_q8_k`]): W row-major in super-blocks
     /// `[y.len()][xq.len()]`, exact i32 sums per 256-block scaled into an
     /// f32 sum (see [`kquant`]); every backend's result equals the scalar
-    /// twin's bit for bit. Native on AVX2; AVX-512 runs the AVX2 kernel;
-    /// NEON and NEON dotprod run the scalar twin for now (no aarch64
-    /// kernel yet).
+    /// twin's bit for bit. Native on AVX2, NEON (base ARMv8-A
+    /// `smull`/`smlal`) and NEON dotprod (`sdot`); AVX-512 runs the AVX2
+    /// kernel.
     ///
     /// # Panics
     /// If `w.len() != y.len() * xq.len()`, or if the backend is not available.
@@ -275,6 +275,14 @@ impl Backend {
                 .gemv_q4_k(w, xq, y),
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512 => arch::x86_64::avx512::Avx512::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemv_q4_k(w, xq, y),
+            #[cfg(target_arch = "aarch64")]
+            Backend::Neon => arch::aarch64::neon::Neon::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemv_q4_k(w, xq, y),
+            #[cfg(target_arch = "aarch64")]
+            Backend::NeonDotprod => arch::aarch64::dotprod::NeonDotprod::new()
                 .unwrap_or_else(|| unavailable(self))
                 .gemv_q4_k(w, xq, y),
             _ if self.is_available() => kquant::gemv_q4_k(w, xq, y),
@@ -296,6 +304,14 @@ impl Backend {
                 .gemv_q6_k(w, xq, y),
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512 => arch::x86_64::avx512::Avx512::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemv_q6_k(w, xq, y),
+            #[cfg(target_arch = "aarch64")]
+            Backend::Neon => arch::aarch64::neon::Neon::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemv_q6_k(w, xq, y),
+            #[cfg(target_arch = "aarch64")]
+            Backend::NeonDotprod => arch::aarch64::dotprod::NeonDotprod::new()
                 .unwrap_or_else(|| unavailable(self))
                 .gemv_q6_k(w, xq, y),
             _ if self.is_available() => kquant::gemv_q6_k(w, xq, y),
@@ -381,11 +397,11 @@ impl Backend {
     /// `y[i] = W xq[i]` for `t` tokens on Q4_K weights (prompt prefill):
     /// `xq` holds `t` rows of Q8_K activations of `nb` super-blocks each,
     /// W is `rows x nb` super-blocks, `y` gets `t` rows of `rows` outputs,
-    /// token-major. AVX2 (and AVX-512, routed to it) unpack each weight
-    /// super-block once per 8 tokens; other backends run their GEMV once
-    /// per token; scalar is the twin. Every backend's result equals the
-    /// scalar GEMV's of each token bit for bit (the same exact integer
-    /// sums per super-block, the same f32 operations in the same order).
+    /// token-major. AVX2 (and AVX-512, routed to it), NEON and NEON
+    /// dotprod unpack each weight super-block once per 8 tokens; scalar is
+    /// the twin. Every backend's result equals the scalar GEMV's of each
+    /// token bit for bit (the same exact integer sums per super-block, the
+    /// same f32 operations in the same order).
     ///
     /// # Panics
     /// If the shapes do not fit ([`kquant::gemm_shape`]), or if the
@@ -400,6 +416,14 @@ impl Backend {
                 .gemm_q4_k(w, xq, t, y),
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512 => arch::x86_64::avx512::Avx512::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemm_q4_k(w, xq, t, y),
+            #[cfg(target_arch = "aarch64")]
+            Backend::Neon => arch::aarch64::neon::Neon::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemm_q4_k(w, xq, t, y),
+            #[cfg(target_arch = "aarch64")]
+            Backend::NeonDotprod => arch::aarch64::dotprod::NeonDotprod::new()
                 .unwrap_or_else(|| unavailable(self))
                 .gemm_q4_k(w, xq, t, y),
             _ => {
@@ -427,6 +451,14 @@ impl Backend {
                 .gemm_q6_k(w, xq, t, y),
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512 => arch::x86_64::avx512::Avx512::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemm_q6_k(w, xq, t, y),
+            #[cfg(target_arch = "aarch64")]
+            Backend::Neon => arch::aarch64::neon::Neon::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemm_q6_k(w, xq, t, y),
+            #[cfg(target_arch = "aarch64")]
+            Backend::NeonDotprod => arch::aarch64::dotprod::NeonDotprod::new()
                 .unwrap_or_else(|| unavailable(self))
                 .gemm_q6_k(w, xq, t, y),
             _ => {

@@ -1,8 +1,9 @@
 //! The batched products `gemm_q4_k` / `gemm_q6_k` (prompt prefill) of
 //! every available backend against the scalar GEMV of each token, bit for
 //! bit: the batched paths compute the same exact integer sums per
-//! super-block and the GEMV's f32 operations in its order (see `kquant`
-//! and `arch/x86_64/kgemm.rs`), so the tolerance is zero.
+//! super-block and the GEMV's f32 operations in its order (see `kquant`,
+//! `arch/x86_64/kgemm.rs` and `arch/aarch64/kquant.rs`), so the tolerance
+//! is zero.
 
 use proptest::prelude::*;
 use tpi_kernels::kquant::{self, QK_K};
@@ -230,6 +231,86 @@ fn gemm_k_check_rejects_a_corrupted_block() {
             }
         }
     }
+}
+
+/// Rows past the NEON kernel's chunk of rows kept in L2 (128 KiB of
+/// weights: 14 rows of 64 Q4_K super-blocks, 9 of Q6_K; 6 and 4 of 140):
+/// several chunks and a ragged last one, with a full 8-token group and a
+/// ragged one, and 4 tokens (one lane set) and 5 (two, the second
+/// repeating its last token).
+#[test]
+fn gemm_k_matches_scalar_across_row_chunks() {
+    for (i, &(t, rows, nb)) in [(11, 31, 64), (4, 15, 140), (5, 10, 140), (17, 20, 64)]
+        .iter()
+        .enumerate()
+    {
+        let c = case(i as u64 + 300, t, rows, nb, i % 2 == 1);
+        for b in Backend::all_available() {
+            check(b, &c, &c, t, rows).unwrap();
+        }
+    }
+}
+
+/// f16 weight scales at the edges (the largest, the smallest normal and
+/// subnormal, negative, zero and -0) and activation scales per token
+/// whose products underflow to subnormals or overflow to infinity (then
+/// NaN): each (row, token) sum is the scalar GEMV's bits, infinities and
+/// NaNs included, and the cases reach every class of f32 result.
+#[test]
+fn gemm_k_matches_scalar_bit_for_bit_on_hostile_scales() {
+    let dxs = common::HOSTILE_DX;
+    let (t, rows, nb) = (dxs.len(), 6, 3);
+    let mut seen = Vec::new();
+    for raw in [false, true] {
+        let mut c = case(88, t, rows, nb, raw);
+        for (i, (a, b)) in c.w4.iter_mut().zip(&mut c.w6).enumerate() {
+            // Row 0: the smallest subnormal everywhere.
+            let h = |k: usize| common::hostile_f16(if i < nb { 3 } else { i * 5 + k });
+            (a.d, a.dmin, b.d) = (h(0), h(3), h(1));
+        }
+        // Token j: every block at dxs[j], but token 4's middle one at 1.
+        for (k, x) in c.xq.iter_mut().enumerate() {
+            let (j, b) = (k / nb, k % nb);
+            x.d = if b == 1 && j == 4 { 1.0 } else { dxs[j] };
+        }
+        for b in Backend::all_available() {
+            check(b, &c, &c, t, rows).unwrap();
+        }
+        let mut y = vec![0.0f32; t * rows];
+        kquant::gemm_q4_k(&c.w4, &c.xq, t, &mut y);
+        seen.extend(y.iter().map(|v| v.classify()));
+        kquant::gemm_q6_k(&c.w6, &c.xq, t, &mut y);
+        seen.extend(y.iter().map(|v| v.classify()));
+    }
+    common::assert_every_f32_class(&seen);
+}
+
+/// On aarch64 the batched products run on both NEON paths whenever the
+/// CPU can: `neon` (`smull`) always, `neon-dotprod` (`sdot`) exactly when
+/// the CPU has dotprod; each is checked bit for bit against the scalar
+/// GEMV per token here on its own.
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn aarch64_gemm_k_runs_smull_always_and_sdot_when_the_cpu_has_dotprod() {
+    let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+    assert_eq!(Backend::NeonDotprod.is_available(), dotprod);
+    let mut paths = vec![Backend::Neon];
+    if dotprod {
+        paths.push(Backend::NeonDotprod);
+    }
+    let (t, rows, nb) = (10, 7, 3);
+    let c = case(2025, t, rows, nb, true);
+    for &b in &paths {
+        check(b, &c, &c, t, rows).unwrap();
+    }
+    println!(
+        "aarch64: K-quant GEMM paths tested bit for bit: {}",
+        paths
+            .iter()
+            .map(|b| b.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 }
 
 #[test]

@@ -531,6 +531,102 @@ fn gemv_k_matches_scalar_on_extreme_bytes_and_long_rows() {
     check_backends(&w4, &w6, &xq, 3);
 }
 
+/// Row counts past the ragged proptest's 13: whole and partial 4-row
+/// blocks of the NEON GEMV (lane = row) and the AVX2 row loop, with one
+/// super-block, a few, and more than a prefetch distance.
+#[test]
+fn gemv_k_matches_scalar_on_more_row_counts() {
+    for (i, &rows) in [4, 5, 6, 7, 8, 16, 17, 18, 19, 33].iter().enumerate() {
+        for (k, &nb) in [1, 2, 7, 31].iter().enumerate() {
+            let raw = (i + k) % 2 == 0;
+            let (w4, w6, xq) = ragged_case(1000 + 10 * i as u64 + k as u64, rows, nb, raw);
+            check_backends(&w4, &w6, &xq, rows);
+        }
+    }
+}
+
+/// f16 weight scales at the edges (the largest, the smallest normal and
+/// subnormal, negative, zero and -0) and activation scales whose products
+/// underflow to subnormals or overflow to infinity (then NaN against a
+/// zero sum, or `inf - inf`): every backend runs the twin's f32
+/// operations in its order on the same exact integers, without FMA and
+/// without flushing subnormals, so the bits are the same, infinities and
+/// NaNs included.
+#[test]
+fn gemv_k_matches_scalar_bit_for_bit_on_hostile_scales() {
+    let (rows, nb) = (6, 3);
+    let mut seen = Vec::new();
+    for (c, &dx) in common::HOSTILE_DX.iter().enumerate() {
+        for raw in [false, true] {
+            let (mut w4, mut w6, mut xq) = ragged_case(77 + c as u64, rows, nb, raw);
+            for (i, (a, b)) in w4.iter_mut().zip(&mut w6).enumerate() {
+                let h = |k: usize| common::hostile_f16(i * 5 + k + c);
+                (a.d, a.dmin, b.d) = (h(0), h(3), h(1));
+            }
+            for (j, x) in xq.iter_mut().enumerate() {
+                x.d = if j == 1 && c % 2 == 0 { 1.0 } else { dx };
+            }
+            check_backends(&w4, &w6, &xq, rows);
+            let mut y = vec![0.0f32; rows];
+            kquant::gemv_q4_k(&w4, &xq, &mut y);
+            seen.extend(y.iter().map(|v| v.classify()));
+            kquant::gemv_q6_k(&w6, &xq, &mut y);
+            seen.extend(y.iter().map(|v| v.classify()));
+        }
+    }
+    common::assert_every_f32_class(&seen);
+    // All-zero activations: every sum is 0 and meets `inf` scales.
+    let (mut w4, mut w6, mut xq) = ragged_case(5, 5, 2, true);
+    for (a, b) in w4.iter_mut().zip(&mut w6) {
+        let h = common::hostile_f16;
+        (a.d, a.dmin, b.d) = (h(0), h(1), h(0));
+    }
+    for x in &mut xq {
+        *x = BlockQ8_K {
+            d: f32::MAX,
+            ..Default::default()
+        };
+    }
+    check_backends(&w4, &w6, &xq, 5);
+}
+
+/// On aarch64 the K-quant GEMV runs on both NEON paths whenever the CPU
+/// can: `neon` (`smull`) always, `neon-dotprod` (`sdot`) exactly when the
+/// CPU has dotprod; each is checked bit for bit against the scalar twin
+/// here on its own (the other tests go through `all_available`).
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn aarch64_k_quants_run_smull_always_and_sdot_when_the_cpu_has_dotprod() {
+    let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+    let mut paths = vec![Backend::Neon];
+    if dotprod {
+        paths.push(Backend::NeonDotprod);
+    }
+    for &b in &paths {
+        assert!(b.is_available(), "{}", b.name());
+    }
+    assert_eq!(Backend::NeonDotprod.is_available(), dotprod);
+    let (w4, w6, xq) = ragged_case(2024, 7, 5, true);
+    let (mut want4, mut want6) = ([0.0; 7], [0.0; 7]);
+    kquant::gemv_q4_k(&w4, &xq, &mut want4);
+    kquant::gemv_q6_k(&w6, &xq, &mut want6);
+    for &b in &paths {
+        let (mut got4, mut got6) = ([f32::NAN; 7], [f32::NAN; 7]);
+        b.gemv_q4_k(&w4, &xq, &mut got4);
+        b.gemv_q6_k(&w6, &xq, &mut got6);
+        assert_eq!(bits(&got4), bits(&want4), "{} q4_k", b.name());
+        assert_eq!(bits(&got6), bits(&want6), "{} q6_k", b.name());
+    }
+    println!(
+        "aarch64: K-quant GEMV paths tested bit for bit: {}",
+        paths
+            .iter()
+            .map(|b| b.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
+
 #[test]
 fn gemv_k_with_no_super_blocks_is_zero() {
     for b in Backend::all_available() {

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use tpi_kernels::quant::{self, QK};
-use tpi_kernels::{BlockQ4_0, BlockQ8_0};
+use tpi_kernels::{f16, BlockQ4_0, BlockQ8_0};
 
 /// Deterministic xorshift64* stream.
 pub struct Rng(pub u64);
@@ -87,4 +87,27 @@ pub fn q4_blk(w: &BlockQ4_0, x: &BlockQ8_0) -> f64 {
 /// f32 epsilon, with margin), plus the smallest normal for all-zero rows.
 pub fn close(got: f32, want: f64, abs_sum: f64) -> bool {
     (f64::from(got) - want).abs() <= 2e-5 * abs_sum + f64::from(f32::MIN_POSITIVE)
+}
+
+/// f16 weight scales at the edges: the largest and its negative, the
+/// smallest normal, the smallest subnormal and its negative, 0, -0, 1 and
+/// the largest subnormal; `hostile_f16(i)` cycles through them.
+pub fn hostile_f16(i: usize) -> f16 {
+    const BITS: [u16; 9] = [
+        0x7bff, 0xfbff, 0x0400, 0x0001, 0x8001, 0x0000, 0x8000, 0x3c00, 0x03ff,
+    ];
+    f16::from_bits(BITS[i % BITS.len()])
+}
+
+/// f32 activation scales whose products with [`hostile_f16`] underflow
+/// to subnormals or overflow to infinity, and a few ordinary ones.
+pub const HOSTILE_DX: [f32; 9] = [1e-38, 1e-35, 2e-33, 1.4e-45, 3e38, -3e38, 1.0, 0.0, 7.5e-3];
+
+/// Panics unless `seen` holds every class of f32 value: the hostile cases
+/// do reach NaN, infinity, zero, subnormals and normals.
+pub fn assert_every_f32_class(seen: &[std::num::FpCategory]) {
+    use std::num::FpCategory::*;
+    for class in [Nan, Infinite, Zero, Subnormal, Normal] {
+        assert!(seen.contains(&class), "no {class:?} output");
+    }
 }

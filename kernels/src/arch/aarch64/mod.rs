@@ -4,6 +4,7 @@
 
 pub(crate) mod dotprod;
 mod gemm;
+mod kquant;
 pub(crate) mod neon;
 mod quant;
 
