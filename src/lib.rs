@@ -50,6 +50,7 @@ pub mod error;
 pub mod model;
 pub mod net;
 pub mod progress;
+pub mod serve;
 pub mod session;
 pub mod split;
 pub mod sys;
