@@ -14,6 +14,7 @@ mod limits;
 mod llamacpp;
 mod oracle;
 mod quant;
+mod serve;
 mod slice_cache;
 mod tp;
 mod turns;

@@ -25,6 +25,32 @@ pub(super) fn refuse_busy(mut stream: TcpStream) {
     let _ = respond_error(&mut stream, &e, false);
 }
 
+/// Most bytes [`linger`] reads and drops, and for how long.
+const LINGER_BYTES: usize = 64 << 20;
+const LINGER: Duration = Duration::from_secs(2);
+
+/// After an error answered before the request was read whole (413, 431):
+/// closes the sending side and drops what the client still sends for a
+/// while, so that its unread bytes do not turn the close into a reset
+/// that would destroy the answer before the client reads it.
+fn linger(stream: &mut TcpStream) {
+    use std::io::Read;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let until = Instant::now() + LINGER;
+    let mut sink = [0u8; 16 << 10];
+    let mut dropped = 0;
+    while dropped < LINGER_BYTES {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => dropped += n,
+        }
+    }
+}
+
 /// Serves the requests of one connection until it closes.
 pub(super) fn handle(mut stream: TcpStream, shared: &Shared<'_>) {
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
@@ -44,6 +70,7 @@ pub(super) fn handle(mut stream: TcpStream, shared: &Shared<'_>) {
                         &ApiError::new(status, kind, e.to_string()),
                         false,
                     );
+                    linger(&mut stream);
                 }
                 return;
             }
@@ -399,7 +426,12 @@ fn collect(
         };
         match event {
             Event::Started => {}
-            Event::Text(t) => text.push_str(&t),
+            Event::Text(t) => {
+                text.push_str(&t);
+                if http::client_gone(stream) {
+                    return Ok((499, false));
+                }
+            }
             Event::Done(Ok(d)) => {
                 let body = meta.response(&text, d.finish.as_str(), usage(&d));
                 return Ok((

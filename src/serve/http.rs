@@ -146,7 +146,11 @@ pub fn read_request(
             });
         }
         let until = started.map_or(idle_until, |t| t + limits.deadline);
-        let n = read_some(stream, buf, until, limits.max_head_bytes + 4)?;
+        let n = match read_some(stream, buf, until, limits.max_head_bytes + 4) {
+            // An idle kept-alive connection closes without an answer.
+            Err(HttpError::Timeout) if started.is_none() => return Err(HttpError::Idle),
+            r => r?,
+        };
         match (n, started) {
             (0, None) => return Err(HttpError::Idle),
             (0, Some(_)) => return Err(HttpError::Malformed("connection closed mid-request")),
