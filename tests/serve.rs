@@ -482,3 +482,154 @@ fn a_client_that_goes_away_stops_its_generation() {
     let (s, v) = server.post("/v1/completions", &completion(PROMPT, 5, false));
     assert_eq!(s, 200, "{v}");
 }
+
+/// A copy of stories260K whose tokenizer_config.json carries TinyLlama's
+/// chat template (written with `</s>` and `<|user|>` text).
+pub fn chat_model(tmp: &TempDir) -> std::path::PathBuf {
+    let dir = tmp.path().join("stories-chat");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let src = fixture_dir("stories260K");
+    for f in [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ] {
+        std::fs::copy(src.join(f), dir.join(f)).expect("copy");
+    }
+    let template: Value = serde_json::from_slice(
+        &std::fs::read(fixture_dir("chat_templates").join("tinyllama-chat.json")).expect("read"),
+    )
+    .expect("json");
+    let mut config: Value =
+        serde_json::from_slice(&std::fs::read(src.join("tokenizer_config.json")).expect("read"))
+            .expect("json");
+    config["chat_template"] = template["chat_template"].clone();
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).expect("write");
+    dir
+}
+
+/// The prompt ids of `messages` rendered by `template` (`None`: the
+/// model's own) and tokenized as the server must, through the library.
+pub fn chat_ids(
+    model: &std::path::Path,
+    template: Option<&std::path::Path>,
+    messages: &Value,
+) -> Vec<u32> {
+    use tpi::model::chat_template::{ChatTemplate, Message};
+    let t = match template {
+        None => ChatTemplate::from_tokenizer_config_file(&model.join("tokenizer_config.json")),
+        Some(f) => ChatTemplate::new(
+            "test",
+            &std::fs::read_to_string(f).expect("read"),
+            Some("<s>"),
+            Some("</s>"),
+        ),
+    }
+    .expect("template");
+    let msgs: Vec<Message> = messages
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|m| Message {
+            role: m["role"].as_str().expect("role").to_string(),
+            content: m["content"].clone(),
+        })
+        .collect();
+    let text = t.render(&msgs, true).expect("render");
+    let tok =
+        tpi::model::tokenizer::Tokenizer::from_file(&model.join("tokenizer.json")).expect("tok");
+    tok.encode_rendered(&text).expect("encode")
+}
+
+/// `tpi-run --prompt-ids IDS --temperature 0 --length N --json`'s text.
+pub fn cli_greedy_ids(model: &str, ids: &[u32], length: usize) -> String {
+    let out = tpi_run()
+        .args([
+            "--model",
+            model,
+            "--prompt-ids",
+            &ids_arg(ids),
+            "--temperature",
+            "0",
+        ])
+        .args(["--length", &length.to_string(), "--threads", "1", "--json"])
+        .output()
+        .expect("run tpi-run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    v["text"].as_str().expect("text").to_string()
+}
+
+#[test]
+fn chat_renders_the_template_once_with_one_bos_and_answers_as_the_command_line() {
+    let tmp = TempDir::new("serve-chat");
+    let model = chat_model(&tmp);
+    let model_arg = model.display().to_string();
+    // The model's own template, then Llama 2's from a file (it writes BOS text).
+    let llama2 = tmp.path().join("llama2.jinja");
+    let t: Value = serde_json::from_slice(
+        &std::fs::read(fixture_dir("chat_templates").join("llama2-chat.json")).expect("read"),
+    )
+    .expect("json");
+    std::fs::write(&llama2, t["chat_template"].as_str().expect("template")).expect("write");
+    for template in [None, Some(llama2.as_path())] {
+        let mut args = vec!["--model", model_arg.as_str()];
+        let file = template.map(|p| p.display().to_string());
+        if let Some(f) = &file {
+            args.extend(["--chat-template", f.as_str()]);
+        }
+        let server = Server::start(&args);
+        let messages = json!([{"role": "user", "content": "Tell me a story about a cat."}]);
+        let ids = chat_ids(&model, template, &messages);
+        // As transformers' apply_chat_template(tokenize=True): BOS only where
+        // the template writes it (Llama 2's does, TinyLlama's does not), never twice.
+        let n_bos = ids.iter().filter(|&&i| i == 1).count();
+        assert_eq!(n_bos, usize::from(template.is_some()), "{ids:?}");
+        assert!(template.is_none() || ids[0] == 1, "{ids:?}");
+        let expected = cli_greedy_ids(&model_arg, &ids, 30);
+        let req = json!({"messages": messages, "max_tokens": 30, "temperature": 0});
+        let (s, v) = server.post("/v1/chat/completions", &req);
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["object"], "chat.completion");
+        assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+        let answer = v["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("content");
+        assert_eq!(answer, expected);
+        assert_eq!(v["usage"]["prompt_tokens"].as_u64(), Some(ids.len() as u64));
+
+        let mut stream = req.clone();
+        stream["stream"] = json!(true);
+        let (s, body) = server.request(
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            stream.to_string().as_bytes(),
+        );
+        assert_eq!(s, 200);
+        assert_eq!(events(&body)[0]["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(streamed_text(&body), expected);
+
+        // The next turn continues the conversation: its prefix is cached.
+        let turn2 = json!([messages[0], {"role": "assistant", "content": answer},
+                           {"role": "user", "content": "And then?"}]);
+        let (s, v) = server.post(
+            "/v1/chat/completions",
+            &json!({"messages": turn2, "max_tokens": 5}),
+        );
+        assert_eq!(s, 200, "{v}");
+        let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .expect("cached");
+        assert!(
+            cached >= ids.len() as u64 / 2,
+            "cached {cached} of {}",
+            ids.len()
+        );
+    }
+}

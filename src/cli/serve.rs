@@ -87,7 +87,7 @@ pub fn run_serve(a: &ServeArgs) -> Result<()> {
         .map(|s| super::parse_weights(s, m.world_size))
         .transpose()?;
     let plan = plan_for_model(&ckpt, m.world_size, weights.as_deref(), m.quantize)?;
-    let chat = super::chat::template(&ckpt, a.chat_template.as_deref())?;
+    let chat = super::chat::template(&ckpt, m.model.as_deref(), a.chat_template.as_deref())?;
     let model = Model {
         id: model_id(m),
         context: ckpt.config.max_seq_len,
