@@ -16,6 +16,7 @@ mod llamacpp;
 mod oracle;
 mod quant;
 mod serve;
+mod serve_clients;
 mod slice_cache;
 mod tp;
 mod turns;
