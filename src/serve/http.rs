@@ -229,6 +229,14 @@ pub fn read_request(
         });
     }
     let len = len as usize;
+    // curl sends `Expect: 100-continue` before larger bodies and waits for
+    // the interim answer (RFC 9110 §10.1.1) before it sends the body.
+    let expects = req_header("expect").any(|v| v.eq_ignore_ascii_case("100-continue"));
+    if expects && len > 0 && buf.len() < head_end + len {
+        stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .map_err(HttpError::Io)?;
+    }
     let until = started.unwrap_or_else(Instant::now) + limits.deadline;
     while buf.len() < head_end + len {
         let want = head_end + len - buf.len();
