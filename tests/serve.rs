@@ -633,3 +633,66 @@ fn chat_renders_the_template_once_with_one_bos_and_answers_as_the_command_line()
         );
     }
 }
+
+/// A GGUF file's bytes with `tokenizer.chat_template` = `template`
+/// put first among its metadata. The entry is padded (inside a Jinja
+/// comment) to a multiple of 32 bytes, the file's alignment, so the data
+/// section after it stays aligned with its padding unchanged.
+fn with_chat_template(gguf: &[u8], template: &str) -> Vec<u8> {
+    let key = b"tokenizer.chat_template";
+    let entry = |t: &str| {
+        let mut e = Vec::new();
+        e.extend_from_slice(&(key.len() as u64).to_le_bytes());
+        e.extend_from_slice(key);
+        e.extend_from_slice(&8u32.to_le_bytes()); // GGUF string
+        e.extend_from_slice(&(t.len() as u64).to_le_bytes());
+        e.extend_from_slice(t.as_bytes());
+        e
+    };
+    let mut padded = format!("{template}{{# #}}");
+    while entry(&padded).len() % 32 != 0 {
+        padded = padded.replace("{# ", "{#  ");
+    }
+    let n_kv = u64::from_le_bytes(gguf[16..24].try_into().expect("header"));
+    let mut out = gguf[..16].to_vec();
+    out.extend_from_slice(&(n_kv + 1).to_le_bytes());
+    out.extend_from_slice(&entry(&padded));
+    out.extend_from_slice(&gguf[24..]);
+    out
+}
+
+#[test]
+fn a_gguf_chat_template_is_read_from_its_metadata() {
+    use tpi::model::chat_template::{ChatTemplate, Message};
+    let tmp = TempDir::new("serve-gguf-chat");
+    let src = fixture_dir("gguf_run").join("stories-q8_0.gguf");
+    let t: Value = serde_json::from_slice(
+        &std::fs::read(fixture_dir("chat_templates").join("llama2-chat.json")).expect("read"),
+    )
+    .expect("json");
+    let template = t["chat_template"].as_str().expect("template");
+    let file = tmp.path().join("stories-chat.gguf");
+    let bytes = with_chat_template(&std::fs::read(&src).expect("read"), template);
+    std::fs::write(&file, bytes).expect("write");
+    let model_arg = file.display().to_string();
+
+    let ckpt = tpi::model::checkpoint::Checkpoint::open(Some(&file)).expect("open");
+    let text = ChatTemplate::new("t", template, Some("<s>"), Some("</s>"))
+        .expect("template")
+        .render(&[Message::new("user", "Tell me a story.")], true)
+        .expect("render");
+    let ids = ckpt.tokenizer.as_ref().expect("tokenizer").encode_rendered(&text).expect("encode");
+    assert_eq!(ids.iter().filter(|&&i| i == 1).count(), 1, "{ids:?}");
+    let expected = cli_greedy_ids(&model_arg, &ids, 20);
+
+    let server = Server::start(&["--model", &model_arg]);
+    let (s, v) = server.post(
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Tell me a story."}],
+                "max_tokens": 20, "temperature": 0}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["model"], "stories-chat.gguf");
+    assert_eq!(v["choices"][0]["message"]["content"].as_str(), Some(expected.as_str()));
+    assert_eq!(v["usage"]["prompt_tokens"].as_u64(), Some(ids.len() as u64));
+}

@@ -91,6 +91,7 @@ pub fn run_serve(a: &ServeArgs) -> Result<()> {
     let model = Model {
         id: model_id(m),
         context: ckpt.config.max_seq_len,
+        vocab: ckpt.config.vocab_size,
         eos_ids: ckpt.config.eos_token_ids.clone(),
         tokenizer,
         chat: chat

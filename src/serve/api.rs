@@ -145,6 +145,12 @@ fn sampling(m: &Map<String, Value>) -> Result<Sampling, ApiError> {
             )),
         }
     };
+    if count("n")?.is_some_and(|n| n != 1) {
+        return Err(ApiError::invalid(
+            Some("n"),
+            "only one choice per request (n = 1)",
+        ));
+    }
     let max_tokens = match count("max_tokens")? {
         Some(n) => Some(n),
         None => count("max_completion_tokens")?,
@@ -403,6 +409,7 @@ mod tests {
             br#"{"prompt":"a","stop":[1]}"#,
             br#"{"prompt":5}"#,
             br#"{"prompt":"a","model":3}"#,
+            br#"{"prompt":"a","n":2}"#,
             br#"[1]"#,
             br#"{"#,
         ] {

@@ -310,6 +310,17 @@ fn generate(
     if ids.is_empty() {
         return Err(ApiError::invalid(Some(param), "the prompt is empty"));
     }
+    // A failed generation would end a cluster session: ids the model
+    // cannot embed are refused here.
+    if let Some(id) = ids.iter().find(|&&id| id as usize >= model.vocab) {
+        return Err(ApiError::invalid(
+            Some(param),
+            format!(
+                "the prompt holds token {id}, past the model's vocabulary of {}",
+                model.vocab
+            ),
+        ));
+    }
     if ids.len() >= model.context {
         return Err(ApiError::invalid(
             Some(param),

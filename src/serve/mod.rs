@@ -28,7 +28,7 @@
 //! |---|---|
 //! | A1 | the body is one JSON object, else 400 |
 //! | A2 | `model` may be absent; another id than the loaded model's is 404 `model_not_found` |
-//! | A3 | typed fields (`max_tokens`, `temperature` in [0, 2], `top_p` in [0, 1], `seed`, `stop` string or list, `stream`), else 400 naming the field |
+//! | A3 | typed fields (`max_tokens`, `temperature` in [0, 2], `top_p` in [0, 1], `seed`, `stop` string or list, `stream`, `n` = 1), else 400 naming the field; prompt ids past the model's vocabulary are 400 |
 //! | A4 | chat needs `messages` (1 to 4096, each with `role` and `content`) and a chat template (400 without); the rendered text is tokenized adding no special token (the template writes BOS) |
 //! | A5 | a stop string ends generation; neither it nor any part of it is sent |
 //! | A6 | prompt tokens + `max_tokens` beyond the context is 400 naming both; without `max_tokens` the answer may fill the context |
@@ -74,6 +74,8 @@ pub struct Model<'a> {
     pub id: String,
     /// Positions the model holds: prompt + generated tokens.
     pub context: usize,
+    /// Token ids the model embeds (a tokenizer may know more).
+    pub vocab: usize,
     pub eos_ids: Vec<u32>,
     pub tokenizer: &'a Tokenizer,
     /// The chat template, or why there is none (the chat endpoint's 400).
