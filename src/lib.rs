@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! cli        tpi-run flags -> a session; prints what it reports
+//! serve      HTTP request -> prompt ids -> queue -> the engine thread's Generator
 //! session    hub: Step{ids, pos} to every worker; worker: engine::follow
 //! engine     x = embed(id); for each layer l:
 //!              weights.acquire(l)            (window: read ahead by its I/O thread)
@@ -40,6 +41,7 @@
 //! | [`session`] | what one process does: a single rank, rank 0 of a cluster, a worker |
 //! | [`error`] | the crate's error: each area's error kept whole, with `source()` |
 //! | [`ui`] | how the binary shows notes and progress on stderr |
+//! | [`serve`] | `tpi-run serve`: the loaded model behind an OpenAI-compatible HTTP/1.1 API (limits, queue, one engine thread) and a chat page |
 //! | [`cli`] | `tpi-run`'s flags, their checks, the cache commands and what it prints |
 #![deny(unsafe_code)]
 
@@ -50,6 +52,7 @@ pub mod error;
 pub mod model;
 pub mod net;
 pub mod progress;
+pub mod serve;
 pub mod session;
 pub mod split;
 pub mod sys;

@@ -1,5 +1,6 @@
 //! tpi's integration tests: one binary, one module per area.
 
+mod chat_template;
 mod cli;
 mod common;
 mod faults;
@@ -14,6 +15,8 @@ mod limits;
 mod llamacpp;
 mod oracle;
 mod quant;
+mod serve;
+mod serve_clients;
 mod slice_cache;
 mod tp;
 mod turns;

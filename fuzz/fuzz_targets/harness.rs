@@ -539,10 +539,11 @@ pub fn cli_args(data: &[u8]) -> bool {
     };
     let ok = tpi::cli::check_args(&a).is_ok();
     if ok {
-        assert!(a.world_size >= 1 && a.world_size <= tpi::cli::MAX_WORLD);
-        assert!(a.threads.is_none_or(|t| (1..=tpi::cli::MAX_THREADS).contains(&t)));
-        assert!(a.temperature >= 0.0 && a.temperature.is_finite());
-        assert!(a.top_p > 0.0 && a.top_p <= 1.0);
+        let (m, g) = (&a.model, &a.gen);
+        assert!(m.world_size >= 1 && m.world_size <= tpi::cli::MAX_WORLD);
+        assert!(m.threads.is_none_or(|t| (1..=tpi::cli::MAX_THREADS).contains(&t)));
+        assert!(g.temperature >= 0.0 && g.temperature.is_finite());
+        assert!(g.top_p > 0.0 && g.top_p <= 1.0);
     }
     ok
 }

@@ -35,44 +35,23 @@ pub struct Args {
     /// Print version, target and the kernel backend this CPU selects.
     #[arg(long, short = 'V')]
     pub version: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub gen: GenArgs,
+}
+
+/// The flags that load a model and join a cluster, shared by a generation
+/// and `tpi-run serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
     /// HuggingFace model directory (config.json, *.safetensors, tokenizer.json),
     /// or a GGUF file (part 1 of a split `-00001-of-0000N.gguf` model).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Prompt text (encoded with the model's tokenizer, BOS as it adds it).
-    #[arg(long, conflicts_with = "prompt_ids")]
-    pub prompt: Option<String>,
-    /// Prompt as comma-separated token ids, e.g. 1,403,407.
-    #[arg(long)]
-    pub prompt_ids: Option<String>,
-    /// Tokens to generate (the prompt plus these must fit the model's
-    /// context, max_position_embeddings).
-    #[arg(long, default_value_t = 20)]
-    pub length: usize,
-    /// Sampling temperature; 0 = greedy.
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f32,
-    /// Keep only the K most likely tokens (0 = off).
-    #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
-    /// Nucleus sampling: keep the most likely tokens up to this mass.
-    #[arg(long, default_value_t = 0.9)]
-    pub top_p: f32,
-    /// Sampling seed.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
     /// Compute threads (default: all cores; at most 1024).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Keep generating past end-of-sequence tokens.
-    #[arg(long)]
-    pub ignore_eos: bool,
-    /// Print one JSON object with ids, text and timings on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// Write the logits at the last prompt position to FILE as a JSON array.
-    #[arg(long, value_name = "FILE")]
-    pub logits_out: Option<PathBuf>,
     /// Ranks in the session (at most 1024). Without --rank: local mode
     /// (ranks 1..N-1 are spawned on this machine over loopback).
     #[arg(long, default_value_t = 1)]
@@ -89,9 +68,6 @@ pub struct Args {
     /// Relative speeds of the ranks for an uneven split, e.g. 2,1,1.
     #[arg(long)]
     pub split_weights: Option<String>,
-    /// Print the split plan and exit (as one JSON object with --json).
-    #[arg(long)]
-    pub dry_run: bool,
     /// Seconds to wait for all ranks to join.
     #[arg(long, default_value_t = 30.0)]
     pub join_timeout: f64,
@@ -148,20 +124,66 @@ pub struct Args {
     pub quiet: bool,
 }
 
+/// What one generation from the command line prompts and prints.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GenArgs {
+    /// Prompt text (encoded with the model's tokenizer, BOS as it adds it).
+    #[arg(long, conflicts_with = "prompt_ids")]
+    pub prompt: Option<String>,
+    /// Prompt as comma-separated token ids, e.g. 1,403,407.
+    #[arg(long)]
+    pub prompt_ids: Option<String>,
+    /// Tokens to generate (the prompt plus these must fit the model's
+    /// context, max_position_embeddings).
+    #[arg(long, default_value_t = 20)]
+    pub length: usize,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Keep only the K most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Nucleus sampling: keep the most likely tokens up to this mass.
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f32,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Keep generating past end-of-sequence tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Print one JSON object with ids, text and timings on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the logits at the last prompt position to FILE as a JSON array.
+    #[arg(long, value_name = "FILE")]
+    pub logits_out: Option<PathBuf>,
+    /// Print the split plan and exit (as one JSON object with --json).
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
 /// `tpi-run <command>`.
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum Command {
     /// The slice cache: list its entries or prune them.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Serve the model over HTTP: an OpenAI-compatible API
+    /// (/v1/chat/completions, /v1/completions, /v1/models) and a chat page at /.
+    Serve(Box<ServeArgs>),
 }
 
 mod cache;
+mod chat;
 mod report;
+mod serve;
 
 use cache::run_cache;
 pub use cache::{CacheCommand, CacheDir};
 use report::{print_dry_run, print_report, stdout_err, write_logits};
+use serve::run_serve;
+pub use serve::ServeArgs;
 
 /// Most compute threads per rank: more than any board has cores, few
 /// enough that a typo cannot exhaust the process's threads.
@@ -170,7 +192,7 @@ pub const MAX_THREADS: usize = 1024;
 pub const MAX_WORLD: usize = 1024;
 
 /// A usage error naming `flag`.
-fn usage(flag: &'static str, problem: impl Into<String>) -> Error {
+pub(crate) fn usage(flag: &'static str, problem: impl Into<String>) -> Error {
     Error::Usage(UsageError {
         flag,
         problem: problem.into(),
@@ -208,18 +230,23 @@ fn parse_ids(s: &str) -> Result<Vec<u32>> {
 
 /// Checks every range and combination clap cannot express.
 pub fn check_args(a: &Args) -> Result<()> {
-    if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
+    if !(a.gen.temperature >= 0.0 && a.gen.temperature.is_finite()) {
         return Err(usage(
             "--temperature",
-            format!("must be a finite number >= 0, got {}", a.temperature),
+            format!("must be a finite number >= 0, got {}", a.gen.temperature),
         ));
     }
-    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
+    if !(a.gen.top_p > 0.0 && a.gen.top_p <= 1.0) {
         return Err(usage(
             "--top-p",
-            format!("must be in (0, 1], got {}", a.top_p),
+            format!("must be in (0, 1], got {}", a.gen.top_p),
         ));
     }
+    check_model_args(&a.model)
+}
+
+/// Checks the model and cluster flags clap cannot express.
+pub fn check_model_args(a: &ModelArgs) -> Result<()> {
     if !(1..=MAX_WORLD).contains(&a.world_size) {
         return Err(usage(
             "--world-size",
@@ -260,7 +287,7 @@ pub fn check_args(a: &Args) -> Result<()> {
     Ok(())
 }
 
-fn parse_weights(s: &str, n: usize) -> Result<Vec<u32>> {
+pub(crate) fn parse_weights(s: &str, n: usize) -> Result<Vec<u32>> {
     let w: Vec<u32> = s
         .split(',')
         .map(|t| {
@@ -282,7 +309,7 @@ fn parse_weights(s: &str, n: usize) -> Result<Vec<u32>> {
 }
 
 /// The pre-shared key from --secret-file or TPI_SECRET, if any.
-fn secret(a: &Args) -> Result<Option<Secret>> {
+pub(crate) fn secret(a: &ModelArgs) -> Result<Option<Secret>> {
     let key: Vec<u8> = match &a.secret_file {
         Some(path) => std::fs::read(path).map_err(|source| Error::Io {
             path: path.display().to_string(),
@@ -304,7 +331,7 @@ fn secret(a: &Args) -> Result<Option<Secret>> {
     Ok(Some(Secret::from(key)))
 }
 
-fn memory_opts(a: &Args) -> MemoryOpts {
+pub(crate) fn memory_opts(a: &ModelArgs) -> MemoryOpts {
     let mode = match (a.memory_window, a.no_memory_window) {
         (Some(w), _) => MemoryMode::Window(w),
         (None, true) => MemoryMode::Resident,
@@ -319,7 +346,7 @@ fn memory_opts(a: &Args) -> MemoryOpts {
     MemoryOpts { mode, io }
 }
 
-fn net_opts(a: &Args) -> NetOpts {
+pub(crate) fn net_opts(a: &ModelArgs) -> NetOpts {
     NetOpts {
         join_timeout: Duration::from_secs_f64(a.join_timeout),
         peer_timeout: Duration::from_secs_f64(a.peer_timeout),
@@ -329,55 +356,69 @@ fn net_opts(a: &Args) -> NetOpts {
     }
 }
 
+/// This machine's cores.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Runs worker `rank` of a cluster (a generation's or a server's).
+pub(crate) fn worker(m: &ModelArgs, rank: usize) -> Result<()> {
+    let cache_dir = m.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let master = m.master.as_deref().unwrap_or_default();
+    let weights = m
+        .split_weights
+        .as_deref()
+        .map(|s| parse_weights(s, m.world_size))
+        .transpose()?;
+    let setup = WorkerSetup {
+        model: m.model.as_deref(),
+        split_weights: weights.as_deref(),
+        quant: m.quantize,
+        master,
+        rank,
+        world_size: m.world_size,
+        cache_dir: &cache_dir,
+        threads: m.threads.unwrap_or(cores()),
+        force_download: m.force_download,
+        memory: memory_opts(m),
+        net: net_opts(m),
+        observer: &Console { quiet: m.quiet },
+        secret: secret(m)?,
+    };
+    run_worker(&setup)
+}
+
 /// Runs `tpi-run` with parsed arguments.
 pub fn run(args: &Args) -> Result<()> {
     if args.version {
         let mut out = std::io::stdout().lock();
         return writeln!(out, "tpi-run {}", version_line()).map_err(stdout_err);
     }
-    if let Some(Command::Cache(c)) = &args.command {
-        return run_cache(c);
+    match &args.command {
+        Some(Command::Cache(c)) => return run_cache(c),
+        Some(Command::Serve(s)) => return run_serve(s),
+        None => {}
     }
     check_args(args)?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    if let Some(rank) = args.rank.filter(|&r| r > 0) {
-        let master = args.master.as_deref().unwrap_or_default();
-        let weights = args
-            .split_weights
-            .as_deref()
-            .map(|s| parse_weights(s, args.world_size))
-            .transpose()?;
-        let setup = WorkerSetup {
-            model: args.model.as_deref(),
-            split_weights: weights.as_deref(),
-            quant: args.quantize,
-            master,
-            rank,
-            world_size: args.world_size,
-            cache_dir: &cache_dir,
-            threads: args.threads.unwrap_or(cores),
-            force_download: args.force_download,
-            memory: memory_opts(args),
-            net: net_opts(args),
-            observer: &Console { quiet: args.quiet },
-            secret: secret(args)?,
-        };
-        return run_worker(&setup);
+    let m = &args.model;
+    let cores = cores();
+    let cache_dir = m.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    if let Some(rank) = m.rank.filter(|&r| r > 0) {
+        return worker(m, rank);
     }
 
-    let ckpt = Checkpoint::open(args.model.as_deref())?;
+    let ckpt = Checkpoint::open(m.model.as_deref())?;
     let cfg = &ckpt.config;
-    let weights = args
+    let weights = m
         .split_weights
         .as_deref()
-        .map(|s| parse_weights(s, args.world_size))
+        .map(|s| parse_weights(s, m.world_size))
         .transpose()?;
-    let plan = plan_for_model(&ckpt, args.world_size, weights.as_deref(), args.quantize)?;
-    if args.dry_run {
-        return print_dry_run(&ckpt, &plan, args.json);
+    let plan = plan_for_model(&ckpt, m.world_size, weights.as_deref(), m.quantize)?;
+    if args.gen.dry_run {
+        return print_dry_run(&ckpt, &plan, args.gen.json);
     }
-    let prompt_ids = match (&args.prompt, &args.prompt_ids) {
+    let prompt_ids = match (&args.gen.prompt, &args.gen.prompt_ids) {
         (Some(text), _) => {
             let tok = ckpt.tokenizer.as_ref().ok_or_else(|| {
                 usage(
@@ -397,9 +438,14 @@ pub fn run(args: &Args) -> Result<()> {
     };
     // Everything the user asked for is checked before a slice is cut or a
     // worker joins.
-    check_context(prompt_ids.len(), args.length, cfg.max_seq_len)?;
-    check_kv_memory(&plan, prompt_ids.len() + args.length, available_memory())?;
+    check_context(prompt_ids.len(), args.gen.length, cfg.max_seq_len)?;
+    check_kv_memory(
+        &plan,
+        prompt_ids.len() + args.gen.length,
+        available_memory(),
+    )?;
     let logits_file = args
+        .gen
         .logits_out
         .as_deref()
         .map(|path| {
@@ -409,27 +455,27 @@ pub fn run(args: &Args) -> Result<()> {
             })
         })
         .transpose()?;
-    let n = args.world_size;
-    let local = args.rank.is_none();
+    let n = m.world_size;
+    let local = m.rank.is_none();
     // Local mode shares the cores among the ranks.
-    let threads = args
+    let threads = m
         .threads
         .unwrap_or(if local { (cores / n).max(1) } else { cores });
     let backend = Backend::detect();
     let opts = GenOptions {
-        length: args.length,
+        length: args.gen.length,
         sampler: SamplerConfig {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            seed: args.seed,
+            temperature: args.gen.temperature,
+            top_k: args.gen.top_k,
+            top_p: args.gen.top_p,
+            seed: args.gen.seed,
         },
         eos_ids: cfg.eos_token_ids.clone(),
-        ignore_eos: args.ignore_eos,
+        ignore_eos: args.gen.ignore_eos,
         keep_prompt_logits: false,
     };
     let stdout = std::io::stdout();
-    let json = args.json;
+    let json = args.gen.json;
     // A closed or full stdout ends the generation with an error (exit 1),
     // in a cluster too: rank 0 then tells the workers.
     let mut on_text = |piece: &str| -> std::result::Result<Flow, crate::engine::error::Cause> {
@@ -441,13 +487,13 @@ pub fn run(args: &Args) -> Result<()> {
         }
         Ok(Flow::Continue)
     };
-    let observer = Arc::new(Console { quiet: args.quiet });
+    let observer = Arc::new(Console { quiet: m.quiet });
     let report = if n == 1 {
         let setup = SingleSetup {
             ckpt: &ckpt,
             plan: &plan,
             cache_dir: &cache_dir,
-            memory: memory_opts(args),
+            memory: memory_opts(m),
             threads,
             observer: &*observer,
         };
@@ -456,7 +502,7 @@ pub fn run(args: &Args) -> Result<()> {
         let listen = if local {
             "127.0.0.1:0".to_string()
         } else {
-            args.master.clone().unwrap_or_default()
+            m.master.clone().unwrap_or_default()
         };
         let setup = HubSetup {
             ckpt: &ckpt,
@@ -465,16 +511,16 @@ pub fn run(args: &Args) -> Result<()> {
             listen: &listen,
             spawn_local: local.then_some(threads),
             threads,
-            memory: memory_opts(args),
-            net: net_opts(args),
-            quiet: args.quiet,
+            memory: memory_opts(m),
+            net: net_opts(m),
+            quiet: m.quiet,
             observer,
-            secret: secret(args)?,
-            secret_file: args.secret_file.clone(),
+            secret: secret(m)?,
+            secret_file: m.secret_file.clone(),
         };
         run_hub(&setup, &prompt_ids, &opts, &mut on_text)?
     };
-    if let (Some(file), Some(path)) = (logits_file, &args.logits_out) {
+    if let (Some(file), Some(path)) = (logits_file, &args.gen.logits_out) {
         write_logits(file, path, &report.out.last_logits)?;
     }
     print_report(&report, backend, threads, n, json)

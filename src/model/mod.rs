@@ -6,6 +6,8 @@
 //! Everything here only reads: splitting comes next, in `crate::split`.
 
 pub mod bundled;
+/// A model's Jinja chat template rendered as HF transformers renders it.
+pub mod chat_template;
 pub mod checkpoint;
 pub mod config;
 pub mod dtype;

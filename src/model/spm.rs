@@ -123,10 +123,12 @@ impl Spm {
         }
     }
 
-    /// Token ids for `text` as llama.cpp's `tokenize(text, true, true)`.
-    pub(super) fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
+    /// Token ids for `text` as llama.cpp's `tokenize(text, add_special,
+    /// true)`: special tokens in the text always parsed, BOS/EOS added
+    /// only with `add_special`.
+    pub(super) fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, String> {
         let mut out = Vec::new();
-        if let (true, Some(bos)) = (self.add_bos, self.bos) {
+        if let (true, true, Some(bos)) = (add_special, self.add_bos, self.bos) {
             out.push(bos);
         }
         let mut prev_special = true;
@@ -148,7 +150,7 @@ impl Spm {
                 }
             }
         }
-        if let (true, Some(eos)) = (self.add_eos, self.eos) {
+        if let (true, true, Some(eos)) = (add_special, self.add_eos, self.eos) {
             out.push(eos);
         }
         Ok(out)

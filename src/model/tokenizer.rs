@@ -157,14 +157,28 @@ impl Tokenizer {
     /// Token ids for `text`, with special tokens (BOS) added exactly as the
     /// tokenizer's post-processor does.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.encode_with(text, true)
+    }
+
+    /// Token ids for a rendered chat prompt: the special tokens the
+    /// template wrote (`<s>`, `<|im_start|>`) are read from the text and
+    /// none is added, as transformers' `apply_chat_template(tokenize=True)`
+    /// encodes with `add_special_tokens=False` (no doubled BOS).
+    pub fn encode_rendered(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.encode_with(text, false)
+    }
+
+    fn encode_with(&self, text: &str, add_special: bool) -> Result<Vec<u32>, TokenizerError> {
         if let Some(spm) = &self.spm {
-            return spm.encode(text).map_err(|msg| TokenizerError::Encode {
-                origin: self.origin.clone(),
-                msg,
-            });
+            return spm
+                .encode(text, add_special)
+                .map_err(|msg| TokenizerError::Encode {
+                    origin: self.origin.clone(),
+                    msg,
+                });
         }
         self.inner
-            .encode(text, true)
+            .encode(text, add_special)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| TokenizerError::Encode {
                 origin: self.origin.clone(),
