@@ -681,7 +681,12 @@ fn a_gguf_chat_template_is_read_from_its_metadata() {
         .expect("template")
         .render(&[Message::new("user", "Tell me a story.")], true)
         .expect("render");
-    let ids = ckpt.tokenizer.as_ref().expect("tokenizer").encode_rendered(&text).expect("encode");
+    let ids = ckpt
+        .tokenizer
+        .as_ref()
+        .expect("tokenizer")
+        .encode_rendered(&text)
+        .expect("encode");
     assert_eq!(ids.iter().filter(|&&i| i == 1).count(), 1, "{ids:?}");
     let expected = cli_greedy_ids(&model_arg, &ids, 20);
 
@@ -693,6 +698,9 @@ fn a_gguf_chat_template_is_read_from_its_metadata() {
     );
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["model"], "stories-chat.gguf");
-    assert_eq!(v["choices"][0]["message"]["content"].as_str(), Some(expected.as_str()));
+    assert_eq!(
+        v["choices"][0]["message"]["content"].as_str(),
+        Some(expected.as_str())
+    );
     assert_eq!(v["usage"]["prompt_tokens"].as_u64(), Some(ids.len() as u64));
 }
