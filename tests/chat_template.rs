@@ -429,7 +429,7 @@ fn hostile_templates_end_in_errors_in_bounded_time() {
         // Not here: doubling a *list* (`ns.l = ns.l + ns.l`) 33 times. minijinja
         // 3.1.0 keeps list `+` lazy and, past 32 chained concatenations,
         // copies the 2^33 items without charging fuel: the process aborts on
-        // out-of-memory (see the module doc of src/model/chat_template.rs).
+        // out-of-memory (see the module doc of src/model/chat_template/mod.rs).
         ("nested_parens", nested_parens.as_str()),
         ("nested_ifs", nested_ifs.as_str()),
     ];
