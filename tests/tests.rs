@@ -1,5 +1,6 @@
 //! tpi's integration tests: one binary, one module per area.
 
+mod chat;
 mod chat_template;
 mod cli;
 mod common;

@@ -539,7 +539,7 @@ pub fn cli_args(data: &[u8]) -> bool {
     };
     let ok = tpi::cli::check_args(&a).is_ok();
     if ok {
-        let (m, g) = (&a.model, &a.gen);
+        let (m, g) = (&a.model, &a.gen.sampling);
         assert!(m.world_size >= 1 && m.world_size <= tpi::cli::MAX_WORLD);
         assert!(m.threads.is_none_or(|t| (1..=tpi::cli::MAX_THREADS).contains(&t)));
         assert!(g.temperature >= 0.0 && g.temperature.is_finite());

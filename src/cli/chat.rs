@@ -1,130 +1,235 @@
-//! The chat template of a served model: `--chat-template FILE`, else the
-//! HF directory's `tokenizer_config.json`, else the GGUF file's
-//! `tokenizer.chat_template`; with the model's BOS and EOS token texts.
-//! A model without one serves completions only (chat answers 400 why).
+//! `tpi-run chat`: a conversation in the terminal. Each line read from
+//! stdin is the user's next message; the conversation is rendered with
+//! the model's chat template and the answer streams to stdout as it is
+//! generated. Prompts, notices and timings go to stderr, so
+//! `tpi-run chat < questions > answers` keeps only the answers, and the
+//! same binary works over `adb shell` and ssh. Each turn continues the
+//! KV cache of the last: only the new part of the conversation is
+//! computed. `/reset` starts a new conversation, `/exit` or end of input
+//! ends the program.
 
-use super::usage;
-use crate::error::{Error, Result};
-use crate::model::chat_template::{ChatTemplate, Message, MAX_TEMPLATE_BYTES};
-use crate::model::checkpoint::Checkpoint;
-use crate::model::source::Weights;
-use crate::serve::api::ChatMessage;
-use std::path::Path;
+use super::chat_template::{template, ChatRender};
+use super::{check_model_args, stdout_err, usage, worker, Loaded, ModelArgs, SamplingArgs};
+use crate::engine::{Flow, GenOptions};
+use crate::error::Result;
+use crate::model::chat_template::Message;
+use crate::session::Generator;
+use std::io::{BufRead, Read, Write};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::Duration;
 
-/// A model's chat template as the server renders it: messages then the
-/// assistant's header (`add_generation_prompt`).
-pub struct ChatRender(ChatTemplate);
+/// Longest message line read from stdin.
+const MAX_LINE_BYTES: u64 = 1 << 20;
+/// How often a cluster's workers hear from rank 0 while the user types.
+const KEEPALIVE: Duration = Duration::from_millis(500);
 
-impl crate::serve::Render for ChatRender {
-    fn render(&self, messages: &[ChatMessage]) -> std::result::Result<String, String> {
-        let messages: Vec<Message> = messages
-            .iter()
-            .map(|m| Message {
-                role: m.role.clone(),
-                content: m.content.clone(),
-            })
-            .collect();
-        self.0.render(&messages, true).map_err(|e| e.to_string())
+/// `tpi-run chat` flags: the model and cluster flags of a generation,
+/// sampling, and the conversation's frame.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Most tokens per answer (the whole conversation must also fit the
+    /// model's context).
+    #[arg(long, default_value_t = 512)]
+    pub length: usize,
+    /// A system message that opens the conversation.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// A Jinja chat template file, instead of the model's own
+    /// (tokenizer_config.json, or the GGUF's tokenizer.chat_template).
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<PathBuf>,
+}
+
+/// A line of stdin: a message, or why it could not be read.
+type Line = std::result::Result<String, String>;
+
+/// Runs `tpi-run chat`.
+pub fn run_chat(a: &ChatArgs) -> Result<()> {
+    let m = &a.model;
+    check_model_args(m)?;
+    let sampler = a.sampling.config()?;
+    if a.length == 0 {
+        return Err(usage("--length", "an answer needs at least 1 token"));
     }
-}
-
-/// The template for the model at `path` (`ckpt` opened from it), or why
-/// it has none. A `--chat-template` file that cannot be read or parsed is
-/// an error; a model's own broken template only disables chat.
-pub fn template(
-    ckpt: &Checkpoint,
-    path: Option<&Path>,
-    file: Option<&Path>,
-) -> Result<std::result::Result<ChatRender, String>> {
-    let (own, bos, eos) = model_template(ckpt, path);
-    let Some(file) = file else {
-        return Ok(own.map(ChatRender));
+    if let Some(rank) = m.rank.filter(|&r| r > 0) {
+        return worker(m, rank);
+    }
+    let loaded = Loaded::open(m)?;
+    let ckpt = &loaded.ckpt;
+    let tokenizer = ckpt.tokenizer.as_ref().ok_or_else(|| {
+        usage(
+            "chat",
+            format!("needs {}/tokenizer.json (chat takes text)", ckpt.origin),
+        )
+    })?;
+    let chat = template(ckpt, m.model.as_deref(), a.chat_template.as_deref())?
+        .map_err(|why| usage("--chat-template", format!("chat needs a template: {why}")))?;
+    let mut gen = loaded.start(m)?;
+    let context = ckpt.config.max_seq_len;
+    let opts = |prompt: usize| GenOptions {
+        length: a.length.min(context - prompt),
+        sampler,
+        eos_ids: ckpt.config.eos_token_ids.clone(),
+        ignore_eos: false,
+        keep_prompt_logits: false,
     };
-    let text = read_bounded(file)?;
-    let origin = file.display().to_string();
-    ChatTemplate::new(&origin, &text, bos.as_deref(), eos.as_deref())
-        .map(|t| Ok(ChatRender(t)))
-        .map_err(|e| usage("--chat-template", e.to_string()))
-}
-
-/// The model's own template (or why none) and its BOS/EOS token texts.
-fn model_template(
-    ckpt: &Checkpoint,
-    path: Option<&Path>,
-) -> (
-    std::result::Result<ChatTemplate, String>,
-    Option<String>,
-    Option<String>,
-) {
-    if let Weights::Gguf(g) = &ckpt.weights {
-        let meta = g.gguf.metadata();
-        let token = |key: &str| {
-            let id = meta.get_u32(key).ok()?;
-            let tokens = meta.get_str_array("tokenizer.ggml.tokens").ok()?;
-            tokens.get(id as usize).map(str::to_string)
+    let talk = Talk { quiet: m.quiet };
+    talk.say(&format!(
+        "chat with {}: a line is a message; /reset starts over, /exit ends",
+        ckpt.origin
+    ));
+    let lines = read_lines();
+    let mut messages = first_messages(a.system.as_deref());
+    loop {
+        talk.prompt();
+        let line = match next_line(&lines, gen.as_mut())? {
+            None => break,
+            Some(Err(why)) => {
+                talk.warn(&why);
+                continue;
+            }
+            Some(Ok(line)) => line,
         };
-        let (bos, eos) = (
-            token("tokenizer.ggml.bos_token_id"),
-            token("tokenizer.ggml.eos_token_id"),
-        );
-        let origin = format!("{} tokenizer.chat_template", ckpt.origin);
-        let t = match meta.get_str("tokenizer.chat_template") {
-            Ok(text) => ChatTemplate::new(&origin, text, bos.as_deref(), eos.as_deref())
-                .map_err(|e| e.to_string()),
-            Err(_) => Err(format!("{} has no tokenizer.chat_template", ckpt.origin)),
+        match line.trim() {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                messages = first_messages(a.system.as_deref());
+                talk.say("a new conversation");
+                continue;
+            }
+            _ => {}
+        }
+        messages.push(Message::new("user", line));
+        let ids = match prompt_ids(&chat, tokenizer, &messages, context) {
+            Ok(ids) => ids,
+            Err(why) => {
+                talk.warn(&why);
+                messages.pop();
+                continue;
+            }
         };
-        return (t, bos, eos);
+        let stdout = std::io::stdout();
+        let mut on_text = |piece: &str| -> std::result::Result<Flow, crate::engine::error::Cause> {
+            let mut out = stdout.lock();
+            out.write_all(piece.as_bytes())
+                .and_then(|()| out.flush())
+                .map_err(|e| Box::new(stdout_err(e)))?;
+            Ok(Flow::Continue)
+        };
+        let out = gen.generate(&ids, &opts(ids.len()), &mut on_text)?;
+        writeln!(stdout.lock()).map_err(stdout_err)?;
+        talk.say(&format!(
+            "[{} tokens, {:.1} tokens/s; prompt {} tokens, {} of them reused]",
+            out.generated_ids.len(),
+            out.tokens_per_s(),
+            out.prompt_ids.len(),
+            out.cached_tokens
+        ));
+        messages.push(Message::new("assistant", out.text));
     }
-    let Some(dir) = path.filter(|p| p.is_dir()) else {
-        return (
-            Err(format!("{} has no chat template", ckpt.origin)),
-            None,
-            None,
-        );
-    };
-    let config_path = dir.join("tokenizer_config.json");
-    if !config_path.is_file() {
-        return (
-            Err(format!("{} has no tokenizer_config.json", dir.display())),
-            None,
-            None,
-        );
-    }
-    let config: Option<serde_json::Value> = std::fs::read(&config_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let special = |k: &str| {
-        let v = config.as_ref()?.get(k)?;
-        v.as_str()
-            .or_else(|| v.get("content").and_then(|c| c.as_str()))
-            .map(str::to_string)
-    };
-    let (bos, eos) = (special("bos_token"), special("eos_token"));
-    let t = ChatTemplate::from_tokenizer_config_file(&config_path).map_err(|e| e.to_string());
-    (t, bos, eos)
+    Ok(())
 }
 
-/// A template file's text, refused past [`MAX_TEMPLATE_BYTES`].
-fn read_bounded(file: &Path) -> Result<String> {
-    use std::io::Read;
-    let io = |source| Error::Io {
-        path: format!("--chat-template {}", file.display()),
-        source,
-    };
-    let mut text = String::new();
-    std::fs::File::open(file)
-        .map_err(io)?
-        .take(MAX_TEMPLATE_BYTES as u64 + 1)
-        .read_to_string(&mut text)
-        .map_err(io)?;
-    if text.len() > MAX_TEMPLATE_BYTES {
-        return Err(usage(
-            "--chat-template",
-            format!(
-                "{} is larger than {MAX_TEMPLATE_BYTES} bytes",
-                file.display()
-            ),
+/// The conversation before the first message: the system message, if any.
+fn first_messages(system: Option<&str>) -> Vec<Message> {
+    system
+        .map(|s| Message::new("system", s))
+        .into_iter()
+        .collect()
+}
+
+/// The ids of `messages` rendered for the assistant's answer, or why the
+/// conversation cannot go on (a template error, past the context).
+fn prompt_ids(
+    chat: &ChatRender,
+    tokenizer: &crate::model::tokenizer::Tokenizer,
+    messages: &[Message],
+    context: usize,
+) -> std::result::Result<Vec<u32>, String> {
+    let text = chat.render_messages(messages).map_err(|e| e.to_string())?;
+    let ids = tokenizer
+        .encode_rendered(&text)
+        .map_err(|e| e.to_string())?;
+    if ids.len() >= context {
+        return Err(format!(
+            "the conversation is {} tokens, the model holds {context}: /reset starts a new one",
+            ids.len()
         ));
     }
-    Ok(text)
+    Ok(ids)
+}
+
+/// Lines of stdin, read on their own thread so that rank 0 can keep a
+/// cluster's workers alive while the user types.
+fn read_lines() -> Receiver<Line> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        loop {
+            let mut buf = Vec::new();
+            let read = stdin
+                .lock()
+                .take(MAX_LINE_BYTES)
+                .read_until(b'\n', &mut buf);
+            let line = match read {
+                Ok(0) => return,
+                Err(e) => Err(format!("reading stdin: {e}")),
+                Ok(_) if !buf.ends_with(b"\n") && buf.len() as u64 == MAX_LINE_BYTES => {
+                    // The rest of this line is dropped with it.
+                    let mut rest = Vec::new();
+                    let _ = stdin.lock().read_until(b'\n', &mut rest);
+                    Err(format!("a message is at most {MAX_LINE_BYTES} bytes"))
+                }
+                Ok(_) => String::from_utf8(buf)
+                    .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                    .map_err(|_| "the line is not UTF-8 text".to_string()),
+            };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The next line (`None` at the end of input), heartbeating `gen` while
+/// waiting for it.
+fn next_line(lines: &Receiver<Line>, gen: &mut dyn Generator) -> Result<Option<Line>> {
+    loop {
+        match lines.recv_timeout(KEEPALIVE) {
+            Ok(line) => return Ok(Some(line)),
+            Err(RecvTimeoutError::Disconnected) => return Ok(None),
+            Err(RecvTimeoutError::Timeout) => gen.keepalive()?,
+        }
+    }
+}
+
+/// What the chat says on stderr (nothing but warnings with `--quiet`).
+struct Talk {
+    quiet: bool,
+}
+
+impl Talk {
+    fn say(&self, text: &str) {
+        if !self.quiet {
+            eprintln!("{text}");
+        }
+    }
+
+    fn warn(&self, text: &str) {
+        eprintln!("tpi-run chat: {text}");
+    }
+
+    fn prompt(&self) {
+        if !self.quiet {
+            eprint!("> ");
+            let _ = std::io::stderr().flush();
+        }
+    }
 }

@@ -2,20 +2,15 @@
 
 use crate::engine::{check_context, EngineError, Flow, GenOptions, SamplerConfig};
 use crate::error::{Error, Result, UsageError};
-use crate::model::checkpoint::Checkpoint;
 use crate::model::dtype::Quant;
 use crate::net::{NetOpts, Secret, WireDtype};
-use crate::session::single::{run_single, SingleSetup};
-use crate::session::{
-    default_cache_dir, plan_for_model, run_hub, run_worker, HubSetup, WorkerSetup,
-};
+use crate::session::{default_cache_dir, run_worker, WorkerSetup};
 use crate::sys::available_memory;
 use crate::ui::Console;
 use crate::window::policy::{IoMode, MemoryMode, MemoryOpts};
 use clap::Parser;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use tpi_kernels::Backend;
 
@@ -137,18 +132,8 @@ pub struct GenArgs {
     /// context, max_position_embeddings).
     #[arg(long, default_value_t = 20)]
     pub length: usize,
-    /// Sampling temperature; 0 = greedy.
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f32,
-    /// Keep only the K most likely tokens (0 = off).
-    #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
-    /// Nucleus sampling: keep the most likely tokens up to this mass.
-    #[arg(long, default_value_t = 0.9)]
-    pub top_p: f32,
-    /// Sampling seed.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Keep generating past end-of-sequence tokens.
     #[arg(long)]
     pub ignore_eos: bool,
@@ -163,6 +148,47 @@ pub struct GenArgs {
     pub dry_run: bool,
 }
 
+/// How each next token is picked.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Keep only the K most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Nucleus sampling: keep the most likely tokens up to this mass.
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f32,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    /// The sampler these flags ask for, once their ranges are checked.
+    pub fn config(&self) -> Result<SamplerConfig> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(usage(
+                "--temperature",
+                format!("must be a finite number >= 0, got {}", self.temperature),
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(usage(
+                "--top-p",
+                format!("must be in (0, 1], got {}", self.top_p),
+            ));
+        }
+        Ok(SamplerConfig {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+        })
+    }
+}
+
 /// `tpi-run <command>`.
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum Command {
@@ -172,15 +198,23 @@ pub enum Command {
     /// Serve the model over HTTP: an OpenAI-compatible API
     /// (/v1/chat/completions, /v1/completions, /v1/models) and a chat page at /.
     Serve(Box<ServeArgs>),
+    /// Chat with the model in the terminal (stdin/stdout, the model's
+    /// chat template; each turn reuses the KV cache of the last).
+    Chat(Box<ChatArgs>),
 }
 
 mod cache;
 mod chat;
+mod chat_template;
+mod load;
 mod report;
 mod serve;
 
 use cache::run_cache;
 pub use cache::{CacheCommand, CacheDir};
+use chat::run_chat;
+pub use chat::ChatArgs;
+use load::Loaded;
 use report::{print_dry_run, print_report, stdout_err, write_logits};
 use serve::run_serve;
 pub use serve::ServeArgs;
@@ -230,18 +264,7 @@ fn parse_ids(s: &str) -> Result<Vec<u32>> {
 
 /// Checks every range and combination clap cannot express.
 pub fn check_args(a: &Args) -> Result<()> {
-    if !(a.gen.temperature >= 0.0 && a.gen.temperature.is_finite()) {
-        return Err(usage(
-            "--temperature",
-            format!("must be a finite number >= 0, got {}", a.gen.temperature),
-        ));
-    }
-    if !(a.gen.top_p > 0.0 && a.gen.top_p <= 1.0) {
-        return Err(usage(
-            "--top-p",
-            format!("must be in (0, 1], got {}", a.gen.top_p),
-        ));
-    }
+    a.gen.sampling.config()?;
     check_model_args(&a.model)
 }
 
@@ -397,26 +420,20 @@ pub fn run(args: &Args) -> Result<()> {
     match &args.command {
         Some(Command::Cache(c)) => return run_cache(c),
         Some(Command::Serve(s)) => return run_serve(s),
+        Some(Command::Chat(c)) => return run_chat(c),
         None => {}
     }
     check_args(args)?;
     let m = &args.model;
-    let cores = cores();
-    let cache_dir = m.cache_dir.clone().unwrap_or_else(default_cache_dir);
     if let Some(rank) = m.rank.filter(|&r| r > 0) {
         return worker(m, rank);
     }
 
-    let ckpt = Checkpoint::open(m.model.as_deref())?;
+    let loaded = Loaded::open(m)?;
+    let (ckpt, plan) = (&loaded.ckpt, &loaded.plan);
     let cfg = &ckpt.config;
-    let weights = m
-        .split_weights
-        .as_deref()
-        .map(|s| parse_weights(s, m.world_size))
-        .transpose()?;
-    let plan = plan_for_model(&ckpt, m.world_size, weights.as_deref(), m.quantize)?;
     if args.gen.dry_run {
-        return print_dry_run(&ckpt, &plan, args.gen.json);
+        return print_dry_run(ckpt, plan, args.gen.json);
     }
     let prompt_ids = match (&args.gen.prompt, &args.gen.prompt_ids) {
         (Some(text), _) => {
@@ -440,7 +457,7 @@ pub fn run(args: &Args) -> Result<()> {
     // worker joins.
     check_context(prompt_ids.len(), args.gen.length, cfg.max_seq_len)?;
     check_kv_memory(
-        &plan,
+        plan,
         prompt_ids.len() + args.gen.length,
         available_memory(),
     )?;
@@ -455,21 +472,10 @@ pub fn run(args: &Args) -> Result<()> {
             })
         })
         .transpose()?;
-    let n = m.world_size;
-    let local = m.rank.is_none();
-    // Local mode shares the cores among the ranks.
-    let threads = m
-        .threads
-        .unwrap_or(if local { (cores / n).max(1) } else { cores });
     let backend = Backend::detect();
     let opts = GenOptions {
         length: args.gen.length,
-        sampler: SamplerConfig {
-            temperature: args.gen.temperature,
-            top_k: args.gen.top_k,
-            top_p: args.gen.top_p,
-            seed: args.gen.seed,
-        },
+        sampler: args.gen.sampling.config()?,
         eos_ids: cfg.eos_token_ids.clone(),
         ignore_eos: args.gen.ignore_eos,
         keep_prompt_logits: false,
@@ -487,43 +493,13 @@ pub fn run(args: &Args) -> Result<()> {
         }
         Ok(Flow::Continue)
     };
-    let observer = Arc::new(Console { quiet: m.quiet });
-    let report = if n == 1 {
-        let setup = SingleSetup {
-            ckpt: &ckpt,
-            plan: &plan,
-            cache_dir: &cache_dir,
-            memory: memory_opts(m),
-            threads,
-            observer: &*observer,
-        };
-        run_single(&setup, &prompt_ids, &opts, &mut on_text)?
-    } else {
-        let listen = if local {
-            "127.0.0.1:0".to_string()
-        } else {
-            m.master.clone().unwrap_or_default()
-        };
-        let setup = HubSetup {
-            ckpt: &ckpt,
-            plan: &plan,
-            cache_dir: &cache_dir,
-            listen: &listen,
-            spawn_local: local.then_some(threads),
-            threads,
-            memory: memory_opts(m),
-            net: net_opts(m),
-            quiet: m.quiet,
-            observer,
-            secret: secret(m)?,
-            secret_file: m.secret_file.clone(),
-        };
-        run_hub(&setup, &prompt_ids, &opts, &mut on_text)?
-    };
+    let mut gen = loaded.start(m)?;
+    let out = gen.generate(&prompt_ids, &opts, &mut on_text)?;
+    let report = gen.finish(out);
     if let (Some(file), Some(path)) = (logits_file, &args.gen.logits_out) {
         write_logits(file, path, &report.out.last_logits)?;
     }
-    print_report(&report, backend, threads, n, json)
+    print_report(&report, backend, loaded.threads, m.world_size, json)
 }
 
 /// Errs when rank 0's KV cache for `positions` (f32 keys and values of its

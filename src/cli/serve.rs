@@ -2,16 +2,11 @@
 //! rank 0 of a cluster with local or remote workers), then hands it to
 //! [`crate::serve`]. Ranks above 0 run as workers, as without `serve`.
 
-use super::{check_model_args, cores, memory_opts, net_opts, secret, usage, worker, ModelArgs};
+use super::{check_model_args, usage, worker, Loaded, ModelArgs};
 use crate::error::{Error, Result};
-use crate::model::checkpoint::Checkpoint;
 use crate::serve::{bind, serve, Model, ServeError, ServeOpts};
-use crate::session::hub::Hub;
-use crate::session::single::{Single, SingleSetup};
-use crate::session::{default_cache_dir, plan_for_model, Generator, HubSetup};
 use crate::ui::Console;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// `tpi-run serve` flags: the model and cluster flags of a generation,
@@ -64,7 +59,6 @@ pub fn run_serve(a: &ServeArgs) -> Result<()> {
     if let Some(rank) = m.rank.filter(|&r| r > 0) {
         return worker(m, rank);
     }
-    let observer = Arc::new(Console { quiet: m.quiet });
     let mut opts = ServeOpts {
         api_key: a.api_key.clone(),
         ..ServeOpts::default()
@@ -72,22 +66,19 @@ pub fn run_serve(a: &ServeArgs) -> Result<()> {
     opts.limits.deadline = Duration::from_secs_f64(a.request_timeout);
     opts.limits.idle = opts.limits.deadline;
     // The port first: a taken port fails before the model loads.
-    let listener = bind(&a.listen, &opts, &*observer).map_err(from_serve)?;
+    let console = Console { quiet: m.quiet };
+    let listener = bind(&a.listen, &opts, &console).map_err(from_serve)?;
 
-    let ckpt = Checkpoint::open(m.model.as_deref())?;
+    let loaded = Loaded::open(m)?;
+    let ckpt = &loaded.ckpt;
     let tokenizer = ckpt.tokenizer.as_ref().ok_or_else(|| {
         usage(
             "serve",
             format!("needs {}/tokenizer.json (the API takes text)", ckpt.origin),
         )
     })?;
-    let weights = m
-        .split_weights
-        .as_deref()
-        .map(|s| super::parse_weights(s, m.world_size))
-        .transpose()?;
-    let plan = plan_for_model(&ckpt, m.world_size, weights.as_deref(), m.quantize)?;
-    let chat = super::chat::template(&ckpt, m.model.as_deref(), a.chat_template.as_deref())?;
+    let chat =
+        super::chat_template::template(ckpt, m.model.as_deref(), a.chat_template.as_deref())?;
     let model = Model {
         id: model_id(m),
         context: ckpt.config.max_seq_len,
@@ -99,44 +90,8 @@ pub fn run_serve(a: &ServeArgs) -> Result<()> {
             .map(|c| c as &dyn crate::serve::Render)
             .map_err(Clone::clone),
     };
-    let cache_dir = m.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    let n = m.world_size;
-    let local = m.rank.is_none();
-    let threads = m
-        .threads
-        .unwrap_or(if local { (cores() / n).max(1) } else { cores() });
-    let listen = match local {
-        true => "127.0.0.1:0".to_string(),
-        false => m.master.clone().unwrap_or_default(),
-    };
-    let mut gen: Box<dyn Generator + '_> = if n == 1 {
-        let setup = SingleSetup {
-            ckpt: &ckpt,
-            plan: &plan,
-            cache_dir: &cache_dir,
-            memory: memory_opts(m),
-            threads,
-            observer: &*observer,
-        };
-        Box::new(Single::start(&setup)?)
-    } else {
-        let setup = HubSetup {
-            ckpt: &ckpt,
-            plan: &plan,
-            cache_dir: &cache_dir,
-            listen: &listen,
-            spawn_local: local.then_some(threads),
-            threads,
-            memory: memory_opts(m),
-            net: net_opts(m),
-            quiet: m.quiet,
-            observer: observer.clone(),
-            secret: secret(m)?,
-            secret_file: m.secret_file.clone(),
-        };
-        Box::new(Hub::start(&setup)?)
-    };
-    serve(listener, gen.as_mut(), &model, &opts, &*observer).map_err(from_serve)
+    let mut gen = loaded.start(m)?;
+    serve(listener, gen.as_mut(), &model, &opts, &*loaded.observer).map_err(from_serve)
 }
 
 /// The crate's error for a server's: an address or socket as an I/O

@@ -222,6 +222,11 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The token string of an id (e.g. `"</s>"`), if it exists.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// The tokenizer file name (or origin given to `from_bytes`).
     pub fn origin(&self) -> &str {
         &self.origin

@@ -227,18 +227,10 @@ impl Generator for Hub<'_> {
             Error::Net(e)
         })
     }
-}
 
-/// Runs rank 0 of a tensor-parallel session for one generation.
-pub fn run_hub(
-    setup: &HubSetup<'_>,
-    prompt_ids: &[u32],
-    opts: &GenOptions,
-    on_text: &mut OnText<'_>,
-) -> Result<HubReport> {
-    let mut hub = Hub::start(setup)?;
-    let out = hub.generate(prompt_ids, opts, on_text)?;
-    Ok(hub.finish(out))
+    fn finish(self: Box<Self>, out: GenOutput) -> HubReport {
+        Hub::finish(*self, out)
+    }
 }
 
 /// Local worker processes; killed if still running when dropped.

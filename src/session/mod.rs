@@ -24,7 +24,7 @@ use crate::window::policy::{choose_window, MemoryOpts};
 use crate::window::{Reads, WindowOpts};
 use std::path::PathBuf;
 
-pub use hub::{run_hub, HubReport, HubSetup};
+pub use hub::{HubReport, HubSetup};
 pub use worker::{run_worker, WorkerSetup};
 
 /// The split plan for `cfg` over `world_size` ranks.
@@ -51,6 +51,10 @@ pub trait Generator {
     fn keepalive(&mut self) -> Result<()> {
         Ok(())
     }
+
+    /// Ends the session (a cluster's workers stop) and reports its
+    /// traffic and timing with `out`, the last generation's output.
+    fn finish(self: Box<Self>, out: crate::engine::GenOutput) -> HubReport;
 }
 
 /// The split plan for `ckpt` over `world_size` ranks: for HF weights with

@@ -125,18 +125,10 @@ impl Generator for Single<'_> {
             on_text,
         )?)
     }
-}
 
-/// Generates once on one rank (see [`Single::start`]).
-pub fn run_single(
-    setup: &SingleSetup<'_>,
-    prompt_ids: &[u32],
-    opts: &GenOptions,
-    on_text: &mut OnText<'_>,
-) -> Result<HubReport> {
-    let mut single = Single::start(setup)?;
-    let out = single.generate(prompt_ids, opts, on_text)?;
-    Ok(single.report(out))
+    fn finish(self: Box<Self>, out: GenOutput) -> HubReport {
+        self.report(out)
+    }
 }
 
 /// Whether a single rank runs from its slice file (windowed, or large)
