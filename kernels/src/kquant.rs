@@ -167,7 +167,7 @@ impl BlockQ4_K {
         const LOW6: u32 = 0x3f3f_3f3f;
         const LOW4: u32 = 0x0f0f_0f0f;
         const TOP2: u32 = 0x0303_0303;
-        let w = |i: usize| u32::from_le_bytes(self.scales[4 * i..4 * i + 4].try_into().unwrap());
+        let w = |i: usize| u32::from_le_bytes(self.scales[4 * i..4 * i + 4].try_into().unwrap()); // ok: 4 of the 12 scale bytes
         let (a, b, c) = (w(0), w(1), w(2));
         // Bytes 0..4: scales 0..4; 4..8: mins 0..4; 8..12: the low nibbles
         // of scales 4..8 and high nibbles of mins 4..8; the top two bits of
@@ -495,11 +495,11 @@ pub fn quantize_row_q4_k(x: &[f32], out: &mut [BlockQ4_K]) {
         let (mut scales, mut mins) = ([0.0f32; 8], [0.0f32; 8]);
         let (mut max_scale, mut max_min) = (0.0f32, 0.0f32);
         for (s, (xs, ls)) in xb.chunks_exact(32).zip(l.chunks_exact_mut(32)).enumerate() {
-            let xs: &[f32; 32] = xs.try_into().unwrap();
+            let xs: &[f32; 32] = xs.try_into().unwrap(); // ok: chunks of 32
             let sum_x2 = xs.iter().fold(0.0f32, |a, &v| a + v * v);
             let av_x = sqrt(sum_x2 / 32.0);
             let weights = core::array::from_fn(|i| av_x + xs[i].abs());
-            (scales[s], mins[s]) = fit_scale_min(xs, &weights, ls.try_into().unwrap());
+            (scales[s], mins[s]) = fit_scale_min(xs, &weights, ls.try_into().unwrap()); // ok: chunks of 32
             if scales[s] > max_scale {
                 max_scale = scales[s];
             }
@@ -635,7 +635,7 @@ pub fn quantize_row_q6_k(x: &[f32], out: &mut [BlockQ6_K]) {
         let mut scales = [0.0f32; 16];
         let (mut max_scale, mut max_abs_scale) = (0.0f32, 0.0f32);
         for (s, (xs, ls)) in xb.chunks_exact(16).zip(l.chunks_exact_mut(16)).enumerate() {
-            scales[s] = fit_scale(xs.try_into().unwrap(), ls.try_into().unwrap());
+            scales[s] = fit_scale(xs.try_into().unwrap(), ls.try_into().unwrap()); // ok: chunks of 16
             if scales[s].abs() > max_abs_scale {
                 max_abs_scale = scales[s].abs();
                 max_scale = scales[s];

@@ -456,11 +456,7 @@ pub fn run(args: &Args) -> Result<()> {
     // Everything the user asked for is checked before a slice is cut or a
     // worker joins.
     check_context(prompt_ids.len(), args.gen.length, cfg.max_seq_len)?;
-    check_kv_memory(
-        plan,
-        prompt_ids.len() + args.gen.length,
-        available_memory(),
-    )?;
+    check_kv_memory(plan, prompt_ids.len() + args.gen.length, available_memory())?;
     let logits_file = args
         .gen
         .logits_out

@@ -323,8 +323,8 @@ impl Batched for BlockQ6_K {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn store8<const L: usize>(q: &mut [u32; L], at: usize, v: __m256i) {
-    let q: &mut [u32; 8] = (&mut q[at..at + 8]).try_into().unwrap();
-    // SAFETY: `q` is 32 writable bytes; storeu needs no alignment.
+    let q: &mut [u32; 8] = (&mut q[at..at + 8]).try_into().unwrap(); // ok: 8 words
+                                                                     // SAFETY: `q` is 32 writable bytes; storeu needs no alignment.
     unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), v) };
 }
 
