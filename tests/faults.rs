@@ -48,7 +48,11 @@ pub(crate) fn finish(mut c: Child, limit: Duration) -> (Option<i32>, String, Dur
         if start.elapsed() > limit {
             let _ = c.kill();
             let _ = c.wait();
-            panic!("process still running after {limit:?}");
+            let mut err = String::new();
+            if let Some(mut e) = c.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("process still running after {limit:?}; its stderr:\n{err}");
         }
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -147,7 +147,9 @@ fn worker_started_before_a_slowly_slicing_rank0_joins() {
     );
     let hub = hub.arg("--model").arg(&model).spawn().expect("rank 0");
     let (code, err, _) = finish(hub, Duration::from_secs(60));
-    let (wcode, werr, _) = finish(w, Duration::from_secs(10));
+    // The worker ends when rank 0 does; the limit only bounds a hang (on a
+    // machine shared with other builds it may wait its turn for a core).
+    let (wcode, werr, _) = finish(w, Duration::from_secs(30));
     assert_eq!(code, Some(0), "rank 0: {err}");
     assert_eq!(wcode, Some(0), "worker: {werr}");
     // The test means something only if slicing outlasted the worker's deadline.
