@@ -170,9 +170,15 @@ fn stories() -> String {
 
 /// `tpi-run --model M --prompt P --temperature 0 --length N --json`'s text.
 fn cli_greedy(model: &str, prompt: &str, length: usize) -> String {
+    cli_greedy_text(&["--model", model, "--prompt", prompt], length)
+}
+
+/// The text of `tpi-run ARGS --temperature 0 --length N --json`.
+fn cli_greedy_text(args: &[&str], length: usize) -> String {
     let out = tpi_run()
-        .args(["--model", model, "--prompt", prompt, "--temperature", "0"])
-        .args(["--length", &length.to_string(), "--threads", "1", "--json"])
+        .args(args)
+        .args(["--temperature", "0", "--length", &length.to_string()])
+        .args(["--threads", "1", "--json"])
         .output()
         .expect("run tpi-run");
     assert!(
@@ -544,25 +550,7 @@ pub fn chat_ids(
 
 /// `tpi-run --prompt-ids IDS --temperature 0 --length N --json`'s text.
 pub fn cli_greedy_ids(model: &str, ids: &[u32], length: usize) -> String {
-    let out = tpi_run()
-        .args([
-            "--model",
-            model,
-            "--prompt-ids",
-            &ids_arg(ids),
-            "--temperature",
-            "0",
-        ])
-        .args(["--length", &length.to_string(), "--threads", "1", "--json"])
-        .output()
-        .expect("run tpi-run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
-    v["text"].as_str().expect("text").to_string()
+    cli_greedy_text(&["--model", model, "--prompt-ids", &ids_arg(ids)], length)
 }
 
 #[test]
