@@ -235,9 +235,9 @@ impl Backend {
     /// `y = W x` on Q8_0 weights with Q8_0 activations `xq` (from
     /// [`quant::quantize_row_q8_0`]): W row-major in blocks
     /// `[y.len()][xq.len()]`, an exact i32 dot product per 32-block scaled
-    /// into an f32 sum (see [`quant`]). Native on AVX2, NEON (base
-    /// ARMv8-A `smull`/`sadalp`) and NEON dotprod (`sdot`); AVX-512 runs
-    /// the AVX2 kernel (no VNNI kernel yet).
+    /// into an f32 sum (see [`quant`]). Native on AVX2, AVX-512 VNNI
+    /// (`vpdpbusd`; an AVX-512 CPU without VNNI runs the AVX2 kernel),
+    /// NEON (base ARMv8-A `smull`/`sadalp`) and NEON dotprod (`sdot`).
     ///
     /// # Panics
     /// If `w.len() != y.len() * xq.len()`, or if the backend is not available.
@@ -322,9 +322,8 @@ impl Backend {
     /// `y[i] = W xq[i]` for `t` tokens on Q8_0 weights (prompt prefill):
     /// `xq` holds `t` rows of Q8_0 activations of `nb` blocks each, W is
     /// `rows x nb` blocks, `y` gets `t` rows of `rows` outputs,
-    /// token-major (see [`quant`]). AVX2 (and AVX-512, routed to it), NEON
-    /// and NEON dotprod read each weight block once per group of up to 8
-    /// tokens (NEON's results equal its GEMV's per token, bit for bit);
+    /// token-major (see [`quant`]). AVX2, AVX-512 VNNI, NEON and NEON
+    /// dotprod read each weight block once per group of up to 8 tokens (NEON's results equal its GEMV's per token, bit for bit);
     /// scalar is the twin.
     ///
     /// # Panics

@@ -1,4 +1,5 @@
-//! Q8_0 / Q4_0 GEMM for a batch of `t` tokens (prompt prefill) on AVX2:
+//! Q8_0 / Q4_0 GEMM for a batch of `t` tokens (prompt prefill) on AVX2
+//! and AVX-512 VNNI ([`tile_vnni`]: one `vpdpbusd` per group and row):
 //! `y[i] = W x[i]` for every token `i`, each weight block read once per
 //! 8 tokens and multiplied with all 8 in one instruction.
 //!
@@ -40,7 +41,8 @@
 use core::arch::x86_64::*;
 
 use super::avx2::Avx2;
-use super::quant::{f16x8, load_q4, load_q8, scales8, Scaled};
+use super::quant::{f16x8, load_q4, load_q8, load_q8_biased, scales8, Scaled};
+use super::vnni::Vnni;
 use crate::quant::{BlockQ4_0, BlockQ8_0};
 
 /// Tokens per ymm (one lane each).
@@ -67,20 +69,37 @@ impl Avx2 {
     }
 }
 
+impl Vnni {
+    /// As [`Avx2::gemm_q8_0`], with `vpdpbusd` ([`tile_vnni`]).
+    pub(crate) fn gemm_q8_0(self, w: &[BlockQ8_0], xq: &[BlockQ8_0], t: usize, y: &mut [f32]) {
+        // SAFETY: `self` exists only if the CPU check in `Vnni::new`
+        // passed, so the CPU has the features `gemm_q8_0_vnni` is
+        // compiled for.
+        unsafe { gemm_q8_0_vnni(w, xq, t, y) }
+    }
+
+    /// As [`Avx2::gemm_q4_0`], with `vpdpbusd` ([`tile_vnni`]).
+    pub(crate) fn gemm_q4_0(self, w: &[BlockQ4_0], xq: &[BlockQ8_0], t: usize, y: &mut [f32]) {
+        // SAFETY: as in `gemm_q8_0`.
+        unsafe { gemm_q4_0_vnni(w, xq, t, y) }
+    }
+}
+
 /// One panel of up to 8 tokens' activations, transposed (module docs).
 struct Panel {
     /// `[b][k][j]`: bytes `4k..4k+4` of token `j`'s block `b`.
     x: [[[u32; TOK]; 8]; PB],
     /// `[b][j]`: token `j`'s scale of block `b`.
     dx: [[f32; TOK]; PB],
-    /// `[b][j]`: `8 * sum qs` of token `j`'s block `b` (Q4_0).
+    /// `[b][j]`: `k * sum qs` of token `j`'s block `b`, for weights
+    /// stored as unsigned `w + k` (Q4_0's nibbles: 8; VNNI Q8_0: 128).
     c: [[i32; TOK]; PB],
 }
 
 impl Panel {
     /// Fills blocks `0..nbp` from tokens `i0..i0 + n` (`n <= 8`; the other
     /// lanes zero), columns `p0..p0 + nbp` of rows of `nb` blocks; `c`
-    /// only when `sums`.
+    /// with `offset = Some(k)`.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     fn prepare(
@@ -89,7 +108,7 @@ impl Panel {
         nb: usize,
         (i0, n): (usize, usize),
         (p0, nbp): (usize, usize),
-        sums: bool,
+        offset: Option<i32>,
     ) {
         let tok = |j: usize, b: usize| &xq[(i0 + j) * nb + p0 + b];
         for b in 0..nbp {
@@ -102,8 +121,8 @@ impl Panel {
                 for (xk, wd) in self.x[b].iter_mut().zip(words) {
                     xk[j] = u32::from_le_bytes(wd);
                 }
-                if sums {
-                    self.c[b][j] = if j < n { sum8(tok(j, b)) } else { 0 };
+                if let Some(k) = offset {
+                    self.c[b][j] = if j < n { k * sum(tok(j, b)) } else { 0 };
                 }
             }
             let d = f16x8(|j| if j < n { tok(j, b).d.to_bits() } else { 0 });
@@ -113,10 +132,10 @@ impl Panel {
     }
 }
 
-/// `8 * sum_j qs[j]` of an activation block (Q4_0's offset, per token).
+/// `sum_j qs[j]` of an activation block (the offsets' factor, per token).
 #[inline(always)]
-fn sum8(x: &BlockQ8_0) -> i32 {
-    8 * x.qs.iter().map(|&q| i32::from(q)).sum::<i32>()
+fn sum(x: &BlockQ8_0) -> i32 {
+    x.qs.iter().map(|&q| i32::from(q)).sum::<i32>()
 }
 
 /// The weights of a tile of `N` rows over a panel, unpacked so that the
@@ -165,6 +184,8 @@ impl<const N: usize> Tile<N> {
 trait Batched: Scaled {
     /// Whether the panel needs `c` (Q4_0's offset).
     const SUMS: bool;
+    /// `k` of the unsigned weights `w + k` the VNNI tile multiplies.
+    const VNNI_BIAS: u8;
     /// A group of fewer tokens than this runs the GEMV once per token
     /// instead (a group costs the same whatever its count). Measured in
     /// L2 (a 256 KiB chunk of 228 x 2048, thread CPU time, Zen 3 VM): a
@@ -189,10 +210,23 @@ trait Batched: Scaled {
     /// # Safety
     /// As [`Batched::tile`].
     unsafe fn gemv(w: &[Self], xq: &[BlockQ8_0], y: &mut [f32]);
+
+    /// The block's 32 weights as unsigned bytes `w + VNNI_BIAS`.
+    ///
+    /// # Safety
+    /// As [`Batched::tile`].
+    unsafe fn unpack_vnni(w: &Self) -> __m256i;
+
+    /// [`Batched::gemv`] with VNNI.
+    ///
+    /// # Safety
+    /// The CPU has the features of [`Vnni`].
+    unsafe fn gemv_vnni(w: &[Self], xq: &[BlockQ8_0], y: &mut [f32]);
 }
 
 impl Batched for BlockQ4_0 {
     const SUMS: bool = true;
+    const VNNI_BIAS: u8 = 8;
     const MIN_GROUP: usize = 4;
 
     #[inline(always)]
@@ -211,10 +245,23 @@ impl Batched for BlockQ4_0 {
         // SAFETY: CPU features per this fn's contract.
         unsafe { super::quant::gemv_q4_0_k(w, xq, y) }
     }
+
+    #[inline(always)]
+    unsafe fn unpack_vnni(w: &Self) -> __m256i {
+        // SAFETY: CPU features per this fn's contract.
+        unsafe { load_q4(w) }
+    }
+
+    #[inline(always)]
+    unsafe fn gemv_vnni(w: &[Self], xq: &[BlockQ8_0], y: &mut [f32]) {
+        // SAFETY: CPU features per this fn's contract.
+        unsafe { super::quant::gemv_q4_0_vnni(w, xq, y) }
+    }
 }
 
 impl Batched for BlockQ8_0 {
     const SUMS: bool = false;
+    const VNNI_BIAS: u8 = 128;
     const MIN_GROUP: usize = 6;
 
     #[inline(always)]
@@ -232,6 +279,18 @@ impl Batched for BlockQ8_0 {
     unsafe fn gemv(w: &[Self], xq: &[BlockQ8_0], y: &mut [f32]) {
         // SAFETY: CPU features per this fn's contract.
         unsafe { super::quant::gemv_q8_0_k(w, xq, y) }
+    }
+
+    #[inline(always)]
+    unsafe fn unpack_vnni(w: &Self) -> __m256i {
+        // SAFETY: CPU features per this fn's contract.
+        unsafe { load_q8_biased(w) }
+    }
+
+    #[inline(always)]
+    unsafe fn gemv_vnni(w: &[Self], xq: &[BlockQ8_0], y: &mut [f32]) {
+        // SAFETY: CPU features per this fn's contract.
+        unsafe { super::quant::gemv_q8_0_vnni(w, xq, y) }
     }
 }
 
@@ -313,6 +372,68 @@ fn tile_q8<const N: usize>(
     acc
 }
 
+/// [`Batched::tile`] with VNNI, one shape for both types: per group `k`
+/// and row, one `vpdpbusd` of the broadcast unsigned weights `w + bias`
+/// with the 8 tokens' bytes into i32, which start at `-bias sum x`
+/// (`c`): the exact `sum w x` per token, whatever the bytes.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+fn tile_vnni<W: Batched, const N: usize>(
+    rows: [&[W]; N],
+    p: &Panel,
+    nbp: usize,
+    u: &mut Tile<N>,
+) -> [__m256; N] {
+    // SAFETY: this fn's target features include AVX2, FMA and F16C.
+    u.fill(rows, nbp, |w| unsafe { W::unpack_vnni(w) });
+    let mut acc = [_mm256_setzero_ps(); N];
+    for b in 0..nbp {
+        // SAFETY: `p.dx[b]` and `p.c[b]` are 8 readable f32 / i32.
+        let (dx, c) = unsafe {
+            (
+                _mm256_loadu_ps(p.dx[b].as_ptr()),
+                _mm256_loadu_si256(p.c[b].as_ptr().cast()),
+            )
+        };
+        let mut i32s = [_mm256_sub_epi32(_mm256_setzero_si256(), c); N];
+        for (k, xk) in p.x[b].iter().enumerate() {
+            // SAFETY: `xk` is 32 readable bytes; loadu needs no alignment.
+            let xk = unsafe { _mm256_loadu_si256(xk.as_ptr().cast()) };
+            for (s, q) in i32s.iter_mut().zip(&u.q) {
+                let wk = _mm256_set1_epi32(q[b][k] as i32);
+                *s = _mm256_dpbusd_epi32(*s, wk, xk);
+            }
+        }
+        for ((a, s), d) in acc.iter_mut().zip(i32s).zip(&u.d) {
+            let sc = _mm256_mul_ps(_mm256_set1_ps(d[b]), dx);
+            *a = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(s), *a);
+        }
+    }
+    acc
+}
+
+/// [`Batched::tile`], or [`tile_vnni`] with `VNNI`.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C, and with `VNNI` the features of
+/// [`Vnni`].
+#[inline(always)]
+unsafe fn tile<W: Batched, const N: usize, const VNNI: bool>(
+    rows: [&[W]; N],
+    p: &Panel,
+    nbp: usize,
+    u: &mut Tile<N>,
+) -> [__m256; N] {
+    // SAFETY: CPU features per this fn's contract.
+    unsafe {
+        if VNNI {
+            tile_vnni(rows, p, nbp, u)
+        } else {
+            W::tile(rows, p, nbp, u)
+        }
+    }
+}
+
 /// Writes (`first`) or adds the `n` token lanes of `acc[r]` to
 /// `y[(i0 + j) * rows + r0 + r]`.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -339,7 +460,7 @@ fn put<const N: usize>(
 /// The loop of the module docs.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn gemm_blocks<W: Batched>(w: &[W], xq: &[BlockQ8_0], t: usize, y: &mut [f32]) {
+fn gemm_blocks<W: Batched, const VNNI: bool>(w: &[W], xq: &[BlockQ8_0], t: usize, y: &mut [f32]) {
     let (nb, rows) = crate::quant::gemm_shape(w.len(), xq.len(), t, y.len());
     if nb == 0 {
         y.fill(0.0);
@@ -356,27 +477,39 @@ fn gemm_blocks<W: Batched>(w: &[W], xq: &[BlockQ8_0], t: usize, y: &mut [f32]) {
         if n < W::MIN_GROUP {
             for i in i0..i0 + n {
                 let y = &mut y[i * rows..(i + 1) * rows];
+                let x = &xq[i * nb..(i + 1) * nb];
                 // SAFETY: this fn's target features are the ones `gemv`
-                // needs.
-                unsafe { W::gemv(w, &xq[i * nb..(i + 1) * nb], y) };
+                // needs; with `VNNI` the caller checked the CPU for VNNI.
+                unsafe {
+                    if VNNI {
+                        W::gemv_vnni(w, x, y)
+                    } else {
+                        W::gemv(w, x, y)
+                    }
+                };
             }
             continue;
         }
         for p0 in (0..nb).step_by(PB) {
             let nbp = PB.min(nb - p0);
-            p.prepare(xq, nb, (i0, n), (p0, nbp), W::SUMS);
+            let offset = match (VNNI, W::SUMS) {
+                (true, _) => Some(i32::from(W::VNNI_BIAS)),
+                (false, true) => Some(8),
+                (false, false) => None,
+            };
+            p.prepare(xq, nb, (i0, n), (p0, nbp), offset);
             let row = |r: usize| &w[r * nb + p0..r * nb + p0 + nbp];
             let mut r0 = 0;
             while r0 + R <= rows {
-                let tile = core::array::from_fn(|r| row(r0 + r));
+                let rows4 = core::array::from_fn(|r| row(r0 + r));
                 // SAFETY: as above.
-                let acc = unsafe { W::tile(tile, &p, nbp, &mut u) };
+                let acc = unsafe { tile::<W, R, VNNI>(rows4, &p, nbp, &mut u) };
                 put(acc, y, rows, (i0, n), r0, p0 == 0);
                 r0 += R;
             }
             for r in r0..rows {
                 // SAFETY: as above.
-                let acc = unsafe { W::tile([row(r)], &p, nbp, &mut u1) };
+                let acc = unsafe { tile::<W, 1, VNNI>([row(r)], &p, nbp, &mut u1) };
                 put(acc, y, rows, (i0, n), r, p0 == 0);
             }
         }
@@ -385,10 +518,20 @@ fn gemm_blocks<W: Batched>(w: &[W], xq: &[BlockQ8_0], t: usize, y: &mut [f32]) {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn gemm_q8_0_k(w: &[BlockQ8_0], xq: &[BlockQ8_0], t: usize, y: &mut [f32]) {
-    gemm_blocks(w, xq, t, y)
+    gemm_blocks::<_, false>(w, xq, t, y)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn gemm_q4_0_k(w: &[BlockQ4_0], xq: &[BlockQ8_0], t: usize, y: &mut [f32]) {
-    gemm_blocks(w, xq, t, y)
+    gemm_blocks::<_, false>(w, xq, t, y)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn gemm_q8_0_vnni(w: &[BlockQ8_0], xq: &[BlockQ8_0], t: usize, y: &mut [f32]) {
+    gemm_blocks::<_, true>(w, xq, t, y)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn gemm_q4_0_vnni(w: &[BlockQ4_0], xq: &[BlockQ8_0], t: usize, y: &mut [f32]) {
+    gemm_blocks::<_, true>(w, xq, t, y)
 }

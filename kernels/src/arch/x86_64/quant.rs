@@ -1,5 +1,6 @@
 //! Q8_0 / Q4_0 GEMV with Q8_0 activations on AVX2 (`vpmaddubsw` +
-//! `vpmaddwd`), and the AVX-512 backend's route to it. The batched
+//! `vpmaddwd`) and on AVX-512 VNNI (`vpdpbusd`, the same loop with one
+//! instruction per block pair, see [`gemv_q8_0_vnni`]). The batched
 //! (prefill) kernel is in [`super::gemm`].
 //!
 //! ```text
@@ -49,6 +50,7 @@ use half::f16;
 
 use super::avx2::Avx2;
 use super::avx512::Avx512;
+use super::vnni::Vnni;
 use crate::quant::{self, BlockQ4_0, BlockQ8_0};
 
 /// Activation blocks whose scales (and Q4_0's `m8`) are prepared at once
@@ -81,36 +83,56 @@ impl Avx2 {
     }
 }
 
-/// AVX-512 has no quantized kernel of its own yet (VNNI `vpdpbusd` is the
-/// next step): it runs the AVX2 one, which every AVX-512 CPU shipped so far
-/// can run, and the scalar one on a CPU without AVX2.
+/// AVX-512 runs the VNNI kernels where the CPU has VNNI, BW and VL, the
+/// AVX2 ones without (every AVX-512 CPU shipped so far has AVX2), and the
+/// scalar ones on a CPU without AVX2.
 impl Avx512 {
     pub(crate) fn gemv_q8_0(self, w: &[BlockQ8_0], xq: &[BlockQ8_0], y: &mut [f32]) {
-        match Avx2::new() {
-            Some(a) => a.gemv_q8_0(w, xq, y),
-            None => quant::gemv_q8_0(w, xq, y),
+        match (Vnni::new(), Avx2::new()) {
+            (Some(v), _) => v.gemv_q8_0(w, xq, y),
+            (None, Some(a)) => a.gemv_q8_0(w, xq, y),
+            (None, None) => quant::gemv_q8_0(w, xq, y),
         }
     }
 
     pub(crate) fn gemv_q4_0(self, w: &[BlockQ4_0], xq: &[BlockQ8_0], y: &mut [f32]) {
-        match Avx2::new() {
-            Some(a) => a.gemv_q4_0(w, xq, y),
-            None => quant::gemv_q4_0(w, xq, y),
+        match (Vnni::new(), Avx2::new()) {
+            (Some(v), _) => v.gemv_q4_0(w, xq, y),
+            (None, Some(a)) => a.gemv_q4_0(w, xq, y),
+            (None, None) => quant::gemv_q4_0(w, xq, y),
         }
     }
 
     pub(crate) fn gemm_q8_0(self, w: &[BlockQ8_0], xq: &[BlockQ8_0], t: usize, y: &mut [f32]) {
-        match Avx2::new() {
-            Some(a) => a.gemm_q8_0(w, xq, t, y),
-            None => quant::gemm_q8_0(w, xq, t, y),
+        match (Vnni::new(), Avx2::new()) {
+            (Some(v), _) => v.gemm_q8_0(w, xq, t, y),
+            (None, Some(a)) => a.gemm_q8_0(w, xq, t, y),
+            (None, None) => quant::gemm_q8_0(w, xq, t, y),
         }
     }
 
     pub(crate) fn gemm_q4_0(self, w: &[BlockQ4_0], xq: &[BlockQ8_0], t: usize, y: &mut [f32]) {
-        match Avx2::new() {
-            Some(a) => a.gemm_q4_0(w, xq, t, y),
-            None => quant::gemm_q4_0(w, xq, t, y),
+        match (Vnni::new(), Avx2::new()) {
+            (Some(v), _) => v.gemm_q4_0(w, xq, t, y),
+            (None, Some(a)) => a.gemm_q4_0(w, xq, t, y),
+            (None, None) => quant::gemm_q4_0(w, xq, t, y),
         }
+    }
+}
+
+impl Vnni {
+    /// `y = W x`, Q8_0; the caller checked `w.len() == y.len() * xq.len()`.
+    pub(crate) fn gemv_q8_0(self, w: &[BlockQ8_0], xq: &[BlockQ8_0], y: &mut [f32]) {
+        // SAFETY: `self` exists only if the CPU check in `Vnni::new`
+        // passed, so the CPU has the features `gemv_q8_0_vnni` is
+        // compiled for.
+        unsafe { gemv_q8_0_vnni(w, xq, y) }
+    }
+
+    /// `y = W x`, Q4_0; the caller checked `w.len() == y.len() * xq.len()`.
+    pub(crate) fn gemv_q4_0(self, w: &[BlockQ4_0], xq: &[BlockQ8_0], y: &mut [f32]) {
+        // SAFETY: as in `gemv_q8_0`.
+        unsafe { gemv_q4_0_vnni(w, xq, y) }
     }
 }
 
@@ -217,11 +239,11 @@ struct Panel {
 }
 
 impl Panel {
-    /// Fills `dx` (and `m8` when `sums`) for the blocks `xp` (at most
+    /// Fills `dx` (and `m8` with `offset`) for the blocks `xp` (at most
     /// PANEL), zero from there to the end of the last group of 8.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn prepare(&mut self, xp: &[BlockQ8_0], sums: bool) {
+    fn prepare(&mut self, xp: &[BlockQ8_0], offset: Option<impl Fn(&BlockQ8_0) -> __m256i>) {
         let (xg, xt) = xp.as_chunks::<8>();
         let (dg, _) = self.dx.as_chunks_mut::<8>();
         let mut last = [BlockQ8_0::default(); 8];
@@ -231,13 +253,13 @@ impl Panel {
             // SAFETY: `d8` is 8 writable f32; storeu needs no alignment.
             unsafe { _mm256_storeu_ps(d8.as_mut_ptr(), scales8(x8)) };
         }
-        if sums {
+        if let Some(offset) = offset {
             let end = xp.len().next_multiple_of(8);
             for (m, x) in self.m8[..end]
                 .iter_mut()
                 .zip(xp.iter().chain(&last[xt.len()..]))
             {
-                *m = m8(x);
+                *m = offset(x);
             }
         }
     }
@@ -327,7 +349,7 @@ fn gemv_blocks<W: Scaled>(
     w: &[W],
     xq: &[BlockQ8_0],
     y: &mut [f32],
-    sums: bool,
+    offset: Option<impl Fn(&BlockQ8_0) -> __m256i + Copy>,
     isum: impl Fn(&W, __m256i, __m256i) -> __m256i + Copy,
 ) {
     let nb = xq.len();
@@ -341,7 +363,7 @@ fn gemv_blocks<W: Scaled>(
         m8: [_mm256_setzero_si256(); PANEL],
     };
     for (i, xp) in xq.chunks(PANEL).enumerate() {
-        p.prepare(xp, sums);
+        p.prepare(xp, offset);
         let c0 = i * PANEL;
         for (r, yr) in y.iter_mut().enumerate() {
             let row = &w[r * nb + c0..r * nb + c0 + xp.len()];
@@ -351,12 +373,61 @@ fn gemv_blocks<W: Scaled>(
     }
 }
 
+/// No offset: Q8_0 on AVX2 (a closure type for `None`).
+const NO_OFFSET: Option<fn(&BlockQ8_0) -> __m256i> = None;
+
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn gemv_q8_0_k(w: &[BlockQ8_0], xq: &[BlockQ8_0], y: &mut [f32]) {
-    gemv_blocks(w, xq, y, false, |w, x, _| isum_q8(w, x))
+    gemv_blocks(w, xq, y, NO_OFFSET, |w, x, _| isum_q8(w, x))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn gemv_q4_0_k(w: &[BlockQ4_0], xq: &[BlockQ8_0], y: &mut [f32]) {
-    gemv_blocks(w, xq, y, true, |w, x, c| isum_q4(w, x, c))
+    gemv_blocks(w, xq, y, Some(|x: &BlockQ8_0| m8(x)), |w, x, c| {
+        isum_q4(w, x, c)
+    })
+}
+
+/// `-k sum x` per 4-byte group of an activation block (8 x i32): the
+/// offset of a weight stored as `q + k` unsigned, given to `vpdpbusd` as
+/// its starting sum ([`gemv_q8_0_vnni`], [`gemv_q4_0_vnni`], and the
+/// batched kernels' `c`).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+pub(super) fn neg_offset(k: u8, x: &BlockQ8_0) -> __m256i {
+    let kx = _mm256_dpbusd_epi32(
+        _mm256_setzero_si256(),
+        _mm256_set1_epi8(k as i8),
+        load_q8(x),
+    );
+    _mm256_sub_epi32(_mm256_setzero_si256(), kx)
+}
+
+/// The Q8_0 weights of a block as unsigned bytes `w + 128` (`vpxor` of the
+/// sign bit), for `vpdpbusd`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn load_q8_biased(w: &BlockQ8_0) -> __m256i {
+    _mm256_xor_si256(load_q8(w), _mm256_set1_epi8(-128))
+}
+
+/// Q8_0 with VNNI: `vpdpbusd(-128 sum x, w + 128, x)` is the block pair's
+/// `sum w x` in 8 exact i32 lanes, one instruction after the bias (AVX2:
+/// two `vpsignb`, `vpmaddubsw`, `vpmaddwd`); any activation byte.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) fn gemv_q8_0_vnni(w: &[BlockQ8_0], xq: &[BlockQ8_0], y: &mut [f32]) {
+    let offset = |x: &BlockQ8_0| neg_offset(128, x);
+    gemv_blocks(w, xq, y, Some(offset), |w, x, c| {
+        _mm256_dpbusd_epi32(c, load_q8_biased(w), x)
+    })
+}
+
+/// Q4_0 with VNNI: `vpdpbusd(-8 sum x, q, x)` with the nibbles `q` in
+/// 0..=15 (AVX2: `vpmaddubsw`, `vpsubw`, `vpmaddwd`).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) fn gemv_q4_0_vnni(w: &[BlockQ4_0], xq: &[BlockQ8_0], y: &mut [f32]) {
+    let offset = |x: &BlockQ8_0| neg_offset(8, x);
+    gemv_blocks(w, xq, y, Some(offset), |w, x, c| {
+        _mm256_dpbusd_epi32(c, load_q4(w), x)
+    })
 }
