@@ -1,6 +1,8 @@
 //! Q4_K / Q6_K GEMV with Q8_K activations on AVX2 (`vpmaddubsw` +
 //! `vpmaddwd`, the sub-block scales applied as 16-bit integers as
-//! llama.cpp's AVX2 path does), and the AVX-512 backend's route to it.
+//! llama.cpp's AVX2 path does). The AVX-512 backend runs it on a CPU
+//! without VNNI (`kquant512.rs`); the row loop and the helpers that meet
+//! the integer sums with their f32 scales are shared with that file.
 //!
 //! ```text
 //! for r in rows:                                   (one row after the other: one stream)
@@ -43,8 +45,7 @@
 use core::arch::x86_64::*;
 
 use super::avx2::Avx2;
-use super::avx512::Avx512;
-use crate::kquant::{self, BlockQ4_K, BlockQ6_K, BlockQ8_K};
+use crate::kquant::{BlockQ4_K, BlockQ6_K, BlockQ8_K};
 
 /// Weight bytes prefetched ahead of the row loop: the distance measured
 /// for Q8_0 / Q4_0 (`quant.rs`, `PREFETCH_BYTES`), 28 Q4_K or 19 Q6_K
@@ -66,29 +67,10 @@ impl Avx2 {
     }
 }
 
-/// AVX-512 has no K-quant kernel of its own: it runs the AVX2 one, which
-/// every AVX-512 CPU shipped so far can run, and the scalar one on a CPU
-/// without AVX2.
-impl Avx512 {
-    pub(crate) fn gemv_q4_k(self, w: &[BlockQ4_K], xq: &[BlockQ8_K], y: &mut [f32]) {
-        match Avx2::new() {
-            Some(a) => a.gemv_q4_k(w, xq, y),
-            None => kquant::gemv_q4_k(w, xq, y),
-        }
-    }
-
-    pub(crate) fn gemv_q6_k(self, w: &[BlockQ6_K], xq: &[BlockQ8_K], y: &mut [f32]) {
-        match Avx2::new() {
-            Some(a) => a.gemv_q6_k(w, xq, y),
-            None => kquant::gemv_q6_k(w, xq, y),
-        }
-    }
-}
-
 /// The 32 bytes from element `at` of `s` on.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn load32<T>(s: &[T], at: usize) -> __m256i {
+pub(super) fn load32<T>(s: &[T], at: usize) -> __m256i {
     let s = &s[at..];
     assert!(size_of_val(s) >= 32);
     // SAFETY: at least 32 readable bytes at `s` (checked above, and the
@@ -110,7 +92,7 @@ fn word_pattern(i: usize) -> __m256i {
 /// `(d_w d_x) f32(isum) - (dmin_w d_x) f32(msum)`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn scale_sums(sums: __m128i, dw_bits: i32, dx: f32) -> f32 {
+pub(super) fn scale_sums(sums: __m128i, dw_bits: i32, dx: f32) -> f32 {
     let d = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(dw_bits)), _mm_set1_ps(dx));
     let p = _mm_mul_ps(d, _mm_cvtepi32_ps(sums));
     _mm_cvtss_f32(_mm_sub_ss(p, _mm_movehdup_ps(p)))
@@ -119,7 +101,7 @@ fn scale_sums(sums: __m128i, dw_bits: i32, dx: f32) -> f32 {
 /// `[sum a, sum b, sum a, sum b]` of 8 and 4 i32 lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn hsum2(a: __m256i, b: __m128i) -> __m128i {
+pub(super) fn hsum2(a: __m256i, b: __m128i) -> __m128i {
     let a = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256::<1>(a));
     let h = _mm_hadd_epi32(a, b);
     _mm_hadd_epi32(h, h)
@@ -130,7 +112,7 @@ fn hsum2(a: __m256i, b: __m128i) -> __m128i {
 /// `[a & 63s, c & 15s | (a >> 6 & 3s) << 4, b & 63s, c >> 4 & 15s | (b >> 6 & 3s) << 4]`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn scales_mins(w: &BlockQ4_K) -> __m128i {
+pub(super) fn scales_mins(w: &BlockQ4_K) -> __m128i {
     let bytes = bytemuck::bytes_of(w);
     // SAFETY: bytes 4..20 of the 144-byte block are readable; loadu needs
     // no alignment.
@@ -153,7 +135,7 @@ fn scales_mins(w: &BlockQ4_K) -> __m128i {
 /// The sum of 8 i32 lanes, in lane 0.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn hsum1(a: __m256i) -> __m128i {
+pub(super) fn hsum1(a: __m256i) -> __m128i {
     let a = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256::<1>(a));
     let a = _mm_add_epi32(a, _mm_shuffle_epi32::<0b01_00_11_10>(a));
     _mm_add_epi32(a, _mm_shuffle_epi32::<0b10_11_00_01>(a))
@@ -246,9 +228,16 @@ fn dot_q6_k(w: &BlockQ6_K, x: &BlockQ8_K) -> f32 {
 }
 
 /// The loop of the module docs, given the super-block pair's f32 term.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn gemv_rows<W>(w: &[W], xq: &[BlockQ8_K], y: &mut [f32], dot: impl Fn(&W, &BlockQ8_K) -> f32) {
+/// No target feature of its own (`prefetcht0` is SSE): always inlined
+/// into the caller, so `dot` is compiled with the caller's features
+/// (the AVX-512 GEMV of `kquant512.rs` runs it too).
+#[inline(always)]
+pub(super) fn gemv_rows<W>(
+    w: &[W],
+    xq: &[BlockQ8_K],
+    y: &mut [f32],
+    dot: impl Fn(&W, &BlockQ8_K) -> f32,
+) {
     let nb = xq.len();
     assert_eq!(w.len(), y.len() * nb, "gemv_k: weight shape");
     if nb == 0 {
@@ -263,7 +252,9 @@ fn gemv_rows<W>(w: &[W], xq: &[BlockQ8_K], y: &mut [f32], dot: impl Fn(&W, &Bloc
             // (wrapping_add, never dereferenced) is dropped, not a fault.
             let at = ahead.wrapping_add(b * size_of::<W>());
             for line in (0..size_of::<W>()).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(line));
+                // SAFETY: SSE is part of every x86-64 CPU (the target's
+                // baseline); the address is never dereferenced.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(line)) };
             }
             sum += dot(wb, xb);
         }

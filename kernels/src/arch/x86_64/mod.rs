@@ -6,6 +6,7 @@ pub(crate) mod avx512;
 mod gemm;
 mod kgemm;
 mod kquant;
+mod kquant512;
 mod quant;
 pub(crate) mod vnni;
 
