@@ -1,5 +1,6 @@
 //! Q8_0 / Q4_0 GEMM for a batch of `t` tokens (prompt prefill) on AVX2
-//! and AVX-512 VNNI ([`tile_vnni`]: one `vpdpbusd` per group and row):
+//! and, for Q8_0, AVX-512 VNNI ([`tile_vnni`]: one `vpdpbusd` per group
+//! and row):
 //! `y[i] = W x[i]` for every token `i`, each weight block read once per
 //! 8 tokens and multiplied with all 8 in one instruction.
 //!
@@ -184,6 +185,8 @@ impl<const N: usize> Tile<N> {
 trait Batched: Scaled {
     /// Whether the panel needs `c` (Q4_0's offset).
     const SUMS: bool;
+    /// Whether the VNNI backend runs [`tile_vnni`] (else [`Batched::tile`]).
+    const VNNI_TILE: bool;
     /// `k` of the unsigned weights `w + k` the VNNI tile multiplies.
     const VNNI_BIAS: u8;
     /// A group of fewer tokens than this runs the GEMV once per token
@@ -226,6 +229,11 @@ trait Batched: Scaled {
 
 impl Batched for BlockQ4_0 {
     const SUMS: bool = true;
+    /// The AVX2 tile's `vpmaddubsw` + `vpaddw` per group and row beat one
+    /// `vpdpbusd` on Zen 4 (in L2, 228 x 2048, 64 tokens: 0.38 against
+    /// 0.47-0.50 ns per block and token, `vpdpbusd` issuing about once a
+    /// cycle), so Q4_0 keeps it.
+    const VNNI_TILE: bool = false;
     const VNNI_BIAS: u8 = 8;
     const MIN_GROUP: usize = 4;
 
@@ -261,6 +269,10 @@ impl Batched for BlockQ4_0 {
 
 impl Batched for BlockQ8_0 {
     const SUMS: bool = false;
+    /// One `vpdpbusd` replaces two `vpsignb`, `vpmaddubsw`, `vpmaddwd` and
+    /// `vpaddd` (in L2, 228 x 2048, 64 tokens: 0.48-0.52 against 0.69-0.71
+    /// ns per block and token on Zen 4).
+    const VNNI_TILE: bool = true;
     const VNNI_BIAS: u8 = 128;
     const MIN_GROUP: usize = 6;
 
@@ -372,8 +384,8 @@ fn tile_q8<const N: usize>(
     acc
 }
 
-/// [`Batched::tile`] with VNNI, one shape for both types: per group `k`
-/// and row, one `vpdpbusd` of the broadcast unsigned weights `w + bias`
+/// [`Batched::tile`] with VNNI (Q8_0; see [`Batched::VNNI_TILE`]): per
+/// group `k` and row, one `vpdpbusd` of the broadcast unsigned weights `w + bias`
 /// with the 8 tokens' bytes into i32, which start at `-bias sum x`
 /// (`c`): the exact `sum w x` per token, whatever the bytes.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -412,7 +424,7 @@ fn tile_vnni<W: Batched, const N: usize>(
     acc
 }
 
-/// [`Batched::tile`], or [`tile_vnni`] with `VNNI`.
+/// [`Batched::tile`], or [`tile_vnni`] with `VNNI` where the type takes it.
 ///
 /// # Safety
 /// The CPU has AVX2, FMA and F16C, and with `VNNI` the features of
@@ -426,7 +438,7 @@ unsafe fn tile<W: Batched, const N: usize, const VNNI: bool>(
 ) -> [__m256; N] {
     // SAFETY: CPU features per this fn's contract.
     unsafe {
-        if VNNI {
+        if VNNI && W::VNNI_TILE {
             tile_vnni(rows, p, nbp, u)
         } else {
             W::tile(rows, p, nbp, u)
@@ -492,7 +504,7 @@ fn gemm_blocks<W: Batched, const VNNI: bool>(w: &[W], xq: &[BlockQ8_0], t: usize
         }
         for p0 in (0..nb).step_by(PB) {
             let nbp = PB.min(nb - p0);
-            let offset = match (VNNI, W::SUMS) {
+            let offset = match (VNNI && W::VNNI_TILE, W::SUMS) {
                 (true, _) => Some(i32::from(W::VNNI_BIAS)),
                 (false, true) => Some(8),
                 (false, false) => None,
