@@ -2,6 +2,8 @@
 //! `y[i] = W xq[i]` for every token `i`, each weight super-block unpacked
 //! once per 8 tokens and multiplied with all 8 in one instruction (the
 //! layout of `gemm.rs`, for super-blocks of 256 with sub-block scales).
+//! The loop is generic over its product ([`Product`]): AVX2's here, the
+//! `vpdpbusd` one of `kgemm512.rs` for the AVX-512 backend.
 //!
 //! The Q8_K activations are transposed so that a ymm holds the same 4
 //! columns of 8 tokens (lane `j` = token `j`); a weight super-block's
@@ -83,15 +85,14 @@
 use core::arch::x86_64::*;
 
 use super::avx2::Avx2;
-use super::avx512::Avx512;
 use crate::kquant::{self, BlockQ4_K, BlockQ6_K, BlockQ8_K, QK_K};
 
 /// Tokens per ymm (one lane each).
-const TOK: usize = 8;
+pub(super) const TOK: usize = 8;
 /// 4-byte groups per super-block.
-const G: usize = QK_K / 4;
+pub(super) const G: usize = QK_K / 4;
 /// Activation super-blocks transposed at once (16 KiB of `X`, half of L1d).
-const PB: usize = 8;
+pub(super) const PB: usize = 8;
 /// Rows per tile.
 const R: usize = 4;
 
@@ -112,28 +113,10 @@ impl Avx2 {
     }
 }
 
-/// AVX-512 runs the AVX2 kernel (every AVX-512 CPU shipped so far has
-/// AVX2), and the scalar twin on a CPU without AVX2.
-impl Avx512 {
-    pub(crate) fn gemm_q4_k(self, w: &[BlockQ4_K], xq: &[BlockQ8_K], t: usize, y: &mut [f32]) {
-        match Avx2::new() {
-            Some(a) => a.gemm_q4_k(w, xq, t, y),
-            None => kquant::gemm_q4_k(w, xq, t, y),
-        }
-    }
-
-    pub(crate) fn gemm_q6_k(self, w: &[BlockQ6_K], xq: &[BlockQ8_K], t: usize, y: &mut [f32]) {
-        match Avx2::new() {
-            Some(a) => a.gemm_q6_k(w, xq, t, y),
-            None => kquant::gemm_q6_k(w, xq, t, y),
-        }
-    }
-}
-
 /// 32 bytes of `v` as a ymm.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn load<T: bytemuck::Pod>(v: &[T; 8]) -> __m256i {
+pub(super) fn load<T: bytemuck::Pod>(v: &[T; 8]) -> __m256i {
     assert!(size_of::<[T; 8]>() == 32);
     // SAFETY: `v` is 32 readable bytes (checked above, at compile time for
     // the u32 / f32 callers); loadu needs no alignment.
@@ -154,13 +137,13 @@ fn f16_to_f32(bits: u16) -> f32 {
 }
 
 /// One panel of up to 8 tokens' activations, transposed (module docs).
-struct Panel {
+pub(super) struct Panel {
     /// `[b][k][j]`: bytes `4k..4k+4` of token `j`'s super-block `b`.
-    x: [[[u32; TOK]; G]; PB],
+    pub(super) x: [[[u32; TOK]; G]; PB],
     /// `[b][i][j]`: token `j`'s `bsums[2i]`, `bsums[2i + 1]` as i16 pair.
-    bs: [[[u32; TOK]; 8]; PB],
+    pub(super) bs: [[[u32; TOK]; 8]; PB],
     /// `[b][j]`: token `j`'s scale of super-block `b`.
-    dx: [[f32; TOK]; PB],
+    pub(super) dx: [[f32; TOK]; PB],
 }
 
 impl Panel {
@@ -204,13 +187,13 @@ impl Panel {
 
 /// The weights of a tile of `N` rows over a panel, unpacked so that the
 /// product loop broadcasts each 4-byte group and each scale with a load.
-struct Tile<const N: usize> {
+pub(super) struct Tile<const N: usize> {
     /// `[r][b][k]`: quants 4k..4k+4 as bytes (Q4_K 0..=15, Q6_K 0..=63).
-    q: [[[u32; G]; PB]; N],
-    /// `[r][b]`: the scales as i16 pairs ([`Batched::unpack`]).
-    sc: [[[u32; 24]; PB]; N],
+    pub(super) q: [[[u32; G]; PB]; N],
+    /// `[r][b]`: the scales as i16 pairs or i32 ([`Batched::unpack`]).
+    pub(super) sc: [[[u32; 24]; PB]; N],
     /// `[r][b]`: `d` and (Q4_K) `dmin` as f32.
-    d: [[[f32; 2]; PB]; N],
+    pub(super) d: [[[f32; 2]; PB]; N],
 }
 
 impl<const N: usize> Tile<N> {
@@ -222,43 +205,45 @@ impl<const N: usize> Tile<N> {
         }
     }
 
-    /// Unpacks super-blocks `0..nbp` of each row. Never inlined (as in
-    /// `gemm.rs`: the product loop then broadcasts from memory).
+    /// Unpacks super-blocks `0..nbp` of each row for `k`. Never inlined
+    /// (as in `gemm.rs`: the product loop then broadcasts from memory).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline(never)]
-    fn fill<W: Batched>(&mut self, rows: [&[W]; N], nbp: usize) {
+    fn fill<W: Batched, K: Product<W>>(&mut self, k: K, rows: [&[W]; N], nbp: usize) {
         for (r, row) in rows.iter().enumerate() {
             for (b, w) in row[..nbp].iter().enumerate() {
-                // SAFETY: this fn's target features are the ones `unpack`
-                // needs.
-                self.d[r][b] = unsafe { w.unpack(&mut self.q[r][b], &mut self.sc[r][b]) };
+                self.d[r][b] = k.unpack(w, &mut self.q[r][b], &mut self.sc[r][b]);
             }
         }
     }
 }
 
-/// A weight super-block type's part of the batched loop.
-trait Batched: Copy {
+/// A weight super-block type's unpacking for the batched loop.
+pub(super) trait Batched: Copy {
+    /// Writes the quants as bytes in element order to `q` and the scales
+    /// to `sc` (Q4_K: `[0..8]` `(sc[s], sc[s])`, `[8..16]` `(m[s], m[s])`;
+    /// Q6_K: `[0..16]` `(sc[j], sc[j])`, `[16..24]` `(-32 sc[2i],
+    /// -32 sc[2i + 1])`; with `I32` the sub-block scales `[0..8]` /
+    /// `[0..16]` as one i32 each instead of pairs); returns `[d, dmin]`
+    /// as f32.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C.
+    unsafe fn unpack<const I32: bool>(&self, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2];
+}
+
+/// An instruction set's product loop over the unpacked tiles, and the
+/// GEMV it runs for small groups; the value is the CPU proof.
+pub(super) trait Product<W>: Copy {
     /// A group of fewer tokens than this runs the GEMV once per token
     /// instead (a group costs about the same whatever its count; measured
     /// in the module docs).
     const MIN_GROUP: usize;
 
-    /// Writes the quants as bytes in element order to `q` and the scales
-    /// to `sc` (Q4_K: `[0..8]` `(sc[s], sc[s])`, `[8..16]` `(m[s], m[s])`;
-    /// Q6_K: `[0..16]` `(sc[j], sc[j])`, `[16..24]` `(-32 sc[2i],
-    /// -32 sc[2i + 1])`); returns `[d, dmin]` as f32.
-    ///
-    /// # Safety
-    /// The CPU has AVX2, FMA and F16C.
-    unsafe fn unpack(&self, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2];
-
     /// The panel's `nbp` super-blocks of a tile times its 8 tokens, added
     /// to `acc` (per row, 8 lanes of token sums).
-    ///
-    /// # Safety
-    /// As [`Batched::unpack`].
-    unsafe fn tile<const N: usize>(
+    fn tile<const N: usize>(
+        self,
         p: &Panel,
         nbp: usize,
         u: &Tile<N>,
@@ -266,56 +251,77 @@ trait Batched: Copy {
     ) -> [__m256; N];
 
     /// `y = W x` for one token.
-    fn gemv(a: Avx2, w: &[Self], xq: &[BlockQ8_K], y: &mut [f32]);
+    fn gemv(self, w: &[W], xq: &[BlockQ8_K], y: &mut [f32]);
+
+    /// [`Batched::unpack`] with the scale layout of this product loop.
+    fn unpack(self, w: &W, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2];
 }
 
 impl Batched for BlockQ4_K {
-    const MIN_GROUP: usize = 3;
-
     #[inline(always)]
-    unsafe fn unpack(&self, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] {
+    unsafe fn unpack<const I32: bool>(&self, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] {
         // SAFETY: CPU features per this fn's contract.
-        unsafe { unpack_q4_k(self, q, sc) }
-    }
-
-    #[inline(always)]
-    unsafe fn tile<const N: usize>(
-        p: &Panel,
-        nbp: usize,
-        u: &Tile<N>,
-        acc: [__m256; N],
-    ) -> [__m256; N] {
-        // SAFETY: CPU features per this fn's contract.
-        unsafe { tile_q4_k(p, nbp, u, acc) }
-    }
-
-    fn gemv(a: Avx2, w: &[Self], xq: &[BlockQ8_K], y: &mut [f32]) {
-        a.gemv_q4_k(w, xq, y)
+        unsafe { unpack_q4_k::<I32>(self, q, sc) }
     }
 }
 
 impl Batched for BlockQ6_K {
-    const MIN_GROUP: usize = 4;
-
     #[inline(always)]
-    unsafe fn unpack(&self, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] {
+    unsafe fn unpack<const I32: bool>(&self, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] {
         // SAFETY: CPU features per this fn's contract.
-        unsafe { unpack_q6_k(self, q, sc) }
+        unsafe { unpack_q6_k::<I32>(self, q, sc) }
     }
+}
+
+impl Product<BlockQ4_K> for Avx2 {
+    const MIN_GROUP: usize = 3;
 
     #[inline(always)]
-    unsafe fn tile<const N: usize>(
+    fn tile<const N: usize>(
+        self,
         p: &Panel,
         nbp: usize,
         u: &Tile<N>,
         acc: [__m256; N],
     ) -> [__m256; N] {
-        // SAFETY: CPU features per this fn's contract.
+        // SAFETY: `self` proves the CPU features of `tile_q4_k`.
+        unsafe { tile_q4_k(p, nbp, u, acc) }
+    }
+
+    fn gemv(self, w: &[BlockQ4_K], xq: &[BlockQ8_K], y: &mut [f32]) {
+        self.gemv_q4_k(w, xq, y)
+    }
+
+    #[inline(always)]
+    fn unpack(self, w: &BlockQ4_K, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] {
+        // SAFETY: `self` proves AVX2, FMA and F16C.
+        unsafe { w.unpack::<false>(q, sc) }
+    }
+}
+
+impl Product<BlockQ6_K> for Avx2 {
+    const MIN_GROUP: usize = 4;
+
+    #[inline(always)]
+    fn tile<const N: usize>(
+        self,
+        p: &Panel,
+        nbp: usize,
+        u: &Tile<N>,
+        acc: [__m256; N],
+    ) -> [__m256; N] {
+        // SAFETY: `self` proves the CPU features of `tile_q6_k`.
         unsafe { tile_q6_k(p, nbp, u, acc) }
     }
 
-    fn gemv(a: Avx2, w: &[Self], xq: &[BlockQ8_K], y: &mut [f32]) {
-        a.gemv_q6_k(w, xq, y)
+    fn gemv(self, w: &[BlockQ6_K], xq: &[BlockQ8_K], y: &mut [f32]) {
+        self.gemv_q6_k(w, xq, y)
+    }
+
+    #[inline(always)]
+    fn unpack(self, w: &BlockQ6_K, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] {
+        // SAFETY: `self` proves AVX2, FMA and F16C.
+        unsafe { w.unpack::<false>(q, sc) }
     }
 }
 
@@ -341,7 +347,7 @@ fn store_pairs(sc: &mut [u32; 24], at: usize, v: __m256i) {
 /// (low nibble) and `64 c + 32 + l` (high).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn unpack_q4_k(w: &BlockQ4_K, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] {
+fn unpack_q4_k<const I32: bool>(w: &BlockQ4_K, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] {
     let m4 = _mm256_set1_epi8(0x0F);
     let qs: &[[u8; 32]; 4] = bytemuck::cast_ref(&w.qs);
     for (c, qs) in qs.iter().enumerate() {
@@ -356,7 +362,11 @@ fn unpack_q4_k(w: &BlockQ4_K, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] 
     }
     // SAFETY: the 16 bytes are readable; loadu needs no alignment.
     let sm = unsafe { _mm_loadu_si128(w.scales_mins().as_ptr().cast()) };
-    store_pairs(sc, 0, _mm256_cvtepu8_epi32(sm));
+    if I32 {
+        store8(sc, 0, _mm256_cvtepu8_epi32(sm));
+    } else {
+        store_pairs(sc, 0, _mm256_cvtepu8_epi32(sm));
+    }
     store_pairs(sc, 8, _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(sm, sm)));
     [f16_to_f32(w.d.to_bits()), f16_to_f32(w.dmin.to_bits())]
 }
@@ -365,7 +375,7 @@ fn unpack_q4_k(w: &BlockQ4_K, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] 
 /// (low or high nibble) and bits `2k..2k+2` of `qh` (as the GEMV).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn unpack_q6_k(w: &BlockQ6_K, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] {
+fn unpack_q6_k<const I32: bool>(w: &BlockQ6_K, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] {
     let m4 = _mm256_set1_epi8(0x0F);
     let ql: &[[u8; 32]; 4] = bytemuck::cast_ref(&w.ql);
     let qh: &[[u8; 32]; 2] = bytemuck::cast_ref(&w.qh);
@@ -397,8 +407,17 @@ fn unpack_q6_k(w: &BlockQ6_K, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] 
     }
     // SAFETY: `w.scales` is 16 readable bytes; loadu needs no alignment.
     let s8 = unsafe { _mm_loadu_si128(w.scales.as_ptr().cast()) };
-    store_pairs(sc, 0, _mm256_cvtepi8_epi32(s8));
-    store_pairs(sc, 8, _mm256_cvtepi8_epi32(_mm_unpackhi_epi64(s8, s8)));
+    let (lo, hi) = (
+        _mm256_cvtepi8_epi32(s8),
+        _mm256_cvtepi8_epi32(_mm_unpackhi_epi64(s8, s8)),
+    );
+    if I32 {
+        store8(sc, 0, lo);
+        store8(sc, 8, hi);
+    } else {
+        store_pairs(sc, 0, lo);
+        store_pairs(sc, 8, hi);
+    }
     // -32 sc as 16 x i16: pairs (2i, 2i + 1) in u32 lane i.
     let off = _mm256_slli_epi16::<5>(_mm256_sub_epi16(
         _mm256_setzero_si256(),
@@ -531,10 +550,16 @@ fn put<const N: usize>(
     }
 }
 
-/// The loop of the module docs.
+/// The loop of the module docs, with `k`'s product loop.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn gemm_blocks<W: Batched>(a: Avx2, w: &[W], xq: &[BlockQ8_K], t: usize, y: &mut [f32]) {
+pub(super) fn gemm_blocks<W: Batched, K: Product<W>>(
+    k: K,
+    w: &[W],
+    xq: &[BlockQ8_K],
+    t: usize,
+    y: &mut [f32],
+) {
     let (nb, rows) = kquant::gemm_shape(w.len(), xq.len(), t, y.len());
     if nb == 0 {
         y.fill(0.0);
@@ -544,10 +569,9 @@ fn gemm_blocks<W: Batched>(a: Avx2, w: &[W], xq: &[BlockQ8_K], t: usize, y: &mut
     let (mut u, mut u1) = (Tile::<R>::new(), Tile::<1>::new());
     for i0 in (0..t).step_by(TOK) {
         let n = TOK.min(t - i0);
-        if n < W::MIN_GROUP {
+        if n < K::MIN_GROUP {
             for i in i0..i0 + n {
-                W::gemv(
-                    a,
+                k.gemv(
                     w,
                     &xq[i * nb..(i + 1) * nb],
                     &mut y[i * rows..(i + 1) * rows],
@@ -561,19 +585,16 @@ fn gemm_blocks<W: Batched>(a: Avx2, w: &[W], xq: &[BlockQ8_K], t: usize, y: &mut
             let row = |r: usize| &w[r * nb + p0..r * nb + p0 + nbp];
             let mut r0 = 0;
             while r0 + R <= rows {
-                u.fill(core::array::from_fn(|r| row(r0 + r)), nbp);
+                u.fill(k, core::array::from_fn(|r| row(r0 + r)), nbp);
                 let acc = get::<R>(y, rows, (i0, n), r0, p0 == 0);
-                // SAFETY: this fn's target features are the ones `tile`
-                // needs.
-                let acc = unsafe { W::tile(&p, nbp, &u, acc) };
+                let acc = k.tile(&p, nbp, &u, acc);
                 put(acc, y, rows, (i0, n), r0);
                 r0 += R;
             }
             for r in r0..rows {
-                u1.fill([row(r)], nbp);
+                u1.fill(k, [row(r)], nbp);
                 let acc = get::<1>(y, rows, (i0, n), r, p0 == 0);
-                // SAFETY: as above.
-                let acc = unsafe { W::tile(&p, nbp, &u1, acc) };
+                let acc = k.tile(&p, nbp, &u1, acc);
                 put(acc, y, rows, (i0, n), r);
             }
         }

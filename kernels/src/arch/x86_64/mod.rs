@@ -5,6 +5,7 @@ pub(crate) mod avx2;
 pub(crate) mod avx512;
 mod gemm;
 mod kgemm;
+mod kgemm512;
 mod kquant;
 mod kquant512;
 mod quant;

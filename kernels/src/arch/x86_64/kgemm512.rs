@@ -1,0 +1,220 @@
+//! Q4_K / Q6_K GEMM for a batch of tokens on AVX-512 VNNI: the loop and
+//! layout of `kgemm.rs` (8 tokens per ymm lane set, each weight 4-byte
+//! group broadcast), with `vpdpbusd` on ymm (AVX512_VNNI + VL) summing
+//! each group's 4 products into i32 in one instruction, where AVX2 needs
+//! `vpmaddubsw`, an i16 add and, per sub-block, `vpmaddwd`.
+//!
+//! ```text
+//! per tile of R rows, super-block b of the panel (as kgemm.rs):
+//!   Q4_K: for s in 0..8 (sub-blocks of 32):
+//!           i32[r] = sum_{k in s} dpbusd(splat q[r][b][k], X[b][k])   (|.| <= 32 * 15 * 128 < 2^16)
+//!           isum[r] += mullo(i32[r], splat sc[s])                     (i32 scale, `vpmulld`)
+//!         msum, acc: as kgemm.rs
+//!   Q6_K: for j in 0..16 (sub-blocks of 16):
+//!           i32[r] = sum_{k in j} dpbusd(splat q[r][b][k], X[b][k])   (|.| <= 16 * 63 * 128 < 2^17)
+//!           isum[r] += mullo(i32[r], splat sc[j])
+//!         the - 32 and acc: as kgemm.rs
+//! ```
+//!
+//! The tile's sub-block scales are unpacked as one i32 each (not i16
+//! pairs): [`Product::unpack`] with `I32`. `vpdpbusd` does not saturate
+//! (the `s` form would; it is not used), every lane ends as the token's
+//! exact `isum` / `msum`, and the f32 terms are kgemm.rs's: the result
+//! equals the scalar GEMV per token bit for bit. Groups of fewer than
+//! `MIN_GROUP` tokens run the AVX-512 GEMV (`kquant512.rs`).
+//!
+//! Per row, super-block and 8 tokens that is ~64 broadcasts, 64
+//! `vpdpbusd` and 8 `vpmulld` + 8 adds for Q4_K (AVX2: ~200 with the
+//! `maddubs` chains), 64 + 64 + 16 + 16 for Q6_K.
+
+use core::arch::x86_64::*;
+
+use super::avx2::Avx2;
+use super::avx512::Avx512;
+use super::kgemm::{gemm_blocks, load, Batched, Panel, Product, Tile, G};
+use super::vnni::Vnni;
+use crate::kquant::{self, BlockQ4_K, BlockQ6_K, BlockQ8_K};
+
+/// The AVX-512 backend's batched K-quant products: the VNNI tiles here
+/// when the CPU has them, else AVX2's, else the scalar twin.
+impl Avx512 {
+    pub(crate) fn gemm_q4_k(self, w: &[BlockQ4_K], xq: &[BlockQ8_K], t: usize, y: &mut [f32]) {
+        match (Vnni::new(), Avx2::new()) {
+            (Some(v), _) => v.gemm_q4_k(w, xq, t, y),
+            (None, Some(a)) => a.gemm_q4_k(w, xq, t, y),
+            (None, None) => kquant::gemm_q4_k(w, xq, t, y),
+        }
+    }
+
+    pub(crate) fn gemm_q6_k(self, w: &[BlockQ6_K], xq: &[BlockQ8_K], t: usize, y: &mut [f32]) {
+        match (Vnni::new(), Avx2::new()) {
+            (Some(v), _) => v.gemm_q6_k(w, xq, t, y),
+            (None, Some(a)) => a.gemm_q6_k(w, xq, t, y),
+            (None, None) => kquant::gemm_q6_k(w, xq, t, y),
+        }
+    }
+}
+
+impl Vnni {
+    /// As [`Avx2::gemm_q4_k`], with `vpdpbusd` tiles.
+    pub(crate) fn gemm_q4_k(self, w: &[BlockQ4_K], xq: &[BlockQ8_K], t: usize, y: &mut [f32]) {
+        // SAFETY: `self` exists only if the CPU check in `Vnni::new`
+        // passed, so the CPU has the features `gemm_q4_k_k` is compiled for.
+        unsafe { gemm_q4_k_k(self, w, xq, t, y) }
+    }
+
+    /// As [`Avx2::gemm_q6_k`], with `vpdpbusd` tiles.
+    pub(crate) fn gemm_q6_k(self, w: &[BlockQ6_K], xq: &[BlockQ8_K], t: usize, y: &mut [f32]) {
+        // SAFETY: as in `gemm_q4_k`.
+        unsafe { gemm_q6_k_k(self, w, xq, t, y) }
+    }
+}
+
+impl Product<BlockQ4_K> for Vnni {
+    const MIN_GROUP: usize = 3;
+
+    #[inline(always)]
+    fn tile<const N: usize>(
+        self,
+        p: &Panel,
+        nbp: usize,
+        u: &Tile<N>,
+        acc: [__m256; N],
+    ) -> [__m256; N] {
+        // SAFETY: `self` proves the CPU features of `tile_q4_k`.
+        unsafe { tile_q4_k(p, nbp, u, acc) }
+    }
+
+    fn gemv(self, w: &[BlockQ4_K], xq: &[BlockQ8_K], y: &mut [f32]) {
+        self.gemv_q4_k(w, xq, y)
+    }
+
+    #[inline(always)]
+    fn unpack(self, w: &BlockQ4_K, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] {
+        // SAFETY: `self` proves AVX2, FMA and F16C (and more).
+        unsafe { w.unpack::<true>(q, sc) }
+    }
+}
+
+impl Product<BlockQ6_K> for Vnni {
+    const MIN_GROUP: usize = 4;
+
+    #[inline(always)]
+    fn tile<const N: usize>(
+        self,
+        p: &Panel,
+        nbp: usize,
+        u: &Tile<N>,
+        acc: [__m256; N],
+    ) -> [__m256; N] {
+        // SAFETY: `self` proves the CPU features of `tile_q6_k`.
+        unsafe { tile_q6_k(p, nbp, u, acc) }
+    }
+
+    fn gemv(self, w: &[BlockQ6_K], xq: &[BlockQ8_K], y: &mut [f32]) {
+        self.gemv_q6_k(w, xq, y)
+    }
+
+    #[inline(always)]
+    fn unpack(self, w: &BlockQ6_K, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] {
+        // SAFETY: `self` proves AVX2, FMA and F16C (and more).
+        unsafe { w.unpack::<true>(q, sc) }
+    }
+}
+
+/// `sum_k dpbusd(splat q[r][b][k], X[b][k])` over groups `ks` of each row,
+/// times the row's i32 scale `sc[r][b][s]`, added to `isum[r]`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+fn scaled_groups<const N: usize>(
+    p: &Panel,
+    u: &Tile<N>,
+    (b, s): (usize, usize),
+    ks: core::ops::Range<usize>,
+    isum: &mut [__m256i; N],
+) {
+    let splat = |v: u32| _mm256_set1_epi32(v as i32);
+    let mut d = [_mm256_setzero_si256(); N];
+    for k in ks {
+        let xk = load(&p.x[b][k]);
+        for (v, q) in d.iter_mut().zip(&u.q) {
+            *v = _mm256_dpbusd_epi32(*v, splat(q[b][k]), xk);
+        }
+    }
+    for ((i, v), sc) in isum.iter_mut().zip(d).zip(&u.sc) {
+        *i = _mm256_add_epi32(*i, _mm256_mullo_epi32(v, splat(sc[b][s])));
+    }
+}
+
+/// [`Product::tile`] for Q4_K (module docs).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+fn tile_q4_k<const N: usize>(
+    p: &Panel,
+    nbp: usize,
+    u: &Tile<N>,
+    mut acc: [__m256; N],
+) -> [__m256; N] {
+    let splat = |v: u32| _mm256_set1_epi32(v as i32);
+    for b in 0..nbp {
+        let mut isum = [_mm256_setzero_si256(); N];
+        for s in 0..8 {
+            scaled_groups(p, u, (b, s), 8 * s..8 * s + 8, &mut isum);
+        }
+        let dx = _mm256_castsi256_ps(load(&p.dx[b]));
+        for (r, (a, i)) in acc.iter_mut().zip(isum).enumerate() {
+            let mut msum = _mm256_setzero_si256();
+            for s in 0..8 {
+                let m = _mm256_madd_epi16(load(&p.bs[b][s]), splat(u.sc[r][b][8 + s]));
+                msum = _mm256_add_epi32(msum, m);
+            }
+            let [dw, dmin] = u.d[r][b];
+            let d = _mm256_mul_ps(_mm256_set1_ps(dw), dx);
+            let dm = _mm256_mul_ps(_mm256_set1_ps(dmin), dx);
+            let term = _mm256_sub_ps(
+                _mm256_mul_ps(d, _mm256_cvtepi32_ps(i)),
+                _mm256_mul_ps(dm, _mm256_cvtepi32_ps(msum)),
+            );
+            *a = _mm256_add_ps(*a, term);
+        }
+    }
+    acc
+}
+
+/// [`Product::tile`] for Q6_K (module docs).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+fn tile_q6_k<const N: usize>(
+    p: &Panel,
+    nbp: usize,
+    u: &Tile<N>,
+    mut acc: [__m256; N],
+) -> [__m256; N] {
+    let splat = |v: u32| _mm256_set1_epi32(v as i32);
+    for b in 0..nbp {
+        let mut isum = [_mm256_setzero_si256(); N];
+        for j in 0..16 {
+            scaled_groups(p, u, (b, j), 4 * j..4 * j + 4, &mut isum);
+        }
+        let dx = _mm256_castsi256_ps(load(&p.dx[b]));
+        for (r, (a, mut i)) in acc.iter_mut().zip(isum).enumerate() {
+            for s in 0..8 {
+                let o = _mm256_madd_epi16(load(&p.bs[b][s]), splat(u.sc[r][b][16 + s]));
+                i = _mm256_add_epi32(i, o);
+            }
+            let d = _mm256_mul_ps(_mm256_set1_ps(u.d[r][b][0]), dx);
+            *a = _mm256_add_ps(*a, _mm256_mul_ps(d, _mm256_cvtepi32_ps(i)));
+        }
+    }
+    acc
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn gemm_q4_k_k(v: Vnni, w: &[BlockQ4_K], xq: &[BlockQ8_K], t: usize, y: &mut [f32]) {
+    gemm_blocks(v, w, xq, t, y)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn gemm_q6_k_k(v: Vnni, w: &[BlockQ6_K], xq: &[BlockQ8_K], t: usize, y: &mut [f32]) {
+    gemm_blocks(v, w, xq, t, y)
+}
