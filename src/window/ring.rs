@@ -745,6 +745,12 @@ mod tests {
         drop(c);
     }
 
+    /// A deadline that only a hang reaches. Miri runs 100-1000x slower on
+    /// the wall clock, more on a loaded machine.
+    fn far_off() -> Duration {
+        Duration::from_secs(if cfg!(miri) { 900 } else { 10 })
+    }
+
     #[test]
     fn producer_dropped_mid_stream() {
         let (mut p, mut c) = ring(2, 64).unwrap();
@@ -758,9 +764,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(if cfg!(miri) { 1 } else { 20 }));
             drop(p);
         });
-        // Miri runs on the wall clock 100-1000x slower, more on a loaded
-        // machine: the deadline only has to be far off.
-        let deadline = Instant::now() + Duration::from_secs(if cfg!(miri) { 900 } else { 10 });
+        let deadline = Instant::now() + far_off();
         for seq in 0..5u64 {
             let s = c.acquire_filled_until(Some(deadline)).unwrap();
             assert_eq!(s.block(), seq);
@@ -809,7 +813,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(if cfg!(miri) { 1 } else { 20 }));
             drop(c);
         });
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + far_off();
         // Ring is full: parks until the consumer drops.
         assert_eq!(
             p.acquire_free(Some(deadline)).err(),
