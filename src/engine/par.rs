@@ -11,7 +11,8 @@
 //! reused; never allocated per call), and every chunk of rows reads it.
 //!
 //! With several tokens (a prefill batch) a chunk of rows is one batched
-//! product (`gemm`: register tiles of 3 rows x 3 tokens on float weights;
+//! product (`gemm`: register tiles of 3 rows x 3 tokens on float weights,
+//! 4 x 4 on AVX-512;
 //! `gemm_q8_0` / `gemm_q4_0` / `gemm_q4_k` / `gemm_q6_k`: each weight block
 //! read once per 8 tokens)
 //! into its own part of a second reused buffer, token-major as the kernel

@@ -23,6 +23,10 @@ pub(crate) trait Bank {
     /// Rows up to this many columns are read one at a time, longer ones in
     /// blocks of 4 rows sharing the `x` loads (see [`gemv`]).
     const ONE_ROW_MAX_COLS: usize;
+    /// Rows x tokens of a [`gemm`] tile: `R * T` accumulators, `T`
+    /// activations and one widened weight must fit in the bank's registers
+    /// (AVX2: 16, AVX-512 and NEON: 32).
+    const GEMM_TILE: (usize, usize);
     /// # Safety
     /// See the module docs.
     unsafe fn zero() -> Self::V;
@@ -162,10 +166,6 @@ const GEMM_L1: usize = 24 << 10;
 /// f16 panels, 48 of f32): with the chunk of weights they stay in L2, so
 /// each block of rows re-reads them from there, not from L3.
 const GEMM_L2_X: usize = 96 << 10;
-/// Rows per tile of [`gemm`].
-const GEMM_R: usize = 3;
-/// Tokens per tile of [`gemm`].
-const GEMM_T: usize = 3;
 
 /// `y[i] = W x[i]` for `t` tokens (prompt prefill): `x` is `t` rows of
 /// `n` inputs, `y` is `t` rows of `rows` outputs, token-major; W row-major
@@ -175,18 +175,23 @@ const GEMM_T: usize = 3;
 /// for each pass of TB tokens (their panels of x: 96 KiB, kept in L2):
 /// for each panel of KC columns (KC * size of a weight = 2 KiB):
 ///   for each block of 12 rows (24 KiB of the panel's weights, kept in L1):
-///     for each group of T = 3 tokens (then a group of 2 or 1):
-///       for each tile of R = 3 rows of the block (then single rows):
+///     for each group of T tokens (then one group of fewer):
+///       for each tile of R rows of the block (then single rows):
 ///         acc[r][j] = 0                                 (R x T registers)
 ///         for c in panel step L: xj = x[j][c..c+L]        (T loads, L1)
 ///           for r: w = W[r][c..c+L] (one load, widened); acc[r][j] += w * xj
 ///         y[j][r] (+)= hsum(acc[r][j]) + scalar dot of the panel's tail
 /// ```
-/// Per step R + T = 6 loads from L1 feed R * T = 9 independent FMAs,
+/// The tile `(R, T)` is the bank's [`Bank::GEMM_TILE`]. With AVX2's 3 x 3,
+/// per step R + T = 6 loads from L1 feed R * T = 9 independent FMAs,
 /// against 2 loads per FMA (one from L2) in the GEMV, and each weight is
 /// widened once per 3 tokens. With AVX2 the tile takes 13 of the 16
 /// registers: a 4 x 3 tile needs all 16 plus one to overlap the f16
 /// widening, and the spilled accumulator cost a third of the speed.
+/// AVX-512 has 32 registers and takes 4 x 4 (8 loads, 16 FMAs). On Zen 4,
+/// thread CPU time, 64 rows x 2048 in L2, 64 tokens, GFLOP/s f16 / f32:
+/// 4 x 4 94-96 / 66-68; 3 x 3 81-92 / 54-63; 4 x 6 90 / 56; 6 x 4 89-90 /
+/// 54; 3 x 8 82 / 49; AVX2's 3 x 3 in the same run 88-89 / 62.
 /// Measured (2048-column f16 chunk of 64 rows, 64 tokens, 1 thread, the
 /// chunk and `x` warm): 64-71 GFLOP/s against 35 for the GEMV per token
 /// and ~93 for a loop of independent FMAs alone; f32 50-55. In a whole
@@ -203,7 +208,12 @@ const GEMM_T: usize = 3;
 /// # Panics
 /// If `t == 0` or the shapes do not fit.
 #[inline(always)]
-pub(crate) unsafe fn gemm<B: Load<E>, E: Widen>(w: &[E], x: &[f32], t: usize, y: &mut [f32]) {
+pub(crate) unsafe fn gemm<B: Load<E>, E: Widen, const R: usize, const T: usize>(
+    w: &[E],
+    x: &[f32],
+    t: usize,
+    y: &mut [f32],
+) {
     assert!(t > 0, "gemm: no tokens");
     let (n, rows) = (x.len() / t, y.len() / t);
     assert!(
@@ -218,9 +228,9 @@ pub(crate) unsafe fn gemm<B: Load<E>, E: Widen>(w: &[E], x: &[f32], t: usize, y:
     let esize = core::mem::size_of::<E>();
     let panel = GEMM_KC_BYTES / esize;
     // Rows per block: its panel of weights fills about GEMM_L1 bytes.
-    let rb = (GEMM_L1 / GEMM_KC_BYTES / GEMM_R).max(1) * GEMM_R;
+    let rb = (GEMM_L1 / GEMM_KC_BYTES / R).max(1) * R;
     // Tokens per pass: their panels of `x` fill about GEMM_L2_X bytes.
-    let tb = (GEMM_L2_X / (panel * 4) / GEMM_T).max(1) * GEMM_T;
+    let tb = (GEMM_L2_X / (panel * 4) / T).max(1) * T;
     for t0 in (0..t).step_by(tb) {
         let t1 = (t0 + tb).min(t);
         for k0 in (0..n).step_by(panel) {
@@ -234,14 +244,19 @@ pub(crate) unsafe fn gemm<B: Load<E>, E: Widen>(w: &[E], x: &[f32], t: usize, y:
                 // panel `k0..k0 + kc <= n` are inside the asserted shapes;
                 // CPU features per the caller's contract.
                 unsafe {
-                    while j + GEMM_T <= t1 {
-                        gemm_tokens::<B, E, GEMM_T>(w, x, y, (j, k0, kc), args);
-                        j += GEMM_T;
+                    while j + T <= t1 {
+                        gemm_tokens::<B, E, R, T>(w, x, y, (j, k0, kc), args);
+                        j += T;
                     }
+                    // The last tokens, fewer than T <= 8.
                     match t1 - j {
-                        3 => gemm_tokens::<B, E, 3>(w, x, y, (j, k0, kc), args),
-                        2 => gemm_tokens::<B, E, 2>(w, x, y, (j, k0, kc), args),
-                        1 => gemm_tokens::<B, E, 1>(w, x, y, (j, k0, kc), args),
+                        7 => gemm_tokens::<B, E, R, 7>(w, x, y, (j, k0, kc), args),
+                        6 => gemm_tokens::<B, E, R, 6>(w, x, y, (j, k0, kc), args),
+                        5 => gemm_tokens::<B, E, R, 5>(w, x, y, (j, k0, kc), args),
+                        4 => gemm_tokens::<B, E, R, 4>(w, x, y, (j, k0, kc), args),
+                        3 => gemm_tokens::<B, E, R, 3>(w, x, y, (j, k0, kc), args),
+                        2 => gemm_tokens::<B, E, R, 2>(w, x, y, (j, k0, kc), args),
+                        1 => gemm_tokens::<B, E, R, 1>(w, x, y, (j, k0, kc), args),
                         _ => {}
                     }
                 }
@@ -251,14 +266,14 @@ pub(crate) unsafe fn gemm<B: Load<E>, E: Widen>(w: &[E], x: &[f32], t: usize, y:
 }
 
 /// Tokens `j..j + T` of [`gemm`] over the panel of columns `k0..k0 + kc`,
-/// all rows: tiles of [`GEMM_R`] rows, then single rows. The first panel
+/// all rows: tiles of `R` rows, then single rows. The first panel
 /// stores its sums, later ones add to them.
 ///
 /// # Safety
 /// See the module docs; `j + T <= t` and `k0 + kc <= n` for the shapes
 /// `(n, rows)` of `w`, `x` and `y`.
 #[inline(always)]
-unsafe fn gemm_tokens<B: Load<E>, E: Widen, const T: usize>(
+unsafe fn gemm_tokens<B: Load<E>, E: Widen, const R: usize, const T: usize>(
     w: &[E],
     x: &[f32],
     y: &mut [f32],
@@ -273,16 +288,15 @@ unsafe fn gemm_tokens<B: Load<E>, E: Widen, const T: usize>(
         }
     };
     let mut r = r0;
-    while r + GEMM_R <= r1 {
-        let ws: [&[E]; GEMM_R] =
-            core::array::from_fn(|i| &w[(r + i) * n + k0..(r + i) * n + k0 + kc]);
+    while r + R <= r1 {
+        let ws: [&[E]; R] = core::array::from_fn(|i| &w[(r + i) * n + k0..(r + i) * n + k0 + kc]);
         // SAFETY: CPU features per the caller's contract; the slices
         // have length `kc` each.
-        let sums = unsafe { gemm_tile::<B, E, GEMM_R, T>(&ws, &xs) };
+        let sums = unsafe { gemm_tile::<B, E, R, T>(&ws, &xs) };
         for (i, s) in sums.iter().enumerate() {
             put(r + i, s);
         }
-        r += GEMM_R;
+        r += R;
     }
     while r < r1 {
         let ws = [&w[r * n + k0..r * n + k0 + kc]];
@@ -501,8 +515,9 @@ macro_rules! backend {
         where
             $token: $crate::arch::bank::Load<E>,
         {
+            const TILE: (usize, usize) = <$token as $crate::arch::bank::Bank>::GEMM_TILE;
             // SAFETY: this fn's target features are the bank's.
-            unsafe { $crate::arch::bank::gemm::<$token, E>(w, x, t, y) }
+            unsafe { $crate::arch::bank::gemm::<$token, E, { TILE.0 }, { TILE.1 }>(w, x, t, y) }
         }
 
         /// Dot product of two f32 vectors (attention scores).

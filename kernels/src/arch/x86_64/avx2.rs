@@ -13,6 +13,8 @@ impl Bank for Avx2 {
     type V = __m256;
     const LANES: usize = 8;
     const ONE_ROW_MAX_COLS: usize = super::ONE_ROW_MAX_COLS;
+    /// 13 of the 16 registers (see `bank::gemm`).
+    const GEMM_TILE: (usize, usize) = (3, 3);
 
     #[inline(always)]
     unsafe fn zero() -> __m256 {

@@ -17,6 +17,8 @@ impl Bank for Avx512 {
     type V = __m512;
     const LANES: usize = 16;
     const ONE_ROW_MAX_COLS: usize = super::ONE_ROW_MAX_COLS;
+    /// 31 of the 32 registers.
+    const GEMM_TILE: (usize, usize) = (4, 4);
 
     #[inline(always)]
     unsafe fn zero() -> __m512 {
