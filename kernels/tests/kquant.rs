@@ -702,3 +702,48 @@ fn quantize_k_panics_on_a_length_that_is_not_whole_super_blocks() {
     });
     assert!(r.is_err());
 }
+
+/// Extreme bytes that differ per position, so that a lane or scale taken
+/// from the wrong place shows (the AVX-512 kernels hold 64 weights and
+/// two or four sub-block scales per register): activations -128 / 127
+/// by a pattern, quants 0 / 15 (Q4_K) and 0 / 63 (Q6_K) by another,
+/// sub-block scales at their largest or their smallest per sub-block,
+/// on row counts 1..=9.
+#[test]
+fn gemv_k_matches_scalar_on_mixed_extreme_bytes() {
+    let one = f16::from_f32(1.0);
+    let mut rng = Rng(2026);
+    let mut pick = |a: u8, b: u8| if rng.u64().is_multiple_of(2) { a } else { b };
+    for rows in 1..=9 {
+        let nb = 2;
+        let (mut w4, mut w6) = (Vec::new(), Vec::new());
+        for _ in 0..rows * nb {
+            w4.push(BlockQ4_K {
+                d: one,
+                dmin: one,
+                scales: core::array::from_fn(|_| pick(0xFF, 0x00)),
+                qs: core::array::from_fn(|_| pick(0xF0, 0x0F)),
+            });
+            w6.push(BlockQ6_K {
+                ql: core::array::from_fn(|_| pick(0xF0, 0x0F)),
+                qh: core::array::from_fn(|_| pick(0xCC, 0x33)),
+                scales: core::array::from_fn(|_| pick(0x80, 0x7F) as i8),
+                d: one,
+            });
+        }
+        let xq: Vec<BlockQ8_K> = (0..nb)
+            .map(|_| {
+                let mut x = BlockQ8_K {
+                    d: 1.0,
+                    qs: core::array::from_fn(|_| pick(0x80, 0x7F) as i8),
+                    bsums: [0; 16],
+                };
+                for (s, q) in x.bsums.iter_mut().zip(x.qs.chunks_exact(16)) {
+                    *s = q.iter().map(|&v| i16::from(v)).sum();
+                }
+                x
+            })
+            .collect();
+        check_backends(&w4, &w6, &xq, rows);
+    }
+}

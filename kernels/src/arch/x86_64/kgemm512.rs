@@ -134,14 +134,17 @@ fn scaled_groups<const N: usize>(
     isum: &mut [__m256i; N],
 ) {
     let splat = |v: u32| _mm256_set1_epi32(v as i32);
-    let mut d = [_mm256_setzero_si256(); N];
+    // Two chains per row (even and odd groups): `vpdpbusd`'s latency,
+    // not its throughput, would bound one chain of 8.
+    let mut d = [[_mm256_setzero_si256(); N]; 2];
     for k in ks {
         let xk = load(&p.x[b][k]);
-        for (v, q) in d.iter_mut().zip(&u.q) {
+        for (v, q) in d[k % 2].iter_mut().zip(&u.q) {
             *v = _mm256_dpbusd_epi32(*v, splat(q[b][k]), xk);
         }
     }
-    for ((i, v), sc) in isum.iter_mut().zip(d).zip(&u.sc) {
+    for (((i, v0), v1), sc) in isum.iter_mut().zip(d[0]).zip(d[1]).zip(&u.sc) {
+        let v = _mm256_add_epi32(v0, v1);
         *i = _mm256_add_epi32(*i, _mm256_mullo_epi32(v, splat(sc[b][s])));
     }
 }
