@@ -25,7 +25,21 @@
 //!
 //! Per row, super-block and 8 tokens that is ~64 broadcasts, 64
 //! `vpdpbusd` and 8 `vpmulld` + 8 adds for Q4_K (AVX2: ~200 with the
-//! `maddubs` chains), 64 + 64 + 16 + 16 for Q6_K.
+//! `maddubs` chains), 64 + 64 + 16 + 16 for Q6_K. Each row's groups run
+//! in two chains (even and odd `k`), so `vpdpbusd`'s latency does not
+//! bound a sub-block of 8 (Q4_K); with one chain Q4_K was behind AVX2 on
+//! the 5632x2048 shape in both runs.
+//!
+//! Measured with `cargo bench --bench gemv -- q4_k q6_k` (the `/t64`
+//! rows: 64 tokens; ratio of the prefill's per-token weight bandwidth to
+//! the read loop, avx512 and avx2 rows of the same run), 2-vCPU AMD Zen 4
+//! VM shared with other builds (load ~6), two runs, 3 shapes x 1 and 2
+//! threads:
+//!
+//! | | AVX2 (`kgemm.rs`) | this file |
+//! |---|---|---|
+//! | Q4_K | 1.10-1.55 | 1.05-1.59 (ahead in 10 of 12 rows, ~3-5%) |
+//! | Q6_K | 1.19-1.77 | 1.34-2.02 (ahead in 12 of 12, ~10-15%) |
 
 use core::arch::x86_64::*;
 

@@ -263,7 +263,7 @@ pub(super) fn gemv_rows<W>(
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn gemv_q4_k_k(w: &[BlockQ4_K], xq: &[BlockQ8_K], y: &mut [f32]) {
+pub(super) fn gemv_q4_k_k(w: &[BlockQ4_K], xq: &[BlockQ8_K], y: &mut [f32]) {
     gemv_rows(w, xq, y, |w, x| dot_q4_k(w, x))
 }
 

@@ -1,20 +1,15 @@
-//! Q4_K / Q6_K GEMV with Q8_K activations on AVX-512 (BW + VNNI): the
-//! loop of `kquant.rs` on 512-bit registers, 64 weights per `vpmaddubsw`
-//! and the sub-block scales applied by `vpdpwssd` (`vpmaddwd` and the add
-//! in one). The AVX-512 backend runs it when the CPU has VNNI ([`Vnni`]),
-//! else the AVX2 kernel, else the scalar twin.
+//! Q6_K GEMV with Q8_K activations on AVX-512 (BW + VNNI): the loop of
+//! `kquant.rs` on 512-bit registers, 64 weights per `vpmaddubsw` and the
+//! sub-block scales applied by `vpdpwssd` (`vpmaddwd` and the add in
+//! one). The AVX-512 backend runs it when the CPU has VNNI ([`Vnni`]),
+//! else the AVX2 kernel, else the scalar twin. Q4_K runs the AVX2 kernel
+//! on every AVX-512 CPU: its 512-bit version (below) was slower.
 //!
 //! ```text
 //! for r in rows:                                   (one stream, as kquant.rs)
 //!     sum = 0.0
 //!     for b in super-blocks of the row:
-//!         Q4_K, per 64 weights c (4 steps):
-//!             q   = 32 bytes of nibbles in both halves (vbroadcasti64x4),
-//!                   the high half shifted by 4 (masked vpsrlw), & 0x0F
-//!                                                  (lo nibbles | hi nibbles = elements 64c..64c+64)
-//!             acc += dpwssd(maddubs(q, x[64c..+64]), [sc[2c] x16 | sc[2c+1] x16])   (16 x i32)
-//!             mins: madd(m[0..8], bsums pairwise)  (4 x i32, once, as AVX2)
-//!         Q6_K, per 128 weights h (2 steps):       ql[64h..+64] is one load: its low nibbles
+//!         per 128 weights h (2 steps):             ql[64h..+64] is one load: its low nibbles
 //!                                                  are quants k = 0 | 1, its high ones k = 2 | 3
 //!             s   = qh[32h..+32] in both halves, the high half >> 2 (vpsrlvw)
 //!             q01 = (ql & 0x0F) | (s << 4 & 0x30)  (vpternlogd)
@@ -22,27 +17,48 @@
 //!             acc += dpwssd(maddubs(q01, x[128h..+64]),    sc[8h + i/8] per word i)
 //!                  + dpwssd(maddubs(q23, x[128h+64..+64]), sc[8h + 4 + i/8])
 //!             acc -= 32 madd(bsums, sc)            (the -32 offset, once, as AVX2)
-//!         isum, msum = hsum(acc), hsum(mins)       (exact i32, bounds in `kquant`)
-//!         sum += (d_w d_x) f32(isum) [- (dmin_w d_x) f32(msum)]   (the twin's f32 ops)
+//!         isum = hsum(acc)                         (exact i32, bounds in `kquant`)
+//!         sum += (d_w d_x) f32(isum)               (the twin's f32 ops)
 //!     y[r] = sum
 //! ```
 //!
 //! No column tail (rows are whole super-blocks); `maddubs` never saturates
 //! (pairs at most `2 * 63 * 128`) and `vpdpwssd` does not saturate at all
 //! (the `s` form would; it is not used). Each super-block's integers are
-//! reduced to `isum` (and `msum`) and meet their scales in the twin's f32
+//! reduced to `isum` and meets its scales in the twin's f32
 //! operations and order (the helpers of `kquant.rs`), so the result equals
 //! [`crate::kquant`]'s scalar GEMV bit for bit.
 //!
-//! Per super-block that is ~24 vector instructions for Q4_K's weights
-//! (AVX2: ~48) and ~28 for Q6_K's (AVX2: ~46), beside ~25 of scales,
-//! horizontal sums and f32 terms that both share.
+//! Per super-block that is ~28 vector instructions for the weights
+//! (AVX2: ~46), beside ~20 of scales, horizontal sums and f32 terms that
+//! both share.
+//!
+//! Measured with `cargo bench --bench gemv -- q4_k q6_k` (weights from
+//! DRAM, TinyLlama-1.1B's 5632x2048, 2048x5632, 32000x2048; ratio to the
+//! AVX-512 read loop on the same bytes, avx512 and avx2 rows of the same
+//! run), 2-vCPU AMD Zen 4 VM shared with other builds (load ~6), two
+//! runs, 1 and 2 threads:
+//!
+//! | | AVX2 (`kquant.rs`) | this file |
+//! |---|---|---|
+//! | Q6_K | 0.62-0.81 | 0.72-0.88 (ahead in 12 of 12 rows, ~10%) |
+//! | Q4_K | 0.47-0.62 | 0.49-0.59 (behind in 10 of 12, by 0.02-0.04) |
+//!
+//! The Q4_K row is a 512-bit kernel measured in the same runs and then
+//! removed (commit history): per 64 weights one `vbroadcasti64x4` of 32
+//! bytes of nibbles, the high half shifted by a masked `vpsrlw`, `& 0x0F`,
+//! one `vpmaddubsw` with `x[64c..+64]` and one `vpdpwssd` with
+//! `[sc[2c] x16 | sc[2c+1] x16]` (`vpermw`): ~24 instructions per
+//! super-block against AVX2's ~48, yet no faster. Zen 4 runs a zmm
+//! operation as two 256-bit halves, so halving the instructions does not
+//! halve the execution slots (unpacking, `maddubs` and the scale product
+//! cost the same per weight); both sit at ~17 GB/s per thread.
 
 use core::arch::x86_64::*;
 
 use super::avx2::Avx2;
 use super::avx512::Avx512;
-use super::kquant::{gemv_rows, hsum1, hsum2, load32, scale_sums, scales_mins};
+use super::kquant::{gemv_rows, hsum1, load32};
 use super::vnni::Vnni;
 use crate::kquant::{self, BlockQ4_K, BlockQ6_K, BlockQ8_K};
 
@@ -68,16 +84,19 @@ impl Avx512 {
 }
 
 impl Vnni {
-    /// `y = W x`, Q4_K; the caller checked `w.len() == y.len() * xq.len()`.
+    /// `y = W x`, Q4_K: the AVX2 kernel (faster on Zen 4, module docs);
+    /// the caller checked `w.len() == y.len() * xq.len()`.
     pub(crate) fn gemv_q4_k(self, w: &[BlockQ4_K], xq: &[BlockQ8_K], y: &mut [f32]) {
         // SAFETY: `self` exists only if the CPU check in `Vnni::new`
-        // passed, so the CPU has the features `gemv_q4_k_k` is compiled for.
-        unsafe { gemv_q4_k_k(w, xq, y) }
+        // passed, and it checks AVX2, FMA and F16C, the features
+        // `gemv_q4_k_k` is compiled for.
+        unsafe { super::kquant::gemv_q4_k_k(w, xq, y) }
     }
 
     /// `y = W x`, Q6_K; the caller checked `w.len() == y.len() * xq.len()`.
     pub(crate) fn gemv_q6_k(self, w: &[BlockQ6_K], xq: &[BlockQ8_K], y: &mut [f32]) {
-        // SAFETY: as in `gemv_q4_k`.
+        // SAFETY: `self` exists only if the CPU check in `Vnni::new`
+        // passed, so the CPU has the features `gemv_q6_k_k` is compiled for.
         unsafe { gemv_q6_k_k(w, xq, y) }
     }
 }
@@ -108,33 +127,6 @@ fn spread(lo: i64, step: usize) -> __m512i {
 #[inline]
 fn fold(a: __m512i) -> __m256i {
     _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64::<1>(a))
-}
-
-/// One Q4_K super-block times one Q8_K super-block (the module docs).
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-#[inline]
-fn dot_q4_k(w: &BlockQ4_K, x: &BlockQ8_K) -> f32 {
-    let sm = _mm256_cvtepu8_epi16(scales_mins(w));
-    // 8 mins x (bsums[2s] + bsums[2s + 1]): 4 x i32.
-    let bs = load32(&x.bsums, 0);
-    let pairs = _mm_hadd_epi16(
-        _mm256_castsi256_si128(bs),
-        _mm256_extracti128_si256::<1>(bs),
-    );
-    let mins = _mm_madd_epi16(_mm256_extracti128_si256::<1>(sm), pairs);
-    // Words 0..8 of the table: the 8 scales.
-    let scales = _mm512_castsi256_si512(sm);
-    let m4 = _mm512_set1_epi8(0x0F);
-    let mut acc = _mm512_setzero_si512();
-    for c in 0..4 {
-        let q = _mm512_broadcast_i64x4(load32(&w.qs, 32 * c));
-        let q = _mm512_and_si512(_mm512_mask_srli_epi16::<4>(q, 0xFFFF_0000, q), m4);
-        let sc = _mm512_permutexvar_epi16(spread(2 * c as i64, 16), scales);
-        let p = _mm512_maddubs_epi16(q, load64(&x.qs, 64 * c));
-        acc = _mm512_dpwssd_epi32(acc, p, sc);
-    }
-    let dw = i32::from(w.d.to_bits()) | (i32::from(w.dmin.to_bits()) << 16);
-    scale_sums(hsum2(fold(acc), mins), dw, x.d)
 }
 
 /// One Q6_K super-block times one Q8_K super-block (the module docs).
@@ -186,11 +178,6 @@ fn dot_q6_k(w: &BlockQ6_K, x: &BlockQ8_K) -> f32 {
         _mm_set_ss(x.d),
     );
     _mm_cvtss_f32(_mm_mul_ss(d, _mm_cvtepi32_ps(isum)))
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn gemv_q4_k_k(w: &[BlockQ4_K], xq: &[BlockQ8_K], y: &mut [f32]) {
-    gemv_rows(w, xq, y, |w, x| dot_q4_k(w, x))
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
