@@ -262,7 +262,8 @@ impl Backend {
     /// f32 sum (see [`kquant`]); every backend's result equals the scalar
     /// twin's bit for bit. Native on AVX2, NEON (base ARMv8-A
     /// `smull`/`smlal`) and NEON dotprod (`sdot`); AVX-512 runs the AVX2
-    /// kernel.
+    /// kernel (a 512-bit one was 3-5% slower on Zen 4, see
+    /// `arch/x86_64/kquant512.rs`).
     ///
     /// # Panics
     /// If `w.len() != y.len() * xq.len()`, or if the backend is not available.
@@ -291,7 +292,8 @@ impl Backend {
     }
 
     /// `y = W x` on Q6_K weights with Q8_K activations, as
-    /// [`Backend::gemv_q4_k`] (the same backends native, routed or scalar).
+    /// [`Backend::gemv_q4_k`]; AVX-512 with VNNI, BW and VL runs a 512-bit
+    /// kernel (64 weights per `vpmaddubsw`), else the AVX2 one.
     ///
     /// # Panics
     /// If `w.len() != y.len() * xq.len()`, or if the backend is not available.
@@ -323,8 +325,9 @@ impl Backend {
     /// `xq` holds `t` rows of Q8_0 activations of `nb` blocks each, W is
     /// `rows x nb` blocks, `y` gets `t` rows of `rows` outputs,
     /// token-major (see [`quant`]). AVX2, AVX-512 VNNI, NEON and NEON
-    /// dotprod read each weight block once per group of up to 8 tokens (NEON's results equal its GEMV's per token, bit for bit);
-    /// scalar is the twin.
+    /// dotprod read each weight block once per group of up to 8 tokens
+    /// (NEON's results equal its GEMV's per token, bit for bit); scalar is
+    /// the twin.
     ///
     /// # Panics
     /// If the shapes do not fit ([`quant::gemm_shape`]), or if the backend
@@ -396,7 +399,7 @@ impl Backend {
     /// `y[i] = W xq[i]` for `t` tokens on Q4_K weights (prompt prefill):
     /// `xq` holds `t` rows of Q8_K activations of `nb` super-blocks each,
     /// W is `rows x nb` super-blocks, `y` gets `t` rows of `rows` outputs,
-    /// token-major. AVX2 (and AVX-512, routed to it), NEON and NEON
+    /// token-major. AVX2, AVX-512 VNNI (`vpdpbusd`), NEON and NEON
     /// dotprod unpack each weight super-block once per 8 tokens; scalar is
     /// the twin. Every backend's result equals the scalar GEMV's of each
     /// token bit for bit (the same exact integer sums per super-block, the
