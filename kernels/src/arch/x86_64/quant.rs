@@ -1,6 +1,6 @@
 //! Q8_0 / Q4_0 GEMV with Q8_0 activations on AVX2 (`vpmaddubsw` +
-//! `vpmaddwd`) and on AVX-512 VNNI (`vpdpbusd`, the same loop with one
-//! instruction per block pair, see [`gemv_q8_0_vnni`]). The batched
+//! `vpmaddwd`), and Q4_0 on AVX-512 VNNI (`vpdpbusd`, the same loop with
+//! one instruction per block pair, see [`gemv_q4_0_vnni`]). The batched
 //! (prefill) kernel is in [`super::gemm`].
 //!
 //! ```text
@@ -87,11 +87,16 @@ impl Avx2 {
 /// AVX2 ones without (every AVX-512 CPU shipped so far has AVX2), and the
 /// scalar ones on a CPU without AVX2.
 impl Avx512 {
+    /// The AVX2 kernel even with VNNI: a `vpdpbusd` version (weights
+    /// biased to unsigned, `-128 sum x` as the starting sum) read its
+    /// weights from DRAM at 0.84-0.87 of the read loop against AVX2's
+    /// 0.91-1.02 on Zen 4 (`cargo bench --bench gemv -- q8_0`, 1 thread,
+    /// 2048x5632 and 32000x2048; slower in 5 of 6 rows in each of two
+    /// runs), and equal in L2.
     pub(crate) fn gemv_q8_0(self, w: &[BlockQ8_0], xq: &[BlockQ8_0], y: &mut [f32]) {
-        match (Vnni::new(), Avx2::new()) {
-            (Some(v), _) => v.gemv_q8_0(w, xq, y),
-            (None, Some(a)) => a.gemv_q8_0(w, xq, y),
-            (None, None) => quant::gemv_q8_0(w, xq, y),
+        match Avx2::new() {
+            Some(a) => a.gemv_q8_0(w, xq, y),
+            None => quant::gemv_q8_0(w, xq, y),
         }
     }
 
@@ -121,17 +126,11 @@ impl Avx512 {
 }
 
 impl Vnni {
-    /// `y = W x`, Q8_0; the caller checked `w.len() == y.len() * xq.len()`.
-    pub(crate) fn gemv_q8_0(self, w: &[BlockQ8_0], xq: &[BlockQ8_0], y: &mut [f32]) {
-        // SAFETY: `self` exists only if the CPU check in `Vnni::new`
-        // passed, so the CPU has the features `gemv_q8_0_vnni` is
-        // compiled for.
-        unsafe { gemv_q8_0_vnni(w, xq, y) }
-    }
-
     /// `y = W x`, Q4_0; the caller checked `w.len() == y.len() * xq.len()`.
     pub(crate) fn gemv_q4_0(self, w: &[BlockQ4_0], xq: &[BlockQ8_0], y: &mut [f32]) {
-        // SAFETY: as in `gemv_q8_0`.
+        // SAFETY: `self` exists only if the CPU check in `Vnni::new`
+        // passed, so the CPU has the features `gemv_q4_0_vnni` is
+        // compiled for.
         unsafe { gemv_q4_0_vnni(w, xq, y) }
     }
 }
@@ -390,8 +389,7 @@ pub(super) fn gemv_q4_0_k(w: &[BlockQ4_0], xq: &[BlockQ8_0], y: &mut [f32]) {
 
 /// `-k sum x` per 4-byte group of an activation block (8 x i32): the
 /// offset of a weight stored as `q + k` unsigned, given to `vpdpbusd` as
-/// its starting sum ([`gemv_q8_0_vnni`], [`gemv_q4_0_vnni`], and the
-/// batched kernels' `c`).
+/// its starting sum ([`gemv_q4_0_vnni`]).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
 pub(super) fn neg_offset(k: u8, x: &BlockQ8_0) -> __m256i {
@@ -404,22 +402,11 @@ pub(super) fn neg_offset(k: u8, x: &BlockQ8_0) -> __m256i {
 }
 
 /// The Q8_0 weights of a block as unsigned bytes `w + 128` (`vpxor` of the
-/// sign bit), for `vpdpbusd`.
+/// sign bit), for `vpdpbusd` (the batched kernel's VNNI tile).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 pub(super) fn load_q8_biased(w: &BlockQ8_0) -> __m256i {
     _mm256_xor_si256(load_q8(w), _mm256_set1_epi8(-128))
-}
-
-/// Q8_0 with VNNI: `vpdpbusd(-128 sum x, w + 128, x)` is the block pair's
-/// `sum w x` in 8 exact i32 lanes, one instruction after the bias (AVX2:
-/// two `vpsignb`, `vpmaddubsw`, `vpmaddwd`); any activation byte.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub(super) fn gemv_q8_0_vnni(w: &[BlockQ8_0], xq: &[BlockQ8_0], y: &mut [f32]) {
-    let offset = |x: &BlockQ8_0| neg_offset(128, x);
-    gemv_blocks(w, xq, y, Some(offset), |w, x, c| {
-        _mm256_dpbusd_epi32(c, load_q8_biased(w), x)
-    })
 }
 
 /// Q4_0 with VNNI: `vpdpbusd(-8 sum x, q, x)` with the nibbles `q` in
