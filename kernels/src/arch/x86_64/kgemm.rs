@@ -273,64 +273,50 @@ impl Batched for BlockQ6_K {
     }
 }
 
-impl Product<BlockQ4_K> for Avx2 {
-    const MIN_GROUP: usize = 3;
+/// `impl Product<$block> for $isa`: its tile kernel `$tile`, its GEMV
+/// method `$gemv`, and the unpacking of weights with i32 scales (`$i32`)
+/// or i16 ones.
+macro_rules! product {
+    ($isa:ty, $block:ty, $min_group:expr, $tile:path, $gemv:ident, $i32:literal) => {
+        impl Product<$block> for $isa {
+            const MIN_GROUP: usize = $min_group;
 
-    #[inline(always)]
-    fn tile<const N: usize>(
-        self,
-        p: &Panel,
-        nbp: usize,
-        u: &Tile<N>,
-        acc: [__m256; N],
-    ) -> [__m256; N] {
-        // SAFETY: `self` proves the CPU features of `tile_q4_k`.
-        unsafe { tile_q4_k(p, nbp, u, acc) }
-    }
+            #[inline(always)]
+            fn tile<const N: usize>(
+                self,
+                p: &Panel,
+                nbp: usize,
+                u: &Tile<N>,
+                acc: [__m256; N],
+            ) -> [__m256; N] {
+                // SAFETY: `self` proves the CPU features of the tile kernel.
+                unsafe { $tile(p, nbp, u, acc) }
+            }
 
-    fn gemv(self, w: &[BlockQ4_K], xq: &[BlockQ8_K], y: &mut [f32]) {
-        self.gemv_q4_k(w, xq, y)
-    }
+            fn gemv(self, w: &[$block], xq: &[BlockQ8_K], y: &mut [f32]) {
+                self.$gemv(w, xq, y)
+            }
 
-    #[inline(always)]
-    fn unpack(self, w: &BlockQ4_K, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] {
-        // SAFETY: `self` proves AVX2, FMA and F16C.
-        unsafe { w.unpack::<false>(q, sc) }
-    }
+            #[inline(always)]
+            fn unpack(self, w: &$block, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] {
+                // SAFETY: `self` proves AVX2, FMA and F16C (every ISA here
+                // includes them).
+                unsafe { w.unpack::<$i32>(q, sc) }
+            }
+        }
+    };
 }
+pub(super) use product;
 
-impl Product<BlockQ6_K> for Avx2 {
-    const MIN_GROUP: usize = 4;
-
-    #[inline(always)]
-    fn tile<const N: usize>(
-        self,
-        p: &Panel,
-        nbp: usize,
-        u: &Tile<N>,
-        acc: [__m256; N],
-    ) -> [__m256; N] {
-        // SAFETY: `self` proves the CPU features of `tile_q6_k`.
-        unsafe { tile_q6_k(p, nbp, u, acc) }
-    }
-
-    fn gemv(self, w: &[BlockQ6_K], xq: &[BlockQ8_K], y: &mut [f32]) {
-        self.gemv_q6_k(w, xq, y)
-    }
-
-    #[inline(always)]
-    fn unpack(self, w: &BlockQ6_K, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] {
-        // SAFETY: `self` proves AVX2, FMA and F16C.
-        unsafe { w.unpack::<false>(q, sc) }
-    }
-}
+product!(Avx2, BlockQ4_K, 3, tile_q4_k, gemv_q4_k, false);
+product!(Avx2, BlockQ6_K, 4, tile_q6_k, gemv_q6_k, false);
 
 /// Stores `v` to `q[at..at + 8]`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn store8<const L: usize>(q: &mut [u32; L], at: usize, v: __m256i) {
-    let q: &mut [u32; 8] = (&mut q[at..at + 8]).try_into().unwrap(); // ok: 8 words
-                                                                     // SAFETY: `q` is 32 writable bytes; storeu needs no alignment.
+    let q = &mut q[at..at + 8];
+    // SAFETY: `q` is 8 u32 = 32 writable bytes; storeu needs no alignment.
     unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), v) };
 }
 
@@ -427,6 +413,61 @@ fn unpack_q6_k<const I32: bool>(w: &BlockQ6_K, q: &mut [u32; G], sc: &mut [u32; 
     [f16_to_f32(w.d.to_bits()), 0.0]
 }
 
+/// Adds super-block `b`'s f32 term of each row `r` to `acc[r]`, given the
+/// rows' exact scaled sums `isum`: Q4_K subtracts the mins times the
+/// activation's bsums, `(d_w d_x) f32(isum) - (dmin_w d_x) f32(msum)`
+/// per token lane, the scalar twin's operations (module docs).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn finish_q4_k<const N: usize>(
+    p: &Panel,
+    u: &Tile<N>,
+    b: usize,
+    isum: [__m256i; N],
+    acc: &mut [__m256; N],
+) {
+    let splat = |v: u32| _mm256_set1_epi32(v as i32);
+    let dx = _mm256_castsi256_ps(load(&p.dx[b]));
+    for (r, (a, i)) in acc.iter_mut().zip(isum).enumerate() {
+        let mut msum = _mm256_setzero_si256();
+        for s in 0..8 {
+            let m = _mm256_madd_epi16(load(&p.bs[b][s]), splat(u.sc[r][b][8 + s]));
+            msum = _mm256_add_epi32(msum, m);
+        }
+        let [dw, dmin] = u.d[r][b];
+        let d = _mm256_mul_ps(_mm256_set1_ps(dw), dx);
+        let dm = _mm256_mul_ps(_mm256_set1_ps(dmin), dx);
+        let term = _mm256_sub_ps(
+            _mm256_mul_ps(d, _mm256_cvtepi32_ps(i)),
+            _mm256_mul_ps(dm, _mm256_cvtepi32_ps(msum)),
+        );
+        *a = _mm256_add_ps(*a, term);
+    }
+}
+
+/// As [`finish_q4_k`] for Q6_K: the `-32` offset of every quant (its
+/// scales times the bsums) added to `isum`, then `(d_w d_x) f32(isum)`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn finish_q6_k<const N: usize>(
+    p: &Panel,
+    u: &Tile<N>,
+    b: usize,
+    isum: [__m256i; N],
+    acc: &mut [__m256; N],
+) {
+    let splat = |v: u32| _mm256_set1_epi32(v as i32);
+    let dx = _mm256_castsi256_ps(load(&p.dx[b]));
+    for (r, (a, mut i)) in acc.iter_mut().zip(isum).enumerate() {
+        for s in 0..8 {
+            let o = _mm256_madd_epi16(load(&p.bs[b][s]), splat(u.sc[r][b][16 + s]));
+            i = _mm256_add_epi32(i, o);
+        }
+        let d = _mm256_mul_ps(_mm256_set1_ps(u.d[r][b][0]), dx);
+        *a = _mm256_add_ps(*a, _mm256_mul_ps(d, _mm256_cvtepi32_ps(i)));
+    }
+}
+
 /// [`Batched::tile`] for Q4_K (module docs).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -451,22 +492,7 @@ fn tile_q4_k<const N: usize>(
                 *i = _mm256_add_epi32(*i, _mm256_madd_epi16(v, splat(sc[b][s])));
             }
         }
-        let dx = _mm256_castsi256_ps(load(&p.dx[b]));
-        for (r, (a, i)) in acc.iter_mut().zip(isum).enumerate() {
-            let mut msum = _mm256_setzero_si256();
-            for s in 0..8 {
-                let m = _mm256_madd_epi16(load(&p.bs[b][s]), splat(u.sc[r][b][8 + s]));
-                msum = _mm256_add_epi32(msum, m);
-            }
-            let [dw, dmin] = u.d[r][b];
-            let d = _mm256_mul_ps(_mm256_set1_ps(dw), dx);
-            let dm = _mm256_mul_ps(_mm256_set1_ps(dmin), dx);
-            let term = _mm256_sub_ps(
-                _mm256_mul_ps(d, _mm256_cvtepi32_ps(i)),
-                _mm256_mul_ps(dm, _mm256_cvtepi32_ps(msum)),
-            );
-            *a = _mm256_add_ps(*a, term);
-        }
+        finish_q4_k(p, u, b, isum, &mut acc);
     }
     acc
 }
@@ -493,15 +519,7 @@ fn tile_q6_k<const N: usize>(
                 *i = _mm256_add_epi32(*i, _mm256_madd_epi16(v, splat(sc[b][g / 2])));
             }
         }
-        let dx = _mm256_castsi256_ps(load(&p.dx[b]));
-        for (r, (a, mut i)) in acc.iter_mut().zip(isum).enumerate() {
-            for s in 0..8 {
-                let o = _mm256_madd_epi16(load(&p.bs[b][s]), splat(u.sc[r][b][16 + s]));
-                i = _mm256_add_epi32(i, o);
-            }
-            let d = _mm256_mul_ps(_mm256_set1_ps(u.d[r][b][0]), dx);
-            *a = _mm256_add_ps(*a, _mm256_mul_ps(d, _mm256_cvtepi32_ps(i)));
-        }
+        finish_q6_k(p, u, b, isum, &mut acc);
     }
     acc
 }

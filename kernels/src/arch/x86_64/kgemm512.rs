@@ -45,7 +45,9 @@ use core::arch::x86_64::*;
 
 use super::avx2::Avx2;
 use super::avx512::Avx512;
-use super::kgemm::{gemm_blocks, load, Batched, Panel, Product, Tile, G};
+use super::kgemm::{
+    finish_q4_k, finish_q6_k, gemm_blocks, load, product, Batched, Panel, Product, Tile, G,
+};
 use super::vnni::Vnni;
 use crate::kquant::{self, BlockQ4_K, BlockQ6_K, BlockQ8_K};
 
@@ -84,57 +86,8 @@ impl Vnni {
     }
 }
 
-impl Product<BlockQ4_K> for Vnni {
-    const MIN_GROUP: usize = 3;
-
-    #[inline(always)]
-    fn tile<const N: usize>(
-        self,
-        p: &Panel,
-        nbp: usize,
-        u: &Tile<N>,
-        acc: [__m256; N],
-    ) -> [__m256; N] {
-        // SAFETY: `self` proves the CPU features of `tile_q4_k`.
-        unsafe { tile_q4_k(p, nbp, u, acc) }
-    }
-
-    fn gemv(self, w: &[BlockQ4_K], xq: &[BlockQ8_K], y: &mut [f32]) {
-        self.gemv_q4_k(w, xq, y)
-    }
-
-    #[inline(always)]
-    fn unpack(self, w: &BlockQ4_K, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] {
-        // SAFETY: `self` proves AVX2, FMA and F16C (and more).
-        unsafe { w.unpack::<true>(q, sc) }
-    }
-}
-
-impl Product<BlockQ6_K> for Vnni {
-    const MIN_GROUP: usize = 4;
-
-    #[inline(always)]
-    fn tile<const N: usize>(
-        self,
-        p: &Panel,
-        nbp: usize,
-        u: &Tile<N>,
-        acc: [__m256; N],
-    ) -> [__m256; N] {
-        // SAFETY: `self` proves the CPU features of `tile_q6_k`.
-        unsafe { tile_q6_k(p, nbp, u, acc) }
-    }
-
-    fn gemv(self, w: &[BlockQ6_K], xq: &[BlockQ8_K], y: &mut [f32]) {
-        self.gemv_q6_k(w, xq, y)
-    }
-
-    #[inline(always)]
-    fn unpack(self, w: &BlockQ6_K, q: &mut [u32; G], sc: &mut [u32; 24]) -> [f32; 2] {
-        // SAFETY: `self` proves AVX2, FMA and F16C (and more).
-        unsafe { w.unpack::<true>(q, sc) }
-    }
-}
+product!(Vnni, BlockQ4_K, 3, tile_q4_k, gemv_q4_k, true);
+product!(Vnni, BlockQ6_K, 4, tile_q6_k, gemv_q6_k, true);
 
 /// `sum_k dpbusd(splat q[r][b][k], X[b][k])` over groups `ks` of each row,
 /// times the row's i32 scale `sc[r][b][s]`, added to `isum[r]`.
@@ -172,28 +125,12 @@ fn tile_q4_k<const N: usize>(
     u: &Tile<N>,
     mut acc: [__m256; N],
 ) -> [__m256; N] {
-    let splat = |v: u32| _mm256_set1_epi32(v as i32);
     for b in 0..nbp {
         let mut isum = [_mm256_setzero_si256(); N];
         for s in 0..8 {
             scaled_groups(p, u, (b, s), 8 * s..8 * s + 8, &mut isum);
         }
-        let dx = _mm256_castsi256_ps(load(&p.dx[b]));
-        for (r, (a, i)) in acc.iter_mut().zip(isum).enumerate() {
-            let mut msum = _mm256_setzero_si256();
-            for s in 0..8 {
-                let m = _mm256_madd_epi16(load(&p.bs[b][s]), splat(u.sc[r][b][8 + s]));
-                msum = _mm256_add_epi32(msum, m);
-            }
-            let [dw, dmin] = u.d[r][b];
-            let d = _mm256_mul_ps(_mm256_set1_ps(dw), dx);
-            let dm = _mm256_mul_ps(_mm256_set1_ps(dmin), dx);
-            let term = _mm256_sub_ps(
-                _mm256_mul_ps(d, _mm256_cvtepi32_ps(i)),
-                _mm256_mul_ps(dm, _mm256_cvtepi32_ps(msum)),
-            );
-            *a = _mm256_add_ps(*a, term);
-        }
+        finish_q4_k(p, u, b, isum, &mut acc);
     }
     acc
 }
@@ -207,21 +144,12 @@ fn tile_q6_k<const N: usize>(
     u: &Tile<N>,
     mut acc: [__m256; N],
 ) -> [__m256; N] {
-    let splat = |v: u32| _mm256_set1_epi32(v as i32);
     for b in 0..nbp {
         let mut isum = [_mm256_setzero_si256(); N];
         for j in 0..16 {
             scaled_groups(p, u, (b, j), 4 * j..4 * j + 4, &mut isum);
         }
-        let dx = _mm256_castsi256_ps(load(&p.dx[b]));
-        for (r, (a, mut i)) in acc.iter_mut().zip(isum).enumerate() {
-            for s in 0..8 {
-                let o = _mm256_madd_epi16(load(&p.bs[b][s]), splat(u.sc[r][b][16 + s]));
-                i = _mm256_add_epi32(i, o);
-            }
-            let d = _mm256_mul_ps(_mm256_set1_ps(u.d[r][b][0]), dx);
-            *a = _mm256_add_ps(*a, _mm256_mul_ps(d, _mm256_cvtepi32_ps(i)));
-        }
+        finish_q6_k(p, u, b, isum, &mut acc);
     }
     acc
 }
