@@ -10,6 +10,7 @@ pub mod bundled;
 pub mod chat_template;
 pub mod checkpoint;
 pub mod config;
+pub mod config_error;
 pub mod dtype;
 pub mod error;
 /// A model's files, mapped, with their identities and digests.
