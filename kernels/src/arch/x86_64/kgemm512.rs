@@ -116,40 +116,39 @@ fn scaled_groups<const N: usize>(
     }
 }
 
-/// [`Product::tile`] for Q4_K (module docs).
+/// [`Product::tile`] for Q4_K (module docs): 8 sub-blocks of 32 weights.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
-fn tile_q4_k<const N: usize>(
-    p: &Panel,
-    nbp: usize,
-    u: &Tile<N>,
-    mut acc: [__m256; N],
-) -> [__m256; N] {
-    for b in 0..nbp {
-        let mut isum = [_mm256_setzero_si256(); N];
-        for s in 0..8 {
-            scaled_groups(p, u, (b, s), 8 * s..8 * s + 8, &mut isum);
-        }
-        finish_q4_k(p, u, b, isum, &mut acc);
-    }
-    acc
+fn tile_q4_k<const N: usize>(p: &Panel, nbp: usize, u: &Tile<N>, acc: [__m256; N]) -> [__m256; N] {
+    tile::<N, 8>(p, nbp, u, acc, |p, u, b, i, a| finish_q4_k(p, u, b, i, a))
 }
 
-/// [`Product::tile`] for Q6_K (module docs).
+/// [`Product::tile`] for Q6_K (module docs): 16 sub-blocks of 16 weights.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
-fn tile_q6_k<const N: usize>(
+fn tile_q6_k<const N: usize>(p: &Panel, nbp: usize, u: &Tile<N>, acc: [__m256; N]) -> [__m256; N] {
+    tile::<N, 16>(p, nbp, u, acc, |p, u, b, i, a| finish_q6_k(p, u, b, i, a))
+}
+
+/// Both tiles: per super-block, the `SUBS` sub-blocks' scaled integer
+/// sums ([`scaled_groups`], `G / SUBS` groups each), then the type's f32
+/// term (`finish`).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+fn tile<const N: usize, const SUBS: usize>(
     p: &Panel,
     nbp: usize,
     u: &Tile<N>,
     mut acc: [__m256; N],
+    finish: impl Fn(&Panel, &Tile<N>, usize, [__m256i; N], &mut [__m256; N]),
 ) -> [__m256; N] {
+    let per = G / SUBS;
     for b in 0..nbp {
         let mut isum = [_mm256_setzero_si256(); N];
-        for j in 0..16 {
-            scaled_groups(p, u, (b, j), 4 * j..4 * j + 4, &mut isum);
+        for s in 0..SUBS {
+            scaled_groups(p, u, (b, s), per * s..per * (s + 1), &mut isum);
         }
-        finish_q6_k(p, u, b, isum, &mut acc);
+        finish(p, u, b, isum, &mut acc);
     }
     acc
 }
