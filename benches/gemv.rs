@@ -10,7 +10,8 @@
 //! widest loads, 8 accumulators) streaming the same bytes with the same
 //! threads, measured in the same run. GB/s counts the stored weight bytes
 //! (34 per 32 weights for Q8_0, 18 for Q4_0, 144 per 256 for Q4_K, 210 for
-//! Q6_K), so a kernel at the memory bound shows the read loop's GB/s
+//! Q6_K, 148 for Q4_K interleaved by 8 rows: `q4_k_x8`, the layout slices
+//! store Q4_K matrices in), so a kernel at the memory bound shows the read loop's GB/s
 //! whatever its dtype. Quantized GEMVs take Q8_0 (K-quants: Q8_K)
 //! activations, quantized once before the clock starts (as `engine::par`
 //! quantizes once per region). `BACKEND/t64` rows are the
@@ -26,9 +27,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use tpi_kernels::kquant::{quantize_row_q8_k, QK_K};
+use tpi_kernels::kx8::ROWS;
 use tpi_kernels::quant::{quantize_row_q8_0, QK};
 use tpi_kernels::{
-    bf16, f16, Backend, BlockQ4_0, BlockQ4_K, BlockQ6_K, BlockQ8_0, BlockQ8_K, Weights,
+    bf16, f16, Backend, BlockQ4_0, BlockQ4_K, BlockQ4_Kx8, BlockQ6_K, BlockQ8_0, BlockQ8_K, Weights,
 };
 
 const SHAPES: [(usize, usize); 3] = [(4096, 4096), (5632, 2048), (2048, 5632)];
@@ -49,10 +51,12 @@ enum Dtype {
     Q4_0,
     Q4K,
     Q6K,
+    /// Q4_K rows interleaved by 8, as slices store Q4_K (`tpi_kernels::kx8`).
+    Q4Kx8,
 }
 
 impl Dtype {
-    const ALL: [Dtype; 7] = [
+    const ALL: [Dtype; 8] = [
         Dtype::F32,
         Dtype::F16,
         Dtype::BF16,
@@ -60,6 +64,7 @@ impl Dtype {
         Dtype::Q4_0,
         Dtype::Q4K,
         Dtype::Q6K,
+        Dtype::Q4Kx8,
     ];
 
     fn name(self) -> &'static str {
@@ -71,6 +76,7 @@ impl Dtype {
             Dtype::Q4_0 => "q4_0",
             Dtype::Q4K => "q4_k",
             Dtype::Q6K => "q6_k",
+            Dtype::Q4Kx8 => "q4_k_x8",
         }
     }
 
@@ -84,12 +90,18 @@ impl Dtype {
             Dtype::Q4_0 => cols / QK * size_of::<BlockQ4_0>(),
             Dtype::Q4K => cols / QK_K * size_of::<BlockQ4_K>(),
             Dtype::Q6K => cols / QK_K * size_of::<BlockQ6_K>(),
+            Dtype::Q4Kx8 => cols / QK_K * size_of::<BlockQ4_Kx8>() / ROWS,
         }
+    }
+
+    /// Whether the weights are blocks (batched rows are measured too).
+    fn block(self) -> bool {
+        !matches!(self, Dtype::F32 | Dtype::F16 | Dtype::BF16)
     }
 
     fn shapes(self) -> &'static [(usize, usize)] {
         match self {
-            Dtype::Q8_0 | Dtype::Q4_0 | Dtype::Q4K | Dtype::Q6K => &SHAPES_Q,
+            Dtype::Q8_0 | Dtype::Q4_0 | Dtype::Q4K | Dtype::Q6K | Dtype::Q4Kx8 => &SHAPES_Q,
             _ => &SHAPES,
         }
     }
@@ -151,6 +163,15 @@ impl Store {
                     d: d(i),
                 }
             }),
+            Dtype::Q4Kx8 => fill(bytemuck::cast_slice_mut::<u8, BlockQ4_Kx8>(&mut mem), |i| {
+                BlockQ4_Kx8 {
+                    d: core::array::from_fn(|r| d(ROWS * i + r)),
+                    dmin: core::array::from_fn(|r| d(ROWS * i + r + 1)),
+                    scales: core::array::from_fn(|j| h(i * 2048 + 1100 + j) as u8 & 63),
+                    mins: core::array::from_fn(|j| h(i * 2048 + 1200 + j) as u8 & 63),
+                    qs: core::array::from_fn(|j| h(i * 2048 + j) as u8),
+                }
+            }),
         }
         Store { mem, dtype }
     }
@@ -182,6 +203,7 @@ impl Store {
             Dtype::Q4_0 => be.gemv_q4_0(c(bytes), xq, y),
             Dtype::Q4K => be.gemv_q4_k(c(bytes), xk, y),
             Dtype::Q6K => be.gemv_q6_k(c(bytes), xk, y),
+            Dtype::Q4Kx8 => be.gemv_q4_k_x8(c(bytes), xk, y),
         }
     }
 }
@@ -196,6 +218,7 @@ impl Store {
             Dtype::Q4_0 => be.gemm_q4_0(c(bytes), xq, PREFILL, y),
             Dtype::Q4K => be.gemm_q4_k(c(bytes), xk, PREFILL, y),
             Dtype::Q6K => be.gemm_q6_k(c(bytes), xk, PREFILL, y),
+            Dtype::Q4Kx8 => be.gemm_q4_k_x8(c(bytes), xk, PREFILL, y),
             _ => unreachable!("gemm rows are measured for block dtypes only"),
         }
     }
@@ -241,8 +264,9 @@ fn run(
     };
     let mut y = vec![0.0f32; rows];
     let mut yb = vec![0.0f32; batch * rows];
-    // Contiguous row blocks, multiples of 4 rows (the kernels' row block).
-    let per = rows.div_ceil(threads).div_ceil(4) * 4;
+    // Contiguous row blocks, multiples of 8 rows (the kernels' row block,
+    // Q4_Kx8's groups).
+    let per = rows.div_ceil(threads).div_ceil(ROWS) * ROWS;
     let start = Instant::now();
     std::thread::scope(|s| {
         for ((t, yt), ybt) in y
@@ -337,8 +361,7 @@ fn main() {
                 if threads == 1 {
                     backends.push(Backend::Scalar);
                 }
-                let quantized =
-                    matches!(dtype, Dtype::Q8_0 | Dtype::Q4_0 | Dtype::Q4K | Dtype::Q6K);
+                let quantized = dtype.block();
                 let gemms = simd.iter().filter(|_| quantized).map(|&be| Work::Gemm(be));
                 for work in backends.iter().map(|&be| Work::Gemv(be)).chain(gemms) {
                     let (name, tokens) = match work {

@@ -25,10 +25,12 @@ use crate::common::*;
 use serde_json::Value;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use tpi::model::dtype::WeightType;
 use tpi::model::gguf::Gguf;
 use tpi::model::gguf_model::QkPermutation;
 use tpi::split::manifest::Role;
 use tpi::split::reader::{Expect, SliceFile};
+use tpi_kernels::BlockQ4_Kx8;
 
 fn oracle() -> Value {
     let path = fixture_dir("gguf_run").join("llamacpp.json");
@@ -189,7 +191,7 @@ fn slices_hold_the_files_blocks(file: &str, n: usize) {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|d| d.is_dir())
         .expect("slice entry");
-    let mut checked = 0;
+    let (mut checked, mut interleaved) = (0, 0);
     for rank in 0..n {
         let slice = SliceFile::open(
             &entry.join(format!("rank-{rank}-of-{n}.slice")),
@@ -205,12 +207,20 @@ fn slices_hold_the_files_blocks(file: &str, n: usize) {
                 };
                 let info = gguf.tensor(&name).expect("tensor");
                 let theirs_type = o["files"][file]["tensors"][&name].as_str().expect("type");
-                assert_eq!(t.wtype.name().to_uppercase(), theirs_type, "{file} {name}");
+                let ours_type = match t.wtype {
+                    WeightType::Q4_Kx8 => "Q4_K",
+                    w => w.name(),
+                };
+                assert_eq!(ours_type, theirs_type, "{file} {name}");
                 let mut ours = vec![0u8; t.byte_len() as usize];
                 slice
                     .file()
                     .read_exact_at(&mut ours, b.offset + t.offset)
                     .expect("read slice");
+                if t.wtype == WeightType::Q4_Kx8 {
+                    ours = deinterleave(&ours, t.rows, t.cols);
+                    interleaved += 1;
+                }
                 let src = read(&gguf.files()[info.file].path, info.offset, info.len);
                 let row = src.len() / info.n_rows() as usize;
                 let hd = cfg.head_dim;
@@ -246,8 +256,30 @@ fn slices_hold_the_files_blocks(file: &str, n: usize) {
             }
         }
     }
-    println!("{file} at world size {n}: {checked} matrices equal the file's blocks");
+    println!(
+        "{file} at world size {n}: {checked} matrices equal the file's blocks \
+         ({interleaved} of them interleaved by 8 rows)"
+    );
     assert!(checked > 20, "{checked}");
+    if file.contains("q4_k") {
+        assert!(interleaved > 5, "{interleaved} Q4_K matrices interleaved");
+    }
+}
+
+/// The plain Q4_K rows of an interleaved matrix's bytes.
+fn deinterleave(bytes: &[u8], rows: usize, cols: usize) -> Vec<u8> {
+    let nb = cols / 256;
+    let blocks: Vec<BlockQ4_Kx8> = bytes
+        .chunks_exact(size_of::<BlockQ4_Kx8>())
+        .map(bytemuck::pod_read_unaligned)
+        .collect();
+    let mut out = Vec::with_capacity(bytes.len());
+    for r in 0..rows {
+        for b in 0..nb {
+            out.extend_from_slice(bytemuck::bytes_of(&blocks[r / 8 * nb + b].row(r % 8)));
+        }
+    }
+    out
 }
 
 fn read(path: &Path, offset: u64, len: u64) -> Vec<u8> {

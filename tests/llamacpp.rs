@@ -227,6 +227,8 @@ fn one_rank_slice_stores_the_types_llamacpp_chose() {
                 // is f32 throughout before quantizing).
                 let ours = match (t.role, t.wtype) {
                     (Role::Embedding, WeightType::BF16) => "F32",
+                    // Q4_K, its rows interleaved by 8 (`tpi_kernels::kx8`).
+                    (_, WeightType::Q4_Kx8) => "Q4_K",
                     (_, w) => w.name(),
                 };
                 assert_eq!(ours.to_uppercase(), theirs, "{name} {quant} {gguf}");

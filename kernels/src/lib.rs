@@ -12,10 +12,12 @@ extern crate std;
 
 pub use half::{bf16, f16};
 pub use kquant::{BlockQ4_K, BlockQ6_K, BlockQ8_K};
+pub use kx8::BlockQ4_Kx8;
 pub use quant::{BlockQ4_0, BlockQ8_0};
 
 mod arch;
 pub mod kquant;
+pub mod kx8;
 pub mod quant;
 pub mod scalar;
 
@@ -288,6 +290,73 @@ impl Backend {
                 .unwrap_or_else(|| unavailable(self))
                 .gemv_q4_k(w, xq, y),
             _ if self.is_available() => kquant::gemv_q4_k(w, xq, y),
+            _ => unavailable(self),
+        }
+    }
+
+    /// `y = W x` on Q4_K weights interleaved by 8 rows ([`kx8`]) with
+    /// Q8_K activations: `y.len() / 8` groups of `xq.len()` blocks. Every
+    /// backend's result equals [`Backend::gemv_q4_k`]'s on the rows before
+    /// [`kx8::repack_q4_k_x8`], bit for bit. Native on AVX2 (which the
+    /// AVX-512 backend runs: faster from DRAM than its VNNI version), NEON
+    /// and NEON dotprod.
+    ///
+    /// # Panics
+    /// If the shapes do not fit ([`kx8::gemv_shape`]), or if the backend is
+    /// not available.
+    pub fn gemv_q4_k_x8(self, w: &[BlockQ4_Kx8], xq: &[BlockQ8_K], y: &mut [f32]) {
+        kx8::gemv_shape(w.len(), xq.len(), y.len());
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => arch::x86_64::avx2::Avx2::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemv_q4_k_x8(w, xq, y),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => arch::x86_64::avx512::Avx512::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemv_q4_k_x8(w, xq, y),
+            #[cfg(target_arch = "aarch64")]
+            Backend::Neon => arch::aarch64::neon::Neon::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemv_q4_k_x8(w, xq, y),
+            #[cfg(target_arch = "aarch64")]
+            Backend::NeonDotprod => arch::aarch64::dotprod::NeonDotprod::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemv_q4_k_x8(w, xq, y),
+            _ if self.is_available() => kx8::gemv_q4_k_x8(w, xq, y),
+            _ => unavailable(self),
+        }
+    }
+
+    /// `y[i] = W xq[i]` for `t` tokens on interleaved Q4_K weights
+    /// (prompt prefill), token-major as [`Backend::gemm_q4_k`]: each group
+    /// of 8 rows for every token while it is in cache (AVX2, AVX-512 VNNI,
+    /// NEON, NEON dotprod). Every backend's result equals the scalar GEMV's
+    /// of each token bit for bit.
+    ///
+    /// # Panics
+    /// If the shapes do not fit ([`kx8::gemm_shape_x8`]), or if the backend
+    /// is not available.
+    pub fn gemm_q4_k_x8(self, w: &[BlockQ4_Kx8], xq: &[BlockQ8_K], t: usize, y: &mut [f32]) {
+        kx8::gemm_shape_x8(w.len(), xq.len(), t, y.len());
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => arch::x86_64::avx2::Avx2::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemm_q4_k_x8(w, xq, t, y),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => arch::x86_64::avx512::Avx512::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemm_q4_k_x8(w, xq, t, y),
+            #[cfg(target_arch = "aarch64")]
+            Backend::Neon => arch::aarch64::neon::Neon::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemm_q4_k_x8(w, xq, t, y),
+            #[cfg(target_arch = "aarch64")]
+            Backend::NeonDotprod => arch::aarch64::dotprod::NeonDotprod::new()
+                .unwrap_or_else(|| unavailable(self))
+                .gemm_q4_k_x8(w, xq, t, y),
+            _ if self.is_available() => kx8::gemm_q4_k_x8(w, xq, t, y),
             _ => unavailable(self),
         }
     }

@@ -29,8 +29,9 @@ use crate::weights::{Activations, View};
 
 /// Below this many weight elements a GEMV stays on one thread.
 const MIN_PARALLEL_ELEMS: usize = 1 << 16;
-/// Row chunks are multiples of this (the kernels' row block).
-const ROW_ALIGN: usize = 4;
+/// Row chunks are multiples of this: the kernels' row block (4) and the
+/// groups a Q4_Kx8 matrix is sliced at (8).
+const ROW_ALIGN: usize = 8;
 /// Weight bytes per chunk handed to a thread.
 const CHUNK_BYTES: usize = 256 << 10;
 
@@ -205,7 +206,10 @@ impl Par {
         for (w, xs, ys) in jobs {
             let (cols, rows) = (xs.len() / t, ys.len() / t);
             assert!(
-                xs.len() == t * cols && ys.len() == t * rows && w.len() == rows * cols,
+                xs.len() == t * cols
+                    && ys.len() == t * rows
+                    && w.len() == rows * cols
+                    && rows.is_multiple_of(w.row_group()),
                 "gemv: {t} tokens of {} x {} weights, x {} and y {}",
                 rows,
                 cols,
@@ -299,6 +303,11 @@ fn run_chunk(backend: Backend, (w, xs, cols, mut ys, yq): Chunk<'_, '_>) {
         }
         (View::Q6_K(w), Input::Q8_K(x)) => {
             backend.gemm_q6_k(w, &x[..t * (cols / QK_K)], t, yq);
+            scatter(yq, ys);
+        }
+        (View::Q4_Kx8(w), Input::Q8_K(x)) if t == 1 => backend.gemv_q4_k_x8(w, x, ys[0]),
+        (View::Q4_Kx8(w), Input::Q8_K(x)) => {
+            backend.gemm_q4_k_x8(w, &x[..t * (cols / QK_K)], t, yq);
             scatter(yq, ys);
         }
         _ => unreachable!("inputs are quantized as their weights' activations"),

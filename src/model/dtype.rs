@@ -113,6 +113,10 @@ pub enum WeightType {
     Q4_K,
     /// 210 bytes per 256 weights (`tpi_kernels::kquant::BlockQ6_K`).
     Q6_K,
+    /// Q4_K with rows interleaved by 8 (`tpi_kernels::kx8::BlockQ4_Kx8`):
+    /// 1184 bytes per 8 rows of 256 weights, 148 a row. Only slice files
+    /// store it, for matrices whose rows are whole groups of 8.
+    Q4_Kx8,
 }
 
 impl From<Dtype> for WeightType {
@@ -143,6 +147,7 @@ impl WeightType {
             WeightType::Q4_0 => Some((BLOCK, 18)),
             WeightType::Q4_K => Some((SUPER_BLOCK, 144)),
             WeightType::Q6_K => Some((SUPER_BLOCK, 210)),
+            WeightType::Q4_Kx8 => Some((SUPER_BLOCK, 148)),
             _ => None,
         }
     }
@@ -161,13 +166,14 @@ impl WeightType {
         }
     }
 
-    /// "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K".
+    /// "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K", "Q4_Kx8".
     pub fn name(self) -> &'static str {
         match self {
             WeightType::Q8_0 => "Q8_0",
             WeightType::Q4_0 => "Q4_0",
             WeightType::Q4_K => "Q4_K",
             WeightType::Q6_K => "Q6_K",
+            WeightType::Q4_Kx8 => "Q4_Kx8",
             _ => self.float().map_or("?", Dtype::name),
         }
     }

@@ -33,7 +33,7 @@
 //!   u32 layer (u32::MAX unless kind = layer), u64 offset, u64 len,
 //!   u64 checksum64 of the block's len bytes, u32 tensor count, then per tensor:
 //!     u8 role, u8 dtype (0 F32, 1 F16, 2 BF16, 3 Q8_0, 4 Q4_0, 5 Q4_K,
-//!     6 Q6_K), u16 zero,
+//!     6 Q6_K, 7 Q4_K interleaved by 8 rows), u16 zero,
 //!     u32 layer (u32::MAX when none), u64 rows, u64 cols,
 //!     u64 offset within the block (64-byte aligned)
 //! ```
@@ -44,7 +44,9 @@
 //! the stored dtype, never upcast, or with `--quantize` in ggml Q8_0 / Q4_0
 //! blocks: `rows x cols` weights take `rows * cols/32 * 34` / `* 18` bytes,
 //! and `cols` must be a multiple of 32; Q4_K / Q6_K super-blocks take
-//! `rows * cols/256 * 144` / `* 210`, `cols` a multiple of 256), `Embedding` (the whole table, replicated,
+//! `rows * cols/256 * 144` / `* 210`, `cols` a multiple of 256; Q4_K
+//! matrices whose `rows` are a multiple of 8 are stored interleaved by 8
+//! rows, `rows/8 * cols/256` blocks of 1184 bytes, `tpi_kernels::kx8`), `Embedding` (the whole table, replicated,
 //! read by row on demand) and `LmHead` (this rank's vocab rows of `lm_head`,
 //! or of the embedding when tied). Layer matrices are laid out exactly as
 //! [`crate::weights::LayerMats`] documents them: o_proj and down_proj columns of this rank are
@@ -150,6 +152,7 @@ fn dtype_code(d: WeightType) -> u8 {
         WeightType::Q4_0 => 4,
         WeightType::Q4_K => 5,
         WeightType::Q6_K => 6,
+        WeightType::Q4_Kx8 => 7,
     }
 }
 
@@ -503,6 +506,7 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, ManifestError> {
                 4 => WeightType::Q4_0,
                 5 => WeightType::Q4_K,
                 6 => WeightType::Q6_K,
+                7 => WeightType::Q4_Kx8,
                 d => return Err(merr(format!("{kind} tensor {ti}: dtype {d} unknown"))),
             };
             if cur(c.u16("tensor reserved"))? != 0 {
@@ -519,6 +523,11 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, ManifestError> {
                     wtype.name()
                 ))
             })?;
+            if wtype == WeightType::Q4_Kx8 && !rows.is_multiple_of(8) {
+                return Err(merr(format!(
+                    "{kind} tensor {ti}: {rows} rows of Q4_Kx8 are not whole groups of 8"
+                )));
+            }
             let size = (rows as u64)
                 .checked_mul(row as u64)
                 .ok_or_else(|| merr(format!("{kind} tensor {ti}: size overflows")))?;
@@ -675,6 +684,20 @@ mod tests {
         extra.push(0);
         assert!(decode_manifest(&extra).is_err());
         assert!(decode_manifest(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn interleaved_q4_k_must_be_whole_groups_of_8_rows() {
+        let mut m = decode_manifest(&real_manifest()).unwrap();
+        let t = &mut m.blocks[1].tensors[0];
+        (t.wtype, t.rows, t.cols) = (WeightType::Q4_Kx8, 12, 256);
+        let err = decode_manifest(&encode_manifest(&m))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("12 rows of Q4_Kx8 are not whole groups of 8"),
+            "{err}"
+        );
     }
 
     proptest! {

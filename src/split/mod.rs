@@ -32,6 +32,7 @@
 pub mod cache;
 pub mod digest;
 pub mod error;
+pub mod interleave;
 pub mod manifest;
 pub mod plan;
 pub mod reader;

@@ -208,7 +208,8 @@ impl SliceFile {
 
     /// What a memory window streams, in order: the layer blocks, then the
     /// lm_head rows in parts no larger than the largest layer block (whole
-    /// 4-row groups, the kernels' row block). Returns the `(offset, len)`
+    /// 8-row groups: the kernels' row block, and the groups of a Q4_Kx8
+    /// lm_head). Returns the `(offset, len)`
     /// of every block and each lm_head part's `(first row, rows)`.
     pub fn window_blocks(&self) -> (Vec<crate::window::Block>, Vec<LmPart>) {
         let mut blocks = self.layer_blocks();
@@ -216,7 +217,7 @@ impl SliceFile {
         let b = &self.manifest.blocks[self.lm_head];
         let t = &b.tensors[0];
         let row_bytes = t.row_bytes() as u64;
-        let rows_per = ((largest / row_bytes.max(1)) as usize / 4 * 4).max(4);
+        let rows_per = ((largest / row_bytes.max(1)) as usize / 8 * 8).max(8);
         let parts: Vec<(usize, usize)> = (0..t.rows)
             .step_by(rows_per)
             .map(|r0| (r0, rows_per.min(t.rows - r0)))

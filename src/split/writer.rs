@@ -21,6 +21,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use super::error::{io_err, SliceError};
+use super::interleave;
 use super::manifest::{
     align_up, block_kinds, check_part, encode_manifest, expected_tensors, BlockEntry, BlockKind,
     Manifest, Preamble, Role, TensorEntry, BLOCK_ALIGN, FORMAT_VERSION, MAX_MANIFEST, PREAMBLE_LEN,
@@ -126,6 +127,7 @@ fn block_sources<'a>(
             Some(q) => quantized_type(q, role, cols, whole).unwrap_or(m.wtype),
             None => m.wtype,
         };
+        let wtype = interleave::slice_type(wtype, role, rows);
         out.push((
             entry(wtype),
             Src::Matrix {
@@ -200,6 +202,16 @@ fn write_matrix(
     to: WeightType,
 ) -> std::io::Result<()> {
     let bad = || std::io::Error::other(format!("{}: a row is outside the tensor", m.name));
+    if to == WeightType::Q4_Kx8 {
+        let mut conv = Converter::new(WeightType::Q4_K, m.wtype, m.cols, cols.clone());
+        return interleave::write_q4_k_x8(
+            m,
+            rows,
+            cols,
+            |row, dst| conv.q4_k(row, dst),
+            |b| out.put(b),
+        );
+    }
     if to == m.wtype {
         if cols == (0..m.cols) && m.order.is_none() {
             let rb = m.row_bytes();
@@ -267,9 +279,26 @@ impl Converter {
         }
     }
 
-    /// Writes one stored row (`stored cols` weights of `from`).
-    fn put(&mut self, out: &mut Out<'_>, bytes: &[u8]) -> std::io::Result<()> {
-        if self.from.row_bytes(self.row.len()) != Some(bytes.len()) {
+    /// One stored row quantized to Q4_K into `dst` (the blocks of `cols`).
+    fn q4_k(&mut self, bytes: &[u8], dst: &mut [tpi_kernels::BlockQ4_K]) -> std::io::Result<()> {
+        self.widen(bytes)?;
+        let x = self.row.get(self.cols.clone()).unwrap_or(&[]);
+        if x.len() != dst.len() * tpi_kernels::kquant::QK_K {
+            return Err(std::io::Error::other(format!(
+                "quantizing {} weights into {} Q4_K super-blocks",
+                x.len(),
+                dst.len()
+            )));
+        }
+        tpi_kernels::kquant::quantize_row_q4_k(x, dst);
+        Ok(())
+    }
+
+    /// One stored row (`stored cols` weights of `from`) widened into `row`.
+    fn widen(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.from == WeightType::Q4_Kx8
+            || self.from.row_bytes(self.row.len()) != Some(bytes.len())
+        {
             return Err(std::io::Error::other(format!(
                 "converting a row of {} bytes, expected {} weights of {}",
                 bytes.len(),
@@ -278,6 +307,12 @@ impl Converter {
             )));
         }
         widen_row(self.from, bytes, &mut self.row);
+        Ok(())
+    }
+
+    /// Writes one stored row (`stored cols` weights of `from`).
+    fn put(&mut self, out: &mut Out<'_>, bytes: &[u8]) -> std::io::Result<()> {
+        self.widen(bytes)?;
         let x = self.row.get(self.cols.clone()).unwrap_or(&[]);
         match &mut self.to {
             Target::Q8_0(q) => {
@@ -333,6 +368,8 @@ fn widen_row(from: WeightType, bytes: &[u8], out: &mut [f32]) {
         WeightType::Q4_0 => tpi_kernels::quant::dequantize_row_q4_0(&blocks(bytes), out),
         WeightType::Q4_K => tpi_kernels::kquant::dequantize_row_q4_k(&blocks(bytes), out),
         WeightType::Q6_K => tpi_kernels::kquant::dequantize_row_q6_k(&blocks(bytes), out),
+        // Only slices hold it (`Converter::widen` refuses it first).
+        WeightType::Q4_Kx8 => out.fill(f32::NAN),
     }
 }
 

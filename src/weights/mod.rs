@@ -21,6 +21,7 @@ use crate::model::config::Config;
 use crate::model::dtype::WeightType;
 use crate::split::plan::RankSlice;
 use tpi_kernels::kquant::{dequantize_row_q4_k, dequantize_row_q6_k, BlockQ4_K, BlockQ6_K, QK_K};
+use tpi_kernels::kx8::{dequantize_row_q4_k_x8, BlockQ4_Kx8, ROWS};
 use tpi_kernels::quant::{dequantize_row_q4_0, dequantize_row_q8_0, QK};
 use tpi_kernels::{BlockQ4_0, BlockQ8_0, Weights};
 
@@ -50,6 +51,9 @@ pub enum View<'a> {
     Q4_0(&'a [BlockQ4_0]),
     Q4_K(&'a [BlockQ4_K]),
     Q6_K(&'a [BlockQ6_K]),
+    /// Q4_K rows interleaved by 8 (`gemv_q4_k_x8`): `rows / 8 x cols / 256`
+    /// blocks, group-major. Sliced only at whole groups of rows.
+    Q4_Kx8(&'a [BlockQ4_Kx8]),
 }
 
 /// What a matrix multiplies: f32 inputs, or inputs quantized per block.
@@ -72,6 +76,7 @@ impl<'a> View<'a> {
             View::Q4_0(b) => b.len() * QK,
             View::Q4_K(b) => b.len() * QK_K,
             View::Q6_K(b) => b.len() * QK_K,
+            View::Q4_Kx8(b) => b.len() * ROWS * QK_K,
         }
     }
 
@@ -87,20 +92,32 @@ impl<'a> View<'a> {
             View::Q4_0(b) => std::mem::size_of_val(*b),
             View::Q4_K(b) => std::mem::size_of_val(*b),
             View::Q6_K(b) => std::mem::size_of_val(*b),
+            View::Q4_Kx8(b) => std::mem::size_of_val(*b),
         }
     }
 
-    /// Weights per block: 1 for floats, 32 or 256.
+    /// Weights per block: 1 for floats, 32 or 256; 8 x 256 for Q4_Kx8.
     pub fn block(&self) -> usize {
         match self {
             View::Float(_) => 1,
             View::Q8_0(_) | View::Q4_0(_) => QK,
             View::Q4_K(_) | View::Q6_K(_) => QK_K,
+            View::Q4_Kx8(_) => ROWS * QK_K,
+        }
+    }
+
+    /// Rows a slice of the matrix starts and ends on: 8 for Q4_Kx8, else 1.
+    pub fn row_group(&self) -> usize {
+        match self {
+            View::Q4_Kx8(_) => ROWS,
+            _ => 1,
         }
     }
 
     /// Weights `start..end`; for blocks both must be multiples of the
-    /// block (whole rows of whole blocks are).
+    /// block (whole rows of whole blocks are; for Q4_Kx8, whole groups of
+    /// 8 rows: the caller's `start` and `end` are `rows * cols` with
+    /// `rows` a multiple of [`View::row_group`]).
     ///
     /// # Panics
     /// If the range is out of bounds or splits a block.
@@ -117,6 +134,7 @@ impl<'a> View<'a> {
             View::Q4_0(b) => View::Q4_0(&b[blocks]),
             View::Q4_K(b) => View::Q4_K(&b[blocks]),
             View::Q6_K(b) => View::Q6_K(&b[blocks]),
+            View::Q4_Kx8(b) => View::Q4_Kx8(&b[blocks]),
         }
     }
 
@@ -130,7 +148,7 @@ impl<'a> View<'a> {
         match self {
             View::Float(_) => Activations::F32,
             View::Q8_0(_) | View::Q4_0(_) => Activations::Q8_0,
-            View::Q4_K(_) | View::Q6_K(_) => Activations::Q8_K,
+            View::Q4_K(_) | View::Q6_K(_) | View::Q4_Kx8(_) => Activations::Q8_K,
         }
     }
 }
@@ -161,8 +179,13 @@ impl<'a> Mat<'a> {
             WeightType::Q4_0 => View::Q4_0(cast(self.bytes).ok_or_else(bad)?),
             WeightType::Q4_K => View::Q4_K(cast(self.bytes).ok_or_else(bad)?),
             WeightType::Q6_K => View::Q6_K(cast(self.bytes).ok_or_else(bad)?),
+            WeightType::Q4_Kx8 => View::Q4_Kx8(cast(self.bytes).ok_or_else(bad)?),
         };
-        if w.len() != self.rows * self.cols || !self.cols.is_multiple_of(w.block()) {
+        let whole = match w {
+            View::Q4_Kx8(_) => self.rows.is_multiple_of(ROWS) && self.cols.is_multiple_of(QK_K),
+            _ => self.cols.is_multiple_of(w.block()),
+        };
+        if w.len() != self.rows * self.cols || !whole {
             return Err(bad());
         }
         Ok(w)
@@ -178,6 +201,10 @@ impl<'a> Mat<'a> {
                 len: self.rows,
             });
         }
+        if let View::Q4_Kx8(b) = w {
+            dequantize_row_q4_k_x8(b, self.cols / QK_K, r, out);
+            return Ok(());
+        }
         let row = w.slice(r * self.cols, (r + 1) * self.cols);
         match row {
             View::Float(Weights::F32(v)) => out.copy_from_slice(v),
@@ -191,6 +218,7 @@ impl<'a> Mat<'a> {
             View::Q4_0(b) => dequantize_row_q4_0(b, out),
             View::Q4_K(b) => dequantize_row_q4_k(b, out),
             View::Q6_K(b) => dequantize_row_q6_k(b, out),
+            View::Q4_Kx8(_) => unreachable!("Q4_Kx8 rows are read above"),
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 pub(crate) mod dotprod;
 mod gemm;
 mod kquant;
+mod kx8;
 pub(crate) mod neon;
 mod quant;
 

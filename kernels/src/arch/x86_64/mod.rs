@@ -8,6 +8,7 @@ mod kgemm;
 mod kgemm512;
 mod kquant;
 mod kquant512;
+mod kx8;
 mod quant;
 pub(crate) mod vnni;
 
