@@ -122,6 +122,20 @@ fn gemm_k_matches_scalar_past_the_panel() {
     }
 }
 
+/// More tokens than one filled tile serves (8 groups of 8 in the AVX2 /
+/// VNNI loop): a second batch of groups, ending in a group the batched
+/// loop takes (67 = 8 x 8 + 3 for Q4_K) or the per-token GEMV (Q6_K's 3,
+/// and 2 of 130 for both), over a row longer than one panel.
+#[test]
+fn gemm_k_matches_scalar_past_the_token_batch() {
+    for (i, &t) in [67, 130].iter().enumerate() {
+        let c = case(i as u64 + 41, t, 5, 9, i == 0);
+        for b in Backend::all_available() {
+            check(b, &c, &c, t, 5).unwrap();
+        }
+    }
+}
+
 /// Extreme bytes: every quant and scale at its largest (or Q6_K's
 /// smallest scale), activations at -128 / 127 (the largest `maddubs` pairs
 /// and i16 sums: no saturation, no wrap), and a mix per token.
