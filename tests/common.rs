@@ -123,18 +123,20 @@ pub fn rank_cmd(rank: usize, n: usize, port: u16, cache: &Path) -> std::process:
     c
 }
 
-/// stories260K's 4-token prompt followed by the first 63 tokens of its
-/// greedy story (longer than one prefill batch), and the story's 64th token
-/// that must come next.
+/// stories260K's "Once upon a time" prompt followed by the first 140
+/// tokens of its greedy story from transformers (`long_story.json`, made by
+/// `tools/long_story_fixture.py`; longer than one prefill batch), and the
+/// story's 141st token that must come next (its top-2 logit gap is 7.3).
 pub fn long_story_prompt() -> (Vec<u32>, u32) {
-    let r = reference("stories260K");
-    let case = &r["once_upon_a_time_64"];
+    const HEAD: usize = 140;
+    let path = fixture_dir("stories260K").join("long_story.json");
+    let text = std::fs::read_to_string(&path).expect("long_story.json");
+    let case: Value = serde_json::from_str(&text).expect("long_story.json parses");
     let story = ids(&case["greedy_ids"]);
-    let (&next, head) = story.split_last().expect("story");
     let mut prompt = ids(&case["ids"]);
-    prompt.extend_from_slice(head);
+    prompt.extend_from_slice(&story[..HEAD]);
     assert!(prompt.len() > tpi::engine::PREFILL_BATCH);
-    (prompt, next)
+    (prompt, story[HEAD])
 }
 
 /// Tokens generated per `greedy_cmd` run.

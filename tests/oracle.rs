@@ -207,8 +207,8 @@ fn batched_prefill_matches_transformers_and_token_by_token() {
             }
         }
     }
-    // 4 + 64 story tokens as the prompt: a batch of PREFILL_BATCH, then the
-    // rest; the next token is the story's 65th.
+    // The prompt and 140 story tokens: a batch of PREFILL_BATCH, then the
+    // rest; the next token is the story's 141st.
     let (prompt, next) = long_story_prompt();
     let ckpt = Checkpoint::open_dir(&fixture_dir("stories260K")).expect("open");
     let batched = generate_greedy(&ckpt, &prompt, 1, Backend::detect(), 2, false);

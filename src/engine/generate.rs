@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 /// (or disk, with a memory window) once per batch and reused from cache
 /// for the batch's other tokens; the activations of a batch stay small
 /// (64 x (3 dim + 2 MLP + q + 2 kv) floats, 24 MB for a 70B model).
-pub const PREFILL_BATCH: usize = 64;
+pub const PREFILL_BATCH: usize = 128;
 
 /// What to generate.
 #[derive(Clone, Debug)]

@@ -80,7 +80,7 @@
 //!   PREFILL, others 0), count u32 (<= MAX_STEP_IDS = 4096), ids [u32; count]`.
 //!   Token `ids[i]` sits at position `pos + i`; one forward runs them all (a
 //!   prompt goes in batches, PREFILL set). A worker runs steps of 1 to
-//!   `PREFILL_BATCH` (64) ids and ends the session on any other count, so a
+//!   `PREFILL_BATCH` (128) ids and ends the session on any other count, so a
 //!   step never sizes its activations beyond that.
 //! - M4. FileRequest ([`msg::FileRequest`], 16 bytes): `offset u64, len u64`,
 //!   `1 <= len <= MAX_MESSAGE`, `offset + len` does not overflow. Answered
