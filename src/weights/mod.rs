@@ -348,3 +348,41 @@ pub trait Head {
 /// All weights a rank reads: layer matrices, embedding rows and lm_head.
 pub trait RankWeights: LayerSource + Head {}
 impl<T: LayerSource + Head> RankWeights for T {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tpi_kernels::kquant::quantize_row_q4_k;
+    use tpi_kernels::kx8::repack_q4_k_x8;
+
+    /// An interleaved matrix's rows read back as the plain rows it was cut
+    /// from, through the kernel view and `row_into`; a row count that is
+    /// not whole groups of 8 is a clear error.
+    #[test]
+    fn interleaved_q4_k_rows_read_back_as_the_plain_rows() {
+        let (rows, cols) = (16, 512);
+        let x: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let mut plain = vec![BlockQ4_K::default(); rows * cols / QK_K];
+        quantize_row_q4_k(&x, &mut plain);
+        let mut packed = vec![BlockQ4_Kx8::default(); plain.len() / ROWS];
+        repack_q4_k_x8(&plain, cols / QK_K, &mut packed);
+        let bytes: &[u8] = bytemuck::cast_slice(&packed);
+        let m = Mat {
+            wtype: WeightType::Q4_Kx8,
+            rows,
+            cols,
+            bytes,
+        };
+        assert!(matches!(m.weights(), Ok(View::Q4_Kx8(b)) if b.len() == packed.len()));
+        for r in [0, 7, 8, 15] {
+            let (mut got, mut want) = (vec![0.0; cols], vec![1.0; cols]);
+            m.row_into(r, &mut got).unwrap();
+            dequantize_row_q4_k(&plain[r * 2..r * 2 + 2], &mut want);
+            assert_eq!(got, want, "row {r}");
+        }
+        let odd = Mat { rows: 12, ..m };
+        assert!(odd.weights().is_err());
+    }
+}
