@@ -186,88 +186,84 @@ fn scale_pairs<const HI: bool>(w: &BlockQ4_Kx8, c: usize) -> __m256i {
     _mm256_shuffle_epi8(s, idx)
 }
 
-/// One group's 8 outputs for each of `TT` tokens (AVX2): each 32-byte
-/// chunk of weights unpacked once for all of them.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn group_avx2<const TT: usize>(group: &[BlockQ4_Kx8], xs: [&[BlockQ8_K]; TT]) -> [__m256; TT] {
-    let m4 = _mm256_set1_epi8(0x0F);
-    let zero = _mm256_setzero_si256();
-    let mut sum = [_mm256_setzero_ps(); TT];
-    for (b, w) in group.iter().enumerate() {
-        prefetch(w);
-        let x: [&BlockQ8_K; TT] = core::array::from_fn(|t| &xs[t][b]);
-        let mut isum = [zero; TT];
-        for c in 0..4 {
-            let (mut al, mut ah) = ([zero; TT], [zero; TT]);
-            for j in 0..8 {
-                let q = load32(&w.qs, 32 * (8 * c + j));
-                let lo = _mm256_and_si256(q, m4);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+/// Defines `$name::<TT>(group, xs)`: one group's 8 outputs for each of
+/// `TT` tokens, each 32-byte chunk of weights unpacked once for all of
+/// them. The instruction sets differ in two steps only: `$dot(acc, nibbles,
+/// activations)` accumulates a chunk's products, and `$scaled(w, c, al,
+/// ah)` meets the sums of sub-blocks `2c` and `2c + 1` with their scales
+/// (exact i32, lane = row).
+macro_rules! group_fn {
+    ($name:ident, $features:literal, $dot:expr, $scaled:expr) => {
+        #[target_feature(enable = $features)]
+        #[inline]
+        fn $name<const TT: usize>(group: &[BlockQ4_Kx8], xs: [&[BlockQ8_K]; TT]) -> [__m256; TT] {
+            let (dot, scaled) = ($dot, $scaled);
+            let m4 = _mm256_set1_epi8(0x0F);
+            let zero = _mm256_setzero_si256();
+            let mut sum = [_mm256_setzero_ps(); TT];
+            for (b, w) in group.iter().enumerate() {
+                prefetch(w);
+                let x: [&BlockQ8_K; TT] = core::array::from_fn(|t| &xs[t][b]);
+                let mut isum = [zero; TT];
+                for c in 0..4 {
+                    let (mut al, mut ah) = ([zero; TT], [zero; TT]);
+                    for j in 0..8 {
+                        let q = load32(&w.qs, 32 * (8 * c + j));
+                        let lo = _mm256_and_si256(q, m4);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                        for t in 0..TT {
+                            al[t] = dot(al[t], lo, x4(x[t], 64 * c + 4 * j));
+                            ah[t] = dot(ah[t], hi, x4(x[t], 64 * c + 32 + 4 * j));
+                        }
+                    }
+                    let d = scaled(w, c, al, ah);
+                    for t in 0..TT {
+                        isum[t] = _mm256_add_epi32(isum[t], d[t]);
+                    }
+                }
                 for t in 0..TT {
-                    let pl = _mm256_maddubs_epi16(lo, x4(x[t], 64 * c + 4 * j));
-                    let ph = _mm256_maddubs_epi16(hi, x4(x[t], 64 * c + 32 + 4 * j));
-                    al[t] = _mm256_add_epi16(al[t], pl);
-                    ah[t] = _mm256_add_epi16(ah[t], ph);
+                    sum[t] = finish(sum[t], w, x[t], isum[t], mins(w, x[t]));
                 }
             }
-            let (sl, sh) = (scale_pairs::<false>(w, c), scale_pairs::<true>(w, c));
-            for t in 0..TT {
-                let d =
-                    _mm256_add_epi32(_mm256_madd_epi16(al[t], sl), _mm256_madd_epi16(ah[t], sh));
-                isum[t] = _mm256_add_epi32(isum[t], d);
-            }
+            sum
         }
-        for t in 0..TT {
-            sum[t] = finish(sum[t], w, x[t], isum[t], mins(w, x[t]));
-        }
-    }
-    sum
+    };
 }
 
-/// One group's 8 outputs for each of `TT` tokens (VNNI): each 32-byte
-/// chunk of weights unpacked once for all of them.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-#[inline]
-fn group_vnni<const TT: usize>(group: &[BlockQ4_Kx8], xs: [&[BlockQ8_K]; TT]) -> [__m256; TT] {
-    let m4 = _mm256_set1_epi8(0x0F);
-    let zero = _mm256_setzero_si256();
-    let mut sum = [_mm256_setzero_ps(); TT];
-    for (b, w) in group.iter().enumerate() {
-        prefetch(w);
-        let x: [&BlockQ8_K; TT] = core::array::from_fn(|t| &xs[t][b]);
-        let mut isum = [zero; TT];
-        for c in 0..4 {
-            let (mut al, mut ah) = ([zero; TT], [zero; TT]);
-            for j in 0..8 {
-                let q = load32(&w.qs, 32 * (8 * c + j));
-                let lo = _mm256_and_si256(q, m4);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
-                for t in 0..TT {
-                    al[t] = _mm256_dpbusd_epi32(al[t], lo, x4(x[t], 64 * c + 4 * j));
-                    ah[t] = _mm256_dpbusd_epi32(ah[t], hi, x4(x[t], 64 * c + 32 + 4 * j));
-                }
-            }
-            // SAFETY: bytes 16c..16c + 16 of the 64 scales are readable.
-            let (sl, sh) = unsafe {
-                (
-                    _mm_loadl_epi64(w.scales[16 * c..16 * c + 8].as_ptr().cast()),
-                    _mm_loadl_epi64(w.scales[16 * c + 8..16 * c + 16].as_ptr().cast()),
-                )
-            };
-            let (sl, sh) = (_mm256_cvtepu8_epi32(sl), _mm256_cvtepu8_epi32(sh));
-            for t in 0..TT {
-                let d =
-                    _mm256_add_epi32(_mm256_mullo_epi32(al[t], sl), _mm256_mullo_epi32(ah[t], sh));
-                isum[t] = _mm256_add_epi32(isum[t], d);
-            }
-        }
-        for t in 0..TT {
-            sum[t] = finish(sum[t], w, x[t], isum[t], mins(w, x[t]));
-        }
+// AVX2: i16 sums of 8 chunks (`vpmaddubsw`), met with the lane's scale
+// pair `(sc, sc)` by `vpmaddwd`.
+group_fn!(
+    group_avx2,
+    "avx2,fma,f16c",
+    |a: __m256i, q: __m256i, x: __m256i| _mm256_add_epi16(a, _mm256_maddubs_epi16(q, x)),
+    |w: &BlockQ4_Kx8, c: usize, al: [__m256i; TT], ah: [__m256i; TT]| {
+        let (sl, sh) = (scale_pairs::<false>(w, c), scale_pairs::<true>(w, c));
+        core::array::from_fn::<_, TT, _>(|t| {
+            _mm256_add_epi32(_mm256_madd_epi16(al[t], sl), _mm256_madd_epi16(ah[t], sh))
+        })
     }
-    sum
-}
+);
+
+// VNNI: i32 sums (`vpdpbusd`), times the lane's scale by `vpmulld`.
+group_fn!(
+    group_vnni,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    |a: __m256i, q: __m256i, x: __m256i| _mm256_dpbusd_epi32(a, q, x),
+    |w: &BlockQ4_Kx8, c: usize, al: [__m256i; TT], ah: [__m256i; TT]| {
+        // SAFETY: bytes 16c..16c + 16 of the 64 scales are readable;
+        // loadl needs no alignment.
+        let (sl, sh) = unsafe {
+            (
+                _mm_loadl_epi64(w.scales[16 * c..16 * c + 8].as_ptr().cast()),
+                _mm_loadl_epi64(w.scales[16 * c + 8..16 * c + 16].as_ptr().cast()),
+            )
+        };
+        let (sl, sh) = (_mm256_cvtepu8_epi32(sl), _mm256_cvtepu8_epi32(sh));
+        core::array::from_fn::<_, TT, _>(|t| {
+            _mm256_add_epi32(_mm256_mullo_epi32(al[t], sl), _mm256_mullo_epi32(ah[t], sh))
+        })
+    }
+);
 
 /// Stores lane `r` of `v` to `y[r]` (`y` is 8 floats).
 #[target_feature(enable = "avx2,fma,f16c")]
